@@ -1,0 +1,62 @@
+"""Exceptions raised by metasam: each carries a one-line message that names the culprit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SpecError(ValueError):
+    """A sharpness spec (or one of its parts) is invalid.
+
+    The message is one line: ``[source: ]field: problem; allowed: values``.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        problem: str,
+        allowed: str | Iterable[str] | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.field = field
+        self.problem = problem
+        if allowed is not None and not isinstance(allowed, str):
+            allowed = ", ".join(str(a) for a in allowed)
+        self.allowed = allowed
+        self.source = source
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        text = f"{self.field}: {self.problem}"
+        if self.allowed:
+            text += f"; allowed: {self.allowed}"
+        if self.source:
+            text = f"{self.source}: {text}"
+        return text
+
+    def with_source(self, source: str) -> SpecError:
+        """The same error, attributed to a file or other named source."""
+        return SpecError(self.field, self.problem, self.allowed, source)
+
+    def within(self, prefix: str) -> SpecError:
+        """The same error with its field nested under ``prefix`` (``phi[1].p``)."""
+        field = f"{prefix}.{self.field}" if not self.field.startswith("[") else prefix + self.field
+        return SpecError(field, self.problem, self.allowed, self.source)
+
+
+class NonFiniteStepError(FloatingPointError):
+    """A pass of an optimizer step produced a non-finite loss, gradient or weight.
+
+    The parameters are restored to their values before the step and no update is applied.
+    ``pass_name`` says which pass failed (``"unperturbed pass"``, ``"perturbation 2 of 4"``,
+    ``"sharpness surrogate"``, ``"combined gradient"``).
+    """
+
+    def __init__(self, pass_name: str, detail: str, step: int) -> None:
+        self.pass_name = pass_name
+        self.detail = detail
+        self.step = step
+        super().__init__(
+            f"non-finite {detail} in the {pass_name} of step {step}; "
+            "parameters restored, no update applied"
+        )

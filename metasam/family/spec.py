@@ -1,0 +1,236 @@
+"""SharpnessSpec: one member (φ, ψ, μ, n, ρ, λ) of the universal SAM family."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from metasam.errors import SpecError
+from metasam.family import _checks
+from metasam.family.measures import Measure
+from metasam.family.phi import Phi
+from metasam.family.psi import Psi
+
+if TYPE_CHECKING:
+    from metasam.family.implied import MeasureValue
+
+FORMAT = "metasam.sharpness_spec/1"
+
+
+class Surrogate(NamedTuple):
+    """The zeroth-order sharpness surrogate of one step (see :meth:`SharpnessSpec.surrogate`)."""
+
+    value: Tensor
+    weights: Tensor
+    psi_grad: Tensor
+
+
+_KEYS = ("format", "name", "phi", "psi", "measure", "n", "rho", "lam", "d_clip")
+
+
+@dataclass(frozen=True)
+class SharpnessSpec:
+    """A sharpness measure S(x) = ψ(E_{v~μ} φ(vᵀ∇²L(x)v)) and how SAM-train against it.
+
+    With D_i = (L(x + ρv_i) − L(x))/ρ² over n sampled v_i, training minimizes
+    L + λ·ρ²·ψ((1/n) Σ_i φ(D_i)) (family.md §2). ``lam=0`` is plain training (one pass).
+
+    ``d_clip`` (optional guard): D is clipped to [−d_clip, d_clip] before φ, which bounds the
+    weight one perturbation can get; ``None`` (default) computes the exact surrogate and reports
+    any overflow as a non-finite step instead.
+
+    Fields accept plain values and are validated: ``phi`` a name, dict or list of them,
+    ``psi`` a name or dict, ``measure`` a kind or dict.
+
+    Example::
+
+        >>> spec = SharpnessSpec(phi=["identity", "square"], psi="variance", measure="gaussian",
+        ...                      n=2, rho=0.05, lam=0.01)
+        >>> SharpnessSpec.from_json(spec.to_json()) == spec
+        True
+    """
+
+    phi: Phi | Any = "identity"
+    psi: Psi | Any = "identity"
+    measure: Measure | Any = "gaussian"
+    n: int = 1
+    rho: float = 0.05
+    lam: float = 1.0
+    d_clip: float | None = None
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "phi", Phi.from_obj(self.phi))
+        set_(self, "psi", Psi.from_obj(self.psi))
+        set_(self, "measure", Measure.from_obj(self.measure))
+        set_(self, "n", _checks.integer("n", self.n, low=1, high=1_000_000))
+        set_(self, "rho", _checks.number("rho", self.rho, low=0.0, low_open=True))
+        set_(self, "lam", _checks.number("lam", self.lam, low=0.0))
+        if self.d_clip is not None:
+            set_(self, "d_clip", _checks.number("d_clip", self.d_clip, low=0.0, low_open=True))
+        if self.name is not None and not isinstance(self.name, str):
+            raise SpecError("name", f"expected a string, got {self.name!r}")
+        if self.psi.dim is not None and self.psi.dim != self.phi.dim:
+            raise SpecError("psi", f"takes {self.psi.dim} input(s) but φ has {self.phi.dim} "
+                            "output(s)", f"a ψ of input size {self.phi.dim}")
+        if self.measure.kind in ("ascent", "adaptive_ascent", "sparse_ascent") and self.n != 1:
+            raise SpecError("n", f"the {self.measure.kind} measure is deterministic, so n must "
+                            f"be 1, got {self.n}", "1")
+        if getattr(self.psi, "name", None) == "variance" and self.n < 2:
+            raise SpecError("n", f"the variance form of ψ needs n ≥ 2 samples, got {self.n}",
+                            "integers ≥ 2")
+
+    # --- the surrogate -------------------------------------------------------------------------
+
+    @property
+    def is_plain(self) -> bool:
+        """True when there is no sharpness term (λ = 0): one pass, plain training."""
+        return self.lam == 0.0
+
+    @property
+    def passes(self) -> int:
+        """Forward/backward passes per optimizer step (1 + n, or 1 without a sharpness term)."""
+        return 1 if self.is_plain else 1 + self.n
+
+    @property
+    def constant_weights(self) -> bool:
+        """Whether every perturbation's weight ∂ψ·φ' is the same constant (φ and ψ affine)."""
+        return self.phi.is_affine and self.psi.is_affine
+
+    def clip(self, d: Tensor) -> Tensor:
+        """D clipped to [−d_clip, d_clip] (unchanged without the guard)."""
+        return d if self.d_clip is None else d.clamp(-self.d_clip, self.d_clip)
+
+    def surrogate(self, d: Tensor) -> Surrogate:
+        """ψ(A) with A = (1/n)Σφ(D_i), ∇ψ(A), and the weights w_i = Σ_j ∂_jψ(A)·φ_j'(D_i).
+
+        ``d`` holds the n loss differences D_i (float64 where available). The optimizer's
+        gradient is g0 + (λ/n)·Σ_i w_i·(g_i − g0).
+        """
+        d = self.clip(d)
+        n = d.shape[-1]
+        a = self.phi(d).mean(dim=-2)
+        psi_grad = self.psi.grad(a, n)
+        weights = (self.phi.derivative(d) @ psi_grad.unsqueeze(-1)).squeeze(-1)
+        return Surrogate(self.psi(a, n), weights, psi_grad)
+
+    # --- what the bias measures ----------------------------------------------------------------
+
+    def implied_measure(self, hessian: Tensor | Any, *, weights: Tensor | Any | None = None,
+                        mask: Tensor | Any | None = None, samples: int = 200_000,
+                        seed: int = 0) -> MeasureValue:
+        """S(H) = ψ(E_{v~μ} φ(½vᵀHv)): what ψ((1/n)Σφ(D_i)) converges to at a critical point
+        (D_i → ½v_iᵀHv_i as ρ → 0) when n → ∞, for a symmetric d×d matrix H.
+
+        Closed forms where known (Gaussian or sphere μ with polynomial φ, Gaussian μ with
+        exponential φ, and the ascent measures), Monte Carlo with ``samples`` draws otherwise;
+        the result carries its standard error. ``weights`` (the d parameters) are needed by
+        adaptive measures, ``mask`` (d booleans) by ``sparse_ascent``.
+
+        Example::
+
+            >>> import torch
+            >>> H = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+            >>> float(SharpnessSpec(measure={"kind": "gaussian", "scale": "coordinate"})
+            ...       .implied_measure(H))                     # ½ tr H
+            3.0
+        """
+        from metasam.family.implied import implied_measure
+
+        return implied_measure(self, hessian, weights=weights, mask=mask, samples=samples,
+                               seed=seed)
+
+    # --- serialization -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back to an equal spec."""
+        out: dict[str, Any] = {"format": FORMAT}
+        if self.name is not None:
+            out["name"] = self.name
+        out.update(phi=self.phi.to_obj(), psi=self.psi.to_obj(), measure=self.measure.to_obj(),
+                   n=self.n, rho=self.rho, lam=self.lam, d_clip=self.d_clip)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | None = None) -> SharpnessSpec:
+        """Validate and build a spec from :meth:`to_dict`'s form; errors name ``source``."""
+        try:
+            data = _checks.mapping("spec", data)
+            _checks.known_keys("", data, _KEYS)
+            fmt = data.get("format", FORMAT)
+            if fmt != FORMAT:
+                raise SpecError("format", f"unsupported format {fmt!r}", FORMAT)
+            kwargs = {k: v for k, v in data.items() if k != "format"}
+            return cls(**kwargs)
+        except SpecError as err:
+            raise err.with_source(source) if source else err from None
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
+        """The spec as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike[str]) -> SharpnessSpec:
+        """From JSON text or a JSON file (errors name the file)."""
+        source = None
+        text = str(text_or_path)
+        if isinstance(text_or_path, os.PathLike) or not text.lstrip().startswith("{"):
+            source = text
+            try:
+                text = Path(text_or_path).read_text()
+            except OSError as err:
+                raise SpecError("file", f"cannot read ({err.strerror})", source=source) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SpecError("json", f"invalid JSON at line {err.lineno} column {err.colno}: "
+                            f"{err.msg}", source=source) from None
+        return cls.from_dict(data, source=source)
+
+    def replace(self, **changes: Any) -> SharpnessSpec:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def coerce(cls, spec: Any) -> SharpnessSpec:
+        """A spec from a :class:`SharpnessSpec`, a preset name, a dict or a JSON file path."""
+        if isinstance(spec, SharpnessSpec):
+            return spec
+        if isinstance(spec, dict):
+            return cls.from_dict(spec)
+        if isinstance(spec, (str, os.PathLike)):
+            from metasam import presets
+
+            if isinstance(spec, str) and spec in presets.NAMES:
+                return presets.get(spec)
+            if isinstance(spec, os.PathLike) or spec.endswith(".json") or spec.lstrip(
+                    ).startswith("{"):
+                return cls.from_json(spec)
+            raise SpecError("spec", f"unknown preset {spec!r}", presets.NAMES)
+        raise SpecError("spec", f"expected a SharpnessSpec, preset name, dict or JSON file, got "
+                        f"{type(spec).__name__}")
+
+    def describe(self) -> str:
+        """One line: the spec in the family's notation."""
+        label = f"{self.name}: " if self.name else ""
+        return (f"{label}φ={self.phi.to_obj()} ψ={self.psi.to_obj()} μ={self.measure.to_obj()} "
+                f"n={self.n} ρ={self.rho:g} λ={self.lam:g}")
+
+
+def _float64_supported(device: torch.device) -> bool:
+    return device.type != "mps"
+
+
+def scalar_dtype(device: torch.device) -> torch.dtype:
+    """The dtype for the surrogate's scalar arithmetic on ``device`` (float64 where it exists)."""
+    return torch.float64 if _float64_supported(device) else torch.float32

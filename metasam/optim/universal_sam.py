@@ -1,0 +1,438 @@
+"""UniversalSAM: SAM-train against any member of the (φ, ψ, μ) sharpness family."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metasam.errors import NonFiniteStepError
+from metasam.family.measures import fill_random_
+from metasam.family.spec import SharpnessSpec, scalar_dtype
+from metasam.optim.batchnorm import RunningStatsGuard
+from metasam.optim.fisher import fisher_scores, top_fraction_mask
+
+BN_MODES = ("freeze", "official")
+NONFINITE_MODES = ("raise", "skip")
+
+
+@dataclass
+class StepInfo:
+    """What the last :meth:`UniversalSAM.step` did (plain Python numbers, for logging).
+
+    ``sharpness`` is ψ((1/n)Σφ(D_i)), ``regularizer`` λ·ρ²·sharpness (the term added to the
+    loss), ``d`` the loss differences D_i and ``weights`` the w_i = ∂ψ·φ'(D_i); ``grad_norm`` is the
+    norm of the gradient handed to the base optimizer, before clipping; ``skipped`` the reason when
+    the step was skipped (``on_nonfinite="skip"``).
+    """
+
+    step: int
+    loss: float
+    passes: int
+    sharpness: float | None = None
+    regularizer: float | None = None
+    d: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    grad_norm: float | None = None
+    skipped: str | None = None
+
+
+class UniversalSAM(torch.optim.Optimizer):
+    r"""Sharpness-aware training with any (φ, ψ, μ) sharpness measure (family.md §2).
+
+    Each :meth:`step` calls ``closure`` once at the current weights x and once at each
+    x + ρv_i, i = 1..n, then steps the base optimizer with
+
+    .. math:: g_0 + \frac{\lambda}{n}\sum_i w_i\,(g_i - g_0),\qquad
+              w_i = \sum_j \partial_j\psi(A)\,\varphi_j'(D_i),\quad
+              D_i = \frac{L(x+\rho v_i) - L(x)}{\rho^2},
+
+    the gradient of L + λ·ρ²·ψ((1/n)Σφ(D_i)) with the v_i held fixed. The base optimizer shares
+    ``param_groups`` with this wrapper, so learning-rate schedulers work as usual.
+
+    Args:
+        params: parameters or parameter groups. A group with ``"perturb": False`` is never
+            perturbed (its gradient still follows the formula above).
+        base_optimizer: an optimizer *class*, e.g. ``torch.optim.SGD``.
+        spec: a :class:`~metasam.SharpnessSpec`, a preset name (``"frob_sam"``), a dict or a
+            JSON file.
+        model: the model, used to keep normalization layers' running statistics out of the
+            perturbed passes; without it a global module hook does the same.
+        bn_stats: ``"freeze"`` (default: only the unperturbed pass updates BatchNorm running
+            statistics) or ``"official"`` (every pass does, as the official code).
+        seed: seed of the perturbation generators (default: drawn from torch's global RNG).
+        max_grad_norm: clip the combined gradient to this global norm before the base step.
+        on_nonfinite: ``"raise"`` (default) a :class:`~metasam.errors.NonFiniteStepError` naming
+            the pass, or ``"skip"`` the step; either way the weights stay as before the step.
+        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ...).
+
+    Example::
+
+        model = torchvision.models.resnet18(num_classes=10)
+        optimizer = UniversalSAM(model.parameters(), torch.optim.SGD, "frob_sam",
+                                 model=model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+        for inputs, targets in loader:
+            def closure():
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(inputs), targets)
+                loss.backward()
+                return loss
+            loss = optimizer.step(closure)
+
+    The closure must do one forward and backward pass on the *same* batch each time it is called
+    (use the same augmentation draw); for bf16 autocast, run the forward inside the closure under
+    ``torch.autocast``. For SSAM (``sparse_ascent``) call :meth:`update_fisher_mask` before the
+    first step and on its schedule.
+    """
+
+    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer],
+                 spec: SharpnessSpec | str | dict[str, Any] = "sam", *,
+                 model: nn.Module | None = None, bn_stats: str = "freeze",
+                 seed: int | None = None, max_grad_norm: float | None = None,
+                 on_nonfinite: str = "raise", **base_kwargs: Any) -> None:
+        if not (isinstance(base_optimizer, type) and
+                issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise TypeError("base_optimizer must be an optimizer class such as torch.optim.SGD, "
+                            f"got {base_optimizer!r}")
+        if bn_stats not in BN_MODES:
+            raise ValueError(f"bn_stats: unknown value {bn_stats!r}; allowed: "
+                             f"{', '.join(BN_MODES)}")
+        if on_nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"on_nonfinite: unknown value {on_nonfinite!r}; allowed: "
+                             f"{', '.join(NONFINITE_MODES)}")
+        if max_grad_norm is not None and not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
+            raise ValueError(f"max_grad_norm: must be a positive number, got {max_grad_norm!r}")
+        self.spec = SharpnessSpec.coerce(spec)
+        super().__init__(params, {"perturb": True})
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+        self.model = model
+        self.bn_stats = bn_stats
+        self.max_grad_norm = max_grad_norm
+        self.on_nonfinite = on_nonfinite
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = int(seed)
+        self.steps = 0
+        self.skipped_steps = 0
+        self.last_step: StepInfo | None = None
+        self._generators: dict[str, torch.Generator] = {}
+        self._pending_generator_states: dict[str, Tensor] = {}
+        self._buffers: dict[tuple[int, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
+        self._g0_coefficient = self._constant_g0_coefficient()
+
+    # --- public helpers ---------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.setdefault("perturb", True)
+        if hasattr(self, "base_optimizer"):
+            self.base_optimizer.add_param_group(param_group)
+        else:
+            super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def update_fisher_mask(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                           inputs: Tensor, targets: Tensor) -> float:
+        """Recompute SSAM-F's mask from per-example squared gradients on ``inputs``.
+
+        The trainer passes ``spec.measure.fisher_samples`` random training examples every
+        ``spec.measure.refresh_epochs`` epochs. Returns the fraction of coordinates kept.
+        """
+        params = self._perturbable()
+        scores = fisher_scores(params, model, loss_fn, inputs, targets)
+        masks = top_fraction_mask(scores, self.spec.measure.sparsity)
+        for p, mask in zip(params, masks, strict=True):
+            self.state[p]["fisher_mask"] = mask
+        kept = sum(int(m.sum()) for m in masks)
+        return kept / max(1, sum(m.numel() for m in masks))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state plus the generators, step counters and Fisher masks."""
+        index = {id(p): i for i, p in enumerate(self._all_params())}
+        masks = {index[id(p)]: s["fisher_mask"] for p, s in self.state.items()
+                 if "fisher_mask" in s}
+        generators = dict(self._pending_generator_states)
+        generators.update({k: g.get_state() for k, g in self._generators.items()})
+        return {"base": self.base_optimizer.state_dict(),
+                "universal_sam": {"seed": self.seed, "steps": self.steps,
+                                  "skipped_steps": self.skipped_steps,
+                                  "generators": generators, "fisher_masks": masks}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "base" not in state_dict or "universal_sam" not in state_dict:
+            raise ValueError("not a UniversalSAM state_dict (keys 'base' and 'universal_sam' "
+                             "expected)")
+        self.base_optimizer.load_state_dict(state_dict["base"])
+        self.param_groups = self.base_optimizer.param_groups
+        own = state_dict["universal_sam"]
+        self.seed = int(own["seed"])
+        self.steps = int(own["steps"])
+        self.skipped_steps = int(own.get("skipped_steps", 0))
+        self._generators.clear()
+        self._pending_generator_states = {k: v.clone() for k, v in own["generators"].items()}
+        params = self._all_params()
+        for i, mask in own.get("fisher_masks", {}).items():
+            p = params[int(i)]
+            self.state[p]["fisher_mask"] = mask.to(p.device)
+
+    # --- the step ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor | float] | None = None) -> Tensor:  # type: ignore[override]
+        """One sharpness-aware step; returns the loss at the unperturbed weights."""
+        if closure is None:
+            raise TypeError("UniversalSAM.step needs a closure that zeroes the gradients, runs "
+                            "forward and backward on one batch and returns the loss")
+        spec = self.spec
+        self.steps += 1
+        self.zero_grad(set_to_none=True)
+        loss0 = self._call(closure)
+        active = [(p, g["perturb"]) for g in self.param_groups for p in g["params"]
+                  if p.grad is not None]
+        params = [p for p, _ in active]
+        perturbed = [p for p, flag in active if flag]
+        norms0 = _norms([p.grad for p in params])
+        checks: list[tuple[str, str, Tensor]] = [
+            ("unperturbed pass", "loss", loss0), ("unperturbed pass", "gradient",
+                                                  _total(norms0, loss0.device))]
+        if spec.is_plain or not perturbed:
+            self._finish(params, loss0, checks[:1], checks[1][2], StepInfo(self.steps, 0.0, 1))
+            return loss0
+
+        n, rho = spec.n, spec.rho
+        sdtype = scalar_dtype(loss0.device)
+        g0 = [p.grad.clone() for p in params] if self._g0_coefficient != 0.0 else None
+        x0 = [p.detach().clone() for p in perturbed]
+        direction = None if spec.measure.is_random else self._ascent_direction(
+            perturbed, [norms0[i] for i, (_, flag) in enumerate(active) if flag])
+        raw_mode = n - 1 <= spec.phi.dim
+        raw: list[list[Tensor]] = []
+        acc: list[list[Tensor]] = []
+        losses: list[Tensor] = []
+        guard = RunningStatsGuard(self.model) if self.bn_stats == "freeze" else None
+        try:
+            if guard is not None:
+                guard.__enter__()
+            for i in range(n):
+                v = direction if direction is not None else self._sample(perturbed, x0)
+                torch._foreach_add_(perturbed, v, alpha=rho)
+                self.zero_grad(set_to_none=True)
+                try:
+                    loss_i = self._call(closure)
+                finally:
+                    torch._foreach_copy_(perturbed, x0)
+                grads_i = [_grad_or_zero(p) for p in params]
+                name = f"perturbation {i + 1} of {n}"
+                checks += [(name, "loss", loss_i),
+                           (name, "gradient", _total(_norms(grads_i), loss0.device))]
+                losses.append(loss_i)
+                if i == n - 1:
+                    break
+                if raw_mode:
+                    raw.append([g.clone() for g in grads_i])
+                else:
+                    d_i = (loss_i.to(sdtype) - loss0.to(sdtype)) / rho**2
+                    slopes = spec.phi.derivative(spec.clip(d_i.reshape(1)))[0].double().cpu()
+                    if not bool(torch.isfinite(slopes).all()):
+                        slopes = torch.zeros_like(slopes)  # reported below through `checks`
+                    if not acc:
+                        acc = [[torch.zeros_like(g) for g in grads_i] for _ in slopes]
+                    for buf, c in zip(acc, slopes.tolist(), strict=True):
+                        torch._foreach_add_(buf, grads_i, alpha=c)
+        except BaseException:
+            self.zero_grad(set_to_none=True)
+            raise
+        finally:
+            if guard is not None:
+                guard.__exit__(None, None, None)
+
+        d = (torch.stack(losses).to(sdtype) - loss0.to(sdtype)) / rho**2
+        surrogate = spec.surrogate(d)
+        checks += [("sharpness surrogate", "ψ(mean φ(D))", surrogate.value),
+                   ("sharpness surrogate", "weights", surrogate.weights)]
+        host = self._fetch(checks, [surrogate.weights, surrogate.psi_grad,
+                                    surrogate.value.reshape(1), d])
+        if host is None:
+            return loss0
+        weights, psi_grad = host[0], host[1]
+        beta = [spec.lam / n * w for w in weights]
+        coefficient_g0 = (self._g0_coefficient if self._g0_coefficient is not None
+                          else 1.0 - sum(beta))
+        final = [p.grad for p in params]  # holds g_n
+        if beta[-1] != 1.0:
+            torch._foreach_mul_(final, beta[-1])
+        if coefficient_g0 != 0.0:
+            assert g0 is not None
+            torch._foreach_add_(final, g0, alpha=coefficient_g0)
+        if raw_mode:
+            for b, grads in zip(beta, raw, strict=False):
+                torch._foreach_add_(final, grads, alpha=b)
+        else:
+            for buf, gpsi in zip(acc, psi_grad, strict=True):
+                torch._foreach_add_(final, buf, alpha=spec.lam / n * gpsi)
+        sharpness = host[2][0]
+        info = StepInfo(self.steps, 0.0, 1 + n, sharpness, spec.lam * rho**2 * sharpness,
+                        host[3], weights)
+        exact_last = beta[-1] == 1.0 and coefficient_g0 == 0.0 and n == 1
+        # When the update is exactly g_n, its norm was computed with the last pass's checks.
+        norm = checks[-3][2] if exact_last else _total(_norms(final), loss0.device)
+        self._finish(params, loss0, [], norm, info)
+        return loss0
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _perturbable(self) -> list[Tensor]:
+        return [p for g in self.param_groups if g["perturb"] for p in g["params"]
+                if p.requires_grad]
+
+    def _constant_g0_coefficient(self) -> float | None:
+        """1 − λ·w when every weight w is the same constant (SAM: 0, so g0 needs no copy)."""
+        spec = self.spec
+        if spec.is_plain or not spec.constant_weights:
+            return None
+        zero = torch.zeros(spec.n, dtype=torch.float64)
+        return 1.0 - spec.lam * float(spec.surrogate(zero).weights.mean())
+
+    def _call(self, closure: Callable[[], Tensor | float]) -> Tensor:
+        with torch.enable_grad():
+            loss = closure()
+        return torch.as_tensor(loss).detach().reshape(())
+
+    def _generator(self, device: torch.device, dtype: torch.dtype, index: int) -> torch.Generator:
+        key = f"{device}|{dtype}"
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            state = self._pending_generator_states.pop(key, None)
+            if state is not None:
+                gen.set_state(state)
+            else:
+                gen.manual_seed((self.seed + 1_000_003 * index) % 2**63)
+            self._generators[key] = gen
+        return gen
+
+    def _sample(self, perturbed: list[Tensor], x0: list[Tensor]) -> list[Tensor]:
+        """A draw of the random measure, one tensor per perturbed parameter."""
+        key = tuple(id(p) for p in perturbed)
+        cached = self._buffers.get(key)
+        if cached is None:
+            buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+            for i, p in enumerate(perturbed):
+                buckets.setdefault((p.device, p.dtype), []).append(i)
+            flats, views = [], [None] * len(perturbed)
+            for (device, dtype), members in buckets.items():
+                flat = torch.empty(sum(perturbed[i].numel() for i in members), device=device,
+                                   dtype=dtype)
+                pieces = flat.split([perturbed[i].numel() for i in members])
+                for i, piece in zip(members, pieces, strict=True):
+                    views[i] = piece.view(perturbed[i].shape)
+                flats.append(flat)
+            self._buffers = {key: (flats, views)}  # type: ignore[dict-item]
+            cached = self._buffers[key]
+        flats, views = cached
+        gens = [self._generator(f.device, f.dtype, i) for i, f in enumerate(flats)]
+        measure = self.spec.measure
+        fill_random_(measure, flats, sum(f.numel() for f in flats), gens)
+        if measure.adaptive:
+            scale = torch._foreach_abs(x0)
+            torch._foreach_add_(scale, measure.eta)
+            torch._foreach_mul_(views, scale)
+        return views
+
+    def _ascent_direction(self, perturbed: list[Tensor], norms: list[Tensor]) -> list[Tensor]:
+        """SAM's g/‖g‖, ASAM's T²g/‖Tg‖ or SSAM's m⊙g/‖g‖ (family.md §2)."""
+        measure = self.spec.measure
+        eps = 1e-12
+        grads = [p.grad for p in perturbed]
+        if measure.kind == "adaptive_ascent":
+            scale = torch._foreach_abs(perturbed)
+            torch._foreach_add_(scale, measure.eta)
+            scaled = torch._foreach_mul(grads, scale)
+            norm = _total(_norms(scaled), grads[0].device)
+            torch._foreach_mul_(scaled, scale)
+            torch._foreach_div_(scaled, [(norm + eps).to(g.device) for g in grads])
+            return scaled
+        norm = _total(norms, grads[0].device)
+        direction = torch._foreach_div(grads, [(norm + eps).to(g.device) for g in grads])
+        if measure.kind == "sparse_ascent":
+            masks = [self.state[p].get("fisher_mask") for p in perturbed]
+            if any(m is None for m in masks):
+                raise RuntimeError("the sparse_ascent (SSAM) measure needs a Fisher mask: call "
+                                   "optimizer.update_fisher_mask(model, loss_fn, inputs, "
+                                   "targets) before the first step")
+            torch._foreach_mul_(direction, masks)
+        return direction
+
+    def _fetch(self, checks: list[tuple[str, str, Tensor]],
+               extra: list[Tensor]) -> list[list[float]] | None:
+        """One device→host transfer: every check's finiteness plus ``extra`` values.
+
+        Returns ``extra`` as lists of floats, or ``None`` after handling a non-finite check."""
+        device = extra[0].device
+        flags = torch.stack([torch.isfinite(t).all().to(device) for _, _, t in checks]
+                            ) if checks else torch.ones(0, dtype=torch.bool, device=device)
+        sizes = [e.numel() for e in extra]
+        packed = torch.cat([flags.to(torch.float64).reshape(-1)] +
+                           [e.reshape(-1).to(device, torch.float64) for e in extra]).tolist()
+        for ok, (pass_name, what, value) in zip(packed, checks, strict=False):
+            if not ok:
+                self._fail(pass_name, what, value)
+                return None
+        out, start = [], len(checks)
+        for size in sizes:
+            out.append(packed[start:start + size])
+            start += size
+        return out
+
+    def _finish(self, params: list[Tensor], loss0: Tensor,
+                checks: list[tuple[str, str, Tensor]], norm: Tensor, info: StepInfo) -> None:
+        """Check the gradient about to be applied, clip it if asked, step the base optimizer."""
+        host = self._fetch(checks + [("combined gradient", "gradient", norm)],
+                           [norm.reshape(1), loss0.reshape(1)])
+        if host is None:
+            return
+        grad_norm, info.loss = host[0][0], host[1][0]
+        info.grad_norm = grad_norm
+        if self.max_grad_norm is not None and grad_norm > self.max_grad_norm:
+            torch._foreach_mul_([p.grad for p in params], self.max_grad_norm / (grad_norm + 1e-6))
+        self.last_step = info
+        self.base_optimizer.step()
+
+    def _fail(self, pass_name: str, what: str, value: Tensor) -> None:
+        self.zero_grad(set_to_none=True)
+        detail = f"{what} ({_short(value)})"
+        if self.on_nonfinite == "raise":
+            raise NonFiniteStepError(pass_name, detail, self.steps)
+        self.skipped_steps += 1
+        self.last_step = StepInfo(self.steps, math.nan, self.spec.passes,
+                                  skipped=f"non-finite {detail} in the {pass_name}")
+
+
+def _grad_or_zero(p: Tensor) -> Tensor:
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    return p.grad
+
+
+def _norms(tensors: list[Tensor]) -> list[Tensor]:
+    return list(torch._foreach_norm(tensors)) if tensors else []
+
+
+def _total(norms: list[Tensor], device: torch.device) -> Tensor:
+    if not norms:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))
+
+
+def _short(value: Tensor) -> str:
+    flat = value.detach().reshape(-1).double().cpu()
+    bad = flat[~torch.isfinite(flat)]
+    return f"{float(bad[0]) if bad.numel() else float(flat[0]):g}"
