@@ -10,8 +10,6 @@ from torch.func import functional_call
 
 from metasam import SharpnessSpec, UniversalSAM
 
-torch.set_default_dtype(torch.float64)
-
 X = torch.randn(12, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 Y = torch.sin(X.sum(1, keepdim=True))
 

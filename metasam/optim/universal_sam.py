@@ -221,7 +221,8 @@ class UniversalSAM(torch.optim.Optimizer):
             for i in range(n):
                 v = direction if direction is not None else self._sample(perturbed, x0)
                 torch._foreach_add_(perturbed, v, alpha=rho)
-                self.zero_grad(set_to_none=True)
+                for p in params:
+                    p.grad = None
                 try:
                     loss_i = self._call(closure)
                 finally:
