@@ -359,10 +359,10 @@ class UniversalSAM(torch.optim.Optimizer):
             scaled = torch._foreach_mul(grads, scale)
             norm = _total(_norms(scaled), grads[0].device)
             torch._foreach_mul_(scaled, scale)
-            torch._foreach_div_(scaled, [(norm + eps).to(g.device) for g in grads])
+            torch._foreach_div_(scaled, _per_device(norm + eps, grads))
             return scaled
         norm = _total(norms, grads[0].device)
-        direction = torch._foreach_div(grads, [(norm + eps).to(g.device) for g in grads])
+        direction = torch._foreach_div(grads, _per_device(norm + eps, grads))
         if measure.kind == "sparse_ascent":
             masks = [self.state[p].get("fisher_mask") for p in perturbed]
             if any(m is None for m in masks):
@@ -431,6 +431,12 @@ def _total(norms: list[Tensor], device: torch.device) -> Tensor:
     if not norms:
         return torch.zeros((), device=device)
     return torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))
+
+
+def _per_device(scalar: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """``scalar`` once per tensor of ``like``, copied once per device and dtype."""
+    copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    return [copies.setdefault((t.device, t.dtype), scalar.to(t.device, t.dtype)) for t in like]
 
 
 def _short(value: Tensor) -> str:
