@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-class SpecError(ValueError):
-    """A sharpness spec (or one of its parts) is invalid.
+class ValidationError(ValueError):
+    """A named field of a spec or config file is invalid.
 
     The message is one line: ``[source: ]field: problem; allowed: values``.
     """
@@ -34,14 +34,22 @@ class SpecError(ValueError):
             text = f"{self.source}: {text}"
         return text
 
-    def with_source(self, source: str) -> SpecError:
+    def with_source(self, source: str) -> ValidationError:
         """The same error, attributed to a file or other named source."""
-        return SpecError(self.field, self.problem, self.allowed, source)
+        return type(self)(self.field, self.problem, self.allowed, source)
 
-    def within(self, prefix: str) -> SpecError:
+    def within(self, prefix: str) -> ValidationError:
         """The same error with its field nested under ``prefix`` (``phi[1].p``)."""
         field = f"{prefix}.{self.field}" if not self.field.startswith("[") else prefix + self.field
-        return SpecError(field, self.problem, self.allowed, self.source)
+        return type(self)(field, self.problem, self.allowed, self.source)
+
+
+class SpecError(ValidationError):
+    """A sharpness spec (or one of its parts) is invalid."""
+
+
+class ConfigError(ValidationError):
+    """A training, study or search-space configuration is invalid."""
 
 
 class NonFiniteStepError(FloatingPointError):

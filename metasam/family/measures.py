@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metasam import _checks
 from metasam.errors import SpecError
-from metasam.family import _checks
 
 RANDOM_KINDS = ("gaussian", "sphere", "box")
 ASCENT_KINDS = ("ascent", "adaptive_ascent", "sparse_ascent")

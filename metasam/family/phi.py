@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metasam import _checks
 from metasam.errors import SpecError
-from metasam.family import _checks
 
 # A closed form the implied-measure code can integrate exactly, per output of a block:
 # ("poly", coefficients c_0..c_k) or ("exp", scale); None where only Monte Carlo applies.

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metasam import _checks
 from metasam.errors import SpecError
-from metasam.family import _checks
 
 
 class Psi(ABC):

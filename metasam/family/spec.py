@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
+from metasam import _checks
 from metasam.errors import SpecError
-from metasam.family import _checks
 from metasam.family.measures import Measure
 from metasam.family.phi import Phi
 from metasam.family.psi import Psi

@@ -1,0 +1,299 @@
+"""One training run — one trial of a study — as a plain function, independent of Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metasam.data import DeviceLoader, Splits, prepare_splits
+from metasam.data.arrays import ArrayData
+from metasam.errors import NonFiniteStepError
+from metasam.models import build_model
+from metasam.optim import UniversalSAM
+from metasam.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from metasam.training.config import TrainConfig
+
+Report = Callable[[dict[str, Any]], "bool | None"]
+
+# Fields a resumed run may change without changing what it computes.
+_EXECUTION_FIELDS = {"checkpoint_every", "checkpoint_dir", "resume", "device", "num_threads",
+                     "eval_batch_size", "data_dir", "download", "test"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: unknown device {name!r}; allowed: auto, cpu, cuda, "
+                         "cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ArrayData, device: torch.device, batch_size: int,
+             bf16: bool = False, channels_last: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``data``."""
+    was_training = model.training
+    model.eval()
+    loader = DeviceLoader(data, batch_size, device, shuffle=False, channels_last=channels_last)
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for x, y in loader:
+        with _autocast(device, bf16):
+            logits = model(x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(data)
+    return {"loss": float(total_loss) / n, "acc": float(correct) / n}
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _base_optimizer(config: TrainConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD, {"lr": config.lr, "momentum": config.momentum,
+                                 "nesterov": config.nesterov and config.momentum > 0,
+                                 "weight_decay": config.weight_decay}
+    return torch.optim.AdamW, {"lr": config.lr, "weight_decay": config.weight_decay}
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig
+               ) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.resolved_milestones(),
+                                                    gamma=config.gamma)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+class Trial:
+    """The state of one run: data, model, optimizer, schedule, loader and history.
+
+    :func:`train` drives it; it is a class so that callers (Ray Tune, the benchmarks) can build
+    the pieces once and inspect them.
+    """
+
+    def __init__(self, config: TrainConfig, splits: Splits | None = None) -> None:
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.splits = splits or prepare_splits(
+            config.dataset, data_dir=config.data_dir, download=config.download,
+            subset=config.subset, subset_mode=config.subset_mode, subset_seed=config.subset_seed,
+            label_noise=config.label_noise, noise_seed=config.noise_seed,
+            val_fraction=config.val_fraction, val_seed=config.val_seed)
+        train_data = self.splits.train
+        self.model = build_model(config.model, train_data.input_shape,
+                                 train_data.num_classes).to(self.device)
+        self.channels_last = config.channels_last and self.device.type == "cuda" and \
+            len(train_data.input_shape) == 3
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward: nn.Module = torch.compile(self.model) if config.compile else self.model
+        self.spec = config.resolved_spec()
+        base, kwargs = _base_optimizer(config)
+        self.optimizer = UniversalSAM(
+            self.model.parameters(), base, self.spec, model=self.model, bn_stats=config.bn_stats,
+            seed=config.seed, max_grad_norm=config.max_grad_norm,
+            on_nonfinite="skip" if config.on_nonfinite == "skip" else "raise", **kwargs)
+        self.scheduler = _scheduler(self.optimizer, config)
+        self.loader = DeviceLoader(train_data, config.batch_size, self.device, shuffle=True,
+                                   augment=config.resolved_augment(), seed=config.seed + 1,
+                                   channels_last=self.channels_last)
+        self.epoch = 0
+        self.grad_evals = 0
+        self.elapsed = 0.0
+        self.history: list[dict[str, Any]] = []
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "epoch": self.epoch,
+                "grad_evals": self.grad_evals, "elapsed": self.elapsed,
+                "history": self.history, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "loader": self.loader.state_dict(),
+                "rng": rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        saved = state["config"]
+        for key, value in self.config.to_dict().items():
+            if key not in _EXECUTION_FIELDS and saved.get(key) != value:
+                raise ValueError(f"{source}: made with {key}={saved.get(key)!r}, this run has "
+                                 f"{key}={value!r}; use another checkpoint_dir or the same "
+                                 "config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        self.grad_evals = state["grad_evals"]
+        self.elapsed = state["elapsed"]
+        self.history = list(state["history"])
+
+    def save(self) -> None:
+        path = self.config.checkpoint_path()
+        if path is not None:
+            save_checkpoint(path, self.state_dict())
+
+    def try_resume(self) -> bool:
+        path = self.config.checkpoint_path()
+        if path is None or not self.config.resume or not path.is_file():
+            return False
+        self.load_state_dict(load_checkpoint(path), source=str(path))
+        return True
+
+    # --- one epoch --------------------------------------------------------------------------
+
+    def _refresh_fisher_mask(self) -> None:
+        measure = self.spec.measure
+        if measure.kind != "sparse_ascent" or self.spec.is_plain:
+            return
+        if self.epoch % measure.refresh_epochs:
+            return
+        data = self.splits.train
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch)
+        index = torch.randperm(len(data), generator=gen)[:measure.fisher_samples]
+        x = data.normalize(data.x[index]).to(self.device)
+        self.optimizer.update_fisher_mask(self.model, F.cross_entropy, x,
+                                          data.y[index].to(self.device))
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One pass over the training set; raises NonFiniteStepError on a non-finite step."""
+        self._refresh_fisher_mask()
+        self.model.train()
+        device, bf16 = self.device, self.config.bf16
+        total_loss = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen, sharpness, sharp_steps = 0, 0.0, 0
+        skipped_before = self.optimizer.skipped_steps
+        lr = self.optimizer.param_groups[0]["lr"]
+        for x, y in self.loader:
+            logits_at_x: list[Tensor] = []
+
+            def closure(x: Tensor = x, y: Tensor = y, out: list[Tensor] = logits_at_x) -> Tensor:
+                self.optimizer.zero_grad(set_to_none=True)
+                with _autocast(device, bf16):
+                    logits = self.forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+                loss.backward()
+                if not out:
+                    out.append(logits.detach())
+                return loss
+
+            loss = self.optimizer.step(closure)
+            self.grad_evals += self.spec.passes
+            info = self.optimizer.last_step
+            if info is not None and info.skipped is None:
+                total_loss += loss.double() * y.shape[0]
+                correct += (logits_at_x[0].argmax(1) == y).sum()
+                seen += y.shape[0]
+                if info.sharpness is not None and info.step == self.optimizer.steps:
+                    sharpness += info.sharpness
+                    sharp_steps += 1
+        self.scheduler.step()
+        self.epoch += 1
+        metrics: dict[str, Any] = {
+            "epoch": self.epoch,
+            "train_loss": float(total_loss) / max(seen, 1),
+            "train_acc": float(correct) / max(seen, 1),
+            "skipped_steps": self.optimizer.skipped_steps - skipped_before,
+            "lr": lr,
+        }
+        if sharp_steps:
+            metrics["sharpness"] = sharpness / sharp_steps
+        return metrics
+
+    def evaluate(self, data: ArrayData) -> dict[str, float]:
+        return evaluate(self.forward, data, self.device, self.config.eval_batch_size,
+                        self.config.bf16, self.channels_last)
+
+
+def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = None
+          ) -> dict[str, Any]:
+    """Run one training run and return its final metrics.
+
+    ``report(metrics)`` is called after every epoch with ``epoch``, ``train_loss``,
+    ``train_acc``, ``val_loss``, ``val_acc`` (``test_*`` when ``test="epoch"``), ``lr``,
+    ``grad_evals`` (forward/backward passes so far), ``steps`` and ``wall_time`` (seconds); a
+    truthy return value stops the run early (status ``"stopped"``).
+
+    The result holds the last epoch's metrics plus ``status`` (``completed``, ``diverged``,
+    ``stopped``), ``reason``, ``best_val_acc``, ``best_epoch``, ``test_*`` (with ``test="final"``),
+    ``passes_per_step``, ``spec`` and ``history``.
+
+    Example::
+
+        >>> from metasam.training import train
+        >>> result = train({"dataset": "digits", "preset": "sam", "epochs": 2})
+        >>> result["status"]
+        'completed'
+    """
+    config = TrainConfig.coerce(config)
+    trial = Trial(config)
+    resumed = trial.try_resume()
+    status, reason = "completed", None
+    while trial.epoch < config.epochs:
+        start = time.perf_counter()
+        try:
+            metrics = trial.train_epoch()
+        except NonFiniteStepError as err:
+            status, reason = "diverged", str(err)
+            trial.elapsed += time.perf_counter() - start
+            break
+        if not math.isfinite(metrics["train_loss"]):
+            status, reason = "diverged", f"non-finite training loss in epoch {trial.epoch}"
+        if trial.splits.val is not None:
+            metrics.update({f"val_{k}": v for k, v in trial.evaluate(trial.splits.val).items()})
+        if config.test == "epoch":
+            metrics.update({f"test_{k}": v for k, v in trial.evaluate(trial.splits.test).items()})
+        trial.elapsed += time.perf_counter() - start
+        metrics.update(grad_evals=trial.grad_evals, steps=trial.optimizer.steps,
+                       wall_time=trial.elapsed)
+        trial.history.append(metrics)
+        last = trial.epoch == config.epochs
+        every = config.checkpoint_every
+        if config.checkpoint_dir and ((every and trial.epoch % every == 0) or last):
+            trial.save()
+        if status != "completed":
+            break
+        if report is not None and report(dict(metrics)) and not last:
+            status, reason = "stopped", f"stopped by the caller after epoch {trial.epoch}"
+            break
+    return _summary(trial, status, reason, resumed)
+
+
+def _summary(trial: Trial, status: str, reason: str | None, resumed: bool) -> dict[str, Any]:
+    config = trial.config
+    result: dict[str, Any] = dict(trial.history[-1]) if trial.history else {"epoch": trial.epoch}
+    result.update(status=status, reason=reason, resumed=resumed, epochs=trial.epoch,
+                  passes_per_step=trial.spec.passes, spec=trial.spec.to_dict(),
+                  data=trial.splits.description, wall_time=trial.elapsed)
+    with_val = [h for h in trial.history if "val_acc" in h]
+    if with_val:
+        best = max(with_val, key=lambda h: h["val_acc"])
+        result.update(best_val_acc=best["val_acc"], best_epoch=best["epoch"])
+    if config.test == "final" and status != "diverged":
+        result.update({f"test_{k}": v for k, v in trial.evaluate(trial.splits.test).items()})
+    result["history"] = trial.history
+    return result
