@@ -117,7 +117,7 @@ def main() -> None:
         methods[name] = opt
 
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for name, opt in methods.items():  # warm-up
+    for opt in methods.values():  # warm-up
         opt.step(closure)  # type: ignore[attr-defined]
     order = list(methods.items())
     shuffler = random.Random(0)

@@ -36,7 +36,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _labels(array: np.ndarray) -> torch.Tensor:

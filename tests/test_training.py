@@ -1,0 +1,102 @@
+"""The trainer: accuracy on the embedded data, determinism, resume, divergence, config, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metasam import presets
+from metasam.cli import main
+from metasam.errors import ConfigError
+from metasam.training import TrainConfig, Trial, train
+from metasam.training.checkpoint import load_checkpoint
+
+
+@pytest.mark.parametrize("preset", presets.NAMES)
+def test_every_preset_reaches_95_percent_on_digits(preset: str) -> None:
+    result = train({"dataset": "digits", "model": "cnn", "preset": preset, "epochs": 6})
+    assert result["status"] == "completed"
+    assert result["test_acc"] >= 0.95
+    assert result["passes_per_step"] == presets.get(preset).passes
+    steps = result["steps"]
+    assert result["grad_evals"] == steps * result["passes_per_step"]
+    assert len(result["history"]) == 6 and "val_acc" in result["history"][0]
+
+
+def test_runs_are_deterministic_on_cpu_and_depend_on_the_seed() -> None:
+    config = {"dataset": "digits", "model": "mlp", "preset": "frob_sam", "epochs": 2}
+    a, b = train(config), train(config)
+    c = train({**config, "seed": 1})
+    key = ["train_loss", "val_loss", "test_loss"]
+    assert [a[k] for k in key] == [b[k] for k in key]
+    assert [a[k] for k in key] != [c[k] for k in key]
+
+
+@pytest.mark.parametrize("preset", ["frob_sam", "ssam"])
+def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path,
+                                                                     preset: str) -> None:
+    config = {"dataset": "digits", "model": "cnn", "preset": preset, "epochs": 4,
+              "checkpoint_every": 1, "lr": 0.05, "schedule": "multistep"}
+    full = train({**config, "checkpoint_dir": str(tmp_path / "full")})
+    stopped = train({**config, "checkpoint_dir": str(tmp_path / "cut")},
+                    report=lambda m: m["epoch"] == 2)
+    assert stopped["status"] == "stopped" and stopped["epochs"] == 2
+    resumed = train({**config, "checkpoint_dir": str(tmp_path / "cut")})
+    assert resumed["resumed"] and resumed["epochs"] == 4
+    assert [h["train_loss"] for h in resumed["history"]] == \
+        [h["train_loss"] for h in full["history"]]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match="made with lr=0.05, this run has lr=0.1"):
+        train({**config, "lr": 0.1, "checkpoint_dir": str(tmp_path / "cut")})
+
+
+def test_a_diverging_run_stops_with_its_reason() -> None:
+    result = train({"dataset": "digits", "model": "mlp", "preset": "trace_sam", "epochs": 3,
+                    "lr": 1e8, "momentum": 0.0})
+    assert result["status"] == "diverged"
+    assert "non-finite" in result["reason"]
+    assert "test_acc" not in result
+
+
+def test_trial_exposes_the_pieces() -> None:
+    trial = Trial(TrainConfig(dataset="digits", model="mlp", preset="sam", epochs=1))
+    assert trial.optimizer.spec.name == "sam"
+    assert trial.model.training and trial.splits.val is not None
+    metrics = trial.train_epoch()
+    assert metrics["epoch"] == 1 and 0 < metrics["train_acc"] <= 1
+    assert metrics["sharpness"] > 0
+
+
+def test_config_errors_name_the_file_field_and_allowed_values(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: digits\nmodel: resnet\n")
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_yaml(path)
+    assert str(info.value) == f"{path}: model: unknown value 'resnet'; allowed: resnet18, mlp, cnn"
+    path.write_text("dataset: digits\nepochz: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: epochz: unknown key; allowed: dataset,"):
+        TrainConfig.from_yaml(path)
+    path.write_text("dataset: [digits\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: yaml: invalid YAML at line 2"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="^spec.measure.kind: unknown value 'gauss'"):
+        TrainConfig(spec={"measure": "gauss"})
+    with pytest.raises(ConfigError, match="^n: the variance form"):
+        TrainConfig(preset="frob_sam", n=1)
+
+
+def test_cli_train_json_and_yaml(tmp_path, capsys) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: digits\nmodel: mlp\nepochs: 2\npreset: sam\n")
+    assert main(["train", "--config", str(path), "--epochs", "1", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["epochs"] == 1 and result["spec"]["name"] == "sam"
+    assert result["status"] == "completed" and "test_acc" in result
+    assert main(["train", "--dataset", "digitz", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset: unknown dataset 'digitz'" in err
