@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from metasam.errors import ValidationError
 
-SUBCOMMANDS = ("train",)
+SUBCOMMANDS = ("train", "sharpness")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,22 @@ def _augment(name: str, value: Any) -> str:
     return _config.choice("auto", *AUGMENTATIONS)(name, value)
 
 
+def _measures(name: str, value: Any) -> list[str]:
+    from metasam.sharpness.estimators import check_name, measure_names
+
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(name, f"expected a list of measure names, got {value!r}",
+                          measure_names())
+    for v in value:
+        try:
+            check_name(v)
+        except ValueError:
+            raise ConfigError(name, f"unknown measure {v!r}", measure_names()) from None
+    return list(value)
+
+
 @dataclass
 class TrainConfig:
     """One training run. Every field can come from YAML (``--config``) or the command line.
@@ -126,6 +142,13 @@ class TrainConfig:
     test: str = option("final", _config.choice(*TEST_MODES),
                        "evaluate the test set never, at the end, or every epoch")
     eval_batch_size: int = option(1024, _config.integer(1), "batch size of evaluation")
+    sharpness_every: int = option(0, _config.integer(0), "measure Hessian sharpness every K "
+                                  "epochs (0: never)")
+    sharpness_measures: list[str] = option(None, _measures, "Hessian measures to log",
+                                           factory=lambda: ["trace", "frob", "lmax"])
+    sharpness_examples: int = option(1280, _config.integer(1), "training examples (fixed, "
+                                     "un-augmented) the Hessian measures use")
+    sharpness_probes: int = option(20, _config.integer(2), "probes per Hessian estimate")
     checkpoint_dir: str | None = option(None, _config.text(optional=True),
                                         "where checkpoints go")
     checkpoint_every: int = option(0, _config.integer(0), "checkpoint every K epochs (0: "

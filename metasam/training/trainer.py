@@ -6,6 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,6 +60,15 @@ def evaluate(model: nn.Module, data: ArrayData, device: torch.device, batch_size
     return {"loss": float(total_loss) / n, "acc": float(correct) / n}
 
 
+def splits_of(config: TrainConfig) -> Splits:
+    """The train / validation / test splits a config describes."""
+    return prepare_splits(
+        config.dataset, data_dir=config.data_dir, download=config.download,
+        subset=config.subset, subset_mode=config.subset_mode, subset_seed=config.subset_seed,
+        label_noise=config.label_noise, noise_seed=config.noise_seed,
+        val_fraction=config.val_fraction, val_seed=config.val_seed)
+
+
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
     if not bf16:
         return contextlib.nullcontext()
@@ -96,11 +106,7 @@ class Trial:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.splits = splits or prepare_splits(
-            config.dataset, data_dir=config.data_dir, download=config.download,
-            subset=config.subset, subset_mode=config.subset_mode, subset_seed=config.subset_seed,
-            label_noise=config.label_noise, noise_seed=config.noise_seed,
-            val_fraction=config.val_fraction, val_seed=config.val_seed)
+        self.splits = splits or splits_of(config)
         train_data = self.splits.train
         self.model = build_model(config.model, train_data.input_shape,
                                  train_data.num_classes).to(self.device)
@@ -224,6 +230,22 @@ class Trial:
             metrics["sharpness"] = sharpness / sharp_steps
         return metrics
 
+    def hessian_metrics(self) -> dict[str, float]:
+        """The configured Hessian measures on the first training examples (fixed, un-augmented,
+        eval mode), as ``hessian_NAME`` and ``hessian_NAME_se``."""
+        from metasam.sharpness import estimate, evaluation_batches
+
+        config = self.config
+        batches = evaluation_batches(self.splits.train, config.sharpness_examples, 256,
+                                     self.device)
+        results = estimate(self.model, F.cross_entropy, batches, config.sharpness_measures,
+                           probes=config.sharpness_probes, seed=config.seed + self.epoch)
+        out: dict[str, float] = {}
+        for name, est in results.items():
+            out[f"hessian_{name}"] = est.value
+            out[f"hessian_{name}_se"] = est.stderr
+        return out
+
     def evaluate(self, data: ArrayData) -> dict[str, float]:
         return evaluate(self.forward, data, self.device, self.config.eval_batch_size,
                         self.config.bf16, self.channels_last)
@@ -267,6 +289,8 @@ def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = No
             metrics.update({f"val_{k}": v for k, v in trial.evaluate(trial.splits.val).items()})
         if config.test == "epoch":
             metrics.update({f"test_{k}": v for k, v in trial.evaluate(trial.splits.test).items()})
+        if config.sharpness_every and trial.epoch % config.sharpness_every == 0:
+            metrics.update(trial.hessian_metrics())
         trial.elapsed += time.perf_counter() - start
         metrics.update(grad_evals=trial.grad_evals, steps=trial.optimizer.steps,
                        wall_time=trial.elapsed)
@@ -297,3 +321,18 @@ def _summary(trial: Trial, status: str, reason: str | None, resumed: bool) -> di
         result.update({f"test_{k}": v for k, v in trial.evaluate(trial.splits.test).items()})
     result["history"] = trial.history
     return result
+
+
+def load_trained(checkpoint: str | Path, data_dir: str | None = None, device: str = "auto"
+                 ) -> tuple[nn.Module, Splits, TrainConfig]:
+    """The model of a training checkpoint (eval mode), its data splits and its config."""
+    state = load_checkpoint(Path(checkpoint))
+    changes: dict[str, Any] = {"device": device, "checkpoint_dir": None}
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    config = TrainConfig.from_dict({**state["config"], **changes}, source=str(checkpoint))
+    target = resolve_device(config.device)
+    splits = splits_of(config)
+    model = build_model(config.model, splits.train.input_shape, splits.train.num_classes)
+    model.load_state_dict(state["model"])
+    return model.to(target).eval(), splits, config
