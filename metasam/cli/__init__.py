@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from metasam.errors import ValidationError
 
-SUBCOMMANDS = ("train", "sharpness")
+SUBCOMMANDS = ("train", "sharpness", "tune")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"metasam.cli.{name}")
-        module.register(sub)
+        module.register(sub)  # tune.py registers tune, best and trials
     return parser
 
 

@@ -1,0 +1,115 @@
+"""``metasam tune``, ``metasam best`` and ``metasam trials``: run, export and inspect studies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser(
+        "tune", help="run or resume a tuning study",
+        description="Run a study until it has its number of finished trials. Re-running the "
+        "same command resumes it; several processes (or machines, with a PostgreSQL storage "
+        "and --address) can work on one study together.")
+    tune.add_argument("study", metavar="STUDY.yaml")
+    tune.add_argument("--address", default=None, help="join this Ray cluster (e.g. HOST:6379) "
+                      "instead of starting a local one")
+    tune.add_argument("--trials", type=int, default=None, help="override the study's trials")
+    tune.add_argument("--concurrency", type=int, default=None,
+                      help="override the study's concurrency")
+    tune.add_argument("--warm-start", metavar="OTHER.yaml", default=None,
+                      help="evaluate the top-k specs of another study first")
+    tune.add_argument("--top-k", type=int, default=3)
+    tune.add_argument("--quiet", action="store_true", help="no progress table")
+    tune.set_defaults(run=run_tune)
+
+    best = sub.add_parser("best", help="print and write a study's best optimizer as JSON")
+    best.add_argument("study", metavar="STUDY.yaml")
+    best.add_argument("--out", default=None,
+                      help="where to write it (default: STUDY.best.json next to the study)")
+    best.set_defaults(run=run_best)
+
+    trials = sub.add_parser("trials", help="list a study's trials")
+    trials.add_argument("study", metavar="STUDY.yaml")
+    trials.add_argument("--json", action="store_true")
+    trials.set_defaults(run=run_trials)
+
+
+def _load(path: str) -> Any:
+    from metasam.tuning.study import StudyConfig
+
+    return StudyConfig.from_yaml(path)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from metasam.tuning.runner import tune_study
+
+    config = _load(args.study)
+    if args.trials is not None:
+        config.trials = args.trials
+    if args.concurrency is not None:
+        config.concurrency = args.concurrency
+    warm = _load(args.warm_start) if args.warm_start else None
+    config.check_data()
+    print(f"study {config.name}: {config.trials} trials, space {config.space.name}, "
+          f"storage {config.storage}", file=sys.stderr)
+    outcome = tune_study(config, address=args.address, warm_start=warm, top_k=args.top_k,
+                         verbose=0 if args.quiet else 1, check_data=False)
+    state = outcome["census"]
+    print(f"study {config.name}: {state.describe(config.trials)}")
+    if state.finished < config.trials:
+        print(f"study {config.name}: stopped before the end ({outcome['released']} unfinished "
+              "trials given back); run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_best(args: argparse.Namespace) -> int:
+    from metasam.tuning.export import best_optimizer
+
+    config = _load(args.study)
+    data = best_optimizer(config)
+    out = Path(args.out) if args.out else config.path.with_name(f"{config.name}.best.json")
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+def run_trials(args: argparse.Namespace) -> int:
+    from metasam.tuning.space import describe_spec
+    from metasam.tuning.storage import census, counts, load_study, trial_spec
+
+    config = _load(args.study)
+    study = load_study(config.storage, config.name)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        spec = trial_spec(t)
+        rows.append({
+            "number": t.number, "state": t.state.name,
+            "counted": counts(t), "label": t.user_attrs.get("label",
+                                                            t.user_attrs.get("point", "")),
+            "value": t.value, "epochs": t.user_attrs.get("epochs"),
+            "full_budget": t.user_attrs.get("full_budget"),
+            "status": t.user_attrs.get("status"), "reason": t.user_attrs.get("reason"),
+            "passes": t.user_attrs.get("passes_per_step"),
+            "interrupted": bool(t.user_attrs.get("interrupted")),
+            "spec": describe_spec(spec) if spec else ""})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'#':>4} {'state':<9} {'label':<16} {config.metric:>9} {'ep':>3} {'full':>4} "
+          f"{'passes':>6}  spec / reason")
+    for r in rows:
+        value = "" if r["value"] is None else f"{r['value']:.4f}"
+        note = "interrupted, re-run" if r["interrupted"] else (
+            "surplus" if not r["counted"] else (r["reason"] or r["spec"]))
+        print(f"{r['number']:>4} {r['state']:<9} {str(r['label'])[:16]:<16} {value:>9} "
+              f"{r['epochs'] if r['epochs'] is not None else '':>3} "
+              f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {note}")
+    print(census(study).describe(config.trials))
+    return 0

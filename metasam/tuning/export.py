@@ -1,0 +1,99 @@
+"""The best optimizer of a study, as a JSON file and as a ready optimizer for any training loop."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from metasam.family.spec import SharpnessSpec
+from metasam.optim import UniversalSAM
+
+FORMAT = "metasam.optimizer/1"
+
+
+def best_optimizer(config: Any) -> dict[str, Any]:
+    """The best full-budget trial of a study as an exportable dict: the spec, the base optimizer
+    and its schedule, and where it came from."""
+    from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
+
+    study = load_study(config.storage, config.name)
+    best = best_trials(study, config.mode, 1)
+    if not best:
+        raise ValueError(f"study {config.name!r} has no trial that finished its full budget yet")
+    trial = best[0]
+    train = config.train.replace(**trial_train(trial))
+    return {
+        "format": FORMAT,
+        "spec": trial_spec(trial),
+        "base_optimizer": _base(train),
+        "schedule": {"name": train.schedule, "epochs": train.epochs,
+                     "milestones": train.resolved_milestones(), "gamma": train.gamma},
+        "batch_size": train.batch_size,
+        "study": config.name, "trial": trial.number, "label": trial.user_attrs.get("label"),
+        "metric": config.metric, "mode": config.mode, "value": trial.value,
+        "epochs": trial.user_attrs.get("epochs"),
+        "passes_per_step": trial.user_attrs.get("passes_per_step"),
+        "dataset": train.dataset, "model": train.model,
+    }
+
+
+def _base(train: Any) -> dict[str, Any]:
+    if train.optimizer == "sgd":
+        return {"name": "sgd", "lr": train.lr, "momentum": train.momentum,
+                "weight_decay": train.weight_decay,
+                "nesterov": train.nesterov and train.momentum > 0}
+    return {"name": "adamw", "lr": train.lr, "weight_decay": train.weight_decay}
+
+
+BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD,
+                                                  "adamw": torch.optim.AdamW}
+
+
+def read_export(path_or_study: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
+    """An exported optimizer from a JSON file, a study YAML (its current best) or a dict."""
+    if isinstance(path_or_study, dict):
+        data = path_or_study
+    else:
+        path = Path(path_or_study)
+        if path.suffix in (".yaml", ".yml"):
+            from metasam.tuning.study import StudyConfig
+
+            return best_optimizer(StudyConfig.from_yaml(path))
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable optimizer export ({err})") from None
+    if data.get("format") != FORMAT:
+        raise ValueError(f"not a metasam optimizer export (format {FORMAT} expected)")
+    return data
+
+
+def load_optimizer(path_or_study: str | os.PathLike[str] | dict[str, Any],
+                   params: Iterable[Any], *, model: nn.Module | None = None,
+                   seed: int | None = None, **overrides: Any) -> UniversalSAM:
+    """A ready :class:`~metasam.UniversalSAM` from a study's best optimizer.
+
+    ``path_or_study`` is the JSON that ``metasam best`` wrote, or the study's YAML (its best
+    full-budget trial is read from the storage). ``overrides`` change base-optimizer arguments
+    (``lr=...``). Example::
+
+        optimizer = metasam.load_optimizer("studies/digits-quick.best.json", model.parameters(),
+                                           model=model)
+        for x, y in loader:
+            optimizer.step(closure)
+    """
+    data = read_export(path_or_study)
+    base = dict(data["base_optimizer"])
+    name = base.pop("name")
+    if name not in BASES:
+        raise ValueError(f"base_optimizer.name: unknown value {name!r}; allowed: "
+                         f"{', '.join(BASES)}")
+    base.update(overrides)
+    spec = SharpnessSpec.from_dict(data["spec"])
+    return UniversalSAM(params, BASES[name], spec, model=model, seed=seed, **base)

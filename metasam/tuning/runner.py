@@ -1,0 +1,154 @@
+"""``metasam tune``: Ray Tune runs the trials of a study, Optuna explores the family."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from typing import Any
+
+import optuna
+
+from metasam.tuning.space import Point
+from metasam.tuning.storage import (
+    census,
+    enqueue_points,
+    load_study,
+    open_storage,
+    open_study,
+    trial_spec,
+    trial_train,
+)
+from metasam.tuning.study import StudyConfig
+
+logger = logging.getLogger(__name__)
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: str) -> None:
+    """The Ray Tune trainable: one training run with the trial's spec and overrides."""
+    from ray import tune
+
+    from metasam.training import TrainConfig, train
+
+    worst = -math.inf if mode == "max" else math.inf
+    try:
+        cfg = TrainConfig.from_dict({**base, **config["train"], "spec": config["spec"]})
+    except Exception as err:
+        tune.report({metric: worst, "epoch": 0, "status": "failed",
+                     "reason": f"invalid trial config: {err}"})
+        return
+    epochs = cfg.epochs
+    passes = cfg.resolved_spec().passes
+
+    def report(metrics: dict[str, Any]) -> None:
+        status = "completed" if metrics["epoch"] >= epochs else "running"
+        tune.report({**metrics, "status": status, "passes_per_step": passes})
+
+    try:
+        result = train(cfg, report=report)
+    except Exception as err:  # recorded as a failed trial with its reason; the study goes on
+        tune.report({metric: worst, "epoch": 0, "status": "failed",
+                     "reason": f"{type(err).__name__}: {err}"})
+        return
+    if result["status"] == "diverged":
+        tune.report({metric: worst, "epoch": result["epochs"], "status": "diverged",
+                     "reason": result["reason"], "passes_per_step": passes,
+                     "grad_evals": result.get("grad_evals", 0)})
+
+
+def _sampler(config: StudyConfig, existing: int, worker_salt: int) -> optuna.samplers.BaseSampler:
+    # A seeded sampler re-created on resume would replay its start-up points (optuna#3255):
+    # derive the seed from the study seed, the trials already there and this worker.
+    seed = (config.seed * 1_000_003 + existing * 7919 + worker_salt) % 2**31
+    if config.sampler["type"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.sampler["startup_trials"],
+                                      multivariate=True, group=True, constant_liar=True)
+
+
+def warm_start_points(other: StudyConfig, top_k: int) -> list[Point]:
+    """The top-k full-budget specs of another study, as points to evaluate first."""
+    from metasam.tuning.storage import best_trials
+
+    study = load_study(other.storage, other.name)
+    points = []
+    for trial in best_trials(study, other.mode, top_k):
+        spec = trial_spec(trial)
+        if spec is not None:
+            points.append(Point(f"warm:{other.name}#{trial.number}", spec, trial_train(trial)))
+    if not points:
+        raise ValueError(f"--warm-start: study {other.name!r} has no full-budget trial yet")
+    return points
+
+
+def tune_study(config: StudyConfig, *, address: str | None = None,
+               warm_start: StudyConfig | None = None, top_k: int = 3,
+               verbose: int = 1, check_data: bool = True) -> dict[str, Any]:
+    """Run (or resume, or join) a study until it has ``config.trials`` finished trials."""
+    if check_data:
+        config.check_data()
+    storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
+    study = open_study(storage, config.name, config.mode)
+    points = list(config.space.points)
+    if warm_start is not None:
+        points = warm_start_points(warm_start, top_k) + points
+    enqueue_points(study, points, config.trials)
+    before = census(study)
+    if not before.waiting and len(before.counted) >= config.trials and not before.running:
+        return {"study": config.name, "census": before, "ran": 0}
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from metasam.tuning.schedulers import ReferencePointsASHA
+    from metasam.tuning.searcher import StudySearcher
+
+    worker = uuid.uuid4().hex[:12]
+    searcher = StudySearcher(config.space, config.name, storage, config.metric, config.mode,
+                             config.trials, config.train.epochs,
+                             _sampler(config, len(study.trials), int(worker[:6], 16)),
+                             config.heartbeat_interval, worker=worker)
+    if config.scheduler["type"] == "asha":
+        scheduler: Any = ReferencePointsASHA(
+            time_attr="epoch", metric=config.metric, mode=config.mode, max_t=config.train.epochs,
+            grace_period=config.scheduler["grace_period"],
+            reduction_factor=config.scheduler["reduction_factor"])
+    else:
+        scheduler = FIFOScheduler()
+    base = config.train.to_dict()
+    base.update(data_dir=config.data_dir(), num_threads=max(1, int(config.cpu)),
+                device="auto" if config.gpu > 0 else "cpu")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, metric=config.metric, mode=config.mode),
+        {"cpu": config.cpu, "gpu": config.gpu})
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1,
+                 configure_logging=True, logging_level=logging.WARNING)
+        started_ray = True
+    try:
+        reporter = tune.CLIReporter(
+            metric_columns={"epoch": "epoch", config.metric: config.metric, "status": "status"},
+            parameter_columns={"label": "label"}, max_report_frequency=15,
+            metric=config.metric, mode=config.mode)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),
+                scheduler=scheduler, num_samples=-1, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"{config.name}-{worker}", storage_path=str(config.ray_dir),
+                verbose=verbose, progress_reporter=reporter if verbose else None,
+                failure_config=tune.FailureConfig(max_failures=0)))
+        tuner.fit()
+    finally:
+        released = searcher.close()
+        if started_ray:
+            ray.shutdown()
+    after = census(study)
+    return {"study": config.name, "census": after, "ran": after.finished - before.finished,
+            "released": released}

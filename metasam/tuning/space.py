@@ -1,0 +1,372 @@
+"""Search spaces over the (φ, ψ, μ) family, read from YAML and sampled define-by-run by Optuna.
+
+A space file has up to three parts::
+
+    presets: [sgd, sam, frob_sam]        # reference points, official defaults, evaluated first
+    points:                              # more fixed points; list values expand as a grid
+      - {preset: frob_sam, lam: [0.001, 0.01], rho: [0.005, 0.01]}
+    search:                              # the parameterized family (omit for a points-only space)
+      measure: {kinds: [gaussian, sphere, box, ascent, adaptive_ascent], adaptive: [false, true]}
+      phi:
+        polynomial: {outputs: [1, 2], degree: [1, 3], coefficients: [-1.0, 1.0]}
+        # or  mlp: {outputs: [1, 2], width: [2, 4], weights: [-2.0, 2.0],
+        #           activation: [tanh, softplus], input_scale: [0.1, 10.0]}
+      psi: [identity, sum, variance, {fn: root, p: 2}]   # each used where its input size fits
+      rho: [0.01, 0.5]          # log-uniform; a radius: random measures use scale "global"
+      lam: [0.001, 1.0]         # log-uniform
+      n: [1, 4]                 # perturbations per step (n + 1 passes); 1 for ascent measures
+      lr: [0.01, 0.2]           # optional: the base optimizer's lr (log-uniform)
+      weight_decay: [1e-5, 1e-3]  # optional (log-uniform)
+      d_clip: 50                # optional guard: |D| clipped before φ (see SharpnessSpec)
+
+Points carry their whole spec (and training overrides) in the trial's user attributes, so the
+same machinery serves presets, grids and warm starts from another study.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metasam import _checks, _config, presets
+from metasam.errors import ConfigError, SpecError, ValidationError
+from metasam.family.measures import Measure
+from metasam.family.psi import Psi
+from metasam.family.spec import SharpnessSpec
+
+SEARCH_KINDS = ("gaussian", "sphere", "box", "ascent", "adaptive_ascent")
+TRAIN_KEYS = ("lr", "weight_decay", "momentum")
+SPEC_KEYS = ("rho", "lam", "n", "d_clip")
+MEASURE_KEYS = ("scale", "half_width", "adaptive", "eta", "sparsity", "fisher_samples",
+                "refresh_epochs")
+ACTIVATIONS = ("tanh", "softplus", "sigmoid")
+
+
+@dataclass(frozen=True)
+class Point:
+    """A fixed trial: a full spec plus training overrides, under a unique label."""
+
+    label: str
+    spec: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def user_attrs(self) -> dict[str, Any]:
+        return {"point": self.label, "spec": json.dumps(self.spec),
+                "train": json.dumps(self.train)}
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space; :meth:`sample` is Optuna's define-by-run function."""
+
+    name: str
+    points: list[Point]
+    search: dict[str, Any] | None
+    source: str | None = None
+
+    # --- reading --------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> SearchSpace:
+        data = _config.load_yaml(path)
+        return cls.from_dict(data, name=Path(path).stem, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str = "space", source: str | None = None
+                  ) -> SearchSpace:
+        try:
+            if not isinstance(data, dict):
+                raise ConfigError("", "expected a mapping with presets, points and/or search")
+            _checks.known_keys("", data, ("description", "presets", "points", "search"))
+            points = _read_presets(data.get("presets", []))
+            for i, entry in enumerate(data.get("points", []) or []):
+                try:
+                    points.extend(_read_point(entry))
+                except ValidationError as err:
+                    raise err.within(f"points[{i}]") from None
+            labels = [p.label for p in points]
+            duplicate = next((lb for lb in labels if labels.count(lb) > 1), None)
+            if duplicate:
+                raise ConfigError("points", f"point {duplicate!r} appears twice")
+            search = _read_search(data["search"]) if data.get("search") else None
+            if search is None and not points:
+                raise ConfigError("", "the space has neither points nor a search section",
+                                  "presets, points, search")
+        except ValidationError as err:
+            err = ConfigError(err.field, err.problem, err.allowed)
+            raise (err.with_source(source) if source else err) from None
+        return cls(name, points, search, source)
+
+    # --- sampling ---------------------------------------------------------------------------
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Optuna define-by-run: point trials return their stored spec; others sample one.
+
+        Returns the constants Ray Tune merges into the trial config: ``spec`` (a spec dict),
+        ``train`` (training overrides) and ``label``.
+        """
+        attrs = trial.user_attrs
+        if "spec" in attrs:
+            return {"spec": json.loads(attrs["spec"]), "train": json.loads(attrs["train"]),
+                    "label": attrs["point"]}
+        if self.search is None:
+            raise RuntimeError(f"search space {self.name!r} has no search section: only its "
+                               f"{len(self.points)} points can be evaluated")
+        spec, train = sample_search(self.search, trial)
+        return {"spec": spec.to_dict(), "train": train, "label": "search"}
+
+
+# --- presets and points -----------------------------------------------------------------------
+
+def _read_presets(value: Any) -> list[Point]:
+    if value == "all":
+        value = list(presets.NAMES)
+    if not isinstance(value, list):
+        raise ConfigError("presets", f"expected a list of preset names or 'all', got {value!r}",
+                          presets.NAMES)
+    out = []
+    for name in value:
+        _checks.choice("presets", name, presets.NAMES)
+        out.append(Point(name, presets.get(name).to_dict()))
+    return out
+
+
+def _read_point(entry: Any) -> list[Point]:
+    if not isinstance(entry, dict) or "preset" not in entry:
+        raise ConfigError("preset", "each point needs a preset to start from", presets.NAMES)
+    allowed = ("preset", *SPEC_KEYS, *MEASURE_KEYS, *TRAIN_KEYS)
+    _checks.known_keys("", entry, allowed)
+    name = _checks.choice("preset", entry["preset"], presets.NAMES)
+    keys = [k for k in entry if k != "preset"]
+    grids = [entry[k] if isinstance(entry[k], list) else [entry[k]] for k in keys]
+    points = []
+    for combo in itertools.product(*grids):
+        values = dict(zip(keys, combo, strict=True))
+        spec_changes = {k: v for k, v in values.items() if k not in TRAIN_KEYS}
+        train = {k: v for k, v in values.items() if k in TRAIN_KEYS}
+        for key, value in train.items():
+            _checks.number(key, value, low=0.0)
+        try:
+            spec = presets.get(name, **spec_changes)
+        except SpecError as err:
+            raise ConfigError(err.field, err.problem, err.allowed) from None
+        label = name + "".join(f" {k}={v}" for k, v in values.items())
+        points.append(Point(label, spec.to_dict(), train))
+    return points
+
+
+# --- the search section -----------------------------------------------------------------------
+
+def _range(field_name: str, value: Any, *, log: bool, positive: bool = False,
+           integer: bool = False) -> Range:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ConfigError(field_name, f"expected [low, high], got {value!r}", "[low, high]")
+    check = _checks.integer if integer else _checks.number
+    low = check(f"{field_name}[0]", value[0])
+    high = check(f"{field_name}[1]", value[1])
+    if low > high:
+        raise ConfigError(field_name, f"low {low} is above high {high}", "[low, high], low ≤ high")
+    if (log or positive) and low <= 0:
+        raise ConfigError(field_name, f"log-uniform ranges need low > 0, got {low}", "(0, inf)")
+    return Range(low, high, log)
+
+
+def _psi_entries(value: Any) -> list[tuple[str, dict[str, Any], int | None]]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("psi", "expected a non-empty list of ψ functions",
+                          "names or {fn: NAME, ...} mappings")
+    out = []
+    for i, item in enumerate(value):
+        try:
+            psi = Psi.from_obj(item)
+        except SpecError as err:
+            raise ConfigError(f"psi[{i}]{err.field[3:]}", err.problem, err.allowed) from None
+        obj = psi.to_obj()
+        label = obj["fn"] + "".join(f":{k}={v}" for k, v in obj.items() if k != "fn")
+        out.append((label, obj, psi.dim))
+    return out
+
+
+def _read_search(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError("search", "expected a mapping")
+    _checks.known_keys("search", data, ("measure", "phi", "psi", "rho", "lam", "n", "lr",
+                                        "weight_decay", "d_clip"))
+    for key in ("measure", "phi", "psi", "rho", "lam"):
+        if key not in data:
+            raise ConfigError(f"search.{key}", "missing")
+    measure = data["measure"]
+    if not isinstance(measure, dict):
+        raise ConfigError("search.measure", "expected {kinds: [...], adaptive: [...]}")
+    _checks.known_keys("search.measure", measure, ("kinds", "adaptive"))
+    kinds = measure.get("kinds", list(SEARCH_KINDS))
+    if not isinstance(kinds, list) or not kinds:
+        raise ConfigError("search.measure.kinds", "expected a non-empty list", SEARCH_KINDS)
+    for kind in kinds:
+        _checks.choice("search.measure.kinds", kind, SEARCH_KINDS)
+    adaptive = measure.get("adaptive", [False])
+    if not isinstance(adaptive, list) or not adaptive:
+        raise ConfigError("search.measure.adaptive", "expected a list", "[false], [false, true]")
+    for a in adaptive:
+        _checks.boolean("search.measure.adaptive", a)
+    phi = _read_phi(data["phi"])
+    psi = _psi_entries(data["psi"])
+    for m in phi["outputs"]:
+        if not [p for p in psi if p[2] in (None, m)]:
+            raise ConfigError("search.psi", f"no ψ in the list takes {m} input(s), but φ may "
+                              f"have {m} outputs", "add e.g. 'sum'")
+    out: dict[str, Any] = {
+        "kinds": kinds, "adaptive": adaptive, "phi": phi, "psi": psi,
+        "rho": _range("search.rho", data["rho"], log=True),
+        "lam": _range("search.lam", data["lam"], log=True),
+        "n": _range("search.n", data.get("n", [1, 1]), log=False, positive=True, integer=True),
+        "d_clip": (None if data.get("d_clip") is None else
+                   _checks.number("search.d_clip", data["d_clip"], low=0.0, low_open=True)),
+    }
+    for key in ("lr", "weight_decay"):
+        if key in data:
+            out[key] = _range(f"search.{key}", data[key], log=True)
+    return out
+
+
+def _read_phi(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) or len(data) != 1:
+        raise ConfigError("search.phi", "expected one of {polynomial: ...} or {mlp: ...}",
+                          "polynomial, mlp")
+    ((kind, body),) = data.items()
+    where = f"search.phi.{kind}"
+    if kind not in ("polynomial", "mlp"):
+        raise ConfigError("search.phi", f"unknown φ family {kind!r}", "polynomial, mlp")
+    if not isinstance(body, dict):
+        raise ConfigError(where, "expected a mapping")
+    outputs = body.get("outputs", [1])
+    if not isinstance(outputs, list) or not outputs or any(o not in (1, 2, 3) for o in outputs):
+        raise ConfigError(f"{where}.outputs", f"expected a list of output sizes, got {outputs!r}",
+                          "sizes 1, 2, 3")
+    if kind == "polynomial":
+        _checks.known_keys(where, body, ("outputs", "degree", "coefficients"))
+        return {"kind": kind, "outputs": outputs,
+                "degree": _range(f"{where}.degree", body.get("degree", [1, 2]), log=False,
+                                 positive=True, integer=True),
+                "coefficients": _range(f"{where}.coefficients", body.get("coefficients",
+                                                                          [-1.0, 1.0]),
+                                       log=False)}
+    _checks.known_keys(where, body, ("outputs", "width", "weights", "activation",
+                                     "input_scale"))
+    activation = body.get("activation", ["tanh"])
+    if not isinstance(activation, list) or not activation:
+        raise ConfigError(f"{where}.activation", "expected a list", ACTIVATIONS)
+    for a in activation:
+        _checks.choice(f"{where}.activation", a, ACTIVATIONS)
+    return {"kind": kind, "outputs": outputs,
+            "width": _range(f"{where}.width", body.get("width", [2, 4]), log=False,
+                            positive=True, integer=True),
+            "weights": _range(f"{where}.weights", body.get("weights", [-2.0, 2.0]), log=False),
+            "activation": activation,
+            "input_scale": _range(f"{where}.input_scale", body.get("input_scale", [0.1, 10.0]),
+                                  log=True)}
+
+
+def _suggest(trial: Any, name: str, r: Range) -> float:
+    return trial.suggest_float(name, r.low, r.high, log=r.log)
+
+
+def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, dict[str, Any]]:
+    """Sample one member of the family (and training overrides) from an Optuna trial.
+
+    Conditional structure: n only for random measures (and n ≥ 2 with the variance form), the
+    adaptive flag only for random measures, φ's blocks per output, ψ among those whose input
+    size matches φ's output count.
+    """
+    kind = trial.suggest_categorical("measure", search["kinds"])
+    random_kind = kind in ("gaussian", "sphere", "box")
+    measure: dict[str, Any] = {"kind": kind}
+    if random_kind:
+        measure["scale"] = "global"
+        if len(search["adaptive"]) > 1:
+            measure["adaptive"] = trial.suggest_categorical("adaptive", search["adaptive"])
+        elif search["adaptive"][0]:
+            measure["adaptive"] = True
+    phi_space = search["phi"]
+    m = trial.suggest_categorical("phi_outputs", phi_space["outputs"])
+    phi = _sample_phi(phi_space, m, trial)
+    # ψ among those that take m inputs; the variance form needs n ≥ 2 samples, which the
+    # deterministic ascent measures do not have, so they choose from the rest (or "sum").
+    choices = [p for p in search["psi"] if p[2] in (None, m)
+               and (random_kind or p[1]["fn"] != "variance")]
+    if not choices:
+        choices = [("sum", {"fn": "sum"}, None)]
+    name = f"psi_m{m}" if random_kind else f"psi_m{m}_ascent"
+    label = trial.suggest_categorical(name, [p[0] for p in choices])
+    psi = next(p[1] for p in choices if p[0] == label)
+    n = 1
+    if random_kind:
+        low, high = int(search["n"].low), int(search["n"].high)
+        if psi["fn"] == "variance":
+            n = trial.suggest_int("n_variance", max(2, low), max(2, high))
+        else:
+            n = trial.suggest_int("n", low, high)
+    spec = SharpnessSpec(phi=phi, psi=psi, measure=Measure.from_obj(measure), n=n,
+                         rho=_suggest(trial, "rho", search["rho"]),
+                         lam=_suggest(trial, "lam", search["lam"]), d_clip=search["d_clip"],
+                         name="search")
+    train = {key: _suggest(trial, key, search[key]) for key in ("lr", "weight_decay")
+             if key in search}
+    return spec, train
+
+
+def _sample_phi(space: dict[str, Any], m: int, trial: Any) -> list[dict[str, Any]]:
+    if space["kind"] == "polynomial":
+        blocks = []
+        for j in range(m):
+            degree = trial.suggest_int(f"phi{j}_degree", int(space["degree"].low),
+                                       int(space["degree"].high))
+            coefficients = [0.0] + [
+                _suggest(trial, f"phi{j}_c{k}", space["coefficients"])
+                for k in range(1, degree + 1)]
+            blocks.append({"fn": "polynomial", "coefficients": coefficients})
+        return blocks
+    width = trial.suggest_int("mlp_width", int(space["width"].low), int(space["width"].high))
+    activation = trial.suggest_categorical("mlp_activation", space["activation"])
+    scale = _suggest(trial, "mlp_input_scale", space["input_scale"])
+    w = space["weights"]
+    first = [[_suggest(trial, f"mlp_w1_{i}", w)] for i in range(width)]
+    first_bias = [_suggest(trial, f"mlp_b1_{i}", w) for i in range(width)]
+    second = [[_suggest(trial, f"mlp_w2_{j}_{i}", w) for i in range(width)] for j in range(m)]
+    second_bias = [0.0] * m
+    return [{"fn": "mlp", "weights": [first, second], "biases": [first_bias, second_bias],
+             "activation": activation, "input_scale": scale}]
+
+
+def describe_spec(spec: dict[str, Any]) -> str:
+    """A compact one-line summary of a spec dict for tables."""
+    s = SharpnessSpec.from_dict(spec)
+    phi = "+".join(_short_phi(b) for b in s.phi.to_obj())
+    psi = s.psi.to_obj()["fn"]
+    kind = s.measure.kind + ("*T" if s.measure.uses_weights and s.measure.is_random else "")
+    return f"μ={kind} φ={phi} ψ={psi} n={s.n} ρ={s.rho:.3g} λ={s.lam:.3g}"
+
+
+def _short_phi(block: dict[str, Any]) -> str:
+    if block["fn"] == "polynomial":
+        terms = [f"{c:+.2g}t^{k}" for k, c in enumerate(block["coefficients"]) if c]
+        return "(" + "".join(terms) + ")" if terms else "0"
+    if block["fn"] == "mlp":
+        return f"mlp{len(block['biases'][0])}"
+    return block["fn"]
+
+
+def grid_size(space: SearchSpace) -> float:
+    return len(space.points) if space.search is None else math.inf

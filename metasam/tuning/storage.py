@@ -1,0 +1,210 @@
+"""The study's Optuna storage: the single source of truth about which trials exist.
+
+Bookkeeping lives in each trial's user attributes: ``point``/``spec``/``train`` (what it runs),
+``worker`` (which ``metasam tune`` process runs it), ``epochs``/``full_budget`` (the budget its
+value was reached at), ``status``/``reason``, and the markers ``interrupted`` (its worker died;
+it was re-enqueued) and ``surplus`` (asked for by a worker after the study was full; never run).
+
+A trial *counts* towards the study's target when it is COMPLETE, FAIL (a real failure),
+RUNNING or WAITING; interrupted and surplus trials do not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+
+from metasam.tuning.space import Point
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# metasam drives Optuna through ask/tell and sends the heartbeats itself (see searcher.py).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                        message=r"Argument ``(heartbeat_interval|grace_period|group)``")
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None,
+                 heartbeat_grace: int | None = None) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage (SQLite or PostgreSQL) with heartbeats for stale-trial detection."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # several processes share the file: wait for locks instead of failing at once
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=heartbeat_grace)
+    for attempt in range(10):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
+                sqlalchemy.exc.ProgrammingError):
+            # Two workers creating the schema of a new database at the same moment collide in
+            # table creation or Alembic's version stamp; the loser tries again and finds it
+            # done. (A wrong URL also lands here and fails after the last attempt.)
+            if attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def open_study(storage: optuna.storages.BaseStorage, name: str, mode: str,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    return optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                               direction="maximize" if mode == "max" else "minimize",
+                               sampler=sampler)
+
+
+def load_study(storage_url: str, name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    except KeyError:
+        raise ValueError(f"no study named {name!r} in {storage_url} (run `metasam tune` "
+                         "first)") from None
+
+
+def sweep_stale(study: optuna.Study) -> int:
+    """Re-run the trials whose worker stopped sending heartbeats (killed, crashed, cut off).
+
+    Each stale trial is marked ``interrupted``, failed, and — by the one process whose state
+    change wins — enqueued again with the same configuration. Returns how many this call
+    re-enqueued.
+    """
+    storage = study._storage  # Optuna wraps an RDB storage in a cache; writes go through it
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage) or \
+            backend.get_heartbeat_interval() is None:
+        return 0
+    stale = set(backend._get_stale_trial_ids(study._study_id))
+    # A worker killed between Optuna's ask and its first heartbeat leaves a RUNNING trial that
+    # Optuna's check never sees (no heartbeat row): metasam records the heartbeat before the
+    # trial's "worker" attribute, so a trial without one, older than the grace period, is such
+    # an orphan.
+    grace = backend.grace_period or 2 * backend.get_heartbeat_interval()
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        if "worker" not in trial.user_attrs and started is not None and \
+                (now - started).total_seconds() > grace:
+            stale.add(trial._trial_id)
+    return sum(requeue(study, trial_id) for trial_id in sorted(stale))
+
+
+def requeue(study: optuna.Study, trial_id: int) -> bool:
+    """Mark a RUNNING trial ``interrupted``, fail it, and enqueue its configuration again.
+
+    The state change is the lock: only the caller whose change wins enqueues the retry.
+    """
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        won = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # finished, or another worker handled it
+    if not won:
+        return False
+    trial = storage.get_trial(trial_id)
+    attrs = {k: trial.user_attrs[k] for k in ("point", "spec", "train")
+             if k in trial.user_attrs and "point" in trial.user_attrs}
+    attrs["retry_of"] = trial.number
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+    return True
+
+
+def counts(trial: FrozenTrial) -> bool:
+    if trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus"):
+        return False
+    return trial.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
+                           TrialState.WAITING)
+
+
+@dataclass
+class Census:
+    """Where a study stands."""
+
+    counted: list[FrozenTrial] = field(default_factory=list)
+    complete: int = 0
+    full_budget: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    interrupted: int = 0
+    surplus: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.failed
+
+    def describe(self, target: int) -> str:
+        return (f"{self.finished}/{target} finished ({self.complete} complete, "
+                f"{self.full_budget} at full budget, {self.failed} failed), {self.running} "
+                f"running, {self.waiting} waiting, {self.interrupted} interrupted and re-run")
+
+
+def census(study: optuna.Study) -> Census:
+    out = Census()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("interrupted"):
+            out.interrupted += 1
+        elif trial.user_attrs.get("surplus"):
+            out.surplus += 1
+        if not counts(trial):
+            continue
+        out.counted.append(trial)
+        if trial.state == TrialState.COMPLETE:
+            out.complete += 1
+            out.full_budget += bool(trial.user_attrs.get("full_budget"))
+        elif trial.state == TrialState.FAIL:
+            out.failed += 1
+        elif trial.state == TrialState.RUNNING:
+            out.running += 1
+        else:
+            out.waiting += 1
+    return out
+
+
+def enqueue_points(study: optuna.Study, points: list[Point], target: int) -> int:
+    """Enqueue the points not in the study yet (by label), as long as they fit the target.
+    Returns how many were enqueued."""
+    state = census(study)
+    present = {t.user_attrs.get("point") for t in state.counted}
+    room = target - len(state.counted)
+    added = 0
+    for point in points:
+        if room <= 0:
+            break
+        if point.label in present:
+            continue
+        study.enqueue_trial({}, user_attrs=point.user_attrs())
+        present.add(point.label)
+        room -= 1
+        added += 1
+    return added
+
+
+def trial_spec(trial: FrozenTrial) -> dict[str, Any] | None:
+    text = trial.user_attrs.get("spec")
+    return json.loads(text) if text else None
+
+
+def trial_train(trial: FrozenTrial) -> dict[str, Any]:
+    text = trial.user_attrs.get("train")
+    return json.loads(text) if text else {}
+
+
+def best_trials(study: optuna.Study, mode: str, k: int = 1) -> list[FrozenTrial]:
+    """The k best COMPLETE trials at full budget (ASHA-stopped trials are excluded: their
+    values were reached with fewer epochs)."""
+    candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.user_attrs.get("full_budget") and t.value is not None and counts(t)]
+    candidates.sort(key=lambda t: (-t.value if mode == "max" else t.value, t.number))
+    return candidates[:k]

@@ -1,0 +1,178 @@
+"""Study configs: what to tune, on what data, with which budget, resources and storage.
+
+    name: digits-quick                  # the study's name in the storage (default: file name)
+    search_space: ../search_spaces/universal-poly.yaml   # relative to this file
+    train: {dataset: digits, model: cnn, epochs: 8}     # TrainConfig fields shared by all trials
+    metric: val_acc                     # a validation or training metric, never a test one
+    mode: max
+    trials: 24                          # trials that reach a terminal state
+    concurrency: 2
+    resources: {cpu: 1, gpu: 0}         # per trial; gpu may be a fraction (0.25: 4 per GPU)
+    scheduler: {type: asha, grace_period: 2, reduction_factor: 3}
+    storage: null                       # default sqlite:///<this folder>/<name>.db
+    sampler: {type: tpe, startup_trials: 10}
+    seed: 0
+    heartbeat: {interval: 10, grace: 60} # seconds; a trial silent for `grace` is re-run
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metasam import _checks, _config
+from metasam.errors import ConfigError, ValidationError
+from metasam.training.config import TrainConfig
+from metasam.tuning.space import SearchSpace
+
+_KEYS = ("name", "search_space", "train", "metric", "mode", "trials", "concurrency",
+         "resources", "scheduler", "storage", "sampler", "seed", "heartbeat")
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    path: Path
+    space: SearchSpace
+    train: TrainConfig
+    metric: str = "val_acc"
+    mode: str = "max"
+    trials: int = 20
+    concurrency: int = 1
+    cpu: float = 1.0
+    gpu: float = 0.0
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha"})
+    storage: str = ""
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    seed: int = 0
+    heartbeat_interval: int = 10
+    heartbeat_grace: int = 60
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def ray_dir(self) -> Path:
+        return (self.folder / ".metasam-ray").resolve()
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> StudyConfig:
+        source = str(path)
+        data = _config.load_yaml(path)
+        try:
+            return cls._from_dict(data, Path(path))
+        except ValidationError as err:
+            raise ConfigError(err.field, err.problem, err.allowed, err.source or source
+                              ) from None
+
+    @classmethod
+    def _from_dict(cls, data: Any, path: Path) -> StudyConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("", "expected a mapping of study fields", ", ".join(_KEYS))
+        _checks.known_keys("", data, _KEYS)
+        name = data.get("name", path.stem)
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name", f"expected a non-empty string, got {name!r}")
+        if "search_space" not in data:
+            raise ConfigError("search_space", "missing", "a path to a search-space YAML file")
+        space_path = Path(str(data["search_space"]))
+        if not space_path.is_absolute():
+            space_path = path.parent / space_path
+        if not space_path.is_file():
+            raise ConfigError("search_space", f"no such file: {space_path}",
+                              "a path relative to the study file")
+        space = SearchSpace.from_yaml(space_path)
+        train_data = data.get("train") or {}
+        if not isinstance(train_data, dict):
+            raise ConfigError("train", "expected a mapping of training fields")
+        for key in ("test", "checkpoint_dir", "spec", "preset"):
+            if key in train_data:
+                raise ConfigError(f"train.{key}", "is set by the study for each trial",
+                                  "other TrainConfig fields")
+        train_data = dict(train_data)
+        if train_data.get("data_dir") and not Path(train_data["data_dir"]).is_absolute():
+            train_data["data_dir"] = str((path.parent / train_data["data_dir"]).resolve())
+        try:
+            train = TrainConfig.from_dict({**train_data, "test": "none"})
+        except ValidationError as err:
+            raise err.within("train") from None
+        metric = _checks.choice("metric", data.get("metric", "val_acc"), METRICS)
+        if metric.startswith("val_") and train.val_fraction == 0:
+            raise ConfigError("metric", f"{metric} needs a validation split but train."
+                              "val_fraction is 0", "train_acc, train_loss, or val_fraction > 0")
+        mode = _checks.choice("mode", data.get("mode", "max" if metric.endswith("acc")
+                                               else "min"), ("max", "min"))
+        trials = _checks.integer("trials", data.get("trials", 20), low=1)
+        if space.search is None and trials > len(space.points):
+            raise ConfigError("trials", f"{trials} trials but the points-only space "
+                              f"{space.name!r} has {len(space.points)} points",
+                              f"1 to {len(space.points)}")
+        concurrency = _checks.integer("concurrency", data.get("concurrency", 1), low=1)
+        resources = data.get("resources") or {}
+        if not isinstance(resources, dict):
+            raise ConfigError("resources", "expected {cpu: N, gpu: F}")
+        _checks.known_keys("resources", resources, ("cpu", "gpu"))
+        cpu = _checks.number("resources.cpu", resources.get("cpu", 1), low=0.0, low_open=True)
+        gpu = _checks.number("resources.gpu", resources.get("gpu", 0), low=0.0)
+        scheduler = _read_scheduler(data.get("scheduler") or {"type": "asha"}, train.epochs)
+        storage = data.get("storage") or f"sqlite:///{(path.parent / (name + '.db')).resolve()}"
+        if not isinstance(storage, str) or not storage.startswith(("sqlite:///", "postgresql",
+                                                                   "mysql")):
+            raise ConfigError("storage", f"unsupported storage URL {storage!r}",
+                              "sqlite:///FILE, postgresql://USER@HOST/DB")
+        sampler = _read_sampler(data.get("sampler") or {"type": "tpe"})
+        seed = _checks.integer("seed", data.get("seed", 0), low=0)
+        heartbeat = data.get("heartbeat") or {}
+        if not isinstance(heartbeat, dict):
+            raise ConfigError("heartbeat", "expected {interval: S, grace: S}")
+        _checks.known_keys("heartbeat", heartbeat, ("interval", "grace"))
+        interval = _checks.integer("heartbeat.interval", heartbeat.get("interval", 10), low=1)
+        grace = _checks.integer("heartbeat.grace", heartbeat.get("grace", 60), low=2 * interval)
+        return cls(name=name, path=path.resolve(), space=space, train=train.replace(
+            seed=seed), metric=metric, mode=mode, trials=trials, concurrency=concurrency,
+            cpu=cpu, gpu=gpu, scheduler=scheduler, storage=storage, sampler=sampler, seed=seed,
+            heartbeat_interval=interval, heartbeat_grace=grace)
+
+    def check_data(self) -> None:
+        """Load the dataset once: a missing one fails here, before Ray starts."""
+        from metasam.data import DatasetNotFoundError
+        from metasam.training.trainer import splits_of
+
+        try:
+            splits_of(self.train)
+        except DatasetNotFoundError as err:
+            raise ConfigError("train.dataset", str(err), source=str(self.path)) from None
+
+    def data_dir(self) -> str:
+        """The absolute data folder every trial reads (workers run in other folders)."""
+        from metasam.data import default_data_dir
+
+        return str(Path(self.train.data_dir or default_data_dir()).resolve())
+
+
+def _read_scheduler(data: Any, epochs: int) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError("scheduler", "expected {type: asha, ...} or {type: none}")
+    kind = _checks.choice("scheduler.type", data.get("type", "asha"), ("asha", "none"))
+    if kind == "none":
+        _checks.known_keys("scheduler", data, ("type",))
+        return {"type": "none"}
+    _checks.known_keys("scheduler", data, ("type", "grace_period", "reduction_factor"))
+    grace = _checks.integer("scheduler.grace_period", data.get("grace_period", 1), low=1,
+                            high=epochs)
+    factor = _checks.number("scheduler.reduction_factor", data.get("reduction_factor", 3),
+                            low=1.0, low_open=True)
+    return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
+
+
+def _read_sampler(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError("sampler", "expected {type: tpe|random, startup_trials: N}")
+    _checks.known_keys("sampler", data, ("type", "startup_trials"))
+    kind = _checks.choice("sampler.type", data.get("type", "tpe"), ("tpe", "random"))
+    startup = _checks.integer("sampler.startup_trials", data.get("startup_trials", 10), low=0)
+    return {"type": kind, "startup_trials": startup}

@@ -1,0 +1,307 @@
+"""Tuning studies end to end: Ray Tune + Optuna storage, resume after SIGKILL, cooperating
+workers on SQLite and PostgreSQL, failed trials, export and load_optimizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from metasam import load_optimizer
+from metasam.cli import main
+from metasam.tuning import SearchSpace, StudyConfig
+from metasam.tuning.export import best_optimizer
+from metasam.tuning.runner import tune_study
+from metasam.tuning.storage import census, counts, load_study
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+SPACE = {
+    "presets": ["sgd", "sam"],
+    "search": {
+        "measure": {"kinds": ["gaussian", "ascent"], "adaptive": [False]},
+        "phi": {"polynomial": {"outputs": [1, 2], "degree": [1, 2],
+                               "coefficients": [0.1, 1.0]}},
+        "psi": ["identity", "sum", "variance"],
+        "rho": [0.01, 0.2], "lam": [0.01, 0.5], "n": [1, 2],
+    },
+}
+
+
+def write_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int = 3,
+                space: dict | None = None, **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(yaml.safe_dump(space or SPACE))
+    study = {"name": name, "search_space": "space.yaml",
+             "train": {"dataset": "digits", "model": "mlp", "epochs": epochs, "lr": 0.05,
+                       "batch_size": 32},
+             "metric": "val_acc", "trials": trials, "concurrency": extra.pop("concurrency", 2),
+             "resources": {"cpu": 1, "gpu": 0},
+             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+             "sampler": {"type": "tpe", "startup_trials": 3},
+             "heartbeat": {"interval": 1, "grace": 4}, **extra}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def metasam_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "metasam", *args]
+
+
+def assert_complete_and_unique(config: StudyConfig):
+    study = load_study(config.storage, config.name)
+    state = census(study)
+    assert state.finished == config.trials
+    assert state.running == 0 and state.waiting == 0
+    keys = Counter()
+    for t in state.counted:
+        keys[(t.user_attrs.get("label"), t.user_attrs.get("spec"), t.user_attrs.get("train"))] += 1
+    assert max(keys.values()) == 1, "a configuration ran twice"
+    return state
+
+
+# --- validation before Ray starts -------------------------------------------------------------
+
+def test_invalid_files_fail_with_one_line_before_ray_starts(tmp_path, capsys) -> None:
+    import ray
+
+    cases = [
+        ({"trials": 0}, "tiny.yaml: trials: out of range: 0; allowed: [1, inf)"),
+        ({"metric": "test_acc"}, "tiny.yaml: metric: unknown value 'test_acc'; allowed: val_acc"),
+        ({"schedulr": {}}, "tiny.yaml: schedulr: unknown key; allowed: name, search_space"),
+        ({"resources": {"cpu": "two"}}, "tiny.yaml: resources.cpu: expected a number"),
+        ({"train": {"dataset": "mnist", "data_dir": str(tmp_path / "empty")}},
+         "tiny.yaml: train.dataset: dataset 'mnist': not found"),
+        ({"train": {"model": "vgg"}}, "tiny.yaml: train.model: unknown value 'vgg'; allowed: "
+                                      "resnet18, mlp, cnn"),
+    ]
+    for extra, message in cases:
+        path = write_study(tmp_path / "s", **extra)
+        assert main(["tune", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert message in err, err
+    bad_spaces = [
+        ({"search": {**SPACE["search"], "rho": [0.5, 0.1]}},
+         "space.yaml: search.rho: low 0.5 is above high 0.1; allowed: [low, high], low ≤ high"),
+        ({"presets": ["sgd", "samm"]}, "space.yaml: presets: unknown value 'samm'; allowed: sgd"),
+        ({"search": {**SPACE["search"], "psi": ["identity", "varience"]}},
+         "space.yaml: psi[1].fn: unknown ψ function 'varience'"),
+        ({"search": {**SPACE["search"], "measure": {"kinds": ["gauss"]}}},
+         "space.yaml: search.measure.kinds: unknown value 'gauss'; allowed: gaussian"),
+        ({"points": [{"preset": "frob_sam", "lam": -1.0}]},
+         "space.yaml: points[0].lam: out of range: -1.0; allowed: [0, inf)"),
+        ({"search": {**SPACE["search"], "n": [1, "x"]}},
+         "space.yaml: search.n[1]: expected a whole number, got 'x'"),
+    ]
+    for space, message in bad_spaces:
+        path = write_study(tmp_path / "s", space=space)
+        assert main(["tune", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not ray.is_initialized()
+
+
+def test_shipped_spaces_and_studies_are_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "search_spaces").glob("*.yaml")):
+        SearchSpace.from_yaml(path)
+    names = {StudyConfig.from_yaml(p).name for p in sorted((root / "studies").glob("*.yaml"))}
+    assert {"digits-quick", "mnist", "mnist1d", "cifar10-s", "cifar10-c"} <= names
+    paper = SearchSpace.from_yaml(root / "search_spaces" / "paper.yaml")
+    assert len(paper.points) == 4 + 3 + 3 + 12 and paper.search is None
+
+
+# --- a real study, in this process ------------------------------------------------------------
+
+def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_cluster,
+                                                              capsys) -> None:
+    path = write_study(tmp_path / "a", trials=7, space={
+        **SPACE, "points": [{"preset": "sgd", "lr": 1.0e9, "momentum": 0.0}]})
+    config = StudyConfig.from_yaml(path)
+    outcome = tune_study(config, address=ray_cluster, verbose=0)
+    assert outcome["ran"] == 7
+    state = assert_complete_and_unique(config)
+    trials = {t.user_attrs["label"]: t for t in state.counted}
+    # the diverging point is a failed trial with its reason; the study still finished
+    diverged = trials["sgd lr=1000000000.0 momentum=0.0"]
+    assert diverged.state == optuna.trial.TrialState.FAIL
+    assert "non-finite" in diverged.user_attrs["reason"]
+    # reference points always get the full budget, and the best is at least as good as each
+    assert trials["sgd"].user_attrs["full_budget"] and trials["sam"].user_attrs["full_budget"]
+    best = best_optimizer(config)
+    assert all(best["value"] >= trials[p].value for p in ("sgd", "sam"))
+    full = [t for t in state.counted if t.user_attrs.get("full_budget")]
+    assert best["value"] == max(t.value for t in full)
+    # ASHA-stopped trials carry the budget their value was reached at
+    for t in state.counted:
+        if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs["full_budget"]:
+            assert t.user_attrs["epochs"] < 3 and t.user_attrs["status"] == "stopped"
+
+    # metasam best / trials
+    assert main(["best", str(path)]) == 0
+    exported = json.loads((path.parent / "tiny.best.json").read_text())
+    assert exported["trial"] == best["trial"] and exported["spec"] == best["spec"]
+    capsys.readouterr()
+    assert main(["trials", str(path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len([r for r in rows if r["counted"]]) == 7
+
+    # load_optimizer reproduces the trial's optimizer exactly: same update on a fixed batch
+    from metasam.training import TrainConfig, Trial
+
+    best_trial = next(t for t in state.counted if t.number == best["trial"])
+    trial_config = TrainConfig.from_dict({**config.train.to_dict(),
+                                          **json.loads(best_trial.user_attrs["train"]),
+                                          "spec": best["spec"], "seed": 5})
+    reference = Trial(trial_config)
+    model = copy_model(reference.model)
+    optimizer = load_optimizer(path.parent / "tiny.best.json", model.parameters(), model=model,
+                               seed=5)
+    x = reference.splits.train.normalize(reference.splits.train.x[:64])
+    y = reference.splits.train.y[:64]
+    for net, opt in ((reference.model, reference.optimizer), (model, optimizer)):
+        def closure(net=net, opt=opt):
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure)
+    for a, b in zip(reference.model.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    assert optimizer.param_groups[0]["lr"] == reference.optimizer.param_groups[0]["lr"]
+
+    # warm start: another study evaluates this one's top-k first
+    other = StudyConfig.from_yaml(write_study(tmp_path / "b", name="other", trials=3,
+                                              space={"presets": ["sgd", "sam", "asam"]}))
+    tune_study(other, address=ray_cluster, warm_start=config, top_k=2, verbose=0)
+    labels = [t.user_attrs["label"] for t in sorted(census(load_study(
+        other.storage, other.name)).counted, key=lambda t: t.number)]
+    assert labels[:2] == [f"warm:tiny#{t.number}" for t in sorted(
+        full, key=lambda t: -t.value)][:2] or all(lb.startswith("warm:") for lb in labels[:2])
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+# --- resume after SIGKILL, and cooperating workers --------------------------------------------
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finished(config: StudyConfig) -> int:
+    try:
+        return census(load_study(config.storage, config.name)).finished
+    except ValueError:
+        return 0
+
+
+def test_sigkill_mid_study_then_rerun_finishes_exactly(tmp_path, ray_cluster) -> None:
+    path = write_study(tmp_path, name="killed", trials=16, epochs=6,
+                       scheduler={"type": "none"})
+    config = StudyConfig.from_yaml(path)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    first = subprocess.Popen(metasam_cli("tune", str(path), "--address", ray_cluster,
+                                         "--quiet"), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _finished(config) >= 3, 240, "three finished trials")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    study = load_study(config.storage, config.name)
+    before = {t.number: t.value for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    assert len(before) >= 3
+    assert census(study).running >= 1, "the kill should have interrupted running trials"
+    second = subprocess.run(metasam_cli("tune", str(path), "--address", ray_cluster, "--quiet"),
+                            env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    state = assert_complete_and_unique(config)
+    assert state.interrupted >= 1
+    after = {t.number: t.value for t in load_study(config.storage, config.name).get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    for number, value in before.items():  # nothing finished before the kill was lost
+        assert after[number] == value
+
+
+def test_ctrl_c_gives_back_running_trials_and_the_rerun_finishes(tmp_path, ray_cluster) -> None:
+    path = write_study(tmp_path, name="ctrlc", trials=12, epochs=6, scheduler={"type": "none"},
+                       heartbeat={"interval": 5, "grace": 600})
+    config = StudyConfig.from_yaml(path)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    first = subprocess.Popen(metasam_cli("tune", str(path), "--address", ray_cluster,
+                                         "--quiet"), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _finished(config) >= 3, 240, "three finished trials")
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err
+    state = census(load_study(config.storage, config.name))
+    # nothing is left RUNNING: with a 600 s grace period, a rerun would otherwise wait
+    assert state.running == 0 and state.interrupted >= 1 and state.waiting >= 1
+    second = subprocess.run(metasam_cli("tune", str(path), "--address", ray_cluster, "--quiet"),
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_complete_and_unique(config)
+
+
+def _two_workers(path: Path, address: str) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    logs = [path.with_name(f"worker{i}.log") for i in range(2)]
+    workers = []
+    for log in logs:
+        with open(log, "w") as out:
+            workers.append(subprocess.Popen(metasam_cli("tune", str(path), "--address", address,
+                                                        "--quiet"), env=env, stdout=out,
+                                            stderr=subprocess.STDOUT))
+    for w, log in zip(workers, logs):
+        try:
+            w.wait(timeout=400)
+        finally:
+            if w.poll() is None:
+                w.kill()
+        assert w.returncode == 0, log.read_text()[-3000:]
+
+
+def test_two_processes_cooperate_on_one_sqlite_study(tmp_path, ray_cluster) -> None:
+    path = write_study(tmp_path, name="shared", trials=10, epochs=2, concurrency=1)
+    _two_workers(path, ray_cluster)
+    config = StudyConfig.from_yaml(path)
+    state = assert_complete_and_unique(config)
+    workers = {t.user_attrs.get("worker") for t in state.counted}
+    assert len(workers) == 2, "both processes should have run trials"
+
+
+def test_two_workers_on_a_postgresql_study_across_a_ray_cluster(tmp_path, ray_cluster,
+                                                                postgres_url) -> None:
+    path = write_study(tmp_path, name="multi", trials=10, epochs=2, concurrency=1,
+                       storage=postgres_url)
+    _two_workers(path, ray_cluster)
+    config = StudyConfig.from_yaml(path)
+    assert config.storage.startswith("postgresql")
+    state = assert_complete_and_unique(config)
+    assert len({t.user_attrs.get("worker") for t in state.counted}) == 2
+    assert all(counts(t) for t in state.counted)
