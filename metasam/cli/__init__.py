@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from metasam.errors import ValidationError
 
-SUBCOMMANDS = ("train", "sharpness", "tune")
+SUBCOMMANDS = ("train", "sharpness", "tune", "analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"metasam.cli.{name}")
-        module.register(sub)  # tune.py registers tune, best and trials
+        module.register(sub)  # tune: tune/best/trials; analysis: compare/report/explain
     return parser
 
 

@@ -9,8 +9,12 @@ Closed forms (derived; family.md §1):
 - Ascent measures (radius 1): ½·max_{‖T⁻¹v‖=1} vᵀHv = ½λ_max(THT) (T = I for SAM; for SSAM the
   principal submatrix on the mask).
 
-Everything else (box measures, saturating or MLP φ, exp φ on the sphere) is Monte Carlo, with the
-delta-method standard error of ψ(mean φ).
+- A box measure on a *diagonal* Hessian: q = Σ_i a_i u_i² with independent uniform u_i, so the
+  cumulants of q are sums of one-dimensional ones (polynomial φ) and E[exp(s·q)] is a product of
+  one-dimensional Gaussian integrals (erf for s < 0, erfi for s > 0).
+
+Everything else (box measures on non-diagonal H, saturating or MLP φ, exp φ on the sphere) is
+Monte Carlo, with the delta-method standard error of ψ(mean φ).
 """
 
 from __future__ import annotations
@@ -61,15 +65,67 @@ def _scaling(spec: SharpnessSpec, d: int, weights: Any | None) -> Tensor:
     return w.abs() + spec.measure.eta
 
 
+def moments_from_cumulants(kappa: list[float]) -> list[float]:
+    """Raw moments μ_0..μ_K from cumulants κ_0..κ_K (κ_0 unused)."""
+    mu = [1.0]
+    for n in range(1, len(kappa)):
+        mu.append(sum(math.comb(n - 1, k - 1) * kappa[k] * mu[n - k] for k in range(1, n + 1)))
+    return mu
+
+
+def cumulants_from_moments(mu: list[float]) -> list[float]:
+    """Cumulants κ_0..κ_K (κ_0 = 0) from raw moments μ_0..μ_K (μ_0 = 1)."""
+    kappa = [0.0]
+    for n in range(1, len(mu)):
+        kappa.append(mu[n] - sum(math.comb(n - 1, k - 1) * kappa[k] * mu[n - k]
+                                 for k in range(1, n)))
+    return kappa
+
+
 def gaussian_moments(eigenvalues: Tensor, order: int) -> list[float]:
     """E[q^k], k = 0..order, for q = zᵀKz, z ~ N(0, I) and K with the given eigenvalues."""
     ev = eigenvalues.to(torch.float64)
     kappa = [0.0] + [2.0 ** (k - 1) * math.factorial(k - 1) * float((ev ** k).sum())
                      for k in range(1, order + 1)]
-    mu = [1.0]
-    for n in range(1, order + 1):
-        mu.append(sum(math.comb(n - 1, k - 1) * kappa[k] * mu[n - k] for k in range(1, n + 1)))
-    return mu
+    return moments_from_cumulants(kappa)
+
+
+def _box_diagonal(spec: SharpnessSpec, coefficients: Tensor, half_width: float
+                  ) -> list[float] | None:
+    """E[φ_j(q)] in closed form for q = Σ_i a_i u_i², u_i ~ U[−h, h] independent (a box measure
+    on a diagonal Hessian): polynomial φ through the summed cumulants of the independent terms,
+    exponential φ as a product of one-dimensional Gaussian integrals (erf, erfi)."""
+    from scipy.special import erf, erfi
+
+    forms = spec.phi.closed_forms()
+    if any(f is None for f in forms):
+        return None
+    a = [float(c) for c in coefficients]
+    max_order = max((len(f[1]) - 1 for f in forms if f and f[0] == "poly"), default=0)
+    values = []
+    if max_order:
+        kappa = [0.0] * (max_order + 1)
+        for ai in a:  # raw moments of a_i·u² are a_i^j·h^(2j)/(2j + 1)
+            raw = [1.0] + [ai ** j * half_width ** (2 * j) / (2 * j + 1)
+                           for j in range(1, max_order + 1)]
+            for k, cum in enumerate(cumulants_from_moments(raw)):
+                kappa[k] += cum
+        moments = moments_from_cumulants(kappa)
+    for kind, param in forms:  # type: ignore[misc]
+        if kind == "poly":
+            values.append(sum(c * moments[k] for k, c in enumerate(param)))
+            continue
+        log_value = 0.0
+        for ai in a:
+            b = param * ai  # E exp(b·u²) = (1/2h) ∫_{−h}^{h} exp(b u²) du
+            if b == 0:
+                continue
+            root = math.sqrt(abs(b))
+            integral = erf(half_width * root) if b < 0 else erfi(half_width * root)
+            log_value += math.log(math.sqrt(math.pi) / root * float(integral) /
+                                  (2 * half_width))
+        values.append(math.exp(log_value) if log_value < 700 else math.inf)
+    return values
 
 
 def _closed_form_components(spec: SharpnessSpec, eigenvalues: Tensor, d: int,
@@ -130,6 +186,10 @@ def implied_measure(spec: SharpnessSpec, hessian: Any, *, weights: Any | None = 
         eig = torch.linalg.eigvalsh(0.5 * c2 * k_full)
         radius = None if measure.kind == "gaussian" else scale
         values = _closed_form_components(spec, eig, d, radius)
+        if values is not None:
+            return MeasureValue(psi_of(values), 0.0, "closed_form")
+    elif measure.kind == "box" and bool((k_full == torch.diag(torch.diagonal(k_full))).all()):
+        values = _box_diagonal(spec, 0.5 * torch.diagonal(k_full), scale)
         if values is not None:
             return MeasureValue(psi_of(values), 0.0, "closed_form")
     return _monte_carlo(spec, h, t, samples, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,8 +26,12 @@ from metasam.tuning.study import StudyConfig
 logger = logging.getLogger(__name__)
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: str) -> None:
-    """The Ray Tune trainable: one training run with the trial's spec and overrides."""
+def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: str,
+              record_history: bool = False) -> None:
+    """The Ray Tune trainable: one training run with the trial's spec and overrides.
+
+    With ``record_history`` the last report carries the per-epoch metrics as JSON (the
+    comparison runs keep them for their plots)."""
     from ray import tune
 
     from metasam.training import TrainConfig, train
@@ -40,10 +45,14 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
         return
     epochs = cfg.epochs
     passes = cfg.resolved_spec().passes
+    history: list[dict[str, Any]] = []
 
     def report(metrics: dict[str, Any]) -> None:
+        history.append(metrics)
         status = "completed" if metrics["epoch"] >= epochs else "running"
-        tune.report({**metrics, "status": status, "passes_per_step": passes})
+        extra = {"history": json.dumps(history)} if status == "completed" and record_history \
+            else {}
+        tune.report({**metrics, "status": status, "passes_per_step": passes, **extra})
 
     try:
         result = train(cfg, report=report)
@@ -84,7 +93,8 @@ def warm_start_points(other: StudyConfig, top_k: int) -> list[Point]:
 
 def tune_study(config: StudyConfig, *, address: str | None = None,
                warm_start: StudyConfig | None = None, top_k: int = 3,
-               verbose: int = 1, check_data: bool = True) -> dict[str, Any]:
+               verbose: int = 1, check_data: bool = True,
+               record_history: bool = False) -> dict[str, Any]:
     """Run (or resume, or join) a study until it has ``config.trials`` finished trials."""
     if check_data:
         config.check_data()
@@ -123,7 +133,8 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     base.update(data_dir=config.data_dir(), num_threads=max(1, int(config.cpu)),
                 device="auto" if config.gpu > 0 else "cpu")
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, metric=config.metric, mode=config.mode),
+        tune.with_parameters(run_trial, base=base, metric=config.metric, mode=config.mode,
+                             record_history=record_history),
         {"cpu": config.cpu, "gpu": config.gpu})
     started_ray = False
     if not ray.is_initialized():

@@ -170,7 +170,8 @@ class StudySearcher(Searcher):
         if status == "running":
             status = "stopped"  # ASHA stopped it early
         attrs = {"status": status, "epochs": epochs, "full_budget": full}
-        for key in ("passes_per_step", "grad_evals", "wall_time"):
+        for key in ("passes_per_step", "grad_evals", "wall_time", "history", "test_acc",
+                    "test_loss", "val_acc", "val_loss"):
             if key in result:
                 attrs[key] = result[key]
         if "reason" in result:

@@ -1,0 +1,143 @@
+"""``metasam compare``: the study's best bias against every baseline, several seeds, full budget.
+
+Every method trains on train + validation (the validation split is not needed any more: the
+choice was made) with the study's training settings, for each seed, through Ray Tune like
+``metasam tune`` (parallel, resumable, shared through the storage). The runs are a points-only
+study ``NAME.compare`` in the study's own storage; each keeps its per-epoch history (test
+accuracy every epoch, for the plots — the reported value is the *last* epoch, never a best
+epoch — and Hessian measures every few epochs), its passes per step and its wall time.
+
+``tune_baselines=True`` first tunes each baseline by its own small grid (the paper's λ/ρ
+sweeps for Trace-, Det- and Frob-SAM) on the validation split, one seed, in ``NAME.baselines``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from metasam import presets
+from metasam.tuning.space import Point, SearchSpace
+from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
+from metasam.tuning.study import StudyConfig
+
+BASELINES = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam")
+BASELINE_GRID = {
+    "trace_sam": {"lam": [0.01, 0.1, 1.0]},
+    "det_sam": {"lam": [0.01, 0.1, 1.0]},
+    "frob_sam": {"lam": [1e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1], "rho": [0.005, 0.01]},
+}
+
+
+def _derived(config: StudyConfig, suffix: str, points: list[Point], metric: str, mode: str,
+             train_changes: dict[str, Any]) -> StudyConfig:
+    space = SearchSpace(f"{config.name}.{suffix}", points, None)
+    return dataclasses.replace(
+        config, name=f"{config.name}.{suffix}", space=space,
+        train=config.train.replace(**train_changes), metric=metric, mode=mode,
+        trials=len(points), scheduler={"type": "none"})
+
+
+def baseline_points(config: StudyConfig, tuned: dict[str, Point] | None) -> dict[str, Point]:
+    out = {}
+    for name in BASELINES:
+        if tuned and name in tuned:
+            out[name] = tuned[name]
+        else:
+            out[name] = Point(name, presets.get(name).to_dict())
+    return out
+
+
+def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> dict[str, Point]:
+    """Each baseline's best grid point on the validation split (official defaults included)."""
+    import itertools
+
+    points = []
+    for name in BASELINES:
+        grid = BASELINE_GRID.get(name)
+        if not grid:
+            points.append(Point(name, presets.get(name).to_dict()))
+            continue
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            values = dict(zip(keys, combo, strict=True))
+            label = name + "".join(f" {k}={v}" for k, v in values.items())
+            points.append(Point(label, presets.get(name, **values).to_dict()))
+    study = _derived(config, "baselines", points, config.metric, config.mode, {"test": "none"})
+    from metasam.tuning.runner import tune_study
+
+    tune_study(study, address=address, verbose=verbose)
+    chosen: dict[str, Point] = {}
+    ranked = best_trials(load_study(study.storage, study.name), study.mode, len(points))
+    for trial in ranked:  # best first
+        label = trial.user_attrs["label"]
+        method = label.split(" ")[0]
+        if method not in chosen:
+            chosen[method] = Point(f"{method} (tuned: {label})", trial_spec(trial) or {})
+    return chosen
+
+
+def best_point(config: StudyConfig) -> Point:
+    study = load_study(config.storage, config.name)
+    best = best_trials(study, config.mode, 1)
+    if not best:
+        raise ValueError(f"study {config.name!r} has no trial at full budget yet: run "
+                         f"`metasam tune` first")
+    trial = best[0]
+    return Point(f"best (trial {trial.number}: {trial.user_attrs.get('label')})",
+                 trial_spec(trial) or {}, trial_train(trial))
+
+
+def compare_config(config: StudyConfig, seeds: int, methods: dict[str, Point],
+                   sharpness_every: int | None = None) -> StudyConfig:
+    points = []
+    for seed in range(seeds):
+        for method, point in methods.items():
+            points.append(Point(f"{method}/seed{seed}", point.spec,
+                                {**point.train, "seed": config.seed + seed}))
+    every = sharpness_every if sharpness_every is not None else max(1, config.train.epochs // 8)
+    return _derived(config, "compare", points, "test_acc", "max", {
+        "val_fraction": 0.0, "test": "epoch", "sharpness_every": every,
+        "sharpness_measures": ["trace", "frob", "lmax"]})
+
+
+def run_compare(config: StudyConfig, seeds: int = 4, *, tuned_baselines: bool = False,
+                address: str | None = None, verbose: int = 1,
+                sharpness_every: int | None = None) -> StudyConfig:
+    """Train the best spec and every baseline for ``seeds`` seeds; returns the comparison
+    study's config (its trials hold the results)."""
+    tuned = tune_baselines(config, address, verbose) if tuned_baselines else None
+    methods = {"best": best_point(config), **baseline_points(config, tuned)}
+    comparison = compare_config(config, seeds, methods, sharpness_every)
+    from metasam.tuning.runner import tune_study
+
+    tune_study(comparison, address=address, verbose=verbose, record_history=True)
+    return comparison
+
+
+def collect(config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
+    """The finished comparison runs of a study, by method: one dict per seed with ``test_acc``,
+    ``history``, ``passes_per_step``, ``grad_evals``, ``wall_time`` and ``label``."""
+    import json
+
+    from optuna.trial import TrialState
+
+    study = load_study(config.storage, f"{config.name}.compare")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if not attrs.get("full_budget") or attrs.get("interrupted"):
+            continue
+        method, _, seed = attrs["label"].partition("/seed")
+        history = json.loads(attrs.get("history", "[]"))
+        out.setdefault(method, []).append({
+            "seed": int(seed or 0), "test_acc": trial.value, "history": history,
+            "passes_per_step": attrs.get("passes_per_step"),
+            "grad_evals": attrs.get("grad_evals", history[-1].get("grad_evals") if history
+                                    else None),
+            "wall_time": attrs.get("wall_time", history[-1].get("wall_time") if history
+                                   else None),
+            "point": attrs.get("point")})
+    for runs in out.values():
+        runs.sort(key=lambda r: r["seed"])
+    return out

@@ -1,0 +1,53 @@
+"""``metasam report``: tables and plots from the comparison runs of one or more studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metasam.analysis.compare import collect
+from metasam.analysis.plots import plot_search, plot_sharpness, plot_test_accuracy
+from metasam.analysis.tables import build_table, column_label, write_tables
+from metasam.tuning.study import StudyConfig
+
+
+def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
+    """Write ``report.md``/``.csv``/``.tex`` (methods × dataset variants) and the PNG plots of
+    each study into ``out``; returns the table and the written paths."""
+    from metasam.tuning.storage import load_study
+
+    results: dict[str, dict[str, list[float]]] = {}
+    costs: list[str] = []
+    written: list[Path] = []
+    for config in configs:
+        runs = collect(config)
+        if not runs:
+            raise ValueError(f"study {config.name!r} has no finished comparison runs: run "
+                             f"`metasam compare {config.path}` first")
+        column = column_label(config.train.dataset, list(results))
+        results[column] = {m: [r["test_acc"] for r in rs] for m, rs in runs.items()}
+        for method, rs in runs.items():
+            passes = rs[0]["passes_per_step"]
+            walls = [r["wall_time"] for r in rs if r["wall_time"] is not None]
+            evals = [r["grad_evals"] for r in rs if r["grad_evals"] is not None]
+            costs.append(f"| {column} | {method} | {passes} | "
+                         f"{sum(evals) / len(evals):.0f} | {sum(walls) / len(walls):.1f} |"
+                         if walls and evals else f"| {column} | {method} | {passes} | — | — |")
+        title = f"{config.name}: {config.train.dataset}, {config.train.model}"
+        written.append(plot_test_accuracy(runs, out / f"{config.name}-test-accuracy.png",
+                                          title))
+        written.append(plot_sharpness(runs, out / f"{config.name}-sharpness.png",
+                                      f"Hessian sharpness during training — {title}"))
+        study = load_study(config.storage, config.name)
+        written += plot_search(study, config.metric, config.mode,
+                               out / f"{config.name}-search-history.png",
+                               out / f"{config.name}-importances.png")
+    table = build_table(results)
+    written += write_tables(table, out)
+    cost_table = out / "compute.md"
+    cost_table.write_text("Equal compute: passes per step (1 + n), gradient evaluations "
+                          "(forward/backward passes) per run and wall time per run, mean over "
+                          "seeds.\n\n| column | method | passes/step | passes/run | seconds/run "
+                          "|\n|---|---|---|---|---|\n" + "\n".join(costs) + "\n")
+    written.append(cost_table)
+    return {"table": table, "written": written}

@@ -1,0 +1,148 @@
+"""Comparison tables in the paper's layout: methods × dataset variants, mean ± std over seeds,
+best in bold, significance marks from Welch's t-test. Markdown, CSV and LaTeX."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metasam.analysis.stats import Summary, welch_greater
+
+ALPHA = 0.05
+METHOD_ORDER = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam", "best")
+METHOD_NAMES = {"sgd": "SGD", "sam": "SAM", "asam": "ASAM", "ssam": "SSAM-F",
+                "trace_sam": "Trace-SAM", "frob_sam": "Frob-SAM", "det_sam": "Det-SAM",
+                "best": "metasam (best found)"}
+LEGEND = ("mean ± std over seeds (accuracy in %); best per column in bold; "
+          "* significantly above SGD, † significantly above the best baseline "
+          f"(one-sided Welch's t-test, p < {ALPHA})")
+
+
+@dataclass
+class Cell:
+    values: list[float]
+    summary: Summary
+    above_sgd: bool = False
+    above_best_baseline: bool = False
+    best: bool = False
+    p_sgd: float = math.nan
+    p_baseline: float = math.nan
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[str]
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    scale: float = 100.0
+
+    def text(self, row: str, column: str, bold: str = "**") -> str:
+        cell = self.cells.get((row, column))
+        if cell is None or cell.summary.n == 0:
+            return "—"
+        s = cell.summary
+        body = f"{s.mean * self.scale:.2f} ± {0.0 if math.isnan(s.std) else s.std * self.scale:.2f}"
+        if cell.best:
+            body = f"{bold}{body}{bold}"
+        marks = ("*" if cell.above_sgd else "") + ("†" if cell.above_best_baseline else "")
+        return body + marks
+
+
+def build_table(results: dict[str, dict[str, list[float]]]) -> Table:
+    """``results[column][method]`` holds one value per seed (higher is better)."""
+    columns = list(results)
+    methods = {m for column in results.values() for m in column}
+    rows = [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
+    table = Table(columns, rows)
+    for column, by_method in results.items():
+        for method, values in by_method.items():
+            table.cells[(method, column)] = Cell(list(values), Summary.of(values))
+        baselines = [m for m in by_method if m not in ("sgd", "best") and by_method[m]]
+        best_baseline = max(baselines, key=lambda m: Summary.of(by_method[m]).mean,
+                            default=None)
+        for method, values in by_method.items():
+            cell = table.cells[(method, column)]
+            if method != "sgd" and "sgd" in by_method:
+                cell.p_sgd = welch_greater(values, by_method["sgd"])
+                cell.above_sgd = cell.p_sgd < ALPHA
+            if best_baseline is not None and method not in (best_baseline, "sgd") and \
+                    method not in baselines:
+                cell.p_baseline = welch_greater(values, by_method[best_baseline])
+                cell.above_best_baseline = cell.p_baseline < ALPHA
+        in_column = [c for (_, col), c in table.cells.items() if col == column and c.summary.n]
+        top = max((c.summary.mean for c in in_column), default=None)
+        for c in in_column:
+            c.best = c.summary.mean == top
+    return table
+
+
+def to_markdown(table: Table) -> str:
+    header = "| method | " + " | ".join(table.columns) + " |"
+    lines = [header, "|" + "---|" * (len(table.columns) + 1)]
+    for row in table.rows:
+        cells = " | ".join(table.text(row, c) for c in table.columns)
+        lines.append(f"| {METHOD_NAMES.get(row, row)} | {cells} |")
+    lines.append("")
+    lines.append(LEGEND + ".")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: Table) -> str:
+    spec = "l" + "c" * len(table.columns)
+    lines = [r"\begin{tabular}{" + spec + "}", r"\toprule",
+             "Method & " + " & ".join(_tex(c) for c in table.columns) + r" \\", r"\midrule"]
+    for row in table.rows:
+        cells = []
+        for column in table.columns:
+            text = table.text(row, column, bold="")
+            cell = table.cells.get((row, column))
+            text = text.replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("*", r"$^*$")
+            if cell is not None and cell.best:
+                text = r"\textbf{" + text + "}"
+            cells.append(text)
+        lines.append(_tex(METHOD_NAMES.get(row, row)) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%")
+
+
+def to_csv(table: Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["method", "column", "n", "mean", "std", "values", "p_vs_sgd",
+                     "p_vs_best_baseline", "best"])
+    for row in table.rows:
+        for column in table.columns:
+            cell = table.cells.get((row, column))
+            if cell is None:
+                continue
+            writer.writerow([row, column, cell.summary.n, cell.summary.mean, cell.summary.std,
+                             " ".join(f"{v:.6g}" for v in cell.values), cell.p_sgd,
+                             cell.p_baseline, cell.best])
+    return out.getvalue()
+
+
+def write_tables(table: Table, folder: Path, stem: str = "report") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix, text in ((".md", to_markdown(table)), (".csv", to_csv(table)),
+                         (".tex", to_latex(table))):
+        path = folder / f"{stem}{suffix}"
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def column_label(dataset: str, names: Sequence[str]) -> str:
+    """A unique column name for a study's dataset variant (``CIFAR10-S``, ``digits``)."""
+    label = dataset.replace("cifar", "CIFAR").replace("mnist", "MNIST")
+    while label in names:
+        label += "'"
+    return label

@@ -1,0 +1,124 @@
+"""``metasam compare``, ``metasam report`` and ``metasam explain``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    compare = sub.add_parser(
+        "compare", help="train the study's best bias and every baseline over several seeds",
+        description="Train the best spec of a study and SGD, SAM, ASAM, SSAM-F, Trace-, Frob- "
+        "and Det-SAM with the full budget on train + validation, for each seed, through Ray "
+        "Tune; resumable like `metasam tune`.")
+    compare.add_argument("study", metavar="STUDY.yaml")
+    compare.add_argument("--seeds", type=int, default=4)
+    compare.add_argument("--tune-baselines", action="store_true",
+                         help="tune each baseline by its own small grid on validation first")
+    compare.add_argument("--sharpness-every", type=int, default=None,
+                         help="Hessian measures every K epochs (default: epochs // 8)")
+    compare.add_argument("--address", default=None, help="join this Ray cluster")
+    compare.add_argument("--quiet", action="store_true")
+    compare.set_defaults(run=run_compare)
+
+    report = sub.add_parser("report", help="tables (Markdown, CSV, LaTeX) and plots")
+    report.add_argument("studies", metavar="STUDY.yaml", nargs="+")
+    report.add_argument("--out", default=None,
+                        help="output folder (default: report/ next to the first study)")
+    report.set_defaults(run=run_report)
+
+    explain = sub.add_parser(
+        "explain", help="what a bias measures",
+        description="Evaluate a spec's implied measure S(H) on synthetic spectra and compare it "
+        "with tr H, ‖H‖_F², det H and λ_max.")
+    explain.add_argument("spec", metavar="SPEC", help="a spec or optimizer JSON, a study YAML "
+                         "(its best) or a preset name")
+    explain.add_argument("--dim", type=int, default=10, help="dimension of the spectra")
+    explain.add_argument("--spectra", type=int, default=200)
+    explain.add_argument("--scale", type=float, default=None,
+                         help="overall Hessian scale (default: the measure's characteristic one)")
+    explain.add_argument("--plot", default=None, help="PNG path (default: explain-NAME.png)")
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(run=run_explain)
+
+
+def _study(path: str) -> Any:
+    from metasam.tuning.study import StudyConfig
+
+    return StudyConfig.from_yaml(path)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from metasam.analysis.compare import collect
+    from metasam.analysis.compare import run_compare as compare
+
+    config = _study(args.study)
+    config.check_data()
+    comparison = compare(config, args.seeds, tuned_baselines=args.tune_baselines,
+                         address=args.address, verbose=0 if args.quiet else 1,
+                         sharpness_every=args.sharpness_every)
+    runs = collect(config)
+    print(f"{comparison.name}: " + ", ".join(f"{m}: {len(r)} seeds" for m, r in runs.items()))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from metasam.analysis.report import make_report
+    from metasam.analysis.tables import to_markdown
+
+    configs = [_study(p) for p in args.studies]
+    out = Path(args.out) if args.out else configs[0].folder / "report"
+    result = make_report(configs, out)
+    print(to_markdown(result["table"]))
+    for path in result["written"]:
+        print(f"written: {path}", file=sys.stderr)
+    return 0
+
+
+def load_spec(text: str) -> Any:
+    from metasam import presets
+    from metasam.family.spec import SharpnessSpec
+
+    if text in presets.NAMES:
+        return presets.get(text)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml"):
+        from metasam.tuning.export import best_optimizer
+
+        data = best_optimizer(_study(text))
+        return SharpnessSpec.from_dict(data["spec"]).replace(name=f"{data['study']} best")
+    data = json.loads(path.read_text()) if path.is_file() else None
+    if data is None:
+        raise ValueError(f"spec: {text!r} is neither a preset, a JSON file nor a study YAML; "
+                         f"presets: {', '.join(presets.NAMES)}")
+    spec_data = data.get("spec", data)
+    spec = SharpnessSpec.from_dict(spec_data, source=text)
+    return spec if spec.name else spec.replace(name=path.stem)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from metasam.analysis.explain import explain, plot_explanation
+
+    spec = load_spec(args.spec)
+    result = explain(spec, dim=args.dim, count=args.spectra, scale=args.scale)
+    stem = (spec.name or "spec").replace(" ", "-")
+    plot = Path(args.plot) if args.plot else Path(f"explain-{stem}.png")
+    plot_explanation(result, plot)
+    if args.json:
+        print(json.dumps({"spec": spec.to_dict(), "dim": result.dim, "scale": result.scale,
+                          "spearman": result.correlations, "closest": result.closest,
+                          "scaling_exponent": result.scaling_exponent,
+                          "reshape_log_ratio": result.reshape_trend,
+                          "invariance_change": result.invariance_change,
+                          "scale_invariant": result.scale_invariant,
+                          "summary": result.sentences(), "plot": str(plot)}))
+        return 0
+    print(spec.describe())
+    for sentence in result.sentences():
+        print(f"- {sentence}")
+    print(f"plot: {plot}")
+    return 0
