@@ -95,7 +95,7 @@ def compare_config(config: StudyConfig, seeds: int, methods: dict[str, Point],
         for method, point in methods.items():
             points.append(Point(f"{method}/seed{seed}", point.spec,
                                 {**point.train, "seed": config.seed + seed}))
-    every = sharpness_every if sharpness_every is not None else max(1, config.train.epochs // 8)
+    every = sharpness_every if sharpness_every is not None else max(1, config.train.epochs // 4)
     return _derived(config, "compare", points, "test_acc", "max", {
         "val_fraction": 0.0, "test": "epoch", "sharpness_every": every,
         "sharpness_measures": ["trace", "frob", "lmax"]})

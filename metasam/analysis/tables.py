@@ -40,16 +40,17 @@ class Table:
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     scale: float = 100.0
 
-    def text(self, row: str, column: str, bold: str = "**") -> str:
+    def value_text(self, row: str, column: str) -> str:
         cell = self.cells.get((row, column))
         if cell is None or cell.summary.n == 0:
             return "—"
         s = cell.summary
-        body = f"{s.mean * self.scale:.2f} ± {0.0 if math.isnan(s.std) else s.std * self.scale:.2f}"
-        if cell.best:
-            body = f"{bold}{body}{bold}"
-        marks = ("*" if cell.above_sgd else "") + ("†" if cell.above_best_baseline else "")
-        return body + marks
+        std = 0.0 if math.isnan(s.std) else s.std * self.scale
+        return f"{s.mean * self.scale:.2f} ± {std:.2f}"
+
+    def marks(self, row: str, column: str) -> tuple[bool, bool]:
+        cell = self.cells.get((row, column))
+        return (cell is not None and cell.above_sgd, cell is not None and cell.above_best_baseline)
 
 
 def build_table(results: dict[str, dict[str, list[float]]]) -> Table:
@@ -84,8 +85,18 @@ def to_markdown(table: Table) -> str:
     header = "| method | " + " | ".join(table.columns) + " |"
     lines = [header, "|" + "---|" * (len(table.columns) + 1)]
     for row in table.rows:
-        cells = " | ".join(table.text(row, c) for c in table.columns)
-        lines.append(f"| {METHOD_NAMES.get(row, row)} | {cells} |")
+        cells = []
+        for column in table.columns:
+            text = table.value_text(row, column)
+            cell = table.cells.get((row, column))
+            if cell is not None and cell.best:
+                text = f"**{text}**"
+            above_sgd, above_baseline = table.marks(row, column)
+            if above_sgd or above_baseline:
+                text += "<sup>" + ("\\*" if above_sgd else "") + ("†" if above_baseline
+                                                                   else "") + "</sup>"
+            cells.append(text)
+        lines.append(f"| {METHOD_NAMES.get(row, row)} | {' | '.join(cells)} |")
     lines.append("")
     lines.append(LEGEND + ".")
     return "\n".join(lines) + "\n"
@@ -98,11 +109,12 @@ def to_latex(table: Table) -> str:
     for row in table.rows:
         cells = []
         for column in table.columns:
-            text = table.text(row, column, bold="")
+            text = table.value_text(row, column).replace("±", r"$\pm$")
             cell = table.cells.get((row, column))
-            text = text.replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("*", r"$^*$")
             if cell is not None and cell.best:
                 text = r"\textbf{" + text + "}"
+            above_sgd, above_baseline = table.marks(row, column)
+            text += (r"$^*$" if above_sgd else "") + (r"$^\dagger$" if above_baseline else "")
             cells.append(text)
         lines.append(_tex(METHOD_NAMES.get(row, row)) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--tune-baselines", action="store_true",
                          help="tune each baseline by its own small grid on validation first")
     compare.add_argument("--sharpness-every", type=int, default=None,
-                         help="Hessian measures every K epochs (default: epochs // 8)")
+                         help="Hessian measures every K epochs (default: epochs // 4)")
     compare.add_argument("--address", default=None, help="join this Ray cluster")
     compare.add_argument("--quiet", action="store_true")
     compare.set_defaults(run=run_compare)

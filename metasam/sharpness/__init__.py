@@ -34,15 +34,17 @@ def estimate(model: nn.Module, loss_fn: LossFn, batches: Sequence[tuple[Tensor, 
              probes: int = 100, seed: int = 0, chunk: int = 16, distribution: str = "rademacher",
              lanczos_steps: int | None = None, density_runs: int = 10,
              density_steps: int = 30, mask: Tensor | None = None,
-             backend: str = "auto") -> dict[str, Estimate]:
+             backend: str = "auto", cache: bool | None = None) -> dict[str, Estimate]:
     """Estimate sharpness measures of ``model`` on the fixed ``batches`` (eval mode, restored).
 
     ``measures``: ``"trace"`` (Hutchinson), ``"frob"`` (‖H‖_F² = E‖Hv‖²), ``"lmax"`` and
     ``"topK"`` (Lanczos), ``"density"`` (stochastic Lanczos quadrature), a preset name
     (``"frob_sam"``: ψ(mean φ(½vᵀHv)) from Hessian-vector products) or a SharpnessSpec. Trace and
     Frobenius share ``probes`` probes; every result carries its standard error and probe count.
+    ``cache`` keeps each batch's differentiable gradient for the whole call (faster, more
+    memory; by default when examples × parameters ≤ 2·10⁹).
     """
-    op = HessianOperator(model, loss_fn, batches, chunk=chunk, backend=backend)
+    op = HessianOperator(model, loss_fn, batches, chunk=chunk, backend=backend, cache=cache)
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, Estimate] = {}
     names = [m if isinstance(m, str) else m for m in measures]
@@ -68,6 +70,7 @@ def estimate(model: nn.Module, loss_fn: LossFn, batches: Sequence[tuple[Tensor, 
             from metasam import presets
 
             out[item] = spec_measure(op, presets.get(item), probes, generator, mask)
+    op.release()
     return out
 
 

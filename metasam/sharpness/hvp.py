@@ -77,7 +77,7 @@ class HessianOperator:
     def __init__(self, model: nn.Module, loss_fn: LossFn,
                  batches: Sequence[tuple[Tensor, Tensor]],
                  params: Sequence[Tensor] | None = None, chunk: int = 16,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", cache: bool | None = None) -> None:
         if not batches:
             raise ValueError("HessianOperator needs at least one batch")
         self.model = model
@@ -101,6 +101,13 @@ class HessianOperator:
             backend = "batched" if self.device.type == "cuda" or not has_conv else "loop"
         self.backend = backend
         self._batched = backend == "batched"
+        examples = sum(int(y.shape[0]) for _, y in self.batches)
+        # Keeping every batch's differentiable gradient (its double-backward graph) between
+        # calls saves the forward and first backward pass of each call — what single-vector
+        # Lanczos steps spend most of their time on — at the memory of all those graphs.
+        self.cache = cache if cache is not None else examples * self.dim <= 2_000_000_000
+        self._graphs: list[Sequence[Tensor]] | None = None
+        self._pending: list[Sequence[Tensor]] = []
 
     def flat_params(self) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.params])
@@ -115,14 +122,32 @@ class HessianOperator:
         v = vectors.reshape(-1, self.dim).to(self.device, self.dtype)
         out = torch.zeros(v.shape[0], self.dim, dtype=torch.float64, device=self.device)
         with eval_mode(self.model), explicit_batchnorm(self.model), torch.enable_grad():
-            for (x, y), weight in zip(self.batches, self.weights, strict=True):
-                loss = self.loss_fn(self.model(x), y)
-                grads = torch.autograd.grad(loss, self.params, create_graph=True)
+            for index, ((x, y), weight) in enumerate(zip(self.batches, self.weights,
+                                                         strict=True)):
+                grads = self._gradient(index, x, y)
                 for start in range(0, v.shape[0], self.chunk):
                     rows = v[start:start + self.chunk]
                     out[start:start + rows.shape[0]] += weight * self._products(grads, rows)
         self.products += v.shape[0]
         return out[0] if single else out
+
+    def _gradient(self, index: int, x: Tensor, y: Tensor) -> Sequence[Tensor]:
+        if self._graphs is not None:
+            return self._graphs[index]
+        grads = torch.autograd.grad(self.loss_fn(self.model(x), y), self.params,
+                                    create_graph=True)
+        if self.cache:
+            if index == 0:
+                self._pending = []
+            self._pending.append(grads)
+            if index == len(self.batches) - 1:
+                self._graphs = self._pending
+        return grads
+
+    def release(self) -> None:
+        """Drop the cached graphs (their memory)."""
+        self._graphs = None
+        self._pending = []
 
     def _products(self, grads: Sequence[Tensor], rows: Tensor) -> Tensor:
         if self._batched:

@@ -239,7 +239,8 @@ class Trial:
         batches = evaluation_batches(self.splits.train, config.sharpness_examples, 256,
                                      self.device)
         results = estimate(self.model, F.cross_entropy, batches, config.sharpness_measures,
-                           probes=config.sharpness_probes, seed=config.seed + self.epoch)
+                           probes=config.sharpness_probes, seed=config.seed + self.epoch,
+                           lanczos_steps=20)
         out: dict[str, float] = {}
         for name, est in results.items():
             out[f"hessian_{name}"] = est.value

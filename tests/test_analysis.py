@@ -1,0 +1,122 @@
+"""Report tables with computed significance, explanations of biases, and the digits pipeline
+tune → compare → report → explain as a new user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from metasam import presets
+from metasam.analysis.explain import explain
+from metasam.analysis.stats import Summary, welch_greater
+from metasam.analysis.tables import build_table, to_csv, to_latex, to_markdown
+from metasam.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def welch_by_hand(a: list[float], b: list[float]) -> float:
+    """One-sided Welch p-value from its textbook formula (independent of scipy's ttest)."""
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
+    se2 = va / len(a) + vb / len(b)
+    t = (ma - mb) / math.sqrt(se2)
+    df = se2 ** 2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
+    return float(stats.t.sf(t, df))
+
+
+def test_welch_matches_the_textbook_formula() -> None:
+    a, b = [0.91, 0.92, 0.90, 0.93], [0.88, 0.90, 0.87, 0.89, 0.86]
+    assert welch_greater(a, b) == pytest.approx(welch_by_hand(a, b), rel=1e-10)
+    assert welch_greater(b, a) == pytest.approx(1 - welch_by_hand(a, b), rel=1e-8)
+    assert math.isnan(welch_greater([0.9], b))
+    s = Summary.of([1.0, 2.0, 4.0])
+    assert s.mean == pytest.approx(7 / 3) and s.std == pytest.approx(math.sqrt(7 / 3))
+
+
+def test_significance_marks_follow_the_samples() -> None:
+    results = {"CIFAR10": {
+        "sgd": [0.900, 0.905, 0.895, 0.902],
+        "sam": [0.930, 0.935, 0.928, 0.933],      # clearly above SGD
+        "trace_sam": [0.901, 0.899, 0.906, 0.897],  # indistinguishable from SGD
+        "best": [0.950, 0.952, 0.948, 0.951],     # above SGD and above the best baseline (SAM)
+    }, "CIFAR10-S": {
+        "sgd": [0.70, 0.72, 0.71],
+        "sam": [0.71, 0.69, 0.72],
+        "best": [0.715, 0.705, 0.70],             # not significantly above SAM
+    }}
+    table = build_table(results)
+    cell = table.cells
+    assert cell[("sam", "CIFAR10")].above_sgd and not cell[("trace_sam", "CIFAR10")].above_sgd
+    assert cell[("best", "CIFAR10")].above_sgd and cell[("best", "CIFAR10")].above_best_baseline
+    assert cell[("best", "CIFAR10")].p_baseline == pytest.approx(
+        welch_by_hand(results["CIFAR10"]["best"], results["CIFAR10"]["sam"]), rel=1e-10)
+    assert not cell[("best", "CIFAR10-S")].above_best_baseline
+    assert not cell[("sam", "CIFAR10-S")].above_sgd
+    assert cell[("best", "CIFAR10")].best and not cell[("sam", "CIFAR10")].best
+    markdown = to_markdown(table)
+    assert "| metasam (best found) | **95.02 ± 0.17**<sup>\\*†</sup> |" in markdown
+    assert "| SAM | 93.15 ± 0.31<sup>\\*</sup> |" in markdown
+    assert "| Trace-SAM | 90.07 ± 0.39 | — |" in markdown
+    latex = to_latex(table)
+    assert r"\textbf{95.02 $\pm$ 0.17}$^*$$^\dagger$" in latex
+    rows = list(csv.DictReader(to_csv(table).splitlines()))
+    assert {r["method"] for r in rows} == {"sgd", "sam", "trace_sam", "best"}
+
+
+def test_explain_ranks_the_presets_correctly() -> None:
+    expected = {"trace_sam": "trace", "frob_sam": "frobenius²", "det_sam": "det",
+                "sam": "λ_max"}
+    for preset, reference in expected.items():
+        result = explain(presets.get(preset), dim=8, count=120)
+        assert result.closest == reference, (preset, result.correlations)
+    det = explain(presets.det_sam(), dim=8, count=60)
+    assert det.scaling_exponent == pytest.approx(8, rel=0.02)
+    assert det.scale_invariant
+    trace = explain(presets.trace_sam(), dim=8, count=60)
+    assert trace.scaling_exponent == pytest.approx(1, rel=1e-6) and not trace.scale_invariant
+    assert any("tr H" in s for s in trace.sentences())
+
+
+def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, capsys) -> None:
+    import yaml
+    from test_tuning import write_study
+
+    path = write_study(tmp_path, name="pipeline", trials=5, epochs=3, space={
+        "presets": ["sgd", "sam"],
+        "search": {"measure": {"kinds": ["gaussian"]},
+                   "phi": {"polynomial": {"outputs": [1], "degree": [1, 1],
+                                          "coefficients": [0.5, 1.0]}},
+                   "psi": ["identity"], "rho": [0.01, 0.1], "lam": [0.1, 0.5]}})
+    study = yaml.safe_load(path.read_text())
+    study["train"].update(sharpness_examples=128, sharpness_probes=4)
+    path.write_text(yaml.safe_dump(study))
+    assert main(["tune", str(path), "--address", ray_cluster, "--quiet"]) == 0
+    assert main(["compare", str(path), "--seeds", "2", "--address", ray_cluster, "--quiet",
+                 "--sharpness-every", "3"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    for name in ("SGD", "SAM", "ASAM", "SSAM-F", "Trace-SAM", "Frob-SAM", "Det-SAM",
+                 "metasam (best found)"):
+        assert f"| {name} |" in markdown
+    assert (out / "report.tex").read_text().startswith(r"\begin{tabular}")
+    for png in ("pipeline-test-accuracy.png", "pipeline-sharpness.png",
+                "pipeline-search-history.png"):
+        assert (out / png).stat().st_size > 20_000, png
+    compute = (out / "compute.md").read_text()
+    assert "| digits | frob_sam | 3 |" in compute and "| digits | sgd | 1 |" in compute
+    assert main(["best", str(path)]) == 0
+    capsys.readouterr()
+    best = path.with_name("pipeline.best.json")
+    assert main(["explain", str(best), "--json", "--plot", str(tmp_path / "e.png"),
+                 "--spectra", "40"]) == 0
+    explained = json.loads(capsys.readouterr().out)
+    assert explained["closest"] in ("trace", "frobenius²", "det", "λ_max")
+    assert len(explained["summary"]) == 4 and (tmp_path / "e.png").stat().st_size > 20_000
