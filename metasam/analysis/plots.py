@@ -102,7 +102,9 @@ def plot_search(study: Any, metric: str, mode: str, history_path: Path,
         ax = optuna.visualization.matplotlib.plot_optimization_history(study,
                                                                        target_name=metric)
         ax.figure.set_size_inches(7.5, 4.5)
-        ax.set_title(f"Search history ({metric}; ASHA-stopped trials at their partial budget)")
+        ax.set_title("", loc="left")  # replace Optuna's own title
+        ax.set_title(f"Search history ({metric}; ASHA-stopped trials at their partial budget)",
+                     fontsize=10)
         ax.figure.tight_layout()
         out.append(_save(ax.figure, history_path, plt))
         searched = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -112,8 +114,9 @@ def plot_search(study: Any, metric: str, mode: str, history_path: Path,
             ax = optuna.visualization.matplotlib.plot_param_importances(
                 study, params=sorted(common), target_name=metric)
             ax.figure.set_size_inches(7.5, 4.5)
+            ax.set_title("", loc="left")
             ax.set_title(f"Parameter importances for {metric} (fANOVA, parameters every "
-                         "searched trial has)", fontsize=9)
+                         "searched trial has)", fontsize=10)
             ax.figure.tight_layout()
             out.append(_save(ax.figure, importance_path, plt))
     return out
