@@ -208,3 +208,35 @@ def test_implied_monte_carlo_reports_a_standard_error_that_covers_the_truth() ->
     assert value.method == "monte_carlo" and value.samples == 100_000
     assert_within_stderr(value.value, value.stderr, 0.5 * 0.25 / 3 * float(torch.trace(h)),
                          max_relative_stderr=0.01)
+
+
+@pytest.mark.parametrize("case", ["exp-inverse-square", "poly", "exp-positive-adaptive"])
+def test_box_closed_form_on_diagonal_hessians_matches_independent_monte_carlo(case) -> None:
+    specs = {
+        "exp-inverse-square": SharpnessSpec(phi={"fn": "exp", "scale": -0.5},
+                                            psi="inverse_square", measure={
+                                                "kind": "box", "scale": "coordinate",
+                                                "half_width": 1.5}),
+        "poly": SharpnessSpec(phi=["identity", {"fn": "power", "p": 3}],
+                              psi={"fn": "polynomial", "terms": [[1.0, [1, 0]], [0.3, [0, 1]]]},
+                              measure={"kind": "box", "scale": "coordinate", "half_width": 0.7}),
+        "exp-positive-adaptive": SharpnessSpec(phi={"fn": "exp", "scale": 0.2}, psi="log",
+                                               measure={"kind": "box", "adaptive": True}),
+    }
+    spec = specs[case]
+    eig = torch.tensor([2.0, 3.0, 0.5, 5.0], dtype=torch.float64)
+    weights = torch.tensor([1.0, -2.0, 0.5, 0.1], dtype=torch.float64)
+    exact = spec.implied_measure(torch.diag(eig), weights=weights)
+    assert exact.method == "closed_form"
+    gen = torch.Generator().manual_seed(3)
+    m = spec.measure
+    a = m.coordinate_scale(4)
+    v = (torch.rand(400_000, 4, generator=gen, dtype=torch.float64) * 2 - 1) * a
+    if m.adaptive:
+        v = v * (weights.abs() + m.eta)
+    f = spec.phi(0.5 * (v * v * eig).sum(1))
+    mean = f.mean(0)
+    cov = torch.cov(f.T).reshape(f.shape[1], f.shape[1])
+    grad = spec.psi.grad(mean, None)
+    se = math.sqrt(float(grad @ cov @ grad) / v.shape[0])
+    assert_within_stderr(float(spec.psi(mean, None)), se, exact.value, max_relative_stderr=0.02)
