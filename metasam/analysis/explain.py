@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from metasam._plotting import pyplot, save_figure
 from metasam.family.spec import SharpnessSpec
 
 REFERENCES = ("trace", "frobenius²", "det", "λ_max")
@@ -160,11 +161,7 @@ def explain(spec: SharpnessSpec, dim: int = 10, count: int = 200, seed: int = 0,
 def plot_explanation(result: Explanation, path: str | Path) -> Path:
     """Two panels: S along scaled spectra (log-log, with the references), and S along reshaped
     spectra of fixed trace (each curve normalized to 1 at the flat spectrum)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     curves = result.curves
     label = result.spec.name or "spec"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
@@ -197,8 +194,4 @@ def plot_explanation(result: Explanation, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     fig.suptitle(f"What {label} measures (d = {result.dim})")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -8,16 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from metasam._plotting import pyplot, save_figure
 from metasam.analysis.tables import METHOD_NAMES, METHOD_ORDER
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _ordered(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -38,7 +30,7 @@ def _series(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarra
 
 
 def plot_test_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for method in _ordered(runs):
         epochs, mean, std = _series(runs[method], "test_acc")
@@ -55,12 +47,12 @@ def plot_test_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path, title:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def plot_sharpness(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
     """tr H, ‖H‖_F and λ_max over training, per method (mean ± std over seeds)."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = (("hessian_trace", "tr H", lambda v: v),
               ("hessian_frob", "‖H‖_F", np.sqrt),
               ("hessian_lmax", "λ_max(H)", lambda v: v))
@@ -84,7 +76,7 @@ def plot_sharpness(runs: dict[str, list[dict[str, Any]]], path: Path, title: str
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def plot_search(study: Any, metric: str, mode: str, history_path: Path,
@@ -95,7 +87,7 @@ def plot_search(study: Any, metric: str, mode: str, history_path: Path,
     import optuna
     from optuna.trial import TrialState
 
-    plt = _pyplot()
+    pyplot()  # the Agg backend, before Optuna draws
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -106,7 +98,7 @@ def plot_search(study: Any, metric: str, mode: str, history_path: Path,
         ax.set_title(f"Search history ({metric}; ASHA-stopped trials at their partial budget)",
                      fontsize=10)
         ax.figure.tight_layout()
-        out.append(_save(ax.figure, history_path, plt))
+        out.append(save_figure(ax.figure, history_path))
         searched = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.params]
         common = set.intersection(*(set(t.params) for t in searched)) if searched else set()
@@ -118,13 +110,7 @@ def plot_search(study: Any, metric: str, mode: str, history_path: Path,
             ax.set_title(f"Parameter importances for {metric} (fANOVA, parameters every "
                          "searched trial has)", fontsize=10)
             ax.figure.tight_layout()
-            out.append(_save(ax.figure, importance_path, plt))
+            out.append(save_figure(ax.figure, importance_path))
     return out
 
 
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

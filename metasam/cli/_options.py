@@ -56,3 +56,10 @@ def _base_type(kind: Any) -> type:
 def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def load_study_config(path: str) -> Any:
+    """A study config from its YAML file (validated; errors name the file)."""
+    from metasam.tuning.study import StudyConfig
+
+    return StudyConfig.from_yaml(path)

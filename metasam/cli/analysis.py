@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metasam.cli._options import load_study_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     compare = sub.add_parser(
@@ -46,17 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     explain.set_defaults(run=run_explain)
 
 
-def _study(path: str) -> Any:
-    from metasam.tuning.study import StudyConfig
-
-    return StudyConfig.from_yaml(path)
-
-
 def run_compare(args: argparse.Namespace) -> int:
     from metasam.analysis.compare import collect
     from metasam.analysis.compare import run_compare as compare
 
-    config = _study(args.study)
+    config = load_study_config(args.study)
     config.check_data()
     comparison = compare(config, args.seeds, tuned_baselines=args.tune_baselines,
                          address=args.address, verbose=0 if args.quiet else 1,
@@ -70,7 +66,7 @@ def run_report(args: argparse.Namespace) -> int:
     from metasam.analysis.report import make_report
     from metasam.analysis.tables import to_markdown
 
-    configs = [_study(p) for p in args.studies]
+    configs = [load_study_config(p) for p in args.studies]
     out = Path(args.out) if args.out else configs[0].folder / "report"
     result = make_report(configs, out)
     print(to_markdown(result["table"]))
@@ -89,7 +85,7 @@ def load_spec(text: str) -> Any:
     if path.suffix in (".yaml", ".yml"):
         from metasam.tuning.export import best_optimizer
 
-        data = best_optimizer(_study(text))
+        data = best_optimizer(load_study_config(text))
         return SharpnessSpec.from_dict(data["spec"]).replace(name=f"{data['study']} best")
     data = json.loads(path.read_text()) if path.is_file() else None
     if data is None:

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+
+from metasam.cli._options import load_study_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,21 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     trials.set_defaults(run=run_trials)
 
 
-def _load(path: str) -> Any:
-    from metasam.tuning.study import StudyConfig
-
-    return StudyConfig.from_yaml(path)
-
-
 def run_tune(args: argparse.Namespace) -> int:
     from metasam.tuning.runner import tune_study
 
-    config = _load(args.study)
+    config = load_study_config(args.study)
     if args.trials is not None:
         config.trials = args.trials
     if args.concurrency is not None:
         config.concurrency = args.concurrency
-    warm = _load(args.warm_start) if args.warm_start else None
+    warm = load_study_config(args.warm_start) if args.warm_start else None
     config.check_data()
     print(f"study {config.name}: {config.trials} trials, space {config.space.name}, "
           f"storage {config.storage}", file=sys.stderr)
@@ -71,7 +66,7 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_best(args: argparse.Namespace) -> int:
     from metasam.tuning.export import best_optimizer
 
-    config = _load(args.study)
+    config = load_study_config(args.study)
     data = best_optimizer(config)
     out = Path(args.out) if args.out else config.path.with_name(f"{config.name}.best.json")
     out.write_text(json.dumps(data, indent=2) + "\n")
@@ -84,7 +79,7 @@ def run_trials(args: argparse.Namespace) -> int:
     from metasam.tuning.space import describe_spec
     from metasam.tuning.storage import census, counts, load_study, trial_spec
 
-    config = _load(args.study)
+    config = load_study_config(args.study)
     study = load_study(config.storage, config.name)
     rows = []
     for t in study.get_trials(deepcopy=False):

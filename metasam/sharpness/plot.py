@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from metasam._plotting import pyplot, save_figure
+
 
 def plot_density(extra: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Save the smoothed Hessian eigenvalue density (log scale) with its quadrature nodes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     density = [max(v, 1e-12) for v in extra["density"]]
     ax.semilogy(extra["grid"], density, color="tab:blue", lw=1.5,
@@ -27,8 +25,4 @@ def plot_density(extra: dict[str, Any], path: str | Path, title: str = "") -> Pa
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
