@@ -89,10 +89,12 @@ class StudyConfig:
         train_data = data.get("train") or {}
         if not isinstance(train_data, dict):
             raise ConfigError("train", "expected a mapping of training fields")
-        for key in ("test", "checkpoint_dir", "spec", "preset"):
+        for key in ("test", "checkpoint_dir", "spec", "preset", "seed"):
             if key in train_data:
-                raise ConfigError(f"train.{key}", "is set by the study for each trial",
-                                  "other TrainConfig fields")
+                why = "is set by the study for each trial"
+                if key == "seed":
+                    why += " (use the study's top-level seed field)"
+                raise ConfigError(f"train.{key}", why, "other TrainConfig fields")
         train_data = dict(train_data)
         if train_data.get("data_dir") and not Path(train_data["data_dir"]).is_absolute():
             train_data["data_dir"] = str((path.parent / train_data["data_dir"]).resolve())
