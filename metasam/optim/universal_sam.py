@@ -14,6 +14,7 @@ from metasam.errors import NonFiniteStepError
 from metasam.family.measures import fill_random_
 from metasam.family.spec import SharpnessSpec, scalar_dtype
 from metasam.optim.batchnorm import RunningStatsGuard
+from metasam.optim.distributed import AUTO, Sync
 from metasam.optim.fisher import fisher_scores, top_fraction_mask
 
 BN_MODES = ("freeze", "official")
@@ -68,6 +69,9 @@ class UniversalSAM(torch.optim.Optimizer):
         max_grad_norm: clip the combined gradient to this global norm before the base step.
         on_nonfinite: ``"raise"`` (default) a :class:`~metasam.errors.NonFiniteStepError` naming
             the pass, or ``"skip"`` the step; either way the weights stay as before the step.
+        process_group: the data-parallel group the ranks agree over (see below): ``"auto"``
+            (default) the default group when ``torch.distributed`` is initialized with more than
+            one rank, ``None`` never synchronize, or a process group.
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ...).
 
     Example::
@@ -87,13 +91,22 @@ class UniversalSAM(torch.optim.Optimizer):
     (use the same augmentation draw); for bf16 autocast, run the forward inside the closure under
     ``torch.autocast``. For SSAM (``sparse_ascent``) call :meth:`update_fisher_mask` before the
     first step and on its schedule.
+
+    With ``DistributedDataParallel`` (construct the optimizer after ``init_process_group``),
+    the gradients are averaged by DDP and the optimizer averages each pass's loss over the
+    group, takes rank 0's perturbation seed (when ``seed`` is not given; a given seed must be
+    the same on every rank) and sums SSAM's Fisher scores over the group (pass the unwrapped
+    ``model.module`` to :meth:`update_fisher_mask`): every rank makes the single-process step
+    of the global batch, and the replicas stay identical. Each step costs 1 + n gradient
+    all-reduces (one per pass) plus 1 + n scalar ones.
     """
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer],
                  spec: SharpnessSpec | str | dict[str, Any] = "sam", *,
                  model: nn.Module | None = None, bn_stats: str = "freeze",
                  seed: int | None = None, max_grad_norm: float | None = None,
-                 on_nonfinite: str = "raise", **base_kwargs: Any) -> None:
+                 on_nonfinite: str = "raise", process_group: Any = AUTO,
+                 **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and
                 issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError("base_optimizer must be an optimizer class such as torch.optim.SGD, "
@@ -115,8 +128,9 @@ class UniversalSAM(torch.optim.Optimizer):
         self.bn_stats = bn_stats
         self.max_grad_norm = max_grad_norm
         self.on_nonfinite = on_nonfinite
+        self._sync = Sync.resolve(process_group)
         if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
+            seed = self._sync.seed(int(torch.randint(0, 2**62, (1,)).item()))
         self.seed = int(seed)
         self.steps = 0
         self.skipped_steps = 0
@@ -141,10 +155,12 @@ class UniversalSAM(torch.optim.Optimizer):
         """Recompute SSAM-F's mask from per-example squared gradients on ``inputs``.
 
         The trainer passes ``spec.measure.fisher_samples`` random training examples every
-        ``spec.measure.refresh_epochs`` epochs. Returns the fraction of coordinates kept.
+        ``spec.measure.refresh_epochs`` epochs. In data-parallel training each rank passes its
+        own examples (and the unwrapped model) and the scores are summed over the group.
+        Returns the fraction of coordinates kept.
         """
         params = self._perturbable()
-        scores = fisher_scores(params, model, loss_fn, inputs, targets)
+        scores = self._sync.sum_(fisher_scores(params, model, loss_fn, inputs, targets))
         masks = top_fraction_mask(scores, self.spec.measure.sparsity)
         for p, mask in zip(params, masks, strict=True):
             self.state[p]["fisher_mask"] = mask
@@ -184,7 +200,8 @@ class UniversalSAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor | float] | None = None) -> Tensor:  # type: ignore[override]
-        """One sharpness-aware step; returns the loss at the unperturbed weights."""
+        """One sharpness-aware step; returns the loss at the unperturbed weights (its mean
+        over the process group in data-parallel training)."""
         if closure is None:
             raise TypeError("UniversalSAM.step needs a closure that zeroes the gradients, runs "
                             "forward and backward on one batch and returns the loss")
@@ -305,7 +322,7 @@ class UniversalSAM(torch.optim.Optimizer):
     def _call(self, closure: Callable[[], Tensor | float]) -> Tensor:
         with torch.enable_grad():
             loss = closure()
-        return torch.as_tensor(loss).detach().reshape(())
+        return self._sync.mean(torch.as_tensor(loss).detach().reshape(()))
 
     def _generator(self, device: torch.device, dtype: torch.dtype, index: int) -> torch.Generator:
         key = f"{device}|{dtype}"
