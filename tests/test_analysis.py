@@ -120,3 +120,25 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     explained = json.loads(capsys.readouterr().out)
     assert explained["closest"] in ("trace", "frobenius²", "det", "λ_max")
     assert len(explained["summary"]) == 4 and (tmp_path / "e.png").stat().st_size > 20_000
+
+
+def test_tuned_baselines_pick_each_methods_best_grid_point(tmp_path, ray_cluster,
+                                                          monkeypatch) -> None:
+    from test_tuning import write_study
+
+    from metasam.analysis import compare
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.storage import census, load_study
+
+    # λ = 3 makes Trace-SAM's regularizer dominate: the grid must pick the other value.
+    monkeypatch.setattr(compare, "BASELINE_GRID", {"trace_sam": {"lam": [3.0, 0.01]}})
+    config = StudyConfig.from_yaml(write_study(tmp_path, name="grid", trials=1, epochs=3))
+    chosen = compare.tune_baselines(config, ray_cluster, verbose=0)
+    assert set(chosen) == set(compare.BASELINES)
+    trials = census(load_study(config.storage, "grid.baselines")).counted
+    assert len(trials) == len(compare.BASELINES) + 1
+    values = {t.user_attrs["label"]: t.value for t in trials}
+    best_label = max(("trace_sam lam=3.0", "trace_sam lam=0.01"), key=values.get)
+    assert chosen["trace_sam"].label == f"trace_sam (tuned: {best_label})"
+    assert chosen["trace_sam"].spec["lam"] == float(best_label.rpartition("=")[2])
+    assert chosen["sgd"].label == "sgd (tuned: sgd)"
