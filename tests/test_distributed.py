@@ -37,12 +37,11 @@ def part(xy: tuple[torch.Tensor, torch.Tensor], rank: int, world: int):
     return tuple(t[rank * size:(rank + 1) * size] for t in xy)
 
 
-def run(name: str, net: torch.nn.Module, inner: torch.nn.Module, rank: int, world: int,
-        **kwargs) -> UniversalSAM:
+def run(name: str, net: torch.nn.Module, rank: int, world: int, **kwargs) -> UniversalSAM:
     opt = UniversalSAM(net.parameters(), torch.optim.SGD, SPECS[name](), model=net, lr=0.1,
                        momentum=0.9, **kwargs)
     if name == "ssam":
-        opt.update_fisher_mask(inner, F.cross_entropy, *part(batch(99, 16), rank, world))
+        opt.update_fisher_mask(net, F.cross_entropy, *part(batch(99, 16), rank, world))
     for k in range(STEPS):
         x, y = part(batch(k), rank, world)
 
@@ -63,8 +62,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for mode, group in (("sync", "auto"), ("control", None)):
             model = model_()
             torch.manual_seed(1000 + rank)  # rank-dependent global RNG: seeds must be agreed on
-            opt = run(name, DistributedDataParallel(model), model, rank, WORLD,
-                      process_group=group)
+            opt = run(name, DistributedDataParallel(model), rank, WORLD, process_group=group)
             out[name, mode] = {"seed": opt.seed,
                                "params": [p.detach().clone() for p in model.parameters()]}
     torch.save(out, Path(out_dir) / f"rank{rank}.pt")
@@ -78,7 +76,7 @@ def test_ddp_ranks_make_the_single_process_step_of_the_whole_batch(tmp_path) -> 
         synced = [r[name, "sync"] for r in ranks]
         assert synced[0]["seed"] == synced[1]["seed"]
         model = model_()
-        run(name, model, model, 0, 1, seed=synced[0]["seed"], process_group=None)
+        run(name, model, 0, 1, seed=synced[0]["seed"], process_group=None)
         reference = [p.detach() for p in model.parameters()]
         initial = [p.detach() for p in model_().parameters()]
         moved = max(float((a - b).abs().max()) for a, b in zip(reference, initial, strict=True))

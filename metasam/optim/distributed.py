@@ -6,7 +6,8 @@ from each rank's own batch, so the weights ∂ψ·φ'(D_i) — and with them the
 from rank to rank and the replicas would drift apart; random perturbations drawn from different
 seeds would put the ranks at different points; SSAM's Fisher mask would come from each rank's
 own examples. :class:`Sync` makes every rank use the global batch's values instead: the losses
-averaged over the group, one perturbation seed (rank 0's), Fisher scores summed over the group.
+averaged over the group, one perturbation seed (rank 0's), Fisher scores summed over the group
+(computed on the unwrapped module: :func:`local_module`).
 With equal per-rank batches the step then equals the single-process step on the whole batch.
 """
 
@@ -15,9 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 AUTO = "auto"
+
+
+def local_module(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (``model`` itself otherwise).
+
+    Rank-local passes such as SSAM's per-example gradients run on it: through the wrapper,
+    every forward would be a collective (DDP broadcasts the buffers, BatchNorm's running
+    statistics, from rank 0), one per example, and ranks with different numbers of examples
+    would hang."""
+    parallel = torch.nn.parallel.DistributedDataParallel
+    return model.module if isinstance(model, parallel) else model
 
 
 class Sync:

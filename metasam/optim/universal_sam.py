@@ -14,7 +14,7 @@ from metasam.errors import NonFiniteStepError
 from metasam.family.measures import fill_random_
 from metasam.family.spec import SharpnessSpec, scalar_dtype
 from metasam.optim.batchnorm import RunningStatsGuard
-from metasam.optim.distributed import AUTO, Sync
+from metasam.optim.distributed import AUTO, Sync, local_module
 from metasam.optim.fisher import fisher_scores, top_fraction_mask
 
 BN_MODES = ("freeze", "official")
@@ -95,8 +95,8 @@ class UniversalSAM(torch.optim.Optimizer):
     With ``DistributedDataParallel`` (construct the optimizer after ``init_process_group``),
     the gradients are averaged by DDP and the optimizer averages each pass's loss over the
     group, takes rank 0's perturbation seed (when ``seed`` is not given; a given seed must be
-    the same on every rank) and sums SSAM's Fisher scores over the group (pass the unwrapped
-    ``model.module`` to :meth:`update_fisher_mask`): every rank makes the single-process step
+    the same on every rank) and sums SSAM's Fisher scores over the group (computed on the module
+    inside the DDP wrapper): every rank makes the single-process step
     of the global batch, and the replicas stay identical. Each step costs 1 + n gradient
     all-reduces (one per pass) plus 1 + n scalar ones.
     """
@@ -156,11 +156,12 @@ class UniversalSAM(torch.optim.Optimizer):
 
         The trainer passes ``spec.measure.fisher_samples`` random training examples every
         ``spec.measure.refresh_epochs`` epochs. In data-parallel training each rank passes its
-        own examples (and the unwrapped model) and the scores are summed over the group.
+        own examples and the scores are summed over the group.
         Returns the fraction of coordinates kept.
         """
         params = self._perturbable()
-        scores = self._sync.sum_(fisher_scores(params, model, loss_fn, inputs, targets))
+        scores = self._sync.sum_(fisher_scores(params, local_module(model), loss_fn, inputs,
+                                               targets))
         masks = top_fraction_mask(scores, self.spec.measure.sparsity)
         for p, mask in zip(params, masks, strict=True):
             self.state[p]["fisher_mask"] = mask
