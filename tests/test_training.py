@@ -100,3 +100,8 @@ def test_cli_train_json_and_yaml(tmp_path, capsys) -> None:
     assert main(["train", "--dataset", "digitz", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dataset: unknown dataset 'digitz'" in err
+    # a bad device fails in one line before any progress bar is drawn
+    assert main(["train", "--dataset", "digits", "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("metasam train: error: device: unknown device 'tpu'; allowed: auto, cpu, "
+                   "cuda, cuda:N, mps\n"), err

@@ -47,8 +47,10 @@ def load_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from metasam.training import train
+    from metasam.training.trainer import resolve_device
 
     config = load_config(args)
+    resolve_device(config.device)  # a bad device fails here, before the progress bar
     bar = None
     if not args.quiet:
         from tqdm import tqdm
