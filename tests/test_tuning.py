@@ -86,6 +86,8 @@ def test_invalid_files_fail_with_one_line_before_ray_starts(tmp_path, capsys) ->
          "tiny.yaml: train.dataset: dataset 'mnist': not found"),
         ({"train": {"model": "vgg"}}, "tiny.yaml: train.model: unknown value 'vgg'; allowed: "
                                       "resnet18, mlp, cnn"),
+        ({"train": {"device": "tpu"}}, "tiny.yaml: train.device: unknown device 'tpu'; "
+                                       "allowed: auto, cpu, cuda, cuda:N, mps"),
         ({"train": {"seed": 3}}, "tiny.yaml: train.seed: is set by the study for each trial "
                                  "(use the study's top-level seed field)"),
     ]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from metasam import _config
 from metasam._config import option
 from metasam.data import AUGMENTATIONS, DATASETS, parse_name
@@ -20,6 +22,19 @@ from metasam.presets import NAMES as PRESETS
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
 TEST_MODES = ("none", "final", "epoch")
+DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def _device(name: str, value: Any) -> str:
+    """A device name torch understands (whether this machine has it is checked at run time:
+    a study's config is read on machines without the workers' GPUs)."""
+    value = _config.text()(name, value)
+    if value != "auto":
+        try:
+            torch.device(value)
+        except RuntimeError:
+            raise ConfigError(name, f"unknown device {value!r}", DEVICE_FORMS) from None
+    return value
 
 
 def _dataset(name: str, value: Any) -> str:
@@ -133,7 +148,7 @@ class TrainConfig:
                                "a non-finite step stops the run or is skipped")
     # execution
     seed: int = option(0, _config.integer(0), "seed of the model, batches and perturbations")
-    device: str = option("auto", _config.text(), "auto, cpu, cuda, cuda:1, ...")
+    device: str = option("auto", _device, "auto, cpu, cuda, cuda:1, ...")
     bf16: bool = option(False, _config.boolean, "bf16 autocast of the forward passes")
     channels_last: bool = option(False, _config.boolean, "channels_last memory format (GPU)")
     compile: bool = option(False, _config.boolean, "torch.compile the model")
