@@ -86,13 +86,20 @@ def test_invalid_files_fail_with_one_line_before_ray_starts(tmp_path, capsys) ->
          "tiny.yaml: train.dataset: dataset 'mnist': not found"),
         ({"train": {"model": "vgg"}}, "tiny.yaml: train.model: unknown value 'vgg'; allowed: "
                                       "resnet18, mlp, cnn"),
+        ({"metric": "val_loss", "mode": "max"},
+         "tiny.yaml: mode: 'max' would maximize val_loss; allowed: min"),
+        ({"rename": "runs/a"}, "tiny.yaml: name: 'runs/a' is not a plain file name; allowed: "
+                               "letters, digits, '.', '_', '-'"),
         ({"train": {"device": "tpu"}}, "tiny.yaml: train.device: unknown device 'tpu'; "
                                        "allowed: auto, cpu, cuda, cuda:N, mps"),
         ({"train": {"seed": 3}}, "tiny.yaml: train.seed: is set by the study for each trial "
                                  "(use the study's top-level seed field)"),
     ]
     for extra, message in cases:
+        rename = extra.pop("rename", None)
         path = write_study(tmp_path / "s", **extra)
+        if rename:
+            path.write_text(path.read_text().replace("name: tiny", f"name: {rename}"))
         assert main(["tune", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err

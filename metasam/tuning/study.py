@@ -1,10 +1,10 @@
 """Study configs: what to tune, on what data, with which budget, resources and storage.
 
-    name: digits-quick                  # the study's name in the storage (default: file name)
+    name: digits-quick                  # name in the storage and of files (default: file name)
     search_space: ../search_spaces/universal-poly.yaml   # relative to this file
     train: {dataset: digits, model: cnn, epochs: 8}     # TrainConfig fields shared by all trials
     metric: val_acc                     # a validation or training metric, never a test one
-    mode: max
+    mode: max                           # optional: max for accuracies, min for losses
     trials: 24                          # trials that reach a terminal state
     concurrency: 2
     resources: {cpu: 1, gpu: 0}         # per trial; gpu may be a fraction (0.25: 4 per GPU)
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from metasam.tuning.space import SearchSpace
 _KEYS = ("name", "search_space", "train", "metric", "mode", "trials", "concurrency",
          "resources", "scheduler", "storage", "sampler", "seed", "heartbeat")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -77,6 +79,9 @@ class StudyConfig:
         name = data.get("name", path.stem)
         if not isinstance(name, str) or not name:
             raise ConfigError("name", f"expected a non-empty string, got {name!r}")
+        if not _NAME.fullmatch(name):  # it names files: NAME.db, NAME.best.json
+            raise ConfigError("name", f"{name!r} is not a plain file name",
+                              "letters, digits, '.', '_', '-'")
         if "search_space" not in data:
             raise ConfigError("search_space", "missing", "a path to a search-space YAML file")
         space_path = Path(str(data["search_space"]))
@@ -106,8 +111,10 @@ class StudyConfig:
         if metric.startswith("val_") and train.val_fraction == 0:
             raise ConfigError("metric", f"{metric} needs a validation split but train."
                               "val_fraction is 0", "train_acc, train_loss, or val_fraction > 0")
-        mode = _checks.choice("mode", data.get("mode", "max" if metric.endswith("acc")
-                                               else "min"), ("max", "min"))
+        direction = "max" if metric.endswith("acc") else "min"
+        mode = _checks.choice("mode", data.get("mode", direction), ("max", "min"))
+        if mode != direction:
+            raise ConfigError("mode", f"{mode!r} would {mode}imize {metric}", direction)
         trials = _checks.integer("trials", data.get("trials", 20), low=1)
         if space.search is None and trials > len(space.points):
             raise ConfigError("trials", f"{trials} trials but the points-only space "
