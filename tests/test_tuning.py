@@ -109,7 +109,7 @@ def test_invalid_files_fail_with_one_line_before_ray_starts(tmp_path, capsys) ->
          "space.yaml: search.rho: low 0.5 is above high 0.1; allowed: [low, high], low ≤ high"),
         ({"presets": ["sgd", "samm"]}, "space.yaml: presets: unknown value 'samm'; allowed: sgd"),
         ({"search": {**SPACE["search"], "psi": ["identity", "varience"]}},
-         "space.yaml: psi[1].fn: unknown ψ function 'varience'"),
+         "space.yaml: search.psi[1].fn: unknown ψ function 'varience'"),
         ({"search": {**SPACE["search"], "measure": {"kinds": ["gauss"]}}},
          "space.yaml: search.measure.kinds: unknown value 'gauss'; allowed: gaussian"),
         ({"points": [{"preset": "frob_sam", "lam": -1.0}]},

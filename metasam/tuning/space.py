@@ -185,14 +185,14 @@ def _range(field_name: str, value: Any, *, log: bool, positive: bool = False,
 
 def _psi_entries(value: Any) -> list[tuple[str, dict[str, Any], int | None]]:
     if not isinstance(value, list) or not value:
-        raise ConfigError("psi", "expected a non-empty list of ψ functions",
+        raise ConfigError("search.psi", "expected a non-empty list of ψ functions",
                           "names or {fn: NAME, ...} mappings")
     out = []
     for i, item in enumerate(value):
         try:
             psi = Psi.from_obj(item)
         except SpecError as err:
-            raise ConfigError(f"psi[{i}]{err.field[3:]}", err.problem, err.allowed) from None
+            raise ConfigError(f"search.psi[{i}]{err.field[3:]}", err.problem, err.allowed) from None
         obj = psi.to_obj()
         label = obj["fn"] + "".join(f":{k}={v}" for k, v in obj.items() if k != "fn")
         out.append((label, obj, psi.dim))
