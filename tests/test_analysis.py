@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 
 import pytest
 from scipy import stats
@@ -35,6 +36,11 @@ def test_welch_matches_the_textbook_formula() -> None:
     assert welch_greater(a, b) == pytest.approx(welch_by_hand(a, b), rel=1e-10)
     assert welch_greater(b, a) == pytest.approx(1 - welch_by_hand(a, b), rel=1e-8)
     assert math.isnan(welch_greater([0.9], b))
+    # one side with the same value for every seed: defined, and quiet
+    same, spread = [0.9972] * 3, [0.99, 0.994, 0.9961]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert welch_greater(same, spread) == pytest.approx(welch_by_hand(same, spread), rel=1e-6)
     s = Summary.of([1.0, 2.0, 4.0])
     assert s.mean == pytest.approx(7 / 3) and s.std == pytest.approx(math.sqrt(7 / 3))
 

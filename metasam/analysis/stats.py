@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,5 +34,11 @@ def welch_greater(a: Sequence[float], b: Sequence[float]) -> float:
         return math.nan
     if max(a) == min(a) and max(b) == min(b):
         return 0.0 if a[0] > b[0] else 1.0
-    result = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+    with warnings.catch_warnings():
+        # scipy warns when one side's values are all equal (e.g. the same test accuracy for
+        # every seed): Welch's statistic is still defined there, the other side's variance
+        # carries the standard error.
+        warnings.filterwarnings("ignore", message="Precision loss occurred",
+                                category=RuntimeWarning)
+        result = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
     return float(result.pvalue)
