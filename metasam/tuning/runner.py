@@ -143,7 +143,9 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
         started_ray = True
     try:
         reporter = tune.CLIReporter(
-            metric_columns={"epoch": "epoch", config.metric: config.metric, "status": "status"},
+            # epochs reached and the value: Ray's status column says whether a trial is running,
+            # and `metasam trials` which ended at full budget, ASHA-stopped or failed.
+            metric_columns={"epoch": "epoch", config.metric: config.metric},
             parameter_columns={"label": "label"}, max_report_frequency=15,
             metric=config.metric, mode=config.mode)
         tuner = tune.Tuner(

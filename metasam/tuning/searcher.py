@@ -63,6 +63,13 @@ class StudySearcher(Searcher):
 
     # --- heartbeats -------------------------------------------------------------------------
 
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to write: the study's RDB storage is the searcher's state (Ray Tune's
+        experiment checkpoint of it would only go stale)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to read: re-running ``metasam tune`` resumes from the storage."""
+
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
             with self._lock:
