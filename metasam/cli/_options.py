@@ -58,6 +58,13 @@ def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """``--address`` and ``--quiet`` of the commands that run trials through Ray Tune."""
+    parser.add_argument("--address", default=None, help="join this Ray cluster (e.g. "
+                        "HOST:6379) instead of starting a local one")
+    parser.add_argument("--quiet", action="store_true", help="no progress table")
+
+
 def load_study_config(path: str) -> Any:
     """A study config from its YAML file (validated; errors name the file)."""
     from metasam.tuning.study import StudyConfig

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metasam.cli._options import load_study_config
+from metasam.cli._options import add_ray_options, load_study_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="tune each baseline by its own small grid on validation first")
     compare.add_argument("--sharpness-every", type=int, default=None,
                          help="Hessian measures every K epochs (default: epochs // 4)")
-    compare.add_argument("--address", default=None, help="join this Ray cluster")
-    compare.add_argument("--quiet", action="store_true")
+    add_ray_options(compare)
     compare.set_defaults(run=run_compare)
 
     report = sub.add_parser("report", help="tables (Markdown, CSV, LaTeX) and plots")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from metasam.cli._options import load_study_config
+from metasam.cli._options import add_ray_options, load_study_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "same command resumes it; several processes (or machines, with a PostgreSQL storage "
         "and --address) can work on one study together.")
     tune.add_argument("study", metavar="STUDY.yaml")
-    tune.add_argument("--address", default=None, help="join this Ray cluster (e.g. HOST:6379) "
-                      "instead of starting a local one")
     tune.add_argument("--trials", type=int, default=None, help="override the study's trials")
     tune.add_argument("--concurrency", type=int, default=None,
                       help="override the study's concurrency")
     tune.add_argument("--warm-start", metavar="OTHER.yaml", default=None,
                       help="evaluate the top-k specs of another study first")
     tune.add_argument("--top-k", type=int, default=3)
-    tune.add_argument("--quiet", action="store_true", help="no progress table")
+    add_ray_options(tune)
     tune.set_defaults(run=run_tune)
 
     best = sub.add_parser("best", help="print and write a study's best optimizer as JSON")
