@@ -87,7 +87,30 @@ def det_sam(**overrides: Any) -> SharpnessSpec:
                  lam=1.0, n=1)
 
 
-PRESETS = {f.__name__: f for f in (sgd, sam, asam, ssam, trace_sam, frob_sam, det_sam)}
+def rwp(**overrides: Any) -> SharpnessSpec:
+    """Random weight perturbation in the mixed-loss form (Bisla et al., AISTATS 2022; Li et al.,
+    "Efficient generalization improvement guided by random weight perturbation", 2022):
+    Gaussian noise relative to each weight, e ~ N(0, ρ²·diag(|w| + η)²) with η = 0.01, update
+    g0 + λ·(g1 − g0) (the gradient of (1 − λ)·L(x) + λ·L(x + e)), ρ = 0.05, λ = 0.5, n = 1.
+    An instance of the family with φ = ψ = id; the defaults are ours, in the papers' range."""
+    return _make("rwp", overrides, measure={"kind": "gaussian", "scale": "coordinate",
+                                            "adaptive": True, "eta": 0.01},
+                 rho=0.05, lam=0.5, n=1)
+
+
+def tilted_sam(**overrides: Any) -> SharpnessSpec:
+    """Tilted SAM (Li, Beirami et al., "Tilted Sharpness-Aware Minimization", 2024): the
+    log-mean-exp (1/τ)·log mean_i exp(τ·D_i) over n random perturbations, a smooth maximum that
+    moves from the average (τ → 0, Trace-SAM) to the worst perturbation (τ → ∞). Here φ = exp(τ·t)
+    with τ = 1, ψ = log, Gaussian μ with ρ = 0.05 a radius, n = 2, relative λ = 1 (the step
+    follows the softmax(τ·D)-weighted average of the perturbed gradients), |D| clipped at 50."""
+    return _make("tilted_sam", overrides, phi={"fn": "exp", "scale": 1.0}, psi="log",
+                 measure={"kind": "gaussian", "scale": "global"}, rho=0.05, lam=1.0, n=2,
+                 lam_scale="relative", d_clip=50.0)
+
+
+PRESETS = {f.__name__: f for f in (sgd, sam, asam, ssam, trace_sam, frob_sam, det_sam, rwp,
+                                   tilted_sam)}
 NAMES = tuple(PRESETS)
 
 

@@ -13,9 +13,9 @@ from scipy import stats
 
 from metasam import presets
 from metasam.analysis.explain import explain
-from metasam.analysis.stats import Summary, welch_greater
 from metasam.analysis.tables import build_table, to_csv, to_latex, to_markdown
 from metasam.cli import main
+from metasam.stats import Summary, welch_greater
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -93,7 +93,8 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     import yaml
     from test_tuning import write_study
 
-    path = write_study(tmp_path, name="pipeline", trials=5, epochs=3, space={
+    path = write_study(tmp_path, name="pipeline", trials=5, epochs=3,
+                       confirm={"top_k": 1, "seeds": 2}, space={
         "presets": ["sgd", "sam"],
         "search": {"measure": {"kinds": ["gaussian"]},
                    "phi": {"polynomial": {"outputs": [1], "degree": [1, 1],
@@ -109,9 +110,15 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     out = tmp_path / "report"
     assert main(["report", str(path), "--out", str(out)]) == 0
     markdown = (out / "report.md").read_text()
-    for name in ("SGD", "SAM", "ASAM", "SSAM-F", "Trace-SAM", "Frob-SAM", "Det-SAM",
-                 "metasam (best found)"):
+    for name in ("SGD", "SAM", "ASAM", "SSAM-F", "Trace-SAM", "Frob-SAM", "Det-SAM"):
         assert f"| {name} |" in markdown
+    # the search's row names what the confirmation stage chose
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.export import best_optimizer
+
+    winner = best_optimizer(StudyConfig.from_yaml(path))
+    assert winner["confirmed"] is not None and winner["confirmed"]["seeds"] == 2
+    assert f"| metasam (best found = {winner['name']}) |" in markdown
     assert (out / "report.tex").read_text().startswith(r"\begin{tabular}")
     for png in ("pipeline-test-accuracy.png", "pipeline-sharpness.png",
                 "pipeline-search-history.png"):

@@ -50,7 +50,8 @@ def write_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int =
              "resources": {"cpu": 1, "gpu": 0},
              "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
              "sampler": {"type": "tpe", "startup_trials": 3},
-             "heartbeat": {"interval": 1, "grace": 4}, **extra}
+             "heartbeat": {"interval": 1, "grace": 4},
+             "confirm": extra.pop("confirm", False), **extra}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -167,8 +168,10 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
     assert exported["trial"] == best["trial"] and exported["spec"] == best["spec"]
     capsys.readouterr()
     assert main(["trials", str(path), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    listing = json.loads(capsys.readouterr().out)
+    rows = listing["trials"]
     assert len([r for r in rows if r["counted"]]) == 7
+    assert listing["confirmed"] is None  # confirm: false in this study
 
     # load_optimizer reproduces the trial's optimizer exactly: same update on a fixed batch
     from metasam.training import TrainConfig, Trial

@@ -13,12 +13,11 @@ sweeps for Trace-, Det- and Frob-SAM) on the validation split, one seed, in ``NA
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from metasam import presets
-from metasam.tuning.space import Point, SearchSpace
-from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
+from metasam.tuning.space import Point
+from metasam.tuning.storage import best_trials, load_study, trial_spec
 from metasam.tuning.study import StudyConfig
 
 BASELINES = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam")
@@ -31,11 +30,7 @@ BASELINE_GRID = {
 
 def _derived(config: StudyConfig, suffix: str, points: list[Point], metric: str, mode: str,
              train_changes: dict[str, Any]) -> StudyConfig:
-    space = SearchSpace(f"{config.name}.{suffix}", points, None)
-    return dataclasses.replace(
-        config, name=f"{config.name}.{suffix}", space=space,
-        train=config.train.replace(**train_changes), metric=metric, mode=mode,
-        trials=len(points), scheduler={"type": "none"})
+    return config.derived(suffix, points, metric=metric, mode=mode, train_changes=train_changes)
 
 
 def baseline_points(config: StudyConfig, tuned: dict[str, Point] | None) -> dict[str, Point]:
@@ -78,14 +73,14 @@ def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> di
 
 
 def best_point(config: StudyConfig) -> Point:
-    study = load_study(config.storage, config.name)
-    best = best_trials(study, config.mode, 1)
-    if not best:
-        raise ValueError(f"study {config.name!r} has no trial at full budget yet: run "
-                         f"`metasam tune` first")
-    trial = best[0]
-    return Point(f"best (trial {trial.number}: {trial.user_attrs.get('label')})",
-                 trial_spec(trial) or {}, trial_train(trial))
+    """The study's winner (confirmed when the confirmation runs exist) as a point."""
+    from metasam.tuning.export import best_optimizer
+
+    data = best_optimizer(config)
+    return Point(f"best (trial {data['trial']}: {data['name']})", data["spec"] or {},
+                 {k: v for k, v in data["base_optimizer"].items()
+                  if k in ("lr", "weight_decay", "momentum")
+                  and getattr(config.train, k) != v})
 
 
 def compare_config(config: StudyConfig, seeds: int, methods: dict[str, Point],

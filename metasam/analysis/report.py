@@ -14,9 +14,11 @@ from metasam.tuning.study import StudyConfig
 def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
     """Write ``report.md``/``.csv``/``.tex`` (methods × dataset variants) and the PNG plots of
     each study into ``out``; returns the table and the written paths."""
+    from metasam.tuning.export import best_optimizer
     from metasam.tuning.storage import load_study
 
     results: dict[str, dict[str, list[float]]] = {}
+    best_names: list[str] = []
     costs: list[str] = []
     written: list[Path] = []
     for config in configs:
@@ -25,6 +27,8 @@ def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
             raise ValueError(f"study {config.name!r} has no finished comparison runs: run "
                              f"`metasam compare {config.path}` first")
         column = column_label(config.train.dataset, list(results))
+        if "best" in runs:
+            best_names.append(best_optimizer(config)["name"])
         results[column] = {m: [r["test_acc"] for r in rs] for m, rs in runs.items()}
         for method, rs in runs.items():
             passes = rs[0]["passes_per_step"]
@@ -43,6 +47,7 @@ def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
                                out / f"{config.name}-search-history.png",
                                out / f"{config.name}-importances.png")
     table = build_table(results)
+    table.best_names = best_names
     written += write_tables(table, out)
     cost_table = out / "compute.md"
     cost_table.write_text("Equal compute: passes per step (1 + n), gradient evaluations "

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metasam.analysis.stats import Summary, welch_greater
+from metasam.stats import Summary, welch_greater
 
 ALPHA = 0.05
 METHOD_ORDER = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam", "best")
@@ -39,6 +39,14 @@ class Table:
     rows: list[str]
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     scale: float = 100.0
+    best_names: list[str] = field(default_factory=list)  # what "best" is, per study
+
+    def row_name(self, row: str) -> str:
+        """A method's name; the search's row names what it found (``metasam (best found =
+        sam ρ=0.071)``), so a winner that is a preset reads as that preset."""
+        if row == "best" and self.best_names:
+            return f"metasam (best found = {', '.join(dict.fromkeys(self.best_names))})"
+        return METHOD_NAMES.get(row, row)
 
     def value_text(self, row: str, column: str) -> str:
         cell = self.cells.get((row, column))
@@ -96,7 +104,7 @@ def to_markdown(table: Table) -> str:
                 text += "<sup>" + ("\\*" if above_sgd else "") + ("†" if above_baseline
                                                                    else "") + "</sup>"
             cells.append(text)
-        lines.append(f"| {METHOD_NAMES.get(row, row)} | {' | '.join(cells)} |")
+        lines.append(f"| {table.row_name(row)} | {' | '.join(cells)} |")
     lines.append("")
     lines.append(LEGEND + ".")
     return "\n".join(lines) + "\n"
@@ -116,7 +124,7 @@ def to_latex(table: Table) -> str:
             above_sgd, above_baseline = table.marks(row, column)
             text += (r"$^*$" if above_sgd else "") + (r"$^\dagger$" if above_baseline else "")
             cells.append(text)
-        lines.append(_tex(METHOD_NAMES.get(row, row)) + " & " + " & ".join(cells) + r" \\")
+        lines.append(_tex(table.row_name(row)) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 

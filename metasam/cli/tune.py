@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from metasam.cli._options import add_ray_options, load_study_config
 
@@ -58,7 +59,36 @@ def run_tune(args: argparse.Namespace) -> int:
         print(f"study {config.name}: stopped before the end ({outcome['released']} unfinished "
               "trials given back); run the same command again to resume", file=sys.stderr)
         return 130
+    from metasam.tuning.confirm import run_confirmation
+
+    if config.confirm["top_k"]:
+        print(f"study {config.name}: confirming the finalists on {config.confirm['seeds']} "
+              "fresh seeds", file=sys.stderr)
+    confirmation = run_confirmation(config, address=args.address,
+                                    verbose=0 if args.quiet else 1)
+    if confirmation is not None:
+        from metasam.tuning.storage import census, load_study
+
+        done = census(load_study(confirmation.storage, confirmation.name))
+        if done.finished < confirmation.trials:
+            print(f"study {config.name}: confirmation stopped before the end; run the same "
+                  "command again to resume", file=sys.stderr)
+            return 130
+    _print_verdict(config)
     return 0
+
+
+def _print_verdict(config: Any, file: Any = None) -> None:
+    """The confirmed winner and the one-line verdict, or what the study's best is without."""
+    from metasam.tuning.confirm import confirmed_verdict
+
+    verdict = confirmed_verdict(config)
+    if verdict is None:
+        print(f"study {config.name}: no confirmation runs (confirm: false, or none finished): "
+              "the best trial is a single-seed result", file=file)
+        return
+    for line in verdict.lines(config.metric):
+        print(line, file=file)
 
 
 def run_best(args: argparse.Namespace) -> int:
@@ -70,6 +100,7 @@ def run_best(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
     print(f"written to {out}", file=sys.stderr)
+    _print_verdict(config, file=sys.stderr)
     return 0
 
 
@@ -91,9 +122,14 @@ def run_trials(args: argparse.Namespace) -> int:
             "status": t.user_attrs.get("status"), "reason": t.user_attrs.get("reason"),
             "passes": t.user_attrs.get("passes_per_step"),
             "interrupted": bool(t.user_attrs.get("interrupted")),
+            "member": t.user_attrs.get("member"), "repaired": t.user_attrs.get("repaired"),
             "spec": describe_spec(spec) if spec else ""})
     if args.json:
-        print(json.dumps(rows))
+        from metasam.tuning.confirm import confirmed_verdict
+
+        verdict = confirmed_verdict(config)
+        print(json.dumps({"trials": rows,
+                          "confirmed": verdict.to_dict() if verdict is not None else None}))
         return 0
     print(f"{'#':>4} {'state':<9} {'label':<16} {config.metric:>9} {'ep':>3} {'full':>4} "
           f"{'passes':>6}  spec / reason")
@@ -105,4 +141,5 @@ def run_trials(args: argparse.Namespace) -> int:
               f"{r['epochs'] if r['epochs'] is not None else '':>3} "
               f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {note}")
     print(census(study).describe(config.trials))
+    _print_verdict(config)
     return 0

@@ -31,7 +31,9 @@ class Surrogate(NamedTuple):
     psi_grad: Tensor
 
 
-_KEYS = ("format", "name", "phi", "psi", "measure", "n", "rho", "lam", "d_clip")
+_KEYS = ("format", "name", "phi", "psi", "measure", "n", "rho", "lam", "d_clip", "lam_scale",
+         "guard")
+LAM_SCALES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,23 @@ class SharpnessSpec:
     ``d_clip`` (optional guard): D is clipped to [−d_clip, d_clip] before φ, which bounds the
     weight one perturbation can get; ``None`` (default) computes the exact surrogate and reports
     any overflow as a non-finite step instead.
+
+    ``lam_scale`` says what λ multiplies (docs/family.md, "Strength"):
+
+    - ``"absolute"`` (default, the paper's convention): the step's gradient is
+      g0 + (λ/n)·Σ_i w_i·(g_i − g0) with w_i = Σ_j ∂_jψ·φ_j'(D_i), the exact gradient of
+      L + λ·ρ²·ψ(mean φ(D_i)). How far it moves depends on the size of the weights, which
+      differs by orders of magnitude between members (and between datasets).
+    - ``"relative"``: g0 + λ·Σ_i (w_i / Σ_k |w_k|)·(g_i − g0): the weights are normalized to
+      unit total size, so the sharpness part of the update is λ times a signed average of the
+      gradient differences g_i − g0 (each of size ≈ ρ·‖Hv_i‖). λ = 1 moves as far as SAM at
+      the same radius, for every member: one λ range transfers between members and datasets.
+      The direction is that of the exact gradient (a positive rescaling per step); it equals
+      the absolute form when φ and ψ are identities.
+
+    ``guard`` (optional): the sharpness part c = (combined gradient − g0) is scaled down to
+    ‖c‖ ≤ guard·‖g0‖ when it is longer, so that no member can wreck training unnoticed
+    (``StepInfo.guard_factor`` records the scaling, 1.0 when inactive).
 
     Fields accept plain values and are validated: ``phi`` a name, dict or list of them,
     ``psi`` a name or dict, ``measure`` a kind or dict.
@@ -63,6 +82,8 @@ class SharpnessSpec:
     rho: float = 0.05
     lam: float = 1.0
     d_clip: float | None = None
+    lam_scale: str = "absolute"
+    guard: float | None = None
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +96,9 @@ class SharpnessSpec:
         set_(self, "lam", _checks.number("lam", self.lam, low=0.0))
         if self.d_clip is not None:
             set_(self, "d_clip", _checks.number("d_clip", self.d_clip, low=0.0, low_open=True))
+        set_(self, "lam_scale", _checks.choice("lam_scale", self.lam_scale, LAM_SCALES))
+        if self.guard is not None:
+            set_(self, "guard", _checks.number("guard", self.guard, low=0.0, low_open=True))
         if self.name is not None and not isinstance(self.name, str):
             raise SpecError("name", f"expected a string, got {self.name!r}")
         if self.psi.dim is not None and self.psi.dim != self.phi.dim:
@@ -103,6 +127,14 @@ class SharpnessSpec:
     def constant_weights(self) -> bool:
         """Whether every perturbation's weight ∂ψ·φ' is the same constant (φ and ψ affine)."""
         return self.phi.is_affine and self.psi.is_affine
+
+    def weight_scale(self, weights: list[float]) -> float:
+        """The factor c with which the step's gradient is g0 + c·Σ_i w_i·(g_i − g0):
+        λ/n (absolute λ) or λ/Σ|w_i| (relative λ; 0 when every weight is 0)."""
+        if self.lam_scale == "absolute":
+            return self.lam / len(weights)
+        total = sum(abs(w) for w in weights)
+        return self.lam / total if total > 0 else 0.0
 
     def clip(self, d: Tensor) -> Tensor:
         """D clipped to [−d_clip, d_clip] (unchanged without the guard)."""
@@ -156,6 +188,10 @@ class SharpnessSpec:
             out["name"] = self.name
         out.update(phi=self.phi.to_obj(), psi=self.psi.to_obj(), measure=self.measure.to_obj(),
                    n=self.n, rho=self.rho, lam=self.lam, d_clip=self.d_clip)
+        if self.lam_scale != "absolute":
+            out["lam_scale"] = self.lam_scale
+        if self.guard is not None:
+            out["guard"] = self.guard
         return out
 
     @classmethod
@@ -224,7 +260,9 @@ class SharpnessSpec:
         """One line: the spec in the family's notation."""
         label = f"{self.name}: " if self.name else ""
         return (f"{label}φ={self.phi.to_obj()} ψ={self.psi.to_obj()} μ={self.measure.to_obj()} "
-                f"n={self.n} ρ={self.rho:g} λ={self.lam:g}")
+                f"n={self.n} ρ={self.rho:g} λ={self.lam:g}"
+                + (" (relative)" if self.lam_scale == "relative" else "")
+                + (f" guard={self.guard:g}" if self.guard is not None else ""))
 
 
 def _float64_supported(device: torch.device) -> bool:

@@ -28,7 +28,9 @@ class StepInfo:
     ``sharpness`` is ψ((1/n)Σφ(D_i)), ``regularizer`` λ·ρ²·sharpness (the term added to the
     loss), ``d`` the loss differences D_i and ``weights`` the w_i = ∂ψ·φ'(D_i); ``grad_norm`` is the
     norm of the gradient handed to the base optimizer, before clipping; ``skipped`` the reason when
-    the step was skipped (``on_nonfinite="skip"``).
+    the step was skipped (``on_nonfinite="skip"``); ``guard_factor`` the factor the spec's
+    ``guard`` scaled the sharpness part by (1.0 within bounds; ``None`` without a guard) and
+    ``sharpness_share`` the ratio ‖sharpness part‖/‖g0‖ before it (computed with a guard only).
     """
 
     step: int
@@ -40,6 +42,8 @@ class StepInfo:
     weights: list[float] = field(default_factory=list)
     grad_norm: float | None = None
     skipped: str | None = None
+    guard_factor: float | None = None
+    sharpness_share: float | None = None
 
 
 class UniversalSAM(torch.optim.Optimizer):
@@ -224,7 +228,8 @@ class UniversalSAM(torch.optim.Optimizer):
 
         n, rho = spec.n, spec.rho
         sdtype = scalar_dtype(loss0.device)
-        g0 = [p.grad.clone() for p in params] if self._g0_coefficient != 0.0 else None
+        keep_g0 = self._g0_coefficient != 0.0 or spec.guard is not None
+        g0 = [p.grad.clone() for p in params] if keep_g0 else None
         x0 = [p.detach().clone() for p in perturbed]
         direction = None if spec.measure.is_random else self._ascent_direction(
             perturbed, [norms0[i] for i, (_, flag) in enumerate(active) if flag])
@@ -279,7 +284,8 @@ class UniversalSAM(torch.optim.Optimizer):
         if host is None:
             return loss0
         weights, psi_grad = host[0], host[1]
-        beta = [spec.lam / n * w for w in weights]
+        scale = spec.weight_scale(weights)
+        beta = [scale * w for w in weights]
         coefficient_g0 = (self._g0_coefficient if self._g0_coefficient is not None
                           else 1.0 - sum(beta))
         final = [p.grad for p in params]  # holds g_n
@@ -293,15 +299,33 @@ class UniversalSAM(torch.optim.Optimizer):
                 torch._foreach_add_(final, grads, alpha=b)
         else:
             for buf, gpsi in zip(acc, psi_grad, strict=True):
-                torch._foreach_add_(final, buf, alpha=spec.lam / n * gpsi)
+                torch._foreach_add_(final, buf, alpha=scale * gpsi)
         sharpness = host[2][0]
         info = StepInfo(self.steps, 0.0, 1 + n, sharpness, spec.lam * rho**2 * sharpness,
                         host[3], weights)
-        exact_last = beta[-1] == 1.0 and coefficient_g0 == 0.0 and n == 1
+        factor = None
+        if spec.guard is not None:
+            assert g0 is not None
+            factor = self._apply_guard(final, g0, _total(norms0, loss0.device), spec.guard)
+        exact_last = (beta[-1] == 1.0 and coefficient_g0 == 0.0 and n == 1 and factor is None)
         # When the update is exactly g_n, its norm was computed with the last pass's checks.
         norm = checks[-3][2] if exact_last else _total(_norms(final), loss0.device)
-        self._finish(params, loss0, [], norm, info)
+        self._finish(params, loss0, [], norm, info, factor)
         return loss0
+
+    @staticmethod
+    def _apply_guard(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor,
+                     bound: float) -> Tensor:
+        """Scale the sharpness part c = final − g0 down to ‖c‖ ≤ bound·‖g0‖ (on the device, no
+        host sync); returns (factor applied (1 when within bounds), ‖c‖/‖g0‖)."""
+        diff = torch._foreach_sub(final, g0)
+        c_norm = _total(_norms(diff), g0_norm.device)
+        share = c_norm / g0_norm.clamp_min(1e-30)
+        factor = torch.clamp(bound / share.clamp_min(1e-30), max=1.0)
+        # final += (factor − 1)·c: adds exact zeros within bounds, so the step is bit-identical
+        torch._foreach_mul_(diff, _per_device(factor - 1.0, diff))
+        torch._foreach_add_(final, diff)
+        return torch.stack([factor, share])
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -318,7 +342,8 @@ class UniversalSAM(torch.optim.Optimizer):
         if spec.is_plain or not spec.constant_weights:
             return None
         zero = torch.zeros(spec.n, dtype=torch.float64)
-        return 1.0 - spec.lam * float(spec.surrogate(zero).weights.mean())
+        weights = spec.surrogate(zero).weights.tolist()
+        return 1.0 - spec.weight_scale(weights) * sum(weights)
 
     def _call(self, closure: Callable[[], Tensor | float]) -> Tensor:
         with torch.enable_grad():
@@ -412,13 +437,18 @@ class UniversalSAM(torch.optim.Optimizer):
         return out
 
     def _finish(self, params: list[Tensor], loss0: Tensor,
-                checks: list[tuple[str, str, Tensor]], norm: Tensor, info: StepInfo) -> None:
+                checks: list[tuple[str, str, Tensor]], norm: Tensor, info: StepInfo,
+                guard_factor: Tensor | None = None) -> None:
         """Check the gradient about to be applied, clip it if asked, step the base optimizer."""
-        host = self._fetch(checks + [("combined gradient", "gradient", norm)],
-                           [norm.reshape(1), loss0.reshape(1)])
+        extra = [norm.reshape(1), loss0.reshape(1)]
+        if guard_factor is not None:
+            extra.append(guard_factor.reshape(2))
+        host = self._fetch(checks + [("combined gradient", "gradient", norm)], extra)
         if host is None:
             return
         grad_norm, info.loss = host[0][0], host[1][0]
+        if guard_factor is not None:
+            info.guard_factor, info.sharpness_share = host[2]
         info.grad_norm = grad_norm
         if self.max_grad_norm is not None and grad_norm > self.max_grad_norm:
             torch._foreach_mul_([p.grad for p in params], self.max_grad_norm / (grad_norm + 1e-6))

@@ -189,6 +189,8 @@ class Trial:
         total_loss = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen, sharpness, sharp_steps = 0, 0.0, 0
+        shares: list[float] = []
+        guarded = 0
         skipped_before = self.optimizer.skipped_steps
         lr = self.optimizer.param_groups[0]["lr"]
         for x, y in self.loader:
@@ -214,6 +216,9 @@ class Trial:
                 if info.sharpness is not None and info.step == self.optimizer.steps:
                     sharpness += info.sharpness
                     sharp_steps += 1
+                if info.sharpness_share is not None and info.step == self.optimizer.steps:
+                    shares.append(info.sharpness_share)
+                    guarded += bool(info.guard_factor is not None and info.guard_factor < 1.0)
         self.scheduler.step()
         self.epoch += 1
         metrics: dict[str, Any] = {
@@ -225,6 +230,11 @@ class Trial:
         }
         if sharp_steps:
             metrics["sharpness"] = sharpness / sharp_steps
+        if shares:  # with a guard: ‖sharpness part‖/‖g0‖ and how often the guard scaled it
+            shares.sort()
+            metrics["sharpness_share_median"] = shares[len(shares) // 2]
+            metrics["sharpness_share_max"] = shares[-1]
+            metrics["guarded_steps"] = guarded
         return metrics
 
     def hessian_metrics(self) -> dict[str, float]:

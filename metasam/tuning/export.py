@@ -18,28 +18,47 @@ FORMAT = "metasam.optimizer/1"
 
 
 def best_optimizer(config: Any) -> dict[str, Any]:
-    """The best full-budget trial of a study as an exportable dict: the spec, the base optimizer
-    and its schedule, and where it came from."""
+    """The study's winner as an exportable dict: the spec, the base optimizer and its schedule,
+    and where it came from.
+
+    The winner is the confirmation stage's (best mean over fresh seeds, see
+    :mod:`metasam.tuning.confirm`) once its runs exist, with its mean, confidence interval and
+    tests under ``confirmed``; before that (or with ``confirm: false``) the best single-seed
+    trial at full budget, marked ``confirmed: null``."""
+    from metasam.tuning.confirm import confirmed_verdict, display_name
     from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
 
     study = load_study(config.storage, config.name)
-    best = best_trials(study, config.mode, 1)
-    if not best:
-        raise ValueError(f"study {config.name!r} has no trial that finished its full budget yet")
-    trial = best[0]
-    train = config.train.replace(**trial_train(trial))
+    verdict = confirmed_verdict(config)
+    if verdict is not None:
+        f = verdict.winner.finalist
+        spec, overrides, number, name = f.spec, f.train, f.trial, f.name
+        value: float | None = verdict.winner.summary.mean
+        trial = study.trials[number] if number >= 0 else None
+    else:
+        best = best_trials(study, config.mode, 1)
+        if not best:
+            raise ValueError(f"study {config.name!r} has no trial that finished its full budget "
+                             "yet")
+        trial = best[0]
+        spec, overrides, number = trial_spec(trial), trial_train(trial), trial.number
+        name, value = display_name(trial), trial.value
+    train = config.train.replace(**overrides)
+    attrs = trial.user_attrs if trial is not None else {}
     return {
         "format": FORMAT,
-        "spec": trial_spec(trial),
+        "name": name,
+        "spec": spec,
         "base_optimizer": _base(train),
         "schedule": {"name": train.schedule, "epochs": train.epochs,
                      "milestones": train.resolved_milestones(), "gamma": train.gamma},
         "batch_size": train.batch_size,
-        "study": config.name, "trial": trial.number, "label": trial.user_attrs.get("label"),
-        "metric": config.metric, "mode": config.mode, "value": trial.value,
-        "epochs": trial.user_attrs.get("epochs"),
-        "passes_per_step": trial.user_attrs.get("passes_per_step"),
+        "study": config.name, "trial": number, "label": attrs.get("label", name),
+        "metric": config.metric, "mode": config.mode, "value": value,
+        "epochs": attrs.get("epochs", train.epochs),
+        "passes_per_step": attrs.get("passes_per_step"),
         "dataset": train.dataset, "model": train.model,
+        "confirmed": verdict.to_dict() if verdict is not None else None,
     }
 
 

@@ -66,14 +66,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
                      "grad_evals": result.get("grad_evals", 0)})
 
 
-def _sampler(config: StudyConfig, existing: int, worker_salt: int) -> optuna.samplers.BaseSampler:
-    # A seeded sampler re-created on resume would replay its start-up points (optuna#3255):
-    # derive the seed from the study seed, the trials already there and this worker.
-    seed = (config.seed * 1_000_003 + existing * 7919 + worker_salt) % 2**31
-    if config.sampler["type"] == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.sampler["startup_trials"],
-                                      multivariate=True, group=True, constant_liar=True)
+def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    from metasam.tuning.sampler import make_sampler
+
+    return make_sampler(config.sampler["type"], config.seed, config.sampler["startup_trials"])
 
 
 def warm_start_points(other: StudyConfig, top_k: int) -> list[Point]:
@@ -120,7 +116,7 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     worker = uuid.uuid4().hex[:12]
     searcher = StudySearcher(config.space, config.name, storage, config.metric, config.mode,
                              config.trials, config.train.epochs,
-                             _sampler(config, len(study.trials), int(worker[:6], 16)),
+                             _sampler(config),
                              config.heartbeat_interval, worker=worker)
     if config.scheduler["type"] == "asha":
         scheduler: Any = ReferencePointsASHA(

@@ -136,6 +136,8 @@ class StudySearcher(Searcher):
             del self.inner._ot_trials[trial_id]
             return None
         ot_trial.set_user_attr("label", config["label"])
+        if "member" in config:
+            ot_trial.set_user_attr("member", config["member"])
         if "spec" not in ot_trial.user_attrs:
             ot_trial.set_user_attr("spec", json.dumps(config["spec"]))
             ot_trial.set_user_attr("train", json.dumps(config["train"]))

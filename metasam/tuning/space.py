@@ -6,18 +6,28 @@ A space file has up to three parts::
     points:                              # more fixed points; list values expand as a grid
       - {preset: frob_sam, lam: [0.001, 0.01], rho: [0.005, 0.01]}
     search:                              # the parameterized family (omit for a points-only space)
+      members: [universal, sam, asam, ssam, trace_sam, frob_sam, det_sam, rwp, tilted_sam]
+      region: 4                 # preset regions: ρ (and λ, τ) within ×/÷ 4 of their defaults
       measure: {kinds: [gaussian, sphere, box, ascent, adaptive_ascent], adaptive: [false, true]}
       phi:
-        polynomial: {outputs: [1, 2], degree: [1, 3], coefficients: [-1.0, 1.0]}
+        polynomial: {outputs: [1, 2], degree: [1, 3], coefficients: [0.0, 1.0]}
         # or  mlp: {outputs: [1, 2], width: [2, 4], weights: [-2.0, 2.0],
         #           activation: [tanh, softplus], input_scale: [0.1, 10.0]}
       psi: [identity, sum, variance, {fn: root, p: 2}]   # each used where its input size fits
       rho: [0.01, 0.5]          # log-uniform; a radius: random measures use scale "global"
-      lam: [0.001, 1.0]         # log-uniform
+      lam: [0.1, 2.0]           # log-uniform
+      lam_scale: relative       # λ's meaning for universal members (SharpnessSpec.lam_scale)
+      guard: 5                  # optional: sharpness part ≤ 5‖g0‖ (SharpnessSpec.guard)
       n: [1, 4]                 # perturbations per step (n + 1 passes); 1 for ascent measures
       lr: [0.01, 0.2]           # optional: the base optimizer's lr (log-uniform)
       weight_decay: [1e-5, 1e-3]  # optional (log-uniform)
       d_clip: 50                # optional guard: |D| clipped before φ (see SharpnessSpec)
+
+``members`` (default ``[universal]``) lists what a sampled trial may be: ``universal``, the
+parameterized family below, or a preset region (:mod:`metasam.tuning.regions`): the preset with
+its ρ (and λ) tuned around its default. Every sampled universal member is checked through its
+implied measure (:mod:`metasam.family.monotone`) and repaired if it would reward sharpness; the
+repair is recorded in the trial's ``repaired`` attribute.
 
 Points carry their whole spec (and training overrides) in the trial's user attributes, so the
 same machinery serves presets, grids and warm starts from another study.
@@ -36,8 +46,10 @@ from typing import Any
 from metasam import _checks, _config, presets
 from metasam.errors import ConfigError, SpecError, ValidationError
 from metasam.family.measures import Measure
+from metasam.family.monotone import repair_penalty
 from metasam.family.psi import Psi
-from metasam.family.spec import SharpnessSpec
+from metasam.family.spec import LAM_SCALES, SharpnessSpec
+from metasam.tuning.regions import MEMBERS, sample_region
 
 SEARCH_KINDS = ("gaussian", "sphere", "box", "ascent", "adaptive_ascent")
 TRAIN_KEYS = ("lr", "weight_decay", "momentum")
@@ -125,7 +137,8 @@ class SearchSpace:
             raise RuntimeError(f"search space {self.name!r} has no search section: only its "
                                f"{len(self.points)} points can be evaluated")
         spec, train = sample_search(self.search, trial)
-        return {"spec": spec.to_dict(), "train": train, "label": "search"}
+        return {"spec": spec.to_dict(), "train": train, "label": "search",
+                "member": spec.name or "universal"}
 
 
 # --- presets and points -----------------------------------------------------------------------
@@ -202,8 +215,29 @@ def _psi_entries(value: Any) -> list[tuple[str, dict[str, Any], int | None]]:
 def _read_search(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError("search", "expected a mapping")
-    _checks.known_keys("search", data, ("measure", "phi", "psi", "rho", "lam", "n", "lr",
+    _checks.known_keys("search", data, ("members", "region", "measure", "phi", "psi", "rho",
+                                        "lam", "lam_scale", "guard", "n", "lr",
                                         "weight_decay", "d_clip"))
+    members = data.get("members", ["universal"])
+    if not isinstance(members, list) or not members or len(set(members)) != len(members):
+        raise ConfigError("search.members", f"expected a list of distinct members, got "
+                          f"{members!r}", MEMBERS)
+    for member in members:
+        _checks.choice("search.members", member, MEMBERS)
+    region = _checks.number("search.region", data.get("region", 4.0), low=1.0)
+    guard = (None if data.get("guard") is None else
+             _checks.number("search.guard", data["guard"], low=0.0, low_open=True))
+    common = {"members": members, "region": region, "guard": guard}
+    for key in ("lr", "weight_decay"):
+        if key in data:
+            common[key] = _range(f"search.{key}", data[key], log=True)
+    if "universal" not in members:
+        extra = [k for k in ("measure", "phi", "psi", "rho", "lam", "lam_scale", "n", "d_clip")
+                 if k in data]
+        if extra:
+            raise ConfigError(f"search.{extra[0]}", "only used by the universal member, which "
+                              "search.members does not list", "add universal to members")
+        return common
     for key in ("measure", "phi", "psi", "rho", "lam"):
         if key not in data:
             raise ConfigError(f"search.{key}", "missing")
@@ -227,7 +261,10 @@ def _read_search(data: Any) -> dict[str, Any]:
         if not [p for p in psi if p[2] in (None, m)]:
             raise ConfigError("search.psi", f"no ψ in the list takes {m} input(s), but φ may "
                               f"have {m} outputs", "add e.g. 'sum'")
+    lam_scale = _checks.choice("search.lam_scale", data.get("lam_scale", "relative"),
+                               LAM_SCALES)
     out: dict[str, Any] = {
+        **common, "lam_scale": lam_scale,
         "kinds": kinds, "adaptive": adaptive, "phi": phi, "psi": psi,
         "rho": _range("search.rho", data["rho"], log=True),
         "lam": _range("search.lam", data["lam"], log=True),
@@ -235,9 +272,6 @@ def _read_search(data: Any) -> dict[str, Any]:
         "d_clip": (None if data.get("d_clip") is None else
                    _checks.number("search.d_clip", data["d_clip"], low=0.0, low_open=True)),
     }
-    for key in ("lr", "weight_decay"):
-        if key in data:
-            out[key] = _range(f"search.{key}", data[key], log=True)
     return out
 
 
@@ -286,10 +320,28 @@ def _suggest(trial: Any, name: str, r: Range) -> float:
 def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, dict[str, Any]]:
     """Sample one member of the family (and training overrides) from an Optuna trial.
 
-    Conditional structure: n only for random measures (and n ≥ 2 with the variance form), the
-    adaptive flag only for random measures, φ's blocks per output, ψ among those whose input
-    size matches φ's output count.
+    Conditional structure: first the member (the universal family or a preset region); for the
+    family, n only for random measures (and n ≥ 2 with the variance form), the adaptive flag
+    only for random measures, φ's blocks per output, ψ among those whose input size matches
+    φ's output count (with the variance form, φ = (p, p²) for one sampled p, so that ψ is the
+    variance of p(D)). A universal member that would reward sharpness is repaired
+    (:func:`~metasam.family.monotone.repair_penalty`) and the trial's ``repaired`` attribute
+    says how.
     """
+    members = search["members"]
+    member = members[0] if len(members) == 1 else trial.suggest_categorical("member", members)
+    train = {key: _suggest(trial, key, search[key]) for key in ("lr", "weight_decay")
+             if key in search}
+    if member != "universal":
+        return sample_region(member, search["region"], search["guard"], trial), train
+    spec = _sample_universal(search, trial)
+    spec, note = repair_penalty(spec)
+    if note and hasattr(trial, "set_user_attr"):
+        trial.set_user_attr("repaired", note)
+    return spec, train
+
+
+def _sample_universal(search: dict[str, Any], trial: Any) -> SharpnessSpec:
     kind = trial.suggest_categorical("measure", search["kinds"])
     random_kind = kind in ("gaussian", "sphere", "box")
     measure: dict[str, Any] = {"kind": kind}
@@ -301,7 +353,6 @@ def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, di
             measure["adaptive"] = True
     phi_space = search["phi"]
     m = trial.suggest_categorical("phi_outputs", phi_space["outputs"])
-    phi = _sample_phi(phi_space, m, trial)
     # ψ among those that take m inputs; the variance form needs n ≥ 2 samples, which the
     # deterministic ascent measures do not have, so they choose from the rest (or "sum").
     choices = [p for p in search["psi"] if p[2] in (None, m)
@@ -311,6 +362,11 @@ def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, di
     name = f"psi_m{m}" if random_kind else f"psi_m{m}_ascent"
     label = trial.suggest_categorical(name, [p[0] for p in choices])
     psi = next(p[1] for p in choices if p[0] == label)
+    if psi["fn"] == "variance" and phi_space["kind"] == "polynomial" and m == 2:
+        (p,) = _sample_phi(phi_space, 1, trial)
+        phi = [p, {"fn": "polynomial", "coefficients": _square(p["coefficients"])}]
+    else:
+        phi = _sample_phi(phi_space, m, trial)
     n = 1
     if random_kind:
         low, high = int(search["n"].low), int(search["n"].high)
@@ -321,10 +377,17 @@ def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, di
     spec = SharpnessSpec(phi=phi, psi=psi, measure=Measure.from_obj(measure), n=n,
                          rho=_suggest(trial, "rho", search["rho"]),
                          lam=_suggest(trial, "lam", search["lam"]), d_clip=search["d_clip"],
-                         name="search")
-    train = {key: _suggest(trial, key, search[key]) for key in ("lr", "weight_decay")
-             if key in search}
-    return spec, train
+                         lam_scale=search["lam_scale"], guard=search["guard"], name="universal")
+    return spec
+
+
+def _square(coefficients: list[float]) -> list[float]:
+    """The coefficients of p(t)² from those of p(t)."""
+    out = [0.0] * (2 * len(coefficients) - 1)
+    for i, a in enumerate(coefficients):
+        for j, b in enumerate(coefficients):
+            out[i + j] += a * b
+    return out
 
 
 def _sample_phi(space: dict[str, Any], m: int, trial: Any) -> list[dict[str, Any]]:
@@ -351,12 +414,30 @@ def _sample_phi(space: dict[str, Any], m: int, trial: Any) -> list[dict[str, Any
 
 
 def describe_spec(spec: dict[str, Any]) -> str:
-    """A compact one-line summary of a spec dict for tables."""
+    """A compact one-line summary of a spec dict for tables (a preset region's member reads
+    as the preset with its tuned fields)."""
     s = SharpnessSpec.from_dict(spec)
+    if s.name in presets.NAMES:
+        return tuned_preset_name(s)
     phi = "+".join(_short_phi(b) for b in s.phi.to_obj())
     psi = s.psi.to_obj()["fn"]
     kind = s.measure.kind + ("*T" if s.measure.uses_weights and s.measure.is_random else "")
-    return f"μ={kind} φ={phi} ψ={psi} n={s.n} ρ={s.rho:.3g} λ={s.lam:.3g}"
+    rel = " rel" if s.lam_scale == "relative" else ""
+    return f"μ={kind} φ={phi} ψ={psi} n={s.n} ρ={s.rho:.3g} λ={s.lam:.3g}{rel}"
+
+
+def tuned_preset_name(spec: SharpnessSpec) -> str:
+    """``sam`` for a preset at its defaults, ``sam ρ=0.071`` for a member of its region."""
+    assert spec.name is not None
+    default = presets.get(spec.name)
+    changes = []
+    if spec.rho != default.rho:
+        changes.append(f"ρ={spec.rho:.3g}")
+    if spec.lam != default.lam:
+        changes.append(f"λ={spec.lam:.3g}")
+    if spec.phi != default.phi and spec.name == "tilted_sam":
+        changes.append(f"τ={spec.phi.to_obj()[0]['scale']:.3g}")
+    return " ".join([spec.name, *changes])
 
 
 def _short_phi(block: dict[str, Any]) -> str:

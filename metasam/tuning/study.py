@@ -8,7 +8,8 @@
     trials: 24                          # trials that reach a terminal state
     concurrency: 2
     resources: {cpu: 1, gpu: 0}         # per trial; gpu may be a fraction (0.25: 4 per GPU)
-    scheduler: {type: asha, grace_period: 2, reduction_factor: 3}
+    scheduler: {type: asha, grace_period: auto, reduction_factor: 3}   # auto: one rung
+    confirm: {top_k: 3, seeds: 3}       # re-run the finalists on fresh seeds (false: off)
     storage: null                       # default sqlite:///<this folder>/<name>.db
     sampler: {type: tpe, startup_trials: 10}
     seed: 0
@@ -29,7 +30,7 @@ from metasam.training.config import TrainConfig
 from metasam.tuning.space import SearchSpace
 
 _KEYS = ("name", "search_space", "train", "metric", "mode", "trials", "concurrency",
-         "resources", "scheduler", "storage", "sampler", "seed", "heartbeat")
+         "resources", "scheduler", "storage", "sampler", "seed", "heartbeat", "confirm")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
@@ -52,6 +53,7 @@ class StudyConfig:
     seed: int = 0
     heartbeat_interval: int = 10
     heartbeat_grace: int = 60
+    confirm: dict[str, Any] = field(default_factory=lambda: {"top_k": 3, "seeds": 3})
 
     @property
     def folder(self) -> Path:
@@ -141,10 +143,23 @@ class StudyConfig:
         _checks.known_keys("heartbeat", heartbeat, ("interval", "grace"))
         interval = _checks.integer("heartbeat.interval", heartbeat.get("interval", 10), low=1)
         grace = _checks.integer("heartbeat.grace", heartbeat.get("grace", 60), low=2 * interval)
+        confirm = _read_confirm(data.get("confirm", {}))
         return cls(name=name, path=path.resolve(), space=space, train=train.replace(
             seed=seed), metric=metric, mode=mode, trials=trials, concurrency=concurrency,
             cpu=cpu, gpu=gpu, scheduler=scheduler, storage=storage, sampler=sampler, seed=seed,
-            heartbeat_interval=interval, heartbeat_grace=grace)
+            heartbeat_interval=interval, heartbeat_grace=grace, confirm=confirm)
+
+    def derived(self, suffix: str, points: list[Any], *, metric: str, mode: str,
+                train_changes: dict[str, Any]) -> StudyConfig:
+        """A points-only study ``NAME.SUFFIX`` in the same storage, every point at full budget
+        (the confirmation runs, the comparison runs, tuned baselines)."""
+        import dataclasses
+
+        space = SearchSpace(f"{self.name}.{suffix}", points, None)
+        return dataclasses.replace(
+            self, name=f"{self.name}.{suffix}", space=space,
+            train=self.train.replace(**train_changes), metric=metric, mode=mode,
+            trials=len(points), scheduler={"type": "none"}, confirm={"top_k": 0, "seeds": 0})
 
     def check_data(self) -> None:
         """Load the dataset once: a missing one fails here, before Ray starts."""
@@ -171,11 +186,30 @@ def _read_scheduler(data: Any, epochs: int) -> dict[str, Any]:
         _checks.known_keys("scheduler", data, ("type",))
         return {"type": "none"}
     _checks.known_keys("scheduler", data, ("type", "grace_period", "reduction_factor"))
-    grace = _checks.integer("scheduler.grace_period", data.get("grace_period", 1), low=1,
-                            high=epochs)
     factor = _checks.number("scheduler.reduction_factor", data.get("reduction_factor", 3),
                             low=1.0, low_open=True)
+    grace = data.get("grace_period", "auto")
+    if grace == "auto":
+        from metasam.tuning.schedulers import auto_grace_period
+
+        grace = auto_grace_period(epochs, factor)
+    grace = _checks.integer("scheduler.grace_period", grace, low=1, high=epochs)
     return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
+
+
+def _read_confirm(data: Any) -> dict[str, Any]:
+    """``confirm: {top_k: K, seeds: S}`` (default 3 and 3), or ``false`` to declare the best
+    single-seed trial the winner."""
+    if data is False or data is None:
+        return {"top_k": 0, "seeds": 0}
+    if data is True:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("confirm", f"expected {{top_k: K, seeds: S}} or false, got {data!r}")
+    _checks.known_keys("confirm", data, ("top_k", "seeds"))
+    top_k = _checks.integer("confirm.top_k", data.get("top_k", 3), low=0)
+    seeds = _checks.integer("confirm.seeds", data.get("seeds", 3), low=0 if top_k == 0 else 2)
+    return {"top_k": top_k, "seeds": seeds}
 
 
 def _read_sampler(data: Any) -> dict[str, Any]:

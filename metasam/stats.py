@@ -1,4 +1,5 @@
-"""Summary statistics and Welch's t-test for comparison tables."""
+"""Summary statistics, confidence intervals and Welch's t-test (comparison tables, the
+confirmation stage of a study)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ class Summary:
         mean = sum(values) / n if n else math.nan
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
         return cls(mean, std, n)
+
+    def ci_halfwidth(self, level: float = 0.95) -> float:
+        """Half-width of the two-sided Student-t confidence interval of the mean (nan for
+        fewer than two values)."""
+        if self.n < 2:
+            return math.nan
+        return float(stats.t.ppf(0.5 + level / 2, self.n - 1)) * self.std / math.sqrt(self.n)
 
 
 def welch_greater(a: Sequence[float], b: Sequence[float]) -> float:

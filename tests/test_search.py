@@ -1,0 +1,348 @@
+"""The search's parts that decide what it can find: penalty-only spaces (checked through the
+implied measure), relative λ, the guard, preset regions, trial-seeded samplers and the
+confirmation stage that replaces a lucky winner. No Ray: fast."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+from _util import Recorder, tiny_mlp
+from test_gradient import X, Y, reference_gradient
+
+from metasam import SharpnessSpec, UniversalSAM, presets
+from metasam.family.monotone import check_penalty, repair_penalty
+from metasam.tuning.regions import REGIONS, sample_region
+from metasam.tuning.sampler import make_sampler
+from metasam.tuning.space import SearchSpace
+
+
+def rotated_spectrum(eig: torch.Tensor, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eig), len(eig), generator=gen, dtype=torch.float64))
+    return q @ torch.diag(eig) @ q.T
+
+
+def falls_somewhere(spec: SharpnessSpec, seed: int = 123, spectra: int = 10) -> bool:
+    """An independent check: random *non-diagonal* PSD Hessians at several scales, one
+    eigenvalue raised by half; does S fall by more than its Monte Carlo error?"""
+    gen = torch.Generator().manual_seed(seed)
+    for k in range(spectra):
+        scale = 10.0 ** (-3 + 5 * k / (spectra - 1))
+        eig = scale * (0.2 + torch.rand(3, generator=gen, dtype=torch.float64))
+        before = spec.implied_measure(rotated_spectrum(eig, seed + k), samples=20_000, seed=k)
+        for i in range(3):
+            bumped = eig.clone()
+            bumped[i] *= 1.5
+            after = spec.implied_measure(rotated_spectrum(bumped, seed + k), samples=20_000,
+                                         seed=k)
+            rounding = 1e-9 * max(abs(before.value), abs(after.value), 1e-3)
+            if before.value - after.value > 4 * (before.stderr + after.stderr) + rounding:
+                return True
+    return False
+
+
+REWARDING = {
+    "negative slope": SharpnessSpec(phi={"fn": "polynomial", "coefficients": [0.0, -1.0]}),
+    "dip near zero, ascent": SharpnessSpec(
+        phi={"fn": "polynomial", "coefficients": [0.0, -0.7, 0.9]}, measure="ascent"),
+    "decreasing ψ": SharpnessSpec(psi="inverse_square", measure="sphere", n=2),
+    "variance of unrelated blocks": SharpnessSpec(
+        phi=[{"fn": "polynomial", "coefficients": [0, 1, 0.3]},
+             {"fn": "polynomial", "coefficients": [0, 0.2, 0.5]}], psi="variance", n=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REWARDING))
+def test_sharpness_rewarding_member_is_rejected_and_repaired(name: str) -> None:
+    spec = REWARDING[name]
+    assert falls_somewhere(spec), "the case must really reward sharpness somewhere"
+    assert not check_penalty(spec).ok
+    repaired, note = repair_penalty(spec)
+    assert note is not None and repaired != spec
+    assert check_penalty(repaired).ok and not falls_somewhere(repaired)
+    assert (repaired.measure, repaired.rho, repaired.lam) == (spec.measure, spec.rho, spec.lam)
+
+
+def test_presets_and_penalties_pass_unchanged() -> None:
+    for name in presets.NAMES:
+        assert check_penalty(presets.get(name)).ok, name
+    spec = SharpnessSpec(phi={"fn": "polynomial", "coefficients": [0, 0.3, 0.2, 0.1]},
+                         measure="sphere", n=2)
+    assert repair_penalty(spec) == (spec, None)
+
+
+def test_sampled_universal_members_never_reward_sharpness() -> None:
+    # coefficients allowed negative: the sampler must repair what would reward sharpness
+    space = SearchSpace.from_dict({"search": {
+        "measure": {"kinds": ["gaussian", "sphere", "ascent"]},
+        "phi": {"polynomial": {"outputs": [1, 2], "degree": [1, 3],
+                               "coefficients": [-1.0, 1.0]}},
+        "psi": ["identity", "sum", "variance"], "rho": [0.01, 0.5], "lam": [0.1, 2.0],
+        "n": [1, 3]}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    repaired = 0
+    for _ in range(30):
+        trial = study.ask()
+        spec = SharpnessSpec.from_dict(space.sample(trial)["spec"])
+        assert spec.lam_scale == "relative" and spec.name == "universal"
+        assert not falls_somewhere(spec, spectra=6), spec.describe()
+        repaired += "repaired" in trial.user_attrs
+        study.tell(trial, 0.0)
+    assert repaired >= 5  # about half of such draws reward sharpness somewhere
+
+
+def test_preset_regions_hold_the_defaults_and_vary_only_their_fields() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for name, region in REGIONS.items():
+        default = presets.get(name)
+        ranges = region.ranges(4.0)
+        for key, (low, high) in ranges.items():
+            value = default.phi.to_obj()[0]["scale"] if key == "tau" else getattr(default, key)
+            assert low < value <= high or (key == "lam" and value == high)
+        for _ in range(5):
+            spec = sample_region(name, 4.0, 5.0, study.ask())
+            assert spec.name == name and spec.guard == 5.0
+            assert (spec.measure, spec.n, spec.psi) == (default.measure, default.n, default.psi)
+            assert ranges["rho"][0] <= spec.rho <= ranges["rho"][1]
+            if "lam" not in ranges:
+                assert spec.lam == default.lam
+    assert REGIONS["rwp"].ranges(4.0)["lam"][1] == 1.0  # a mixing weight
+
+
+def test_relative_lambda_normalizes_the_exact_gradients_weights() -> None:
+    for fields in (dict(phi={"fn": "polynomial", "coefficients": [0.0, 1.0, 2.0]}, psi="log",
+                        measure="sphere", n=3),
+                   dict(phi=["identity", "square"], psi="variance", measure="gaussian", n=3),
+                   dict(phi={"fn": "exp", "scale": 0.5}, psi="log", measure="gaussian", n=2)):
+        spec = SharpnessSpec(**fields, rho=0.05, lam=0.7, lam_scale="relative")
+        model = tiny_mlp()
+        params = list(model.parameters())
+        recorder = Recorder(params, lambda model=model: ((model(X) - Y) ** 2).mean())
+        UniversalSAM(params, torch.optim.SGD, spec, lr=0.0, seed=3).step(recorder)
+        perturbations = recorder.perturbations()
+        # independent reference: autograd of the absolute objective at λ = n gives
+        # g0 + Σ w_i (g_i − g0); the weights w_i = n·∂ψ(mean φ(D))/∂D_i by autograd
+        absolute = spec.replace(lam=float(spec.n), lam_scale="absolute")
+        full = reference_gradient(model, absolute, perturbations)
+        g0 = reference_gradient(model, absolute.replace(lam=0.0), perturbations)
+        with torch.no_grad():
+            l0 = ((model(X) - Y) ** 2).mean()
+            losses = []
+            for e in perturbations:
+                for p, ei in zip(params, e):
+                    p.add_(ei)
+                losses.append(((model(X) - Y) ** 2).mean())
+                for p, ei in zip(params, e):
+                    p.sub_(ei)
+        d = ((torch.stack(losses) - l0) / spec.rho**2).requires_grad_(True)
+        (grad_d,) = torch.autograd.grad(spec.psi(spec.phi(d).mean(0), spec.n), d)
+        total = float((grad_d * spec.n).abs().sum())
+        for p, f, g in zip(params, full, g0):
+            torch.testing.assert_close(p.grad, g + spec.lam / total * (f - g), rtol=1e-8,
+                                       atol=1e-12)
+
+
+def test_relative_equals_absolute_for_identity_phi_and_psi() -> None:
+    grads = []
+    for scale in ("absolute", "relative"):
+        model = tiny_mlp()
+        recorder = Recorder(list(model.parameters()), lambda m=model: ((m(X) - Y) ** 2).mean())
+        spec = SharpnessSpec(measure="gaussian", n=2, rho=0.05, lam=0.6, lam_scale=scale)
+        UniversalSAM(model.parameters(), torch.optim.SGD, spec, lr=0.0, seed=4).step(recorder)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
+
+
+def _step(spec: SharpnessSpec) -> tuple[list[torch.Tensor], UniversalSAM, list[torch.Tensor]]:
+    model = tiny_mlp()
+    params = list(model.parameters())
+    recorder = Recorder(params, lambda: ((model(X) - Y) ** 2).mean())
+    opt = UniversalSAM(params, torch.optim.SGD, spec, lr=0.0, seed=7)
+    opt.step(recorder)
+    g0 = reference_gradient(model, spec.replace(lam=0.0), recorder.perturbations())
+    return [p.grad.clone() for p in params], opt, g0
+
+
+def test_guard_bounds_the_sharpness_part_and_is_exactly_inactive_within_bounds() -> None:
+    base = presets.det_sam(lam=3.0, n=2)
+    free, _, g0 = _step(base)
+    c = [f - g for f, g in zip(free, g0)]
+    norm = lambda ts: float(torch.sqrt(sum((t ** 2).sum() for t in ts)))  # noqa: E731
+    share = norm(c) / norm(g0)
+    assert share > 0.01
+    bound = share / 4
+    guarded, opt, _ = _step(base.replace(guard=bound))
+    assert opt.last_step.guard_factor == pytest.approx(0.25, rel=1e-9)
+    assert opt.last_step.sharpness_share == pytest.approx(share, rel=1e-9)
+    c_guarded = [a - g for a, g in zip(guarded, g0)]
+    assert norm(c_guarded) == pytest.approx(bound * norm(g0), rel=1e-9)
+    for a, b in zip(c_guarded, c):  # same direction, shorter
+        torch.testing.assert_close(a, b * 0.25, rtol=1e-9, atol=1e-14)
+    # within bounds the step is bit-identical to the unguarded one
+    loose, opt, _ = _step(base.replace(guard=2 * share))
+    assert opt.last_step.guard_factor == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(loose, free))
+
+
+def test_spec_round_trips_new_fields() -> None:
+    spec = presets.tilted_sam(guard=5.0)
+    assert SharpnessSpec.from_json(spec.to_json()) == spec
+    assert spec.to_dict()["lam_scale"] == "relative"
+    with pytest.raises(ValueError, match="lam_scale"):
+        SharpnessSpec(lam_scale="percent")
+    with pytest.raises(ValueError, match="guard"):
+        SharpnessSpec(guard=0.0)
+
+
+def _sampled_params(seed: int, split_at: int | None = None) -> list[dict]:
+    """Ten trials of a deterministic objective; with ``split_at`` a new sampler (a resumed
+    process) takes over after that many trials."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, sampler=make_sampler("tpe", seed, 3))
+    out = []
+    for i in range(10):
+        if i == split_at:
+            study = optuna.load_study(study_name=study.study_name, storage=storage,
+                                      sampler=make_sampler("tpe", seed, 3))
+        trial = study.ask()
+        x = trial.suggest_float("x", -3, 3)
+        kind = trial.suggest_categorical("kind", ["a", "b", "c"])
+        out.append(dict(trial.params))
+        study.tell(trial, (x - 1) ** 2 + {"a": 0, "b": 1, "c": 2}[kind])
+    return out
+
+
+def test_trial_seeded_sampler_reproduces_a_study_across_runs_and_resumes() -> None:
+    first = _sampled_params(0)
+    assert _sampled_params(0) == first
+    assert _sampled_params(0, split_at=5) == first
+    assert _sampled_params(1) != first
+
+
+# --- the confirmation stage -------------------------------------------------------------------
+
+def _add(study: optuna.Study, value: float, **attrs) -> None:
+    attrs = {"full_budget": True, "status": "completed", "epochs": 3, **attrs}
+    study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+
+
+def _point(label: str, spec: SharpnessSpec) -> dict:
+    return {"label": label, "point": label, "spec": json.dumps(spec.to_dict()), "train": "{}"}
+
+
+def test_confirmation_replaces_a_winner_that_was_first_only_by_a_lucky_seed(tmp_path) -> None:
+    from test_tuning import write_study
+
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.confirm import confirmation_config, confirmed_verdict, finalists
+    from metasam.tuning.export import best_optimizer
+    from metasam.tuning.storage import open_storage, open_study
+
+    config = StudyConfig.from_yaml(write_study(tmp_path, confirm={"top_k": 2, "seeds": 3}))
+    study = open_study(open_storage(config.storage), config.name, config.mode)
+    lucky = SharpnessSpec(measure="sphere", n=2, rho=0.2, lam=1.5, lam_scale="relative",
+                          name="universal")
+    steady = presets.sam(rho=0.1)
+    _add(study, 0.80, **_point("sgd", presets.sgd()))                          # trial 0
+    _add(study, 0.82, **_point("sam", presets.sam()))                          # trial 1
+    _add(study, 0.91, label="search", spec=json.dumps(lucky.to_dict()), train="{}")   # 2
+    _add(study, 0.86, label="search", spec=json.dumps(steady.to_dict()), train="{}")  # 3
+    _add(study, 0.95, label="search", spec=json.dumps(lucky.to_dict()), train="{}",
+         full_budget=False)                                                    # 4: stopped
+    # single-seed view: the lucky trial wins
+    assert best_optimizer(config)["trial"] == 2 and best_optimizer(config)["confirmed"] is None
+    chosen = finalists(config)
+    assert [(f.key, f.role) for f in chosen] == [("t2", "top"), ("t3", "top"),
+                                                 ("t1", "preset"), ("t0", "sgd")]
+    assert chosen[1].name == "sam ρ=0.1" and chosen[2].name == "sam"
+    confirmation = confirmation_config(config, chosen)
+    assert confirmation.trials == 4 * 3 and confirmation.train.test == "none"
+    assert {p.train["seed"] for p in confirmation.space.points} == {1, 2, 3}  # fresh seeds
+    runs = {"t2": [0.80, 0.81, 0.79], "t3": [0.86, 0.87, 0.865], "t1": [0.82, 0.83, 0.81],
+            "t0": [0.80, 0.79, 0.805]}
+    confirm_study = open_study(open_storage(config.storage), confirmation.name, config.mode)
+    for point in confirmation.space.points:
+        key, _, seed = point.label.partition("/seed")
+        _add(confirm_study, runs[key][int(seed) - 1], **point.user_attrs())
+    verdict = confirmed_verdict(config)
+    assert verdict.winner.finalist.key == "t3" and verdict.winner.finalist.name == "sam ρ=0.1"
+    assert verdict.best_preset.finalist.name == "sam"
+    assert verdict.beats_sgd and verdict.beats_best_preset
+    exported = best_optimizer(config)
+    assert exported["trial"] == 3 and exported["name"] == "sam ρ=0.1"
+    assert exported["spec"] == steady.to_dict()
+    assert exported["confirmed"]["values"] == runs["t3"]
+    lines = verdict.lines(config.metric)
+    assert "winner: sam ρ=0.1" in lines[-2] and "beats it with confidence" in lines[-1]
+
+
+def test_confirmation_names_sgd_when_nothing_beats_it(tmp_path) -> None:
+    from metasam.tuning.confirm import Finalist, Standing, verdict_of
+
+    def standing(key, name, role, values):
+        return Standing(Finalist(key, int(key[1:]), name, role, None, {}), values)
+
+    verdict = verdict_of([standing("t1", "sam", "preset", [0.80, 0.81, 0.80]),
+                          standing("t0", "sgd", "sgd", [0.82, 0.83, 0.82]),
+                          standing("t5", "universal #5", "top", [0.79, 0.80, 0.81])], "max")
+    assert verdict.winner.finalist.name == "sgd" and not verdict.beats_sgd
+    assert "it is the winner itself" in verdict.confidence_line()
+    # min metrics: lower is better
+    verdict = verdict_of([standing("t1", "sam", "preset", [0.30, 0.31, 0.30]),
+                          standing("t0", "sgd", "sgd", [0.40, 0.41, 0.42])], "min")
+    assert verdict.winner.finalist.name == "sam" and verdict.beats_sgd
+
+
+def test_study_confirm_and_auto_grace_fields(tmp_path) -> None:
+    from test_tuning import write_study
+
+    from metasam.errors import ConfigError
+    from metasam.tuning import StudyConfig
+
+    path = write_study(tmp_path, epochs=10, confirm=False,
+                       scheduler={"type": "asha", "grace_period": "auto",
+                                  "reduction_factor": 3})
+    config = StudyConfig.from_yaml(path)
+    assert config.confirm == {"top_k": 0, "seeds": 0}
+    assert config.scheduler["grace_period"] == 4  # 4·3 ≥ 10: one rung, at epoch 4
+    path = write_study(tmp_path, confirm={"top_k": 2, "seeds": 1})
+    with pytest.raises(ConfigError, match="confirm.seeds"):
+        StudyConfig.from_yaml(path)
+
+
+class _RayTrial:
+    """The two attributes of a Ray Tune trial that ASHA reads."""
+
+    def __init__(self, trial_id: str, label: str) -> None:
+        self.trial_id = trial_id
+        self.config = {"label": label}
+
+
+def test_asha_judges_searched_trials_only_against_searched_trials() -> None:
+    from ray.tune.schedulers import TrialScheduler
+
+    from metasam.tuning.schedulers import ReferencePointsASHA, auto_grace_period
+
+    assert auto_grace_period(9, 3) == 3 and auto_grace_period(10, 3) == 4
+    assert auto_grace_period(2, 3) == 1
+    # one rung, at epoch 4 (the next, 12, would be past the budget)
+    asha = ReferencePointsASHA(time_attr="epoch", metric="val_acc", mode="max", max_t=10,
+                               grace_period=4, reduction_factor=3)
+    preset, first, second = (_RayTrial("p", "sam"), _RayTrial("s1", "search"),
+                             _RayTrial("s2", "search"))
+    for trial in (preset, first, second):
+        asha.on_trial_add(None, trial)
+    for epoch in range(1, 11):  # a strong reference point runs to the end first
+        assert asha.on_trial_result(None, preset, {"epoch": epoch, "val_acc": 0.9}) == \
+            TrialScheduler.CONTINUE
+    asha.on_trial_complete(None, preset, {"epoch": 10, "val_acc": 0.9})
+    # the first searched trial at the rung has no searched rival yet: it goes on
+    assert asha.on_trial_result(None, first, {"epoch": 4, "val_acc": 0.5}) == \
+        TrialScheduler.CONTINUE
+    # a worse one is stopped, against the searched trial, not the preset
+    assert asha.on_trial_result(None, second, {"epoch": 4, "val_acc": 0.4}) == \
+        TrialScheduler.STOP
