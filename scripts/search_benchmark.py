@@ -93,6 +93,34 @@ def rung_correlations(runs: dict[str, list[dict[str, Any]]], key: str) -> dict[i
     return {e + 1: spearman([s[e] for s in series], finals) for e in range(epochs - 1)}
 
 
+def per_epoch_correlations(trials: list[Any], last: int) -> dict[int, float]:
+    """Spearman between each epoch's intermediate value and the last epoch's, over trials that
+    have both."""
+    out = {}
+    for epoch in range(1, last):
+        pairs = [(t.intermediate_values.get(epoch), t.intermediate_values.get(last))
+                 for t in trials]
+        pairs = [p for p in pairs if None not in p]
+        out[epoch] = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    return out
+
+
+def confirmation_correlations(config: Any) -> dict[int, float]:
+    """The same over the confirmation runs: finalists × fresh seeds, all at full budget, every
+    epoch's validation value recorded (no selection by an early rung)."""
+    from optuna.trial import TrialState
+
+    from metasam.tuning.storage import load_study
+
+    try:
+        study = load_study(config.storage, f"{config.name}.confirm")
+    except ValueError:
+        return {}
+    runs = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("full_budget")]
+    return per_epoch_correlations(runs, config.train.epochs)
+
+
 def study_figures(config: Any) -> dict[str, Any]:
     from metasam.tuning.storage import census, load_study
 
@@ -116,20 +144,14 @@ def study_figures(config: Any) -> dict[str, Any]:
     # rank correlation among the trials that reached the full budget, from the per-epoch
     # validation values Optuna recorded (a selected sample: the presets and ASHA's survivors)
     full = [t for t in trials if t.user_attrs.get("full_budget") and t.intermediate_values]
-    val_corr = {}
-    if full:
-        last = config.train.epochs
-        for epoch in range(1, last):
-            pairs = [(t.intermediate_values.get(epoch), t.intermediate_values.get(last))
-                     for t in full]
-            pairs = [p for p in pairs if None not in p]
-            val_corr[epoch] = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    val_corr = per_epoch_correlations(full, config.train.epochs)
     return {"trials": len(trials), "diverged": len(diverged),
             "diverged_share": len(diverged) / max(1, len(trials)),
             "searched": len(searched), "searched_full": len(searched_full),
             "searched_full_share": len(searched_full) / max(1, len(searched)),
             "first_trial_beating_best_preset_on_val": first_beat,
             "searched_members": members, "val_rank_corr_full_budget_trials": val_corr,
+            "val_rank_corr_confirmation_runs": confirmation_correlations(config),
             "repaired": sum(1 for t in searched if t.user_attrs.get("repaired"))}
 
 
@@ -203,11 +225,13 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for r in results:
         corr = r["test_rank_corr_by_epoch"]
         lines.append(f"- {r['task']}: " + ", ".join(f"e{e}: {c:.2f}" for e, c in corr.items()))
-    lines += ["", "Validation rank correlation with the last epoch among the study's "
-              "full-budget trials:", ""]
-    for r in results:
-        corr = r["study"]["val_rank_corr_full_budget_trials"]
-        lines.append(f"- {r['task']}: " + ", ".join(f"e{e}: {c:.2f}" for e, c in corr.items()))
+    for key, title in (("val_rank_corr_full_budget_trials", "the study's full-budget trials"),
+                       ("val_rank_corr_confirmation_runs", "the confirmation runs")):
+        lines += ["", f"Validation rank correlation with the last epoch among {title}:", ""]
+        for r in results:
+            corr = r["study"][key]
+            lines.append(f"- {r['task']}: " + ", ".join(f"e{e}: {c:.2f}"
+                                                        for e, c in corr.items()))
     return "\n".join(lines) + "\n"
 
 

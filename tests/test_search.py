@@ -308,7 +308,7 @@ def test_study_confirm_and_auto_grace_fields(tmp_path) -> None:
                                   "reduction_factor": 3})
     config = StudyConfig.from_yaml(path)
     assert config.confirm == {"top_k": 0, "seeds": 0}
-    assert config.scheduler["grace_period"] == 4  # 4·3 ≥ 10: one rung, at epoch 4
+    assert config.scheduler["grace_period"] == 8  # one rung, at three quarters
     path = write_study(tmp_path, confirm={"top_k": 2, "seeds": 1})
     with pytest.raises(ConfigError, match="confirm.seeds"):
         StudyConfig.from_yaml(path)
@@ -327,8 +327,8 @@ def test_asha_judges_searched_trials_only_against_searched_trials() -> None:
 
     from metasam.tuning.schedulers import ReferencePointsASHA, auto_grace_period
 
-    assert auto_grace_period(9, 3) == 3 and auto_grace_period(10, 3) == 4
-    assert auto_grace_period(2, 3) == 1
+    assert auto_grace_period(12, 3) == 9 and auto_grace_period(10, 2) == 8
+    assert auto_grace_period(1, 3) == 1
     # one rung, at epoch 4 (the next, 12, would be past the budget)
     asha = ReferencePointsASHA(time_attr="epoch", metric="val_acc", mode="max", max_t=10,
                                grace_period=4, reduction_factor=3)

@@ -131,7 +131,7 @@ def test_shipped_spaces_and_studies_are_valid() -> None:
     for path in sorted((root / "search_spaces").glob("*.yaml")):
         SearchSpace.from_yaml(path)
     names = {StudyConfig.from_yaml(p).name for p in sorted((root / "studies").glob("*.yaml"))}
-    assert {"digits-quick", "mnist", "mnist1d", "cifar10-s", "cifar10-c"} <= names
+    assert {"digits-noisy", "digits-quick", "mnist", "mnist1d", "cifar10-s", "cifar10-c"} <= names
     paper = SearchSpace.from_yaml(root / "search_spaces" / "paper.yaml")
     assert len(paper.points) == 4 + 3 + 3 + 12 and paper.search is None
 

@@ -97,8 +97,9 @@ def run_best(args: argparse.Namespace) -> int:
     config = load_study_config(args.study)
     data = best_optimizer(config)
     out = Path(args.out) if args.out else config.path.with_name(f"{config.name}.best.json")
-    out.write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    out.write_text(text + "\n", encoding="utf-8")
+    print(text)
     print(f"written to {out}", file=sys.stderr)
     _print_verdict(config, file=sys.stderr)
     return 0

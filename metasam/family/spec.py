@@ -47,7 +47,7 @@ class SharpnessSpec:
     weight one perturbation can get; ``None`` (default) computes the exact surrogate and reports
     any overflow as a non-finite step instead.
 
-    ``lam_scale`` says what λ multiplies (docs/family.md, "Strength"):
+    ``lam_scale`` says what λ multiplies (docs/search.md, "Strength"):
 
     - ``"absolute"`` (default, the paper's convention): the step's gradient is
       g0 + (λ/n)·Σ_i w_i·(g_i − g0) with w_i = Σ_j ∂_jψ·φ_j'(D_i), the exact gradient of

@@ -8,7 +8,7 @@
     trials: 24                          # trials that reach a terminal state
     concurrency: 2
     resources: {cpu: 1, gpu: 0}         # per trial; gpu may be a fraction (0.25: 4 per GPU)
-    scheduler: {type: asha, grace_period: auto, reduction_factor: 3}   # auto: one rung
+    scheduler: {type: asha, grace_period: auto, reduction_factor: 3}   # auto: 1 rung at 75%
     confirm: {top_k: 3, seeds: 3}       # re-run the finalists on fresh seeds (false: off)
     storage: null                       # default sqlite:///<this folder>/<name>.db
     sampler: {type: tpe, startup_trials: 10}
