@@ -94,12 +94,11 @@ def rung_correlations(runs: dict[str, list[dict[str, Any]]], key: str) -> dict[i
 
 
 def per_epoch_correlations(trials: list[Any], last: int) -> dict[int, float]:
-    """Spearman between each epoch's intermediate value and the last epoch's, over trials that
-    have both."""
+    """Spearman between each epoch's intermediate value and the final value (the trial's value
+    at full budget), over full-budget trials."""
     out = {}
     for epoch in range(1, last):
-        pairs = [(t.intermediate_values.get(epoch), t.intermediate_values.get(last))
-                 for t in trials]
+        pairs = [(t.intermediate_values.get(epoch), t.value) for t in trials]
         pairs = [p for p in pairs if None not in p]
         out[epoch] = spearman([a for a, _ in pairs], [b for _, b in pairs])
     return out

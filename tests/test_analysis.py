@@ -104,6 +104,11 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     study["train"].update(sharpness_examples=128, sharpness_probes=4)
     path.write_text(yaml.safe_dump(study))
     assert main(["tune", str(path), "--address", ray_cluster, "--quiet"]) == 0
+    closing = capsys.readouterr().out.strip().splitlines()
+    # tune's closing summary: the confirmed winner with its interval, then the one-line verdict
+    assert closing[-2].startswith("winner: ") and "95% CI, 2 seeds" in closing[-2]
+    assert closing[-1].startswith("verdict: against SGD: ")
+    assert "against the best preset" in closing[-1]
     assert main(["compare", str(path), "--seeds", "2", "--address", ray_cluster, "--quiet",
                  "--sharpness-every", "3"]) == 0
     capsys.readouterr()

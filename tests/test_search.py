@@ -346,3 +346,4 @@ def test_asha_judges_searched_trials_only_against_searched_trials() -> None:
     # a worse one is stopped, against the searched trial, not the preset
     assert asha.on_trial_result(None, second, {"epoch": 4, "val_acc": 0.4}) == \
         TrialScheduler.STOP
+

@@ -20,7 +20,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group(f"{cls.__name__} fields (also settable in --config YAML)")
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
         kind = hints[f.name]
         base = _base_type(kind)
         if base is bool:
