@@ -111,6 +111,17 @@ def run_confirmation(config: StudyConfig, *, address: str | None = None,
     from metasam.tuning.runner import tune_study
 
     confirmation = confirmation_config(config, chosen)
+    # A study that grew (--trials) may have new finalists: the runs of former ones stay in the
+    # storage and count towards the target, so the target grows by their number.
+    try:
+        from metasam.tuning.storage import census
+
+        wanted = {p.label for p in confirmation.space.points}
+        former = [t for t in census(load_study(config.storage, confirmation.name)).counted
+                  if t.user_attrs.get("point") not in wanted]
+        confirmation.trials += len(former)
+    except ValueError:
+        pass  # no confirmation runs yet
     tune_study(confirmation, address=address, verbose=verbose, check_data=False)
     return confirmation
 
