@@ -21,22 +21,50 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """One Ray head for the whole test session (``ray start --head`` on loopback)."""
+    """One Ray head for the whole test session (``ray start --head`` on loopback), started in a
+    process group of its own. Teardown stops that group only: ``ray stop`` would also stop any
+    other Ray on the machine, e.g. a study or a benchmark running beside the tests."""
+    import signal
     import subprocess
     import sys
+    import time
     from pathlib import Path
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                    "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    starter = subprocess.Popen(
+        [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    _, err = starter.communicate(timeout=120)
+    if starter.returncode != 0:
+        raise RuntimeError(f"ray start failed: {err.decode()[-2000:]}")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     yield f"127.0.0.1:{port}"
-    subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+    group = starter.pid  # the session leader's pid is the group id its daemons kept
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        if not _group_alive(group):
+            break
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
