@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +137,7 @@ def study_figures(config: Any) -> dict[str, Any]:
                        if t.user_attrs.get("label") == "search" and t.user_attrs.get(
                            "full_budget") and best_preset is not None
                        and sign * t.value > best_preset), None)
-    members: dict[str, int] = {}
-    for t in searched:
-        members[t.user_attrs.get("member", "?")] = members.get(t.user_attrs.get("member", "?"),
-                                                               0) + 1
+    members = Counter(t.user_attrs.get("member", "?") for t in searched)
     # rank correlation among the trials that reached the full budget, from the per-epoch
     # validation values Optuna recorded (a selected sample: the presets and ASHA's survivors)
     full = [t for t in trials if t.user_attrs.get("full_budget") and t.intermediate_values]
@@ -149,7 +147,7 @@ def study_figures(config: Any) -> dict[str, Any]:
             "searched": len(searched), "searched_full": len(searched_full),
             "searched_full_share": len(searched_full) / max(1, len(searched)),
             "first_trial_beating_best_preset_on_val": first_beat,
-            "searched_members": members, "val_rank_corr_full_budget_trials": val_corr,
+            "searched_members": dict(members), "val_rank_corr_full_budget_trials": val_corr,
             "val_rank_corr_confirmation_runs": confirmation_correlations(config),
             "repaired": sum(1 for t in searched if t.user_attrs.get("repaired"))}
 

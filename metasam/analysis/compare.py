@@ -28,11 +28,6 @@ BASELINE_GRID = {
 }
 
 
-def _derived(config: StudyConfig, suffix: str, points: list[Point], metric: str, mode: str,
-             train_changes: dict[str, Any]) -> StudyConfig:
-    return config.derived(suffix, points, metric=metric, mode=mode, train_changes=train_changes)
-
-
 def baseline_points(config: StudyConfig, tuned: dict[str, Point] | None) -> dict[str, Point]:
     out = {}
     for name in BASELINES:
@@ -58,7 +53,8 @@ def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> di
             values = dict(zip(keys, combo, strict=True))
             label = name + "".join(f" {k}={v}" for k, v in values.items())
             points.append(Point(label, presets.get(name, **values).to_dict()))
-    study = _derived(config, "baselines", points, config.metric, config.mode, {"test": "none"})
+    study = config.derived("baselines", points, metric=config.metric, mode=config.mode,
+                           train_changes={"test": "none"})
     from metasam.tuning.runner import tune_study
 
     tune_study(study, address=address, verbose=verbose)
@@ -91,7 +87,7 @@ def compare_config(config: StudyConfig, seeds: int, methods: dict[str, Point],
             points.append(Point(f"{method}/seed{seed}", point.spec,
                                 {**point.train, "seed": config.seed + seed}))
     every = sharpness_every if sharpness_every is not None else max(1, config.train.epochs // 4)
-    return _derived(config, "compare", points, "test_acc", "max", {
+    return config.derived("compare", points, metric="test_acc", mode="max", train_changes={
         "val_fraction": 0.0, "test": "epoch", "sharpness_every": every,
         "sharpness_measures": ["trace", "frob", "lmax"]})
 

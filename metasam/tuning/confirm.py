@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from metasam import presets
 from metasam.stats import Summary, welch_greater
-from metasam.tuning.space import Point, describe_spec, tuned_preset_name
+from metasam.tuning.space import Point, describe_spec
 from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
 from metasam.tuning.study import StudyConfig
 
@@ -57,13 +57,11 @@ def display_name(trial: FrozenTrial) -> str:
     label = trial.user_attrs.get("label", trial.user_attrs.get("point", "search"))
     if label != "search":
         return str(label)
-    spec = trial_spec(trial) or {}
-    if spec.get("name") in presets.NAMES:
-        from metasam.family.spec import SharpnessSpec
-
-        return tuned_preset_name(SharpnessSpec.from_dict(spec))
-    return f"universal #{trial.number} ({describe_spec(spec)})" if spec else \
-        f"trial #{trial.number}"
+    spec = trial_spec(trial)
+    if not spec:
+        return f"trial #{trial.number}"
+    text = describe_spec(spec)  # a preset region's member reads as the tuned preset
+    return text if spec.get("name") in presets.NAMES else f"universal #{trial.number} ({text})"
 
 
 def _is_preset_point(trial: FrozenTrial) -> bool:
@@ -203,13 +201,15 @@ class Verdict:
                 f"{preset} [one-sided Welch, alpha {ALPHA}]")
 
 
-def confirmed_verdict(config: StudyConfig) -> Verdict | None:
-    """The verdict from the finished confirmation runs (``None`` before any finished)."""
+def confirmed_verdict(config: StudyConfig, study: optuna.Study | None = None
+                      ) -> Verdict | None:
+    """The verdict from the finished confirmation runs (``None`` before any finished);
+    ``study`` is the study itself when the caller has it loaded already."""
     try:
         confirmation = load_study(config.storage, f"{config.name}.{SUFFIX}")
     except ValueError:
         return None
-    chosen = {f.key: f for f in finalists(config)}
+    chosen = {f.key: f for f in finalists(config, study)}
     values: dict[str, list[float]] = {key: [] for key in chosen}
     for trial in confirmation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         key = str(trial.user_attrs.get("point", "")).partition("/seed")[0]

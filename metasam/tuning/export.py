@@ -29,7 +29,7 @@ def best_optimizer(config: Any) -> dict[str, Any]:
     from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
 
     study = load_study(config.storage, config.name)
-    verdict = confirmed_verdict(config)
+    verdict = confirmed_verdict(config, study)
     if verdict is not None:
         f = verdict.winner.finalist
         spec, overrides, number, name = f.spec, f.train, f.trial, f.name

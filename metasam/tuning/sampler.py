@@ -26,36 +26,29 @@ def trial_seed(study_seed: int, number: int) -> int:
 
 
 class _TrialSeeded:
-    """Mixin: re-seed the sampler's random state from the trial number before each trial."""
+    """Mixin for an Optuna sampler: seeded with the study seed, and its random state (and that
+    of its inner random sampler, TPE's start-up draws) re-seeded from the trial number before
+    each trial."""
 
-    study_seed: int
+    def __init__(self, study_seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=study_seed, **kwargs)  # type: ignore[call-arg]
+        self.study_seed = study_seed
 
-    def _reseed(self, trial: Any) -> None:
+    def before_trial(self, study: optuna.Study, trial: Any) -> None:
         seed = trial_seed(self.study_seed, trial.number)
         self._rng.rng.seed(seed)  # type: ignore[attr-defined]
         inner = getattr(self, "_random_sampler", None)
         if inner is not None:
             inner._rng.rng.seed(seed)
+        super().before_trial(study, trial)  # type: ignore[misc]
 
 
 class TrialSeededTPE(_TrialSeeded, TPESampler):
-    def __init__(self, study_seed: int, **kwargs: Any) -> None:
-        super().__init__(seed=study_seed, **kwargs)
-        self.study_seed = study_seed
-
-    def before_trial(self, study: optuna.Study, trial: Any) -> None:
-        self._reseed(trial)
-        super().before_trial(study, trial)
+    pass
 
 
 class TrialSeededRandom(_TrialSeeded, RandomSampler):
-    def __init__(self, study_seed: int) -> None:
-        super().__init__(seed=study_seed)
-        self.study_seed = study_seed
-
-    def before_trial(self, study: optuna.Study, trial: Any) -> None:
-        self._reseed(trial)
-        super().before_trial(study, trial)
+    pass
 
 
 def make_sampler(kind: str, study_seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:

@@ -18,6 +18,7 @@ not throw away the members that win at the end.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -28,8 +29,6 @@ AUTO_RUNG_FRACTION = 0.75
 def auto_grace_period(epochs: int, reduction_factor: float) -> int:
     """⌈0.75·epochs⌉: one rung at three quarters of the budget (the next, at rf times that, is
     past the budget for any reduction factor above 4/3)."""
-    import math
-
     return max(1, min(epochs, math.ceil(AUTO_RUNG_FRACTION * epochs - 1e-9)))
 
 
