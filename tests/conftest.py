@@ -35,16 +35,22 @@ def _group_alive(pgid: int) -> bool:
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole test session (``ray start --head`` on loopback), started in a
     process group of its own. Teardown stops that group only: ``ray stop`` would also stop any
-    other Ray on the machine, e.g. a study or a benchmark running beside the tests."""
+    other Ray on the machine, e.g. a study or a benchmark running beside the tests. It also
+    puts back the file where ``ray start`` records "the current cluster" (a later ``ray.init()``
+    without an address would try to join the stopped one)."""
     import signal
     import subprocess
     import sys
     import time
     from pathlib import Path
 
+    from ray._common.utils import get_ray_address_file
+
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    address_file = Path(get_ray_address_file(None))
+    previous = address_file.read_text() if address_file.is_file() else None
     starter = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
@@ -65,6 +71,11 @@ def ray_cluster(tmp_path_factory):
         deadline = time.monotonic() + wait
         while _group_alive(group) and time.monotonic() < deadline:
             time.sleep(0.2)
+    if address_file.is_file() and address_file.read_text().strip().endswith(f":{port}"):
+        if previous is None:
+            address_file.unlink()
+        else:
+            address_file.write_text(previous)
 
 
 @pytest.fixture(scope="session")
