@@ -76,6 +76,7 @@ class UniversalSAM(torch.optim.Optimizer):
         process_group: the data-parallel group the ranks agree over (see below): ``"auto"``
             (default) the default group when ``torch.distributed`` is initialized with more than
             one rank, ``None`` never synchronize, or a process group.
+        scaler: a ``torch.amp.GradScaler`` for fp16 mixed precision (see below).
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ...).
 
     Example::
@@ -93,8 +94,23 @@ class UniversalSAM(torch.optim.Optimizer):
 
     The closure must do one forward and backward pass on the *same* batch each time it is called
     (use the same augmentation draw); for bf16 autocast, run the forward inside the closure under
-    ``torch.autocast``. For SSAM (``sparse_ascent``) call :meth:`update_fisher_mask` before the
-    first step and on its schedule.
+    ``torch.autocast``. A closure may accumulate several micro-batches (see
+    :func:`~metasam.optim.accumulating_closure`).
+
+    **fp16 with a GradScaler.** Pass ``scaler=torch.amp.GradScaler(device_type)``, run the
+    forward under ``torch.autocast(device_type, dtype=torch.float16)`` and call
+    ``optimizer.backward(loss)`` (the scaled backward) in the closure, returning the *unscaled*
+    loss. Every one of the 1 + n passes is scaled by the same factor, so the loss differences
+    D_i come from unscaled losses and the combined gradient is unscaled once; when any pass
+    overflows (a non-finite loss or gradient) the step is skipped with the weights and the base
+    optimizer's state untouched, and the scaler backs off. The optimizer calls the scaler's
+    ``unscale_`` and ``update`` itself, once per step: do not call ``scaler.step`` or
+    ``scaler.update``. The scaler's state is part of :meth:`state_dict`. With a scaler, a
+    non-finite pass always skips the step (``on_nonfinite`` is not consulted), as
+    ``GradScaler.step`` does.
+
+    For SSAM (``sparse_ascent``) call :meth:`update_fisher_mask` before the first step and on
+    its schedule.
 
     With ``DistributedDataParallel`` (construct the optimizer after ``init_process_group``),
     the gradients are averaged by DDP and the optimizer averages each pass's loss over the
@@ -110,7 +126,7 @@ class UniversalSAM(torch.optim.Optimizer):
                  model: nn.Module | None = None, bn_stats: str = "freeze",
                  seed: int | None = None, max_grad_norm: float | None = None,
                  on_nonfinite: str = "raise", process_group: Any = AUTO,
-                 **base_kwargs: Any) -> None:
+                 scaler: torch.amp.GradScaler | None = None, **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and
                 issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError("base_optimizer must be an optimizer class such as torch.optim.SGD, "
@@ -131,7 +147,12 @@ class UniversalSAM(torch.optim.Optimizer):
         self.model = model
         self.bn_stats = bn_stats
         self.max_grad_norm = max_grad_norm
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {scaler!r}")
         self.on_nonfinite = on_nonfinite
+        self.scaler = scaler
+        self._scale = 1.0  # the scaler's loss scale during the current step
+        self._unscaled = False
         self._sync = Sync.resolve(process_group)
         if seed is None:
             seed = self._sync.seed(int(torch.randint(0, 2**62, (1,)).item()))
@@ -152,6 +173,15 @@ class UniversalSAM(torch.optim.Optimizer):
             self.base_optimizer.add_param_group(param_group)
         else:
             super().add_param_group(param_group)
+
+    def backward(self, loss: Tensor) -> Tensor:
+        """``loss.backward()``, scaled by the optimizer's GradScaler when it has one; returns
+        ``loss`` (unscaled), so a closure can end with ``return optimizer.backward(loss)``."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        return loss
 
     @torch.no_grad()
     def update_fisher_mask(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -179,10 +209,11 @@ class UniversalSAM(torch.optim.Optimizer):
                  if "fisher_mask" in s}
         generators = dict(self._pending_generator_states)
         generators.update({k: g.get_state() for k, g in self._generators.items()})
-        return {"base": self.base_optimizer.state_dict(),
-                "universal_sam": {"seed": self.seed, "steps": self.steps,
-                                  "skipped_steps": self.skipped_steps,
-                                  "generators": generators, "fisher_masks": masks}}
+        own = {"seed": self.seed, "steps": self.steps, "skipped_steps": self.skipped_steps,
+               "generators": generators, "fisher_masks": masks}
+        if self.scaler is not None:
+            own["scaler"] = self.scaler.state_dict()
+        return {"base": self.base_optimizer.state_dict(), "universal_sam": own}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "base" not in state_dict or "universal_sam" not in state_dict:
@@ -200,6 +231,8 @@ class UniversalSAM(torch.optim.Optimizer):
         for i, mask in own.get("fisher_masks", {}).items():
             p = params[int(i)]
             self.state[p]["fisher_mask"] = mask.to(p.device)
+        if self.scaler is not None and own.get("scaler"):
+            self.scaler.load_state_dict(own["scaler"])
 
     # --- the step ---------------------------------------------------------------------------
 
@@ -213,6 +246,10 @@ class UniversalSAM(torch.optim.Optimizer):
         spec = self.spec
         self.steps += 1
         self.zero_grad(set_to_none=True)
+        # Every pass's gradients carry the scaler's factor until _finish unscales the result
+        # (exactly: the factor is a power of two); only the norm's ε needs it meanwhile.
+        self._scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+        self._unscaled = False
         loss0 = self._call(closure)
         active = [(p, g["perturb"]) for g in self.param_groups for p in g["params"]
                   if p.grad is not None]
@@ -394,7 +431,7 @@ class UniversalSAM(torch.optim.Optimizer):
     def _ascent_direction(self, perturbed: list[Tensor], norms: list[Tensor]) -> list[Tensor]:
         """SAM's g/‖g‖, ASAM's T²g/‖Tg‖ or SSAM's m⊙g/‖g‖ (family.md §2)."""
         measure = self.spec.measure
-        eps = 1e-12
+        eps = 1e-12 * self._scale  # the gradients are still scaled (fp16): ε is not
         grads = [p.grad for p in perturbed]
         if measure.kind == "adaptive_ascent":
             scale = torch._foreach_abs(perturbed)
@@ -439,7 +476,11 @@ class UniversalSAM(torch.optim.Optimizer):
     def _finish(self, params: list[Tensor], loss0: Tensor,
                 checks: list[tuple[str, str, Tensor]], norm: Tensor, info: StepInfo,
                 guard_factor: Tensor | None = None) -> None:
-        """Check the gradient about to be applied, clip it if asked, step the base optimizer."""
+        """Check the gradient about to be applied, clip it if asked, step the base optimizer.
+
+        ``norm`` is the combined gradient's norm as computed, i.e. still scaled under fp16."""
+        if self.scaler is not None:
+            norm = self._unscale(params, checks, norm)
         extra = [norm.reshape(1), loss0.reshape(1)]
         if guard_factor is not None:
             extra.append(guard_factor.reshape(2))
@@ -454,15 +495,52 @@ class UniversalSAM(torch.optim.Optimizer):
             torch._foreach_mul_([p.grad for p in params], self.max_grad_norm / (grad_norm + 1e-6))
         self.last_step = info
         self.base_optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def _unscale(self, params: list[Tensor], checks: list[tuple[str, str, Tensor]],
+                 norm: Tensor) -> Tensor:
+        """The scaler's one ``unscale_`` of the step; returns the unscaled ``norm``.
+
+        A non-finite value among ``checks`` (a loss) is planted into a gradient first, without a
+        host sync, so that the scaler records the overflow (adding 0 leaves it unchanged)."""
+        assert self.scaler is not None
+        if checks and params:
+            finite = torch.stack([torch.isfinite(t).all() for _, _, t in checks]).all()
+            first = params[0].grad.view(-1)[:1]
+            first.add_(torch.where(finite, 0.0, math.nan).to(first.device, first.dtype))
+        self.scaler.unscale_(self)
+        self._unscaled = True
+        return norm / self._scale
 
     def _fail(self, pass_name: str, what: str, value: Tensor) -> None:
-        self.zero_grad(set_to_none=True)
         detail = f"{what} ({_short(value)})"
+        if self.scaler is not None:
+            self._overflow(pass_name, detail)
+            return
+        self.zero_grad(set_to_none=True)
         if self.on_nonfinite == "raise":
             raise NonFiniteStepError(pass_name, detail, self.steps)
         self.skipped_steps += 1
         self.last_step = StepInfo(self.steps, math.nan, self.spec.passes,
                                   skipped=f"non-finite {detail} in the {pass_name}")
+
+    def _overflow(self, pass_name: str, detail: str) -> None:
+        """fp16: skip the step as ``GradScaler.step`` does, and let the scaler back off."""
+        assert self.scaler is not None
+        if not self._unscaled:
+            params = self._all_params()
+            if params:  # make sure the scaler sees the overflow, wherever it happened
+                params[0].grad = torch.full_like(params[0], math.nan)
+                self.scaler.unscale_(self)
+        scale = self._scale
+        self.scaler.update()
+        self.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.last_step = StepInfo(
+            self.steps, math.nan, self.spec.passes,
+            skipped=f"fp16 overflow: non-finite {detail} in the {pass_name} at loss scale "
+                    f"{scale:g} (now {self.scaler.get_scale():g})")
 
 
 def _grad_or_zero(p: Tensor) -> Tensor:

@@ -150,6 +150,8 @@ class TrainConfig:
     seed: int = option(0, _config.integer(0), "seed of the model, batches and perturbations")
     device: str = option("auto", _device, "auto, cpu, cuda, cuda:1, ...")
     bf16: bool = option(False, _config.boolean, "bf16 autocast of the forward passes")
+    fp16: bool = option(False, _config.boolean, "fp16 autocast of the forward passes with a "
+                        "GradScaler (overflowing steps are skipped)")
     channels_last: bool = option(False, _config.boolean, "channels_last memory format (GPU)")
     compile: bool = option(False, _config.boolean, "torch.compile the model")
     num_threads: int | None = option(None, _config.integer(1, optional=True),
@@ -173,6 +175,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _config.validate(self)
+        if self.bf16 and self.fp16:
+            raise ConfigError("fp16", "bf16 and fp16 both asked for", "one of them")
         if self.milestones and max(self.milestones) >= self.epochs + 1:
             raise ConfigError("milestones", f"epoch {max(self.milestones)} is past the "
                               f"{self.epochs} epochs", f"epochs 1 to {self.epochs}")

@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ArrayData, device: torch.device, batch_size: int,
-             bf16: bool = False, channels_last: bool = False) -> dict[str, float]:
+             precision: str = "fp32", channels_last: bool = False) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``data``."""
     was_training = model.training
     model.eval()
@@ -48,7 +48,7 @@ def evaluate(model: nn.Module, data: ArrayData, device: torch.device, batch_size
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for x, y in loader:
-        with _autocast(device, bf16):
+        with autocast(device, precision):
             logits = model(x)
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -66,10 +66,17 @@ def splits_of(config: TrainConfig) -> Splits:
         val_fraction=config.val_fraction, val_seed=config.val_seed)
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    if not bf16:
+def precision_of(config: TrainConfig) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"``: the forward passes' autocast of a config."""
+    return "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``precision`` (``"fp32"``: none) on ``device``."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _base_optimizer(config: TrainConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -114,10 +121,13 @@ class Trial:
         self.forward: nn.Module = torch.compile(self.model) if config.compile else self.model
         self.spec = config.resolved_spec()
         base, kwargs = _base_optimizer(config)
+        self.precision = precision_of(config)
+        scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
         self.optimizer = UniversalSAM(
             self.model.parameters(), base, self.spec, model=self.model, bn_stats=config.bn_stats,
             seed=config.seed, max_grad_norm=config.max_grad_norm,
-            on_nonfinite="skip" if config.on_nonfinite == "skip" else "raise", **kwargs)
+            on_nonfinite="skip" if config.on_nonfinite == "skip" else "raise", scaler=scaler,
+            **kwargs)
         self.scheduler = _scheduler(self.optimizer, config)
         self.loader = DeviceLoader(train_data, config.batch_size, self.device, shuffle=True,
                                    augment=config.resolved_augment(), seed=config.seed + 1,
@@ -185,7 +195,7 @@ class Trial:
         """One pass over the training set; raises NonFiniteStepError on a non-finite step."""
         self._refresh_fisher_mask()
         self.model.train()
-        device, bf16 = self.device, self.config.bf16
+        device, precision = self.device, self.precision
         total_loss = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen, sharpness, sharp_steps = 0, 0.0, 0
@@ -198,10 +208,10 @@ class Trial:
 
             def closure(x: Tensor = x, y: Tensor = y, out: list[Tensor] = logits_at_x) -> Tensor:
                 self.optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, bf16):
+                with autocast(device, precision):
                     logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
-                loss.backward()
+                self.optimizer.backward(loss)  # scaled under fp16
                 if not out:
                     out.append(logits.detach())
                 return loss
@@ -223,7 +233,8 @@ class Trial:
         self.epoch += 1
         metrics: dict[str, Any] = {
             "epoch": self.epoch,
-            "train_loss": float(total_loss) / max(seen, 1),
+            # every step skipped (fp16 overflow without end, or on_nonfinite="skip"): no loss
+            "train_loss": float(total_loss) / seen if seen else math.nan,
             "train_acc": float(correct) / max(seen, 1),
             "skipped_steps": self.optimizer.skipped_steps - skipped_before,
             "lr": lr,
@@ -256,7 +267,7 @@ class Trial:
 
     def evaluate(self, data: ArrayData) -> dict[str, float]:
         return evaluate(self.forward, data, self.device, self.config.eval_batch_size,
-                        self.config.bf16, self.channels_last)
+                        self.precision, self.channels_last)
 
 
 def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = None
