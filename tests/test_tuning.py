@@ -309,6 +309,50 @@ def test_two_processes_cooperate_on_one_sqlite_study(tmp_path, ray_cluster) -> N
     assert len(workers) == 2, "both processes should have run trials"
 
 
+def test_two_workers_on_one_journal_file(tmp_path, ray_cluster) -> None:
+    """Optuna's file journal, for a shared filesystem without a database server."""
+    path = write_study(tmp_path, name="journaled", trials=10, epochs=2, concurrency=1,
+                       storage="journal:journaled.log")
+    config = StudyConfig.from_yaml(path)
+    assert config.storage == f"journal:{tmp_path / 'journaled.log'}"
+    _two_workers(path, ray_cluster)
+    state = assert_complete_and_unique(config)
+    assert len({t.user_attrs.get("worker") for t in state.counted}) == 2
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_journal_heartbeats_find_and_rerun_a_silent_trial(tmp_path) -> None:
+    from metasam.tuning.storage import HEARTBEAT_ATTR, open_storage, requeue, sweep_stale
+
+    url = f"journal:{tmp_path / 'beats.log'}"
+    storage = open_storage(url, heartbeat_interval=1, heartbeat_grace=2)
+    study = optuna.create_study(storage=storage, study_name="beats")
+    alive, silent = study.ask(), study.ask()
+    for trial in (alive, silent):
+        trial.set_user_attr("worker", "w")
+        trial.set_user_attr("point", f"p{trial.number}")
+        storage.record_heartbeat(trial._trial_id)
+    storage.set_trial_system_attr(silent._trial_id, HEARTBEAT_ATTR, time.time() - 10)
+    assert storage._get_stale_trial_ids(study._study_id) == [silent._trial_id]
+    assert sweep_stale(study) == 1
+    trials = load_study(url, "beats").get_trials(deepcopy=False)
+    assert trials[silent.number].state == optuna.trial.TrialState.FAIL
+    assert trials[silent.number].user_attrs["interrupted"]
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    assert trials[-1].state == optuna.trial.TrialState.WAITING  # the re-run, enqueued
+    assert trials[-1].user_attrs["point"] == f"p{silent.number}"
+    study.tell(alive, 1.0)
+    storage.record_heartbeat(alive._trial_id)  # a late beat on a finished trial is harmless
+    assert not requeue(study, alive._trial_id)
+
+
+def test_reading_a_study_that_never_ran_leaves_no_file(tmp_path) -> None:
+    for url in (f"journal:{tmp_path / 'none.log'}", f"sqlite:///{tmp_path / 'none.db'}"):
+        with pytest.raises(ValueError, match="does not exist"):
+            load_study(url, "none")
+    assert not list(tmp_path.iterdir())
+
+
 def test_two_workers_on_a_postgresql_study_across_a_ray_cluster(tmp_path, ray_cluster,
                                                                 postgres_url) -> None:
     path = write_study(tmp_path, name="multi", trials=10, epochs=2, concurrency=1,

@@ -1,7 +1,7 @@
 """The Ray Tune searcher of a study: Optuna's OptunaSearch, held to the study's budget.
 
 :class:`StudySearcher` wraps ``ray.tune.search.optuna.OptunaSearch`` (define-by-run on the study's
-RDB storage) and adds what a resumable, shared study needs:
+RDB or journal storage) and adds what a resumable, shared study needs:
 
 - it suggests only while the study has room (trials that count, across *all* workers, below the
   target; enqueued points and retries first) and says FINISHED when nothing is left to do;
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 class StudySearcher(Searcher):
     def __init__(self, space: SearchSpace, study_name: str,
-                 storage: optuna.storages.RDBStorage, metric: str, mode: str, target: int,
+                 storage: optuna.storages.BaseStorage, metric: str, mode: str, target: int,
                  epochs: int, sampler: optuna.samplers.BaseSampler, heartbeat_interval: int,
                  worker: str | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
@@ -64,7 +64,7 @@ class StudySearcher(Searcher):
     # --- heartbeats -------------------------------------------------------------------------
 
     def save(self, checkpoint_path: str) -> None:
-        """Nothing to write: the study's RDB storage is the searcher's state (Ray Tune's
+        """Nothing to write: the study's storage is the searcher's state (Ray Tune's
         experiment checkpoint of it would only go stale)."""
 
     def restore(self, checkpoint_path: str) -> None:

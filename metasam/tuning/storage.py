@@ -16,10 +16,14 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from metasam.tuning.space import Point
@@ -31,9 +35,66 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
                         message=r"Argument ``(heartbeat_interval|grace_period|group)``")
 
 
+JOURNAL = "journal:"
+HEARTBEAT_ATTR = "metasam:heartbeat"
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's file journal (for shared filesystems without a database server), with the
+    heartbeats that Optuna implements only for RDB storages: each running trial's last beat is a
+    system attribute (wall-clock seconds), and a RUNNING trial whose beat is older than the grace
+    period is stale. The workers' clocks must agree to well within the grace period."""
+
+    def __init__(self, path: str, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None) -> None:
+        super().__init__(JournalFileBackend(path))
+        self.path = path
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # it finished between the caller's look and this beat
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self.heartbeat_interval is None:
+            return []
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False,
+                                                         states=(TrialState.RUNNING,))
+                if HEARTBEAT_ATTR in t.system_attrs
+                and now - float(t.system_attrs[HEARTBEAT_ATTR]) > grace]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    # metasam re-runs stale trials itself (sweep_stale): no Optuna callback. (Optuna ≥ 4.9 asks
+    # for the first name, older versions for the second.)
+    def get_heartbeat_stale_trial_callback(self) -> None:
+        return None
+
+    def get_failed_trial_callback(self) -> None:
+        return None
+
+
+def storage_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal storage URL (``None`` for a database server)."""
+    if url.startswith(JOURNAL):
+        return Path(url[len(JOURNAL):])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
 def open_storage(url: str, heartbeat_interval: int | None = None,
-                 heartbeat_grace: int | None = None) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage (SQLite or PostgreSQL) with heartbeats for stale-trial detection."""
+                 heartbeat_grace: int | None = None) -> BaseStorage:
+    """The study's Optuna storage with heartbeats for stale-trial detection: an RDB storage
+    (``sqlite:///FILE``, ``postgresql://...``) or a file journal (``journal:PATH``)."""
+    if url.startswith(JOURNAL):
+        return HeartbeatJournalStorage(url[len(JOURNAL):], heartbeat_interval, heartbeat_grace)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several processes share the file: wait for locks instead of failing at once
@@ -65,6 +126,11 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, mode: str,
 
 
 def load_study(storage_url: str, name: str) -> optuna.Study:
+    """An existing study; opening a storage file that is not there would create it empty."""
+    path = storage_file(storage_url)
+    if path is not None and not path.is_file():
+        raise ValueError(f"no study named {name!r}: {path} does not exist (run `metasam tune` "
+                         "first)")
     try:
         return optuna.load_study(study_name=name, storage=open_storage(storage_url))
     except KeyError:
@@ -80,9 +146,9 @@ def sweep_stale(study: optuna.Study) -> int:
     re-enqueued.
     """
     storage = study._storage  # Optuna wraps an RDB storage in a cache; writes go through it
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage) or \
-            backend.get_heartbeat_interval() is None:
+    backend = storage if isinstance(storage, BaseHeartbeat) else getattr(storage, "_backend",
+                                                                           None)
+    if not isinstance(backend, BaseHeartbeat) or backend.get_heartbeat_interval() is None:
         return 0
     stale = set(backend._get_stale_trial_ids(study._study_id))
     # A worker killed between Optuna's ask and its first heartbeat leaves a RUNNING trial that

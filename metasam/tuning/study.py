@@ -10,7 +10,9 @@
     resources: {cpu: 1, gpu: 0}         # per trial; gpu may be a fraction (0.25: 4 per GPU)
     scheduler: {type: asha, grace_period: auto, reduction_factor: 3}   # auto: 1 rung at 75%
     confirm: {top_k: 3, seeds: 3}       # re-run the finalists on fresh seeds (false: off)
-    storage: null                       # default sqlite:///<this folder>/<name>.db
+    storage: null                       # default sqlite:///<this folder>/<name>.db; or
+                                        # postgresql://..., or journal:FILE (Optuna's file
+                                        # journal, for a shared filesystem; relative to here)
     sampler: {type: tpe, startup_trials: 10}
     seed: 0
     heartbeat: {interval: 10, grace: 60} # seconds; a trial silent for `grace` is re-run
@@ -130,11 +132,7 @@ class StudyConfig:
         cpu = _checks.number("resources.cpu", resources.get("cpu", 1), low=0.0, low_open=True)
         gpu = _checks.number("resources.gpu", resources.get("gpu", 0), low=0.0)
         scheduler = _read_scheduler(data.get("scheduler") or {"type": "asha"}, train.epochs)
-        storage = data.get("storage") or f"sqlite:///{(path.parent / (name + '.db')).resolve()}"
-        if not isinstance(storage, str) or not storage.startswith(("sqlite:///", "postgresql",
-                                                                   "mysql")):
-            raise ConfigError("storage", f"unsupported storage URL {storage!r}",
-                              "sqlite:///FILE, postgresql://USER@HOST/DB")
+        storage = _read_storage(data.get("storage"), path, name)
         sampler = _read_sampler(data.get("sampler") or {"type": "tpe"})
         seed = _checks.integer("seed", data.get("seed", 0), low=0)
         heartbeat = data.get("heartbeat") or {}
@@ -176,6 +174,25 @@ class StudyConfig:
         from metasam.data import default_data_dir
 
         return str(Path(self.train.data_dir or default_data_dir()).resolve())
+
+
+def _read_storage(value: Any, path: Path, name: str) -> str:
+    if not value:
+        return f"sqlite:///{(path.parent / (name + '.db')).resolve()}"
+    allowed = "sqlite:///FILE, postgresql://USER@HOST/DB, journal:FILE"
+    if not isinstance(value, str) or not value.startswith(("sqlite:///", "postgresql", "mysql",
+                                                           "journal:")):
+        raise ConfigError("storage", f"unsupported storage URL {value!r}", allowed)
+    if value.startswith("journal:"):
+        file = Path(os.path.expanduser(value[len("journal:"):]))
+        if not str(file) or str(file) == ".":
+            raise ConfigError("storage", "journal: needs a file name", allowed)
+        file = (path.parent / file).resolve()
+        if not file.parent.is_dir():
+            raise ConfigError("storage", f"the journal's folder {file.parent} does not exist",
+                              "journal:FILE in an existing folder")
+        return f"journal:{file}"
+    return value
 
 
 def _read_scheduler(data: Any, epochs: int) -> dict[str, Any]:
