@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from metasam.errors import ValidationError
 
-SUBCOMMANDS = ("train", "sharpness", "tune", "analysis")
+SUBCOMMANDS = ("train", "sharpness", "tune", "analysis", "dashboard")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,7 +100,8 @@ def load_optimizer(path_or_study: str | os.PathLike[str] | dict[str, Any],
 
     ``path_or_study`` is the JSON that ``metasam best`` wrote, or the study's YAML (its best
     full-budget trial is read from the storage). ``overrides`` change base-optimizer arguments
-    (``lr=...``). Example::
+    (``lr=...``); UniversalSAM's own options (``scaler``, ``max_grad_norm``, ``bn_stats``,
+    ``on_nonfinite``, ``process_group``) go to it. Example::
 
         optimizer = metasam.load_optimizer("studies/digits-quick.best.json", model.parameters(),
                                            model=model)
@@ -113,6 +114,10 @@ def load_optimizer(path_or_study: str | os.PathLike[str] | dict[str, Any],
     if name not in BASES:
         raise ValueError(f"base_optimizer.name: unknown value {name!r}; allowed: "
                          f"{', '.join(BASES)}")
+    own = {k: overrides.pop(k) for k in _OWN_OPTIONS if k in overrides}
     base.update(overrides)
     spec = SharpnessSpec.from_dict(data["spec"])
-    return UniversalSAM(params, BASES[name], spec, model=model, seed=seed, **base)
+    return UniversalSAM(params, BASES[name], spec, model=model, seed=seed, **own, **base)
+
+
+_OWN_OPTIONS = ("scaler", "max_grad_norm", "bn_stats", "on_nonfinite", "process_group")

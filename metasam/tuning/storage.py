@@ -146,8 +146,9 @@ def sweep_stale(study: optuna.Study) -> int:
     re-enqueued.
     """
     storage = study._storage  # Optuna wraps an RDB storage in a cache; writes go through it
-    backend = storage if isinstance(storage, BaseHeartbeat) else getattr(storage, "_backend",
-                                                                           None)
+    # (a journal storage's own _backend is its log file)
+    backend = storage if isinstance(storage, JournalStorage) else getattr(storage, "_backend",
+                                                                           storage)
     if not isinstance(backend, BaseHeartbeat) or backend.get_heartbeat_interval() is None:
         return 0
     stale = set(backend._get_stale_trial_ids(study._study_id))

@@ -1,0 +1,1 @@
+"""Bridges to training frameworks; each needs its optional extra (``metasam[lightning]``)."""
