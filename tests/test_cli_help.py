@@ -10,8 +10,9 @@ def test_every_command_prints_its_help(capsys) -> None:
 
     commands = [name for action in build_parser()._subparsers._group_actions
                 for name in action.choices]
-    assert {"train", "tune", "best", "trials", "compare", "report", "explain"} <= set(commands)
-    assert len(SUBCOMMANDS) == 4
+    assert {"train", "tune", "best", "trials", "compare", "report", "explain",
+            "dashboard"} <= set(commands)
+    assert len(SUBCOMMANDS) == 5
     for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
