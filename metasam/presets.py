@@ -1,4 +1,4 @@
-"""The published members of the family with their official defaults (family.md §2).
+"""The published members of the family with their official defaults (docs/family.md §2).
 
 Each preset is one call returning a :class:`~metasam.SharpnessSpec`; keyword overrides change
 any spec field, and measure fields may be given directly::

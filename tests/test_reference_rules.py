@@ -1,9 +1,10 @@
 """Each preset reproduces the published/official update rule, step for step.
 
-The references below are written from the papers and the official code's formulas (family.md §2),
-independently of metasam's generic machinery: each gets the gradients of its own copy of the model
-and applies its own formula; random presets reuse the perturbations metasam drew (read off the
-points where metasam's closure was called), deterministic ones compute their own.
+The references below are written from the papers and the official code's formulas
+(docs/family.md §2), independently of metasam's generic machinery: each gets the gradients of
+its own copy of the model and applies its own formula; random presets reuse the perturbations
+metasam drew (read off the points where metasam's closure was called), deterministic ones
+compute their own.
 """
 
 from __future__ import annotations

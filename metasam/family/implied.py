@@ -1,6 +1,6 @@
 """The measure a spec implies on a given Hessian: S(H) = ψ(E_{v~μ} φ(½vᵀHv)).
 
-Closed forms (derived; family.md §1):
+Closed forms (derived; docs/family.md §1):
 
 - v = c·T·z with z ~ N(0, I): q = ½vᵀHv = zᵀKz with K = (c²/2)·THT. Its cumulants are
   κ_k = 2^(k−1)(k−1)!·tr(K^k), which give every moment E[q^k] (so E[poly(q)] exactly), and

@@ -6,7 +6,7 @@ Random measures (a fresh v per perturbation):
 - ``sphere`` — v uniform on the sphere of *all* (perturbed) parameters jointly;
 - ``box`` — v uniform on a hypercube [−a, a]^d (the Lebesgue measure of Det-SAM, truncated).
 
-Two scale conventions (family.md §3.1):
+Two scale conventions (docs/family.md §3.1):
 
 - ``scale="global"`` (default): E‖v‖² = 1 whatever the model size, so ρ is a radius and one range
   of ρ serves every measure (σ² = 1/d, sphere radius 1, a = √(3/d); ``half_width`` is unused);

@@ -41,7 +41,7 @@ class SharpnessSpec:
     """A sharpness measure S(x) = ψ(E_{v~μ} φ(vᵀ∇²L(x)v)) and how SAM-train against it.
 
     With D_i = (L(x + ρv_i) − L(x))/ρ² over n sampled v_i, training minimizes
-    L + λ·ρ²·ψ((1/n) Σ_i φ(D_i)) (family.md §2). ``lam=0`` is plain training (one pass).
+    L + λ·ρ²·ψ((1/n) Σ_i φ(D_i)) (docs/family.md §2). ``lam=0`` is plain training (one pass).
 
     ``d_clip`` (optional guard): D is clipped to [−d_clip, d_clip] before φ, which bounds the
     weight one perturbation can get; ``None`` (default) computes the exact surrogate and reports

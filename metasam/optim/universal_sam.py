@@ -47,7 +47,7 @@ class StepInfo:
 
 
 class UniversalSAM(torch.optim.Optimizer):
-    r"""Sharpness-aware training with any (φ, ψ, μ) sharpness measure (family.md §2).
+    r"""Sharpness-aware training with any (φ, ψ, μ) sharpness measure (docs/family.md §2).
 
     Each :meth:`step` calls ``closure`` once at the current weights x and once at each
     x + ρv_i, i = 1..n, then steps the base optimizer with
@@ -429,7 +429,7 @@ class UniversalSAM(torch.optim.Optimizer):
         return views
 
     def _ascent_direction(self, perturbed: list[Tensor], norms: list[Tensor]) -> list[Tensor]:
-        """SAM's g/‖g‖, ASAM's T²g/‖Tg‖ or SSAM's m⊙g/‖g‖ (family.md §2)."""
+        """SAM's g/‖g‖, ASAM's T²g/‖Tg‖ or SSAM's m⊙g/‖g‖ (docs/family.md §2)."""
         measure = self.spec.measure
         eps = 1e-12 * self._scale  # the gradients are still scaled (fp16): ε is not
         grads = [p.grad for p in perturbed]
