@@ -67,12 +67,39 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
     except OSError as err:
         raise ConfigError("file", f"cannot read ({err.strerror})", source=source) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_keys_loader())  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(err.key, f"duplicated key at line {err.line} (YAML would silently "
+                          "keep the last value)", "each key once per mapping",
+                          source=source) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError("yaml", f"invalid YAML{where}: {problem}", source=source) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _unique_keys_loader() -> Any:
+    """yaml.SafeLoader that refuses a key given twice in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def to_mapping(instance: Any) -> dict[str, Any]:

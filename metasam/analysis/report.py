@@ -15,7 +15,6 @@ def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
     """Write ``report.md``/``.csv``/``.tex`` (methods × dataset variants) and the PNG plots of
     each study into ``out``; returns the table and the written paths."""
     from metasam.tuning.export import best_optimizer
-    from metasam.tuning.storage import load_study
 
     results: dict[str, dict[str, list[float]]] = {}
     best_names: list[str] = []
@@ -42,7 +41,7 @@ def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
                                           title))
         written.append(plot_sharpness(runs, out / f"{config.name}-sharpness.png",
                                       f"Hessian sharpness during training — {title}"))
-        study = load_study(config.storage, config.name)
+        study = config.load_study()
         written += plot_search(study, config.metric, config.mode,
                                out / f"{config.name}-search-history.png",
                                out / f"{config.name}-importances.png")

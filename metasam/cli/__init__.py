@@ -30,11 +30,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValidationError, FileNotFoundError, ValueError) as err:
-        print(f"metasam {args.command}: error: {err}", file=sys.stderr)
+        print(f"metasam {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not type(err).__module__.startswith("sqlalchemy"):
+            raise
+        # a database error after the storage opened (a file corrupted or made read-only
+        # meanwhile, a server gone): one line, not SQLAlchemy's trace
+        orig = getattr(err, "orig", None) or err
+        print(f"metasam {args.command}: error: the study storage failed: {_one_line(orig)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"metasam {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from metasam.cli._options import add_ray_options, load_study_config
+from metasam.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,11 @@ def run_compare(args: argparse.Namespace) -> int:
     from metasam.analysis.compare import run_compare as compare
 
     config = load_study_config(args.study)
+    if args.seeds < 1:
+        raise ConfigError("--seeds", f"out of range: {args.seeds}", "whole numbers ≥ 1")
+    if args.sharpness_every is not None and args.sharpness_every < 0:
+        raise ConfigError("--sharpness-every", f"out of range: {args.sharpness_every}",
+                          "whole numbers ≥ 0")
     config.check_data()
     comparison = compare(config, args.seeds, tuned_baselines=args.tune_baselines,
                          address=args.address, verbose=0 if args.quiet else 1,
@@ -86,10 +92,18 @@ def load_spec(text: str) -> Any:
 
         data = best_optimizer(load_study_config(text))
         return SharpnessSpec.from_dict(data["spec"]).replace(name=f"{data['study']} best")
-    data = json.loads(path.read_text()) if path.is_file() else None
-    if data is None:
+    if not path.is_file():
         raise ValueError(f"spec: {text!r} is neither a preset, a JSON file nor a study YAML; "
-                         f"presets: {', '.join(presets.NAMES)}")
+                         f"allowed: {', '.join(presets.NAMES)}, a spec or optimizer JSON, a "
+                         "study YAML")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{text}: invalid JSON ({err}); allowed: a spec or optimizer JSON, a "
+                         "study YAML, a preset name") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{text}: expected a JSON object, got {type(data).__name__}; allowed: "
+                         "a spec or optimizer JSON")
     spec_data = data.get("spec", data)
     spec = SharpnessSpec.from_dict(spec_data, source=text)
     return spec if spec.name else spec.replace(name=path.stem)

@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from metasam.tuning.storage import load_study
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port: {args.port} is not a port; allowed: 1 to 65535")
@@ -32,7 +31,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     except ImportError:
         raise ValueError("optuna-dashboard is not installed; allowed: pip install "
                          "'metasam[dashboard]'") from None
-    study = load_study(config.storage, config.name)  # the study must exist: no empty file
+    study = config.load_study()  # the study must exist (no empty file) and match this file
     print(f"metasam dashboard: study {config.name!r} at http://{args.host}:{args.port}/ "
           "(Ctrl-C stops it)", file=sys.stderr, flush=True)
     optuna_dashboard.run_server(study._storage, host=args.host, port=args.port)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from metasam.cli._options import add_ray_options, load_study_config
+from metasam.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,13 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     from metasam.tuning.runner import tune_study
 
-    config = load_study_config(args.study)
-    if args.trials is not None:
-        config.trials = args.trials
-    if args.concurrency is not None:
-        config.concurrency = args.concurrency
+    config = load_study_config(args.study).with_overrides(args.trials, args.concurrency)
+    if args.top_k < 1:
+        raise ConfigError("--top-k", f"out of range: {args.top_k}", "whole numbers ≥ 1")
     warm = load_study_config(args.warm_start) if args.warm_start else None
     config.check_data()
+    from metasam.tuning.storage import open_storage, open_study
+
+    # the storage first: a broken one fails in one line, before anything is printed
+    config.check_definition(open_study(open_storage(config.storage), config.name, config.mode))
     print(f"study {config.name}: {config.trials} trials, space {config.space.name}, "
           f"storage {config.storage}", file=sys.stderr)
     outcome = tune_study(config, address=args.address, warm_start=warm, top_k=args.top_k,
@@ -107,10 +110,10 @@ def run_best(args: argparse.Namespace) -> int:
 
 def run_trials(args: argparse.Namespace) -> int:
     from metasam.tuning.space import describe_spec
-    from metasam.tuning.storage import census, counts, load_study, trial_spec
+    from metasam.tuning.storage import census, counts, trial_spec
 
     config = load_study_config(args.study)
-    study = load_study(config.storage, config.name)
+    study = config.load_study()
     rows = []
     for t in study.get_trials(deepcopy=False):
         spec = trial_spec(t)

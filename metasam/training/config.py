@@ -86,6 +86,14 @@ def _measures(name: str, value: Any) -> list[str]:
     return list(value)
 
 
+# Fields a run may change without changing what it computes (a resumed run, a study's trials).
+EXECUTION_FIELDS = frozenset({"checkpoint_every", "checkpoint_dir", "resume", "device",
+                              "num_threads", "eval_batch_size", "data_dir", "download", "test"})
+# Fields that only add measurements to a run's log.
+LOGGING_FIELDS = frozenset({"sharpness_every", "sharpness_measures", "sharpness_examples",
+                            "sharpness_probes"})
+
+
 @dataclass
 class TrainConfig:
     """One training run. Every field can come from YAML (``--config``) or the command line.

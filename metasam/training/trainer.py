@@ -19,13 +19,10 @@ from metasam.errors import NonFiniteStepError
 from metasam.models import build_model
 from metasam.optim import UniversalSAM
 from metasam.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from metasam.training.config import TrainConfig
+from metasam.training.config import EXECUTION_FIELDS, TrainConfig
 
 Report = Callable[[dict[str, Any]], "bool | None"]
 
-# Fields a resumed run may change without changing what it computes.
-_EXECUTION_FIELDS = {"checkpoint_every", "checkpoint_dir", "resume", "device", "num_threads",
-                     "eval_batch_size", "data_dir", "download", "test"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,7 +147,7 @@ class Trial:
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         saved = state["config"]
         for key, value in self.config.to_dict().items():
-            if key not in _EXECUTION_FIELDS and saved.get(key) != value:
+            if key not in EXECUTION_FIELDS and saved.get(key) != value:
                 raise ValueError(f"{source}: made with {key}={saved.get(key)!r}, this run has "
                                  f"{key}={value!r}; use another checkpoint_dir or the same "
                                  "config")

@@ -70,7 +70,7 @@ def _is_preset_point(trial: FrozenTrial) -> bool:
 
 def finalists(config: StudyConfig, study: optuna.Study | None = None) -> list[Finalist]:
     """The study's finalists: the top-k full-budget trials, the best preset and SGD."""
-    study = study or load_study(config.storage, config.name)
+    study = study or config.load_study()
     ranked = best_trials(study, config.mode, len(study.trials))
     chosen: list[tuple[FrozenTrial, str]] = [(t, "top") for t in ranked[:config.confirm["top_k"]]]
     preset = next((t for t in ranked if _is_preset_point(t)

@@ -26,9 +26,9 @@ def best_optimizer(config: Any) -> dict[str, Any]:
     tests under ``confirmed``; before that (or with ``confirm: false``) the best single-seed
     trial at full budget, marked ``confirmed: null``."""
     from metasam.tuning.confirm import confirmed_verdict, display_name
-    from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
+    from metasam.tuning.storage import best_trials, trial_spec, trial_train
 
-    study = load_study(config.storage, config.name)
+    study = config.load_study()
     verdict = confirmed_verdict(config, study)
     if verdict is not None:
         f = verdict.winner.finalist
@@ -86,10 +86,25 @@ def read_export(path_or_study: str | os.PathLike[str] | dict[str, Any]) -> dict[
             return best_optimizer(StudyConfig.from_yaml(path))
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a readable optimizer export ({err})") from None
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read ({err.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not an optimizer export: invalid JSON ({err}); allowed: "
+                             "the JSON that `metasam best` writes, or a study YAML") from None
+    source = "the optimizer export" if isinstance(path_or_study, dict) else str(path_or_study)
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}; "
+                         "allowed: the JSON that `metasam best` writes")
     if data.get("format") != FORMAT:
-        raise ValueError(f"not a metasam optimizer export (format {FORMAT} expected)")
+        raise ValueError(f"{source}: format: {data.get('format')!r}; allowed: {FORMAT!r} (the "
+                         "JSON that `metasam best` writes)")
+    for key, kind in (("spec", dict), ("base_optimizer", dict)):
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"{source}: {key}: missing or not an object; allowed: the JSON "
+                             "that `metasam best` writes")
+    if "name" not in data["base_optimizer"]:
+        raise ValueError(f"{source}: base_optimizer.name: missing; allowed: "
+                         f"{', '.join(BASES)}")
     return data
 
 
@@ -109,14 +124,15 @@ def load_optimizer(path_or_study: str | os.PathLike[str] | dict[str, Any],
             optimizer.step(closure)
     """
     data = read_export(path_or_study)
+    source = None if isinstance(path_or_study, dict) else str(path_or_study)
     base = dict(data["base_optimizer"])
     name = base.pop("name")
     if name not in BASES:
-        raise ValueError(f"base_optimizer.name: unknown value {name!r}; allowed: "
-                         f"{', '.join(BASES)}")
+        raise ValueError(f"{source or 'the optimizer export'}: base_optimizer.name: unknown "
+                         f"value {name!r}; allowed: {', '.join(BASES)}")
     own = {k: overrides.pop(k) for k in _OWN_OPTIONS if k in overrides}
     base.update(overrides)
-    spec = SharpnessSpec.from_dict(data["spec"])
+    spec = SharpnessSpec.from_dict(data["spec"], source=source)
     return UniversalSAM(params, BASES[name], spec, model=model, seed=seed, **own, **base)
 
 

@@ -96,6 +96,7 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
         config.check_data()
     storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
     study = open_study(storage, config.name, config.mode)
+    config.check_definition(study, record=True)
     points = list(config.space.points)
     if warm_start is not None:
         points = warm_start_points(warm_start, top_k) + points

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -89,31 +90,70 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
+class StorageError(ValueError):
+    """The study's storage cannot be opened or used; the message is one line naming it."""
+
+
+def describe_url(url: str) -> str:
+    """The storage's file, or its URL without a password."""
+    path = storage_file(url)
+    if path is not None:
+        return str(path)
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def storage_failure(url: str, err: BaseException) -> StorageError:
+    """A one-line :class:`StorageError` for a database error on ``url``."""
+    orig = getattr(err, "orig", None) or err
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return StorageError(f"{describe_url(url)}: the study storage failed ({reason}); allowed: an "
+                        "SQLite file in a writable folder, a reachable PostgreSQL server "
+                        "(postgresql://USER@HOST/DB), or journal:FILE")
+
+
+# A database created by two workers at once: the loser's schema creation collides with the
+# winner's and succeeds when tried again. Anything else (a corrupted file, a read-only folder,
+# a refused or silent server) is reported at once.
+_RACES = ("already exists", "database is locked", "duplicate key", "UniqueViolation")
+
+
 def open_storage(url: str, heartbeat_interval: int | None = None,
                  heartbeat_grace: int | None = None) -> BaseStorage:
     """The study's Optuna storage with heartbeats for stale-trial detection: an RDB storage
-    (``sqlite:///FILE``, ``postgresql://...``) or a file journal (``journal:PATH``)."""
+    (``sqlite:///FILE``, ``postgresql://...``) or a file journal (``journal:PATH``).
+
+    PostgreSQL connections time out after 10 s (``?connect_timeout=S`` in the URL changes it)
+    and use TCP keepalives, so a server that stops answering fails the command instead of
+    hanging it. Failures raise a one-line :class:`StorageError`."""
     if url.startswith(JOURNAL):
-        return HeartbeatJournalStorage(url[len(JOURNAL):], heartbeat_interval, heartbeat_grace)
+        try:
+            return HeartbeatJournalStorage(url[len(JOURNAL):], heartbeat_interval,
+                                           heartbeat_grace)
+        except OSError as err:
+            raise StorageError(f"{describe_url(url)}: the study journal cannot be opened "
+                               f"({err.strerror}); allowed: journal:FILE in a writable "
+                               "folder") from None
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several processes share the file: wait for locks instead of failing at once
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True
+        if url.startswith("postgresql"):
+            connect: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30,
+                                       "keepalives_interval": 10, "keepalives_count": 3}
+            if "connect_timeout=" not in url:
+                connect["connect_timeout"] = 10
+            engine_kwargs["connect_args"] = connect
     kwargs: dict[str, Any] = {}
     if heartbeat_interval is not None:
         kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=heartbeat_grace)
     for attempt in range(10):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
-                sqlalchemy.exc.ProgrammingError):
-            # Two workers creating the schema of a new database at the same moment collide in
-            # table creation or Alembic's version stamp; the loser tries again and finds it
-            # done. (A wrong URL also lands here and fails after the last attempt.)
-            if attempt == 9:
-                raise
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+            if attempt == 9 or not any(r in str(err) for r in _RACES):
+                raise storage_failure(url, err) from None
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 

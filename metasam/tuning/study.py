@@ -147,6 +147,67 @@ class StudyConfig:
             cpu=cpu, gpu=gpu, scheduler=scheduler, storage=storage, sampler=sampler, seed=seed,
             heartbeat_interval=interval, heartbeat_grace=grace, confirm=confirm)
 
+    def with_overrides(self, trials: int | None = None, concurrency: int | None = None
+                       ) -> StudyConfig:
+        """This config with the command line's ``--trials`` / ``--concurrency``, validated as
+        the YAML fields are."""
+        import dataclasses
+
+        changes: dict[str, Any] = {}
+        try:
+            if trials is not None:
+                changes["trials"] = _checks.integer("--trials", trials, low=1)
+                if self.space.search is None and trials > len(self.space.points):
+                    raise ConfigError("--trials", f"{trials} trials but the points-only space "
+                                      f"{self.space.name!r} has {len(self.space.points)} points",
+                                      f"1 to {len(self.space.points)}")
+            if concurrency is not None:
+                changes["concurrency"] = _checks.integer("--concurrency", concurrency, low=1)
+        except ValidationError as err:
+            raise ConfigError(err.field, err.problem, err.allowed) from None
+        return dataclasses.replace(self, **changes)
+
+    # --- the stored definition ----------------------------------------------------------------
+
+    def definition(self) -> dict[str, Any]:
+        """What a study's trial values mean: its metric and mode, and the training every trial
+        runs (fields that only change where or how fast it runs, or what is logged, left out)."""
+        from metasam.training.config import EXECUTION_FIELDS, LOGGING_FIELDS
+
+        train = {k: v for k, v in self.train.to_dict().items()
+                 if k not in EXECUTION_FIELDS | LOGGING_FIELDS}
+        return {"metric": self.metric, "mode": self.mode, "train": train}
+
+    def check_definition(self, study: Any, record: bool = False) -> None:
+        """Refuse a study file whose definition differs from the one the storage holds for this
+        study (its trials would be mixed with, or ranked as, something else); ``record`` stores
+        it when the storage has none yet (a new study, or one made by an older version)."""
+        import json
+
+        stored_text = study.user_attrs.get(DEFINITION_ATTR)
+        mine = self.definition()
+        if stored_text is None:
+            if record:
+                study.set_user_attr(DEFINITION_ATTR, json.dumps(mine, sort_keys=True))
+            return
+        stored = json.loads(stored_text)
+        flat_stored, flat_mine = _flatten(stored), _flatten(mine)
+        for key in sorted(set(flat_stored) | set(flat_mine)):
+            old, new = flat_stored.get(key), flat_mine.get(key)
+            if old != new:
+                raise ValueError(
+                    f"{self.path}: {key}: study {self.name!r} was created with {old!r}, this "
+                    f"file says {new!r}; a study's metric, mode and train cannot change (allowed: "
+                    f"{key}: {old!r}, or a new study: change `name:` or `storage:`)")
+
+    def load_study(self) -> Any:
+        """This study from its storage, checked against this file's definition."""
+        from metasam.tuning.storage import load_study
+
+        study = load_study(self.storage, self.name)
+        self.check_definition(study)
+        return study
+
     def derived(self, suffix: str, points: list[Any], *, metric: str, mode: str,
                 train_changes: dict[str, Any]) -> StudyConfig:
         """A points-only study ``NAME.SUFFIX`` in the same storage, every point at full budget
@@ -174,6 +235,19 @@ class StudyConfig:
         from metasam.data import default_data_dir
 
         return str(Path(self.train.data_dir or default_data_dir()).resolve())
+
+
+DEFINITION_ATTR = "metasam:definition"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key == "train":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _read_storage(value: Any, path: Path, name: str) -> str:

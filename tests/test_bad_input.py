@@ -1,0 +1,250 @@
+"""The bad-input battery: every case ends in one line on stderr naming the file or option, the
+field and what is allowed, exit code 2, no traceback, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from test_tuning import SPACE, write_study
+
+from metasam.cli import main
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+_SILENT: list[socket.socket] = []
+
+
+def _silent_port() -> int:
+    """A server that accepts connections (the kernel's backlog does) and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    _SILENT.append(server)  # kept open for the rest of the session
+    return server.getsockname()[1]
+
+
+def _study(folder: Path, **extra) -> Path:
+    return write_study(folder, name="q", **extra)
+
+
+def _edit(path: Path, **changes) -> Path:
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _created(folder: Path, **changes) -> Path:
+    """A study the storage knows (as `tune` leaves it before its first trial), whose file is
+    then edited."""
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.storage import open_storage, open_study
+
+    path = _study(folder)
+    config = StudyConfig.from_yaml(path)
+    config.check_definition(open_study(open_storage(config.storage), config.name, config.mode),
+                            record=True)
+    return _edit(path, **changes)
+
+
+def _space(folder: Path, space: dict) -> Path:
+    return _study(folder, space=space)
+
+
+def _space_twice(folder: Path) -> Path:
+    """A space file that gives ``presets`` twice."""
+    path = _study(folder)
+    space = folder / "space.yaml"
+    space.write_text(space.read_text() + "presets: [sam]\n")
+    return path
+
+
+def _file(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+S = SPACE["search"]
+# (case id, builder(folder) -> argv, the words the line must hold)
+CASES = [
+    # study files
+    ("trials-0", lambda f: ["tune", str(_study(f, trials=0))], ["q.yaml", "trials", "allowed"]),
+    ("trials-text", lambda f: ["tune", str(_study(f, trials="many"))],
+     ["q.yaml", "trials", "whole number"]),
+    ("test-metric", lambda f: ["tune", str(_study(f, metric="test_acc"))],
+     ["q.yaml", "metric", "allowed: val_acc"]),
+    ("unknown-key", lambda f: ["tune", str(_study(f, schedulr={}))],
+     ["q.yaml", "schedulr", "unknown key", "allowed"]),
+    ("cpu-text", lambda f: ["tune", str(_study(f, resources={"cpu": "two"}))],
+     ["q.yaml", "resources.cpu", "expected a number"]),
+    ("gpu-negative", lambda f: ["tune", str(_study(f, resources={"cpu": 1, "gpu": -1}))],
+     ["q.yaml", "resources.gpu", "allowed"]),
+    ("model", lambda f: ["tune", str(_study(f, train={"dataset": "digits", "model": "vgg"}))],
+     ["q.yaml", "train.model", "allowed: resnet18, mlp, cnn"]),
+    ("mode", lambda f: ["tune", str(_study(f, metric="val_loss", mode="max"))],
+     ["q.yaml", "mode", "allowed: min"]),
+    ("device", lambda f: ["tune", str(_study(f, train={"dataset": "digits", "device": "tpu"}))],
+     ["q.yaml", "train.device", "allowed"]),
+    ("train-seed", lambda f: ["tune", str(_study(f, train={"dataset": "digits", "seed": 3}))],
+     ["q.yaml", "train.seed", "top-level seed"]),
+    ("epochs-0", lambda f: ["tune", str(_study(f, epochs=0))],
+     ["q.yaml", "train.epochs", "allowed"]),
+    ("lr-negative", lambda f: ["tune", str(_study(f, train={"dataset": "digits", "lr": -1}))],
+     ["q.yaml", "train.lr", "allowed"]),
+    ("concurrency-0", lambda f: ["tune", str(_study(f, concurrency=0))],
+     ["q.yaml", "concurrency", "allowed"]),
+    ("scheduler", lambda f: ["tune", str(_study(f, scheduler={"type": "hyperband"}))],
+     ["q.yaml", "scheduler.type", "allowed"]),
+    ("grace", lambda f: ["tune", str(_study(f, heartbeat={"interval": 10, "grace": 1}))],
+     ["q.yaml", "heartbeat.grace", "allowed"]),
+    ("confirm", lambda f: ["tune", str(_study(f, confirm={"top_k": -1, "seeds": 3}))],
+     ["q.yaml", "confirm.top_k", "allowed"]),
+    ("storage-url", lambda f: ["tune", str(_study(f, storage="redis://host"))],
+     ["q.yaml", "storage", "allowed: sqlite:///FILE"]),
+    ("journal-folder", lambda f: ["tune", str(_study(f, storage="journal:nowhere/j.log"))],
+     ["q.yaml", "storage", "does not exist", "allowed"]),
+    ("duplicated-key", lambda f: ["tune", str(_file(f, "q.yaml", _study(f).read_text()
+                                                    + "trials: 7\n"))],
+     ["q.yaml", "trials", "duplicated key", "allowed"]),
+    ("yaml-syntax", lambda f: ["tune", str(_file(f, "q.yaml", "name: [q\ntrials: 3\n"))],
+     ["q.yaml", "invalid YAML at line"]),
+    ("missing-file", lambda f: ["tune", str(f / "absent.yaml")], ["absent.yaml", "cannot read"]),
+    ("not-a-mapping", lambda f: ["tune", str(_file(f, "q.yaml", "- 1\n- 2\n"))],
+     ["q.yaml", "mapping"]),
+    ("missing-space", lambda f: ["tune", str(_edit(_study(f), search_space="gone.yaml"))],
+     ["q.yaml", "search_space", "gone.yaml", "allowed"]),
+    # search-space files
+    ("rho-range", lambda f: ["tune", str(_space(f, {"search": {**S, "rho": [0.5, 0.1]}}))],
+     ["space.yaml", "search.rho", "allowed"]),
+    ("preset", lambda f: ["tune", str(_space(f, {"presets": ["sgd", "samm"]}))],
+     ["space.yaml", "presets", "allowed"]),
+    ("psi", lambda f: ["tune", str(_space(f, {"search": {**S, "psi": ["identity", "x"]}}))],
+     ["space.yaml", "search.psi[1].fn", "allowed"]),
+    ("measure", lambda f: ["tune", str(_space(f, {"search": {**S, "measure": {"kinds":
+                                                                               ["gauss"]}}}))],
+     ["space.yaml", "search.measure.kinds", "allowed"]),
+    ("point-lam", lambda f: ["tune", str(_space(f, {"points": [{"preset": "frob_sam",
+                                                                 "lam": -1.0}]}))],
+     ["space.yaml", "points[0].lam", "allowed"]),
+    ("space-n", lambda f: ["tune", str(_space(f, {"search": {**S, "n": [1, "x"]}}))],
+     ["space.yaml", "search.n[1]", "whole number"]),
+    ("space-duplicated", lambda f: ["tune", str(_space_twice(f))],
+     ["space.yaml", "presets", "duplicated key"]),
+    # spec and export files
+    ("explain-truncated", lambda f: ["explain", str(_file(f, "s.json", '{"phi": "identity",'))],
+     ["s.json", "invalid JSON", "allowed"]),
+    ("explain-text", lambda f: ["explain", str(_file(f, "s.json", "hello"))],
+     ["s.json", "invalid JSON"]),
+    ("explain-array", lambda f: ["explain", str(_file(f, "s.json", "[1, 2]"))],
+     ["s.json", "JSON object", "allowed"]),
+    ("explain-export-without-spec", lambda f: ["explain", str(_file(
+        f, "s.json", json.dumps({"format": "metasam.optimizer/1"})))], ["s.json", "format"]),
+    ("explain-preset", lambda f: ["explain", "samm"], ["samm", "allowed", "frob_sam"]),
+    ("train-spec-truncated", lambda f: ["train", "--dataset", "digits", "--spec", str(
+        _file(f, "s.json", '{"phi": "identity",'))], ["s.json", "invalid JSON"]),
+    ("train-spec-array", lambda f: ["train", "--dataset", "digits", "--spec", str(
+        _file(f, "s.json", "[1]"))], ["s.json", "spec", "mapping"]),
+    ("spec-field", lambda f: ["explain", str(_file(f, "s.json", json.dumps(
+        {"phi": "identity", "psi": "variance", "n": 2})))], ["s.json", "psi", "allowed"]),
+    # storages
+    ("sqlite-corrupted", lambda f: ["trials", str(_study(f))] if _file(
+        f, "q.db", "not a database " * 200) else [], ["q.db", "file is not a database"]),
+    ("sqlite-folder-is-a-file", lambda f: ["tune", str(_study(
+        f, storage=f"sqlite:///{_file(f, 'plain', 'x')}/q.db"))],
+     ["plain/q.db", "unable to open database file", "allowed"]),
+    ("postgres-refused", lambda f: ["trials", str(_study(
+        f, storage=f"postgresql://u@127.0.0.1:{_refused_port()}/db?connect_timeout=3"))],
+     ["postgresql://u@127.0.0.1", "refused", "allowed"]),
+    ("postgres-silent", lambda f: ["trials", str(_study(
+        f, storage=f"postgresql://u@127.0.0.1:{_silent_port()}/db?connect_timeout=2"))],
+     ["postgresql://u@127.0.0.1", "timeout", "allowed"]),
+    ("best-never-ran", lambda f: ["best", str(_study(f))], ["q.db", "does not exist"]),
+    ("trials-never-ran", lambda f: ["trials", str(_study(f))], ["q.db", "does not exist"]),
+    ("report-never-ran", lambda f: ["report", str(_study(f))], ["q.db", "does not exist"]),
+    ("explain-never-ran", lambda f: ["explain", str(_study(f))], ["q.db", "does not exist"]),
+    ("dashboard-never-ran", lambda f: ["dashboard", str(_study(f))],
+     ["q.db", "does not exist"]),
+    ("changed-mode", lambda f: ["best", str(_created(f, metric="val_loss", mode="min"))],
+     ["q.yaml", "metric", "'val_acc'", "'val_loss'", "new study"]),
+    ("changed-epochs", lambda f: ["tune", str(_created(f, train={"epochs": 5}))],
+     ["q.yaml", "train.epochs", "3", "5", "new study"]),
+    # command-line overrides
+    ("tune-trials-0", lambda f: ["tune", str(_study(f)), "--trials", "0"],
+     ["--trials", "allowed"]),
+    ("tune-trials-negative", lambda f: ["tune", str(_study(f)), "--trials", "-5"],
+     ["--trials", "allowed"]),
+    ("tune-concurrency-0", lambda f: ["tune", str(_study(f)), "--concurrency", "0"],
+     ["--concurrency", "allowed"]),
+    ("tune-top-k-0", lambda f: ["tune", str(_study(f)), "--top-k", "0"], ["--top-k", "allowed"]),
+    ("compare-seeds-0", lambda f: ["compare", str(_study(f)), "--seeds", "0"],
+     ["--seeds", "allowed"]),
+    ("train-epochs-0", lambda f: ["train", "--dataset", "digits", "--epochs", "0"],
+     ["epochs", "allowed"]),
+    ("train-dataset", lambda f: ["train", "--dataset", "imagenet"], ["dataset", "allowed"]),
+    ("train-precision", lambda f: ["train", "--dataset", "digits", "--fp16", "--bf16"],
+     ["fp16", "allowed"]),
+    ("dashboard-port", lambda f: ["dashboard", str(_study(f)), "--port", "0"],
+     ["--port", "allowed"]),
+]
+
+
+@pytest.mark.parametrize("case, build, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_line_and_exit_2(case, build, words, tmp_path, capsys) -> None:
+    folder = tmp_path / "case"
+    folder.mkdir()
+    argv = build(folder)
+    before = _listing(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and err.startswith(f"metasam {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+    assert _listing(tmp_path) == before, "the command wrote something"
+
+
+def test_the_battery_is_large_enough() -> None:
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[1, 2]", ["JSON object", "list"]),
+    ('{"format": "metasam.optimizer/1"}', ["spec: missing"]),
+    ('{"format": "metasam.optimizer/1", "spec": {}, "base_optimizer": {"name": "lbfgs"}}',
+     ["base_optimizer.name", "allowed: sgd"]),
+    ('{"spec": ', ["invalid JSON"]),
+    ("plain text", ["invalid JSON"]),
+])
+def test_load_optimizer_names_the_file_and_field(tmp_path, text: str, words: list[str]) -> None:
+    import torch
+
+    from metasam import load_optimizer
+
+    path = tmp_path / "best.json"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_optimizer(path, torch.nn.Linear(2, 1).parameters())
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    for word in words:
+        assert word in message, message
