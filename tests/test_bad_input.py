@@ -248,3 +248,26 @@ def test_load_optimizer_names_the_file_and_field(tmp_path, text: str, words: lis
     assert "\n" not in message and str(path) in message
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("resources, words", [
+    ({"cpu": 1, "gpu": 1}, ["gpu=1", "gpu=0", "allowed: cpu ≤"]),
+    ({"cpu": 512}, ["cpu=512", "allowed: cpu ≤"]),
+])
+def test_resources_no_node_has_fail_fast(tmp_path, capsys, monkeypatch, ray_cluster,
+                                         resources, words) -> None:
+    """Ray would keep such trials pending forever; on a joined cluster metasam waits
+    $METASAM_RESOURCE_WAIT seconds for a node to join, then fails in one line."""
+    monkeypatch.setenv("METASAM_RESOURCE_WAIT", "1")
+    path = _study(tmp_path, resources=resources)
+    assert main(["tune", str(path), "--address", ray_cluster, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "waiting up to 1 s" in err[-2], "\n".join(err)
+    assert err[-1].startswith("metasam tune: error: ") and "q.yaml: resources" in err[-1]
+    for word in words:
+        assert word in err[-1], err[-1]
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.storage import census, load_study
+
+    config = StudyConfig.from_yaml(path)
+    assert census(load_study(config.storage, config.name)).finished == 0

@@ -6,11 +6,14 @@ import json
 import logging
 import math
 import os
+import sys
+import time
 import uuid
 from typing import Any
 
 import optuna
 
+from metasam.errors import ConfigError
 from metasam.tuning.space import Point
 from metasam.tuning.storage import (
     census,
@@ -87,6 +90,41 @@ def warm_start_points(other: StudyConfig, top_k: int) -> list[Point]:
     return points
 
 
+def _check_resources(config: StudyConfig, joined: bool) -> None:
+    """Fail fast when no node of the Ray cluster can ever run a trial (Ray would keep it
+    pending forever). On a cluster metasam joined, nodes may still be coming up: it waits up
+    to ``$METASAM_RESOURCE_WAIT`` seconds (default 60), saying so, before it fails."""
+    import ray
+
+    wait = float(os.environ.get("METASAM_RESOURCE_WAIT", "60")) if joined else 0.0
+    deadline: float | None = None  # set after the first look: that look can take a while
+    told = False
+    while True:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        fits = any(r.get("CPU", 0.0) >= config.cpu and r.get("GPU", 0.0) >= config.gpu
+                   for r in nodes)
+        if fits:
+            return
+        if deadline is None:
+            deadline = time.monotonic() + wait
+        if time.monotonic() >= deadline:
+            largest = max(nodes, key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)),
+                          default={})
+            raise ConfigError(
+                "resources", f"a trial asks for cpu={config.cpu:g}, gpu={config.gpu:g} but no "
+                f"node of the Ray cluster has that much (largest: cpu="
+                f"{largest.get('CPU', 0.0):g}, gpu={largest.get('GPU', 0.0):g}; "
+                f"{len(nodes)} node(s))",
+                f"cpu ≤ {largest.get('CPU', 0.0):g}, gpu ≤ {largest.get('GPU', 0.0):g} here, "
+                "or a cluster with such a node", source=str(config.path))
+        if not told:
+            print(f"study {config.name}: no node of the cluster has cpu={config.cpu:g}, "
+                  f"gpu={config.gpu:g} yet; waiting up to {wait:.0f} s for one to join",
+                  file=sys.stderr, flush=True)
+            told = True
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
 def tune_study(config: StudyConfig, *, address: str | None = None,
                warm_start: StudyConfig | None = None, top_k: int = 3,
                verbose: int = 1, check_data: bool = True,
@@ -139,6 +177,9 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
                  configure_logging=True, logging_level=logging.WARNING)
         started_ray = True
     try:
+        # a cluster this process did not start itself may still be adding nodes
+        _check_resources(config, joined=bool(address or os.environ.get("RAY_ADDRESS"))
+                         or not started_ray)
         reporter = tune.CLIReporter(
             # epochs reached and the value: Ray's status column says whether a trial is running,
             # and `metasam trials` which ended at full budget, ASHA-stopped or failed.
