@@ -105,3 +105,22 @@ def test_cli_train_json_and_yaml(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err == ("metasam train: error: device: unknown device 'tpu'; allowed: auto, cpu, "
                    "cuda, cuda:N, mps\n"), err
+
+
+def test_ready_is_called_once_the_data_are_loaded_and_the_checkpoint_restored(tmp_path) -> None:
+    """The CLI draws its progress bar in ``ready``: after the data load (which can take long),
+    starting at the epoch a resumed run continues from."""
+    config = {"dataset": "digits", "model": "mlp", "preset": "sgd", "epochs": 3,
+              "checkpoint_dir": str(tmp_path), "checkpoint_every": 1}
+    events: list[tuple[str, int]] = []
+
+    def ready(trial: Trial) -> None:
+        assert len(trial.splits.train) > 0 and trial.optimizer is not None
+        events.append(("ready", trial.epoch))
+
+    train(config, report=lambda m: events.append(("epoch", m["epoch"])) or m["epoch"] == 2,
+          ready=ready)
+    assert events == [("ready", 0), ("epoch", 1), ("epoch", 2)]
+    events.clear()
+    train(config, report=lambda m: events.append(("epoch", m["epoch"])), ready=ready)
+    assert events == [("ready", 2), ("epoch", 3)]

@@ -145,6 +145,10 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
     config = StudyConfig.from_yaml(path)
     outcome = tune_study(config, address=ray_cluster, verbose=0)
     assert outcome["ran"] == 7
+    # no per-trial result files (the storage is the record): nothing for TensorBoard's logger
+    # to print "NaN or Inf found in input tensor" about when a trial diverges
+    assert not [p for p in config.ray_dir.rglob("*")
+                if p.name in ("result.json", "progress.csv") or p.name.startswith("events.")]
     state = assert_complete_and_unique(config)
     trials = {t.user_attrs["label"]: t for t in state.counted}
     # the diverging point is a failed trial with its reason; the study still finished
@@ -172,6 +176,16 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
     rows = listing["trials"]
     assert len([r for r in rows if r["counted"]]) == 7
     assert listing["confirmed"] is None  # confirm: false in this study
+    for row in rows:  # each trial's full spec (a dict that loads), its summary and training
+        if row["spec"] is not None:
+            from metasam import SharpnessSpec
+
+            assert SharpnessSpec.from_dict(row["spec"]).to_dict() == row["spec"]
+            assert isinstance(row["summary"], str) and isinstance(row["train"], dict)
+    assert main(["trials", str(path)]) == 0
+    table = capsys.readouterr().out
+    for label in {r["label"] for r in rows}:  # long labels are not cut
+        assert f" {label} " in table, label
 
     # load_optimizer reproduces the trial's optimizer exactly: same update on a fixed batch
     from metasam.training import TrainConfig, Trial
@@ -273,12 +287,15 @@ def test_ctrl_c_gives_back_running_trials_and_the_rerun_finishes(tmp_path, ray_c
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err[-2000:]
     assert "run the same command again to resume" in err
+    assert "Tuner.restore" not in err  # Ray's own resume advice would contradict it
     state = census(load_study(config.storage, config.name))
     # nothing is left RUNNING: with a 600 s grace period, a rerun would otherwise wait
     assert state.running == 0 and state.interrupted >= 1 and state.waiting >= 1
     second = subprocess.run(metasam_cli("tune", str(path), "--address", ray_cluster, "--quiet"),
                             env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming: {state.finished} finished trials kept" in second.stderr
+    assert f"re-running {state.interrupted} interrupted trial(s) first" in second.stderr
     assert_complete_and_unique(config)
 
 

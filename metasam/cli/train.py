@@ -52,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     resolve_device(config.device)  # a bad device fails here, before the progress bar
     bar = None
-    if not args.quiet:
+
+    def ready(trial: Any) -> None:  # the bar appears once the data are loaded
+        nonlocal bar
+        if args.quiet:
+            return
         from tqdm import tqdm
 
         label = config.resolved_spec().name or "spec"
-        bar = tqdm(total=config.epochs, desc=f"{config.dataset} {label}", unit="epoch",
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=config.epochs, initial=trial.epoch, desc=f"{config.dataset} {label}",
+                   unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
     def report(metrics: dict[str, Any]) -> None:
         if bar is not None:
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                             val_acc=f"{metrics.get('val_acc', float('nan')):.4f}")
             bar.refresh()
 
-    result = train(config, report=report)
+    result = train(config, report=report, ready=ready)
     if bar is not None:
         bar.close()
     if args.json:

@@ -110,7 +110,7 @@ def run_best(args: argparse.Namespace) -> int:
 
 def run_trials(args: argparse.Namespace) -> int:
     from metasam.tuning.space import describe_spec
-    from metasam.tuning.storage import census, counts, trial_spec
+    from metasam.tuning.storage import census, counts, trial_spec, trial_train
 
     config = load_study_config(args.study)
     study = config.load_study()
@@ -127,7 +127,8 @@ def run_trials(args: argparse.Namespace) -> int:
             "passes": t.user_attrs.get("passes_per_step"),
             "interrupted": bool(t.user_attrs.get("interrupted")),
             "member": t.user_attrs.get("member"), "repaired": t.user_attrs.get("repaired"),
-            "spec": describe_spec(spec) if spec else ""})
+            "spec": spec, "summary": describe_spec(spec) if spec else "",
+            "train": trial_train(t)})
     if args.json:
         from metasam.tuning.confirm import confirmed_verdict
 
@@ -135,13 +136,14 @@ def run_trials(args: argparse.Namespace) -> int:
         print(json.dumps({"trials": rows,
                           "confirmed": verdict.to_dict() if verdict is not None else None}))
         return 0
-    print(f"{'#':>4} {'state':<9} {'label':<16} {config.metric:>9} {'ep':>3} {'full':>4} "
+    width = max([5] + [len(str(r["label"])) for r in rows])  # labels are never cut
+    print(f"{'#':>4} {'state':<9} {'label':<{width}} {config.metric:>9} {'ep':>3} {'full':>4} "
           f"{'passes':>6}  spec / reason")
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
         note = "interrupted, re-run" if r["interrupted"] else (
-            "surplus" if not r["counted"] else (r["reason"] or r["spec"]))
-        print(f"{r['number']:>4} {r['state']:<9} {str(r['label'])[:16]:<16} {value:>9} "
+            "surplus" if not r["counted"] else (r["reason"] or r["summary"]))
+        print(f"{r['number']:>4} {r['state']:<9} {str(r['label']):<{width}} {value:>9} "
               f"{r['epochs'] if r['epochs'] is not None else '':>3} "
               f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {note}")
     print(census(study).describe(config.trials))

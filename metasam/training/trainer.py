@@ -267,9 +267,12 @@ class Trial:
                         self.precision, self.channels_last)
 
 
-def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = None
-          ) -> dict[str, Any]:
+def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = None,
+          ready: Callable[[Trial], None] | None = None) -> dict[str, Any]:
     """Run one training run and return its final metrics.
+
+    ``ready(trial)`` is called once the data are loaded, the model built and a checkpoint (if
+    any) restored, before the first epoch (``trial.epoch`` is where the run resumes).
 
     ``report(metrics)`` is called after every epoch with ``epoch``, ``train_loss``,
     ``train_acc``, ``val_loss``, ``val_acc`` (``test_*`` when ``test="epoch"``), ``lr``,
@@ -290,6 +293,8 @@ def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = No
     config = TrainConfig.coerce(config)
     trial = Trial(config)
     resumed = trial.try_resume()
+    if ready is not None:
+        ready(trial)
     status, reason = "completed", None
     while trial.epoch < config.epochs:
         start = time.perf_counter()

@@ -125,6 +125,19 @@ def _check_resources(config: StudyConfig, joined: bool) -> None:
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
+def _resume_summary(study: optuna.Study, state: Any) -> str:
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    retries = sorted(t.user_attrs["retry_of"] for t in waiting if "retry_of" in t.user_attrs)
+    text = (f"{state.finished} finished trials kept ({state.complete} complete, "
+            f"{state.failed} failed)")
+    if retries:
+        shown = ", ".join(f"#{n}" for n in retries[:10]) + (" ..." if len(retries) > 10 else "")
+        text += f"; re-running {len(retries)} interrupted trial(s) first ({shown})"
+    if state.running:
+        text += f"; {state.running} still running on other workers"
+    return text
+
+
 def tune_study(config: StudyConfig, *, address: str | None = None,
                warm_start: StudyConfig | None = None, top_k: int = 3,
                verbose: int = 1, check_data: bool = True,
@@ -142,13 +155,20 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     before = census(study)
     if not before.waiting and len(before.counted) >= config.trials and not before.running:
         return {"study": config.name, "census": before, "ran": 0}
+    if before.finished or before.interrupted:  # also with --quiet: not progress, a fact
+        print(f"study {config.name}: resuming: {_resume_summary(study, before)}",
+              file=sys.stderr, flush=True)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # No CSV/JSON/TensorBoard logs per trial: the storage is the record (and TensorBoard's
+    # logger printed "NaN or Inf found in input tensor" for every diverged trial).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from metasam.tuning.progress import StudyReporter, quiet_ray_hints
     from metasam.tuning.schedulers import ReferencePointsASHA
     from metasam.tuning.searcher import StudySearcher
 
@@ -180,12 +200,9 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
         # a cluster this process did not start itself may still be adding nodes
         _check_resources(config, joined=bool(address or os.environ.get("RAY_ADDRESS"))
                          or not started_ray)
-        reporter = tune.CLIReporter(
-            # epochs reached and the value: Ray's status column says whether a trial is running,
-            # and `metasam trials` which ended at full budget, ASHA-stopped or failed.
-            metric_columns={"epoch": "epoch", config.metric: config.metric},
-            parameter_columns={"label": "label"}, max_report_frequency=15,
-            metric=config.metric, mode=config.mode)
+        reporter = StudyReporter(study, config.name, config.trials, config.metric,
+                                 config.train.epochs)
+        quiet_ray_hints()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

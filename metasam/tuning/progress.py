@@ -1,0 +1,85 @@
+"""What ``metasam tune`` prints while a study runs: where the study stands (from its storage,
+across every worker) and what runs here, instead of Ray Tune's experiment table."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+import optuna
+from ray.tune import ProgressReporter
+
+from metasam.tuning.storage import census
+
+
+class StudyReporter(ProgressReporter):
+    """Prints, at most every ``interval`` seconds and at the end::
+
+        study digits-noisy: 7/30 finished (6 complete, 3 at full budget, 1 failed), 2 running,
+            0 waiting, 0 interrupted and re-run
+          running here: sam rho=0.05 (epoch 4/10, val_acc 0.8123); frob_sam ... (starting)
+    """
+
+    def __init__(self, study: optuna.Study, name: str, target: int, metric: str, epochs: int,
+                 interval: float = 15.0, out: TextIO | None = None) -> None:
+        self.study = study
+        self.name = name
+        self.target = target
+        self.metric = metric
+        self.epochs = epochs
+        self.interval = interval
+        self.out = out or sys.stderr
+        self._last = 0.0
+        self._last_text = ""
+
+    def should_report(self, trials: list[Any], done: bool = False) -> bool:
+        return done or time.monotonic() - self._last >= self.interval
+
+    def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
+        self._last = time.monotonic()
+        lines = [f"study {self.name}: {census(self.study).describe(self.target)}"]
+        running = [t for t in trials if t.status == "RUNNING"]
+        if running and not done:
+            lines.append("  running here: " + "; ".join(self._describe(t) for t in running))
+        text = "\n".join(lines)
+        if text != self._last_text or done:  # an unchanged state is not repeated
+            print(text, file=self.out, flush=True)
+            self._last_text = text
+
+    def _describe(self, trial: Any) -> str:
+        config = trial.config or {}
+        label = config.get("label", trial.trial_id)
+        if label == "search" and isinstance(config.get("spec"), dict):
+            from metasam.tuning.space import describe_spec
+
+            label = describe_spec(config["spec"])
+        result = trial.last_result or {}
+        epoch = result.get("epoch")
+        if not epoch:
+            return f"{label} (starting)"
+        value = result.get(self.metric)
+        shown = f", {self.metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+        return f"{label} (epoch {epoch}/{self.epochs}{shown})"
+
+
+class _DropRayHints(logging.Filter):
+    """Lines of Ray Tune that mislead a metasam user: "Resume experiment with: Tuner.restore"
+    on Ctrl-C (metasam resumes from its storage when the same command runs again, and says so
+    itself), and "Failed to fetch metrics" for trials without per-trial result files (metasam
+    turns those off: the storage is the record)."""
+
+    DROPPED = ("Tuner.restore", "Failed to fetch metrics")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in self.DROPPED)
+
+
+def quiet_ray_hints() -> None:
+    """Install the filter once (idempotent)."""
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRayHints) for f in logger.filters):
+            logger.addFilter(_DropRayHints())
