@@ -89,6 +89,25 @@ def test_explain_ranks_the_presets_correctly() -> None:
     assert any("tr H" in s for s in trace.sentences())
 
 
+@pytest.mark.parametrize("coefficients", [[0.0, -1.0], [0.0, 1.0, -0.05]])
+def test_explain_says_when_a_member_is_not_a_penalty(coefficients, tmp_path) -> None:
+    """−t and t − 0.05t² (negative where it matters): S is negative and falls as curvature
+    rises. No "c^nan", no "grows" for a measure that turns more negative, no reference named
+    as the one it is "most like" when it orders Hessians against all of them."""
+    from metasam import SharpnessSpec
+    from metasam.analysis.explain import plot_explanation
+
+    spec = SharpnessSpec(phi={"fn": "polynomial", "coefficients": coefficients},
+                         measure="gaussian", name="bad")
+    result = explain(spec, dim=8, count=60)
+    text = " ".join(result.sentences())
+    assert result.closest is None and "most like" not in text
+    assert text.startswith("Not a penalty")
+    assert "nan" not in text and "grows" not in text and "c^" not in text
+    assert "negative throughout" in text and "opposite to tr H" in text
+    assert plot_explanation(result, tmp_path / "bad.png").stat().st_size > 0
+
+
 def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, capsys) -> None:
     import yaml
     from test_tuning import write_study

@@ -86,29 +86,52 @@ class Explanation:
     invariance_change: float
     curves: dict[str, Any] = field(default_factory=dict)
 
+    penalty: Any = None  # metasam.family.monotone.PenaltyCheck
+
     @property
-    def closest(self) -> str:
-        return max(self.correlations, key=lambda k: self.correlations[k])
+    def closest(self) -> str | None:
+        """The reference that orders the spectra most like S, or ``None`` when none does
+        (every rank correlation ≤ 0.3: S ignores them or orders against them)."""
+        name = max(self.correlations, key=lambda k: _finite(self.correlations[k]))
+        return name if _finite(self.correlations[name]) > 0.3 else None
 
     @property
     def scale_invariant(self) -> bool:
         return self.invariance_change < 0.05
 
     def sentences(self) -> list[str]:
-        ranked = sorted(self.correlations.items(), key=lambda kv: -kv[1])
-        best, second = ranked[0], ranked[1]
-        out = [f"On {len(self.curves.get('family', []))} random spectra (d = {self.dim}) this "
-               f"bias orders Hessians most like {REFERENCE_NAMES[best[0]]} (Spearman "
-               f"{best[1]:.3f}), then {REFERENCE_NAMES[second[0]]} ({second[1]:.3f}); "
-               + ", ".join(f"{REFERENCE_NAMES[k]} {v:.3f}" for k, v in ranked[2:]) + "."]
-        k = self.scaling_exponent
-        out.append(f"Scaling the Hessian by c multiplies it by about c^{k:.2f} "
-                   "(trace and λ_max: c^1, ‖H‖_F²: c^2, det: c^d"
-                   f" = c^{self.dim}).")
-        trend = self.reshape_trend
-        direction = ("grows" if trend > 0.05 else "shrinks" if trend < -0.05 else "barely moves")
-        out.append(f"At a fixed trace, as the spectrum concentrates into fewer directions it "
-                   f"{direction} (×{math.exp(trend):.3g} from flat to the most spiked spectrum).")
+        ranked = sorted(self.correlations.items(), key=lambda kv: -_finite(kv[1]))
+        count = len(self.curves.get("family", []))
+        listed = ", ".join(f"{REFERENCE_NAMES[k]} {v:.3f}" for k, v in ranked)
+        out = []
+        if self.penalty is not None and not self.penalty.ok:
+            out.append(f"Not a penalty: raising one eigenvalue of a PSD Hessian can lower S (by "
+                       f"up to {100 * self.penalty.worst_drop:.0f}%), so minimizing it can "
+                       "reward sharpness.")
+        if self.closest is not None:
+            best, second = ranked[0], ranked[1]
+            out.append(f"On {count} random spectra (d = {self.dim}) this bias orders Hessians "
+                       f"most like {REFERENCE_NAMES[best[0]]} (Spearman {best[1]:.3f}), then "
+                       f"{REFERENCE_NAMES[second[0]]} ({second[1]:.3f}); "
+                       + ", ".join(f"{REFERENCE_NAMES[k]} {v:.3f}" for k, v in ranked[2:])
+                       + ".")
+        else:
+            worst = min(self.correlations, key=lambda k: _finite(self.correlations[k], 1.0))
+            opposed = (f"; it orders them most nearly opposite to {REFERENCE_NAMES[worst]}"
+                       if _finite(self.correlations[worst], 1.0) < -0.3 else "")
+            out.append(f"On {count} random spectra (d = {self.dim}) this bias orders Hessians "
+                       f"like none of the references (Spearman {listed}){opposed}.")
+        values = self.curves.get("scaled")
+        if math.isfinite(self.scaling_exponent):
+            k = self.scaling_exponent
+            out.append(f"Scaling the Hessian by c multiplies it by about c^{k:.2f} "
+                       "(trace and λ_max: c^1, ‖H‖_F²: c^2, det: c^d"
+                       f" = c^{self.dim}).")
+        elif values is not None and len(values):
+            out.append("Scaling the Hessian by c (from e^−1 to e) takes it from "
+                       f"{values[0]:.3g} to {values[-1]:.3g}: not a positive power of c "
+                       f"({_sign_words(values)}).")
+        out.append(self._reshape_sentence())
         if self.scale_invariant:
             out.append("It is invariant under layer-wise rescalings (diagonal T with det T = 1, "
                        f"H → THT): at most {100 * self.invariance_change:.1f}% change.")
@@ -116,6 +139,35 @@ class Explanation:
             out.append("It is not invariant under layer-wise rescalings (diagonal T with "
                        f"det T = 1, H → THT): up to {100 * self.invariance_change:.0f}% change.")
         return out
+
+    def _reshape_sentence(self) -> str:
+        reshaped = self.curves.get("reshaped")
+        head = "At a fixed trace, as the spectrum concentrates into fewer directions it"
+        if reshaped is None or not len(reshaped) or not np.isfinite(reshaped).all():
+            return f"{head} is not finite everywhere (overflow in φ or ψ)."
+        first, last = float(reshaped[0]), float(reshaped[-1])
+        if first > 0 and last > 0:
+            trend = self.reshape_trend
+            direction = ("grows" if trend > 0.05 else "shrinks" if trend < -0.05
+                         else "barely moves")
+            return (f"{head} {direction} (×{math.exp(trend):.3g} from flat to the most spiked "
+                    "spectrum).")
+        if math.isclose(first, last, rel_tol=1e-3, abs_tol=1e-12):
+            return f"{head} stays at {first:.3g} ({_sign_words(reshaped)})."
+        change = "rises" if last > first else "falls"
+        return f"{head} {change} from {first:.3g} to {last:.3g} ({_sign_words(reshaped)})."
+
+
+def _finite(value: float, default: float = -1.0) -> float:
+    return value if math.isfinite(value) else default
+
+
+def _sign_words(values: np.ndarray) -> str:
+    if (values < 0).all():
+        return "negative throughout"
+    if (values > 0).all():
+        return "positive throughout"
+    return "it changes sign"
 
 
 def explain(spec: SharpnessSpec, dim: int = 10, count: int = 200, seed: int = 0,
@@ -141,8 +193,8 @@ def explain(spec: SharpnessSpec, dim: int = 10, count: int = 200, seed: int = 0,
     shapes = [(np.arange(1, dim + 1, dtype=float) ** -a) for a in alphas]
     shapes = [s / s.sum() * base.sum() for s in shapes]
     reshaped = np.array([implied(spec, s) for s in shapes])
-    trend = float(np.log(abs(reshaped[-1]) / abs(reshaped[0]))) if reshaped[0] and \
-        np.isfinite(reshaped).all() and reshaped[-1] else math.nan
+    trend = float(np.log(reshaped[-1] / reshaped[0])) if np.isfinite(reshaped).all() and \
+        reshaped[0] > 0 and reshaped[-1] > 0 else math.nan
 
     rng = np.random.default_rng(seed + 1)
     changes = []
@@ -155,7 +207,28 @@ def explain(spec: SharpnessSpec, dim: int = 10, count: int = 200, seed: int = 0,
     curves = {"family": family, "values": values, "refs": refs, "factors": factors,
               "scaled": scaled, "alphas": alphas, "reshaped": reshaped,
               "shapes": shapes, "base": base}
-    return Explanation(spec, dim, c, correlations, exponent, trend, float(max(changes)), curves)
+    from metasam.family.monotone import check_penalty
+
+    return Explanation(spec, dim, c, correlations, exponent, trend, float(max(changes)), curves,
+                       penalty=check_penalty(spec))
+
+
+def _plot_signed(ax: Any, xs: np.ndarray, values: np.ndarray, ref: int, label: str,
+                 log_x: bool) -> None:
+    """S relative to |S| at ``ref``, with its sign: a log axis when S stays positive, a
+    symmetric-log axis (and a zero line) when it is negative or changes sign."""
+    scale = abs(values[ref]) if np.isfinite(values[ref]) and values[ref] != 0 else 1.0
+    ys = values / scale
+    if log_x:
+        ax.set_xscale("log")
+    if np.all(ys > 0):
+        ax.set_yscale("log")
+        name = f"S ({label})"
+    else:
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        name = f"S ({label}), signed: {_sign_words(values)}"
+    ax.plot(xs, ys, "o-", lw=2.2, color="black", label=name)
 
 
 def plot_explanation(result: Explanation, path: str | Path) -> Path:
@@ -169,11 +242,10 @@ def plot_explanation(result: Explanation, path: str | Path) -> Path:
     factors = curves["factors"]
     refs_scaled = {name: np.array([reference_measures(curves["base"] * f)[name]
                                    for f in factors]) for name in REFERENCES}
-    ax.loglog(factors, np.abs(curves["scaled"]) / abs(curves["scaled"][len(factors) // 2]),
-              "o-", lw=2.2, color="black", label=f"S ({label})")
+    _plot_signed(ax, factors, curves["scaled"], len(factors) // 2, label, log_x=True)
     for name, ys in refs_scaled.items():
-        ax.loglog(factors, ys / ys[len(factors) // 2], "--", lw=1.2,
-                  label=REFERENCE_NAMES[name])
+        ax.plot(factors, ys / ys[len(factors) // 2], "--", lw=1.2,
+                label=REFERENCE_NAMES[name])
     ax.set_xlabel("Hessian scale c (H → cH)")
     ax.set_ylabel("value relative to c = 1")
     ax.set_title("Scaled spectra")
@@ -182,16 +254,18 @@ def plot_explanation(result: Explanation, path: str | Path) -> Path:
     ax = axes[1]
     alphas = curves["alphas"]
     shapes = curves["shapes"]
-    ax.semilogy(alphas, np.abs(curves["reshaped"]) / abs(curves["reshaped"][0]), "o-", lw=2.2,
-                color="black", label=f"S ({label})")
+    _plot_signed(ax, alphas, curves["reshaped"], 0, label, log_x=False)
     for name in REFERENCES:
         ys = np.array([reference_measures(s)[name] for s in shapes])
-        ax.semilogy(alphas, ys / ys[0], "--", lw=1.2, label=REFERENCE_NAMES[name])
+        ax.plot(alphas, ys / ys[0], "--", lw=1.2, label=REFERENCE_NAMES[name])
     ax.set_xlabel("spectrum decay α (λ_i ∝ i^−α, fixed trace)")
     ax.set_ylabel("value relative to the flat spectrum")
     ax.set_title("Reshaped spectra")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"What {label} measures (d = {result.dim})")
+    title = f"What {label} measures (d = {result.dim})"
+    if result.penalty is not None and not result.penalty.ok:
+        title += " — not a penalty: S can fall as curvature rises"
+    fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
