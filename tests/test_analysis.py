@@ -75,6 +75,24 @@ def test_significance_marks_follow_the_samples() -> None:
     assert {r["method"] for r in rows} == {"sgd", "sam", "trace_sam", "best"}
 
 
+@pytest.mark.parametrize("fields, label", [
+    ({"dataset": "fashion_mnist-S-C"}, "Fashion-MNIST-S-C"),
+    ({"dataset": "fashion_mnist", "subset": 0.1, "label_noise": 0.2}, "Fashion-MNIST-S-C"),
+    ({"dataset": "digits", "label_noise": 0.2}, "digits-C"),
+    ({"dataset": "mnist", "subset": 0.25, "label_noise": 0.4},
+     "MNIST (25% subset, 40% label noise)"),
+    ({"dataset": "cifar10-jpeg-S"}, "CIFAR-10 (JPEG)-S"),
+    ({"dataset": "mnist1d"}, "MNIST-1D"),
+])
+def test_report_columns_name_the_dataset_variant(fields, label) -> None:
+    from metasam.analysis.tables import column_label
+    from metasam.training import TrainConfig
+
+    train = TrainConfig(**fields)
+    assert column_label(train, []) == label
+    assert column_label(train, [label]) == label + "'"  # two studies of one variant
+
+
 def test_explain_ranks_the_presets_correctly() -> None:
     expected = {"trace_sam": "trace", "frob_sam": "frobenius²", "det_sam": "det",
                 "sam": "λ_max"}
@@ -148,7 +166,10 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
                 "pipeline-search-history.png"):
         assert (out / png).stat().st_size > 20_000, png
     compute = (out / "compute.md").read_text()
-    assert "| digits | frob_sam | 3 |" in compute and "| digits | sgd | 1 |" in compute
+    # the compute table speaks the reader's names, the winner's included
+    assert "| digits | Frob-SAM | 3 |" in compute and "| digits | SGD | 1 |" in compute
+    assert f"| digits | metasam (best found = {winner['name']}) |" in compute
+    assert "| frob_sam |" not in compute
     assert main(["best", str(path)]) == 0
     capsys.readouterr()
     best = path.with_name("pipeline.best.json")
@@ -179,3 +200,48 @@ def test_tuned_baselines_pick_each_methods_best_grid_point(tmp_path, ray_cluster
     assert chosen["trace_sam"].label == f"trace_sam (tuned: {best_label})"
     assert chosen["trace_sam"].spec["lam"] == float(best_label.rpartition("=")[2])
     assert chosen["sgd"].label == "sgd (tuned: sgd)"
+
+
+def test_test_accuracy_plot_zooms_on_the_end_and_keeps_a_tied_winner_visible() -> None:
+    from metasam.analysis.plots import test_accuracy_figure
+
+    def runs(final: float) -> list[dict]:
+        # rises from about 20% and levels off at `final`
+        return [{"history": [{"epoch": e, "test_acc": final - (final - 0.2) * 2.0 ** (2 - 2 * e)
+                              + 0.001 * s} for e in range(1, 10)]} for s in range(3)]
+
+    data = {"sgd": runs(0.84), "sam": runs(0.85), "best": runs(0.85)}  # best = SAM's curve
+    fig = test_accuracy_figure(data, "t", best_name="sam ρ=0.05")
+    full, zoom = fig.axes
+    lines = {line.get_label(): line for line in full.get_lines()}
+    best = lines["metasam (best found = sam ρ=0.05) (n=3)"]
+    sam = lines["SAM (n=3)"]
+    assert best.get_zorder() < sam.get_zorder() and best.get_linestyle() == "--"
+    assert best.get_linewidth() > sam.get_linewidth()  # its outline shows around SAM's line
+    low, high = zoom.get_ylim()
+    assert high - low < 5 and low > 80  # the last third only: 84-85%, not 20-85%
+    assert full.get_ylim()[0] < 30
+
+
+def test_search_history_marks_kinds_budgets_and_failures() -> None:
+    import optuna
+
+    from metasam.analysis.plots import search_history_figure
+
+    study = optuna.create_study(direction="maximize")
+    for label, value, epochs, full in (("sgd", 0.80, 9, True), ("search", 0.83, 9, True),
+                                       ("search", 0.78, 6, False)):
+        trial = study.ask()
+        for key, attr in (("label", label), ("epochs", epochs), ("full_budget", full)):
+            trial.set_user_attr(key, attr)
+        study.tell(trial, value)
+    failed = study.ask()
+    failed.set_user_attr("label", "search")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    ax = search_history_figure(study, "val_acc", "max").axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    for name in ("reference point, full budget (1)", "searched, full budget (1)",
+                 "searched, stopped early (label: epochs) (1)", "failed (1)",
+                 "best at full budget so far"):
+        assert name in labels, labels
+    assert [t.get_text() for t in ax.texts] == ["6"]  # the stopped trial's epochs

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from metasam._plotting import pyplot, save_figure
-from metasam.analysis.tables import METHOD_NAMES, METHOD_ORDER
+from metasam.analysis.tables import METHOD_NAMES, METHOD_ORDER, method_name
 
 
 def _ordered(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -29,25 +29,56 @@ def _series(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarra
             np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]))
 
 
-def plot_test_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
+def plot_test_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path, title: str,
+                       best_name: str | None = None) -> Path:
+    """:func:`test_accuracy_figure`, saved as PNG."""
+    return save_figure(test_accuracy_figure(runs, title, best_name), path)
+
+
+def test_accuracy_figure(runs: dict[str, list[dict[str, Any]]], title: str,
+                         best_name: str | None = None) -> Any:
+    """Test accuracy per epoch, mean ± std over seeds: every epoch on the left, the last third
+    of training zoomed on the right (where the methods differ by a point or less). The search's
+    winner is a thick dashed black line drawn *under* the others, so that a winner identical to
+    a preset still shows both."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    for method in _ordered(runs):
-        epochs, mean, std = _series(runs[method], "test_acc")
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=120,
+                                     gridspec_kw={"width_ratios": [1, 1]})
+    low, high, last = math.inf, -math.inf, 0
+    series = {m: _series(runs[m], "test_acc") for m in _ordered(runs)}
+    last = max((int(e[-1]) for e, _, _ in series.values() if len(e)), default=0)
+    start = max(1, last - max(1, last // 3))
+    for method, (epochs, mean, std) in series.items():
         if not len(epochs):
             continue
-        style = {"lw": 2.6, "color": "black"} if method == "best" else {"lw": 1.4}
-        line, = ax.plot(epochs, 100 * mean, label=f"{METHOD_NAMES.get(method, method)} "
-                        f"(n={len(runs[method])})", **style)
-        ax.fill_between(epochs, 100 * (mean - std), 100 * (mean + std),
-                        color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        label = f"{method_name(method, best_name)} (n={len(runs[method])})"
+        if method == "best":
+            style: dict[str, Any] = {"lw": 4.0, "color": "black", "ls": "--", "zorder": 1,
+                                     "alpha": 0.75}
+        else:
+            style = {"lw": 1.5, "zorder": 3}
+        for ax in (full, zoom):
+            line, = ax.plot(epochs, 100 * mean, label=label if ax is full else None, **style)
+            ax.fill_between(epochs, 100 * (mean - std), 100 * (mean + std),
+                            color=line.get_color(), alpha=0.12, zorder=0)
+        tail = epochs >= start
+        if tail.any():
+            low = min(low, float(np.min(100 * (mean - std)[tail])))
+            high = max(high, float(np.max(100 * (mean + std)[tail])))
+    for ax in (full, zoom):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    full.set_ylabel("test accuracy (%), mean ± std over seeds")
+    full.set_title("all epochs")
+    if math.isfinite(low) and last > start:
+        pad = max(0.1, 0.08 * (high - low))
+        zoom.set_xlim(start, last)
+        zoom.set_ylim(low - pad, high + pad)
+    zoom.set_title(f"epochs {start}–{last} (zoomed)")
+    full.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def plot_sharpness(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
@@ -81,24 +112,18 @@ def plot_sharpness(runs: dict[str, list[dict[str, Any]]], path: Path, title: str
 
 def plot_search(study: Any, metric: str, mode: str, history_path: Path,
                 importance_path: Path) -> list[Path]:
-    """Optuna's own analysis of the search: optimization history and parameter importances."""
+    """The search's history — every trial by number, marked by kind (reference point or
+    searched) and by the budget its value was reached at (full, or ASHA-stopped at epoch e),
+    failed trials along the bottom edge, and the best full-budget value so far — and Optuna's
+    parameter importances."""
     import warnings
 
     import optuna
     from optuna.trial import TrialState
 
-    pyplot()  # the Agg backend, before Optuna draws
-    out = []
+    out = [save_figure(search_history_figure(study, metric, mode), history_path)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ax = optuna.visualization.matplotlib.plot_optimization_history(study,
-                                                                       target_name=metric)
-        ax.figure.set_size_inches(7.5, 4.5)
-        ax.set_title("", loc="left")  # replace Optuna's own title
-        ax.set_title(f"Search history ({metric}; ASHA-stopped trials at their partial budget)",
-                     fontsize=10)
-        ax.figure.tight_layout()
-        out.append(save_figure(ax.figure, history_path))
         searched = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.params]
         common = set.intersection(*(set(t.params) for t in searched)) if searched else set()
@@ -114,3 +139,60 @@ def plot_search(study: Any, metric: str, mode: str, history_path: Path,
     return out
 
 
+def search_history_figure(study: Any, metric: str, mode: str) -> Any:
+    """Every counted trial by number: reference points and searched trials, the budget each
+    value was reached at (full, or ASHA-stopped at epoch e), failed trials along the bottom
+    edge, and the best full-budget value so far."""
+    from optuna.trial import TrialState
+
+    from metasam.tuning.storage import counts
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=120)
+    trials = [t for t in study.get_trials(deepcopy=False) if counts(t)]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    groups = {
+        "reference point, full budget": ("s", "tab:blue", True,
+                                         lambda t: t.user_attrs.get("label") != "search"),
+        "searched, full budget": ("o", "tab:orange", True,
+                                  lambda t: t.user_attrs.get("label") == "search"
+                                  and t.user_attrs.get("full_budget")),
+        "searched, stopped early (label: epochs)": ("o", "tab:orange", False,
+                                                    lambda t: t.user_attrs.get("label") ==
+                                                    "search"
+                                                    and not t.user_attrs.get("full_budget")),
+    }
+    for name, (marker, color, filled, belongs) in groups.items():
+        members = [t for t in done if belongs(t)]
+        if not members:
+            continue
+        ax.scatter([t.number for t in members], [t.value for t in members], marker=marker,
+                   s=36, label=f"{name} ({len(members)})", zorder=3, edgecolors=color,
+                   facecolors=color if filled else "none")
+        if not filled:
+            for t in members:
+                ax.annotate(str(t.user_attrs.get("epochs", "?")), (t.number, t.value),
+                            textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=color)
+    full = sorted((t for t in done if t.user_attrs.get("full_budget")), key=lambda t: t.number)
+    if full:
+        pick = max if mode == "max" else min
+        best, xs, ys = None, [], []
+        for t in full:
+            best = t.value if best is None else pick(best, t.value)
+            xs.append(t.number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="black", lw=1.2, label="best at full budget so far")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if failed:
+        y = ax.get_ylim()[0]
+        ax.scatter([t.number for t in failed], [y] * len(failed), marker="x", color="tab:red",
+                   s=40, zorder=4, clip_on=False, label=f"failed ({len(failed)})")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Search history ({metric}; {'higher' if mode == 'max' else 'lower'} is "
+                 "better)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig

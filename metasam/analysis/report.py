@@ -7,7 +7,7 @@ from typing import Any
 
 from metasam.analysis.compare import collect
 from metasam.analysis.plots import plot_search, plot_sharpness, plot_test_accuracy
-from metasam.analysis.tables import build_table, column_label, write_tables
+from metasam.analysis.tables import build_table, column_label, method_name, write_tables
 from metasam.tuning.study import StudyConfig
 
 
@@ -25,20 +25,22 @@ def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
         if not runs:
             raise ValueError(f"study {config.name!r} has no finished comparison runs: run "
                              f"`metasam compare {config.path}` first")
-        column = column_label(config.train.dataset, list(results))
-        if "best" in runs:
-            best_names.append(best_optimizer(config)["name"])
+        column = column_label(config.train, list(results))
+        best_name = best_optimizer(config)["name"] if "best" in runs else None
+        if best_name is not None:
+            best_names.append(best_name)
         results[column] = {m: [r["test_acc"] for r in rs] for m, rs in runs.items()}
         for method, rs in runs.items():
             passes = rs[0]["passes_per_step"]
             walls = [r["wall_time"] for r in rs if r["wall_time"] is not None]
             evals = [r["grad_evals"] for r in rs if r["grad_evals"] is not None]
-            costs.append(f"| {column} | {method} | {passes} | "
+            name = method_name(method, best_name)
+            costs.append(f"| {column} | {name} | {passes} | "
                          f"{sum(evals) / len(evals):.0f} | {sum(walls) / len(walls):.1f} |"
-                         if walls and evals else f"| {column} | {method} | {passes} | — | — |")
-        title = f"{config.name}: {config.train.dataset}, {config.train.model}"
+                         if walls and evals else f"| {column} | {name} | {passes} | — | — |")
+        title = f"{config.name}: {column}, {config.train.model}"
         written.append(plot_test_accuracy(runs, out / f"{config.name}-test-accuracy.png",
-                                          title))
+                                          title, best_name))
         written.append(plot_sharpness(runs, out / f"{config.name}-sharpness.png",
                                       f"Hessian sharpness during training — {title}"))
         study = config.load_study()

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from metasam.stats import Summary, welch_greater
 
@@ -16,7 +17,7 @@ ALPHA = 0.05
 METHOD_ORDER = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam", "best")
 METHOD_NAMES = {"sgd": "SGD", "sam": "SAM", "asam": "ASAM", "ssam": "SSAM-F",
                 "trace_sam": "Trace-SAM", "frob_sam": "Frob-SAM", "det_sam": "Det-SAM",
-                "best": "metasam (best found)"}
+                "rwp": "RWP", "tilted_sam": "Tilted SAM", "best": "metasam (best found)"}
 LEGEND = ("mean ± std over seeds (accuracy in %); best per column in bold; "
           "* significantly above SGD, † significantly above the best baseline "
           f"(one-sided Welch's t-test, p < {ALPHA})")
@@ -160,9 +161,41 @@ def write_tables(table: Table, folder: Path, stem: str = "report") -> list[Path]
     return paths
 
 
-def column_label(dataset: str, names: Sequence[str]) -> str:
-    """A unique column name for a study's dataset variant (``CIFAR10-S``, ``digits``)."""
-    label = dataset.replace("cifar", "CIFAR").replace("mnist", "MNIST")
+DATASET_NAMES = {"digits": "digits", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
+                 "mnist1d": "MNIST-1D", "cifar10": "CIFAR-10", "cifar10-jpeg": "CIFAR-10 (JPEG)",
+                 "cifar100": "CIFAR-100", "svhn": "SVHN"}
+
+
+def column_label(train: Any, names: Sequence[str]) -> str:
+    """A unique column name for a study's dataset *variant*: the paper's ``-S`` (first 10%)
+    and ``-C`` (20% label noise) where they apply, the fractions otherwise
+    (``Fashion-MNIST-S-C``, ``digits-C``, ``MNIST (25% subset, 40% label noise)``)."""
+    from metasam.data import parse_name
+
+    base, implied = parse_name(train.dataset)
+    subset = implied.get("subset") if train.subset is None else train.subset
+    noise = train.label_noise or implied.get("label_noise", 0.0)
+    label = DATASET_NAMES.get(base, base)
+    suffixes, notes = "", []
+    if subset is not None and subset < 1.0:
+        if math.isclose(subset, 0.1) and train.subset_mode == "first":
+            suffixes += "-S"
+        else:
+            notes.append(f"{subset:.0%} {'stratified ' if train.subset_mode != 'first' else ''}"
+                         "subset")
+    if noise > 0:
+        if math.isclose(noise, 0.2):
+            suffixes += "-C"
+        else:
+            notes.append(f"{noise:.0%} label noise")
+    label += suffixes + (f" ({', '.join(notes)})" if notes else "")
     while label in names:
         label += "'"
     return label
+
+
+def method_name(method: str, best_name: str | None = None) -> str:
+    """The name a reader sees: ``Frob-SAM``, ``metasam (best found = ssam ρ=0.305)``."""
+    if method == "best" and best_name:
+        return f"metasam (best found = {best_name})"
+    return METHOD_NAMES.get(method, method)
