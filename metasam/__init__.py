@@ -8,18 +8,15 @@ Public API::
     optimizer = UniversalSAM(model.parameters(), torch.optim.SGD, spec, model=model, lr=0.1)
 """
 
-from metasam import presets
+import sys
+
 from metasam.errors import NonFiniteStepError, SpecError
-from metasam.family import Measure, SharpnessSpec
-from metasam.optim import StepInfo, UniversalSAM
+from metasam.family import Measure, SharpnessSpec, presets
+from metasam.optim import StepInfo, UniversalSAM, load_optimizer
 
-
-def load_optimizer(path_or_study, params, **kwargs):  # noqa: ANN001, ANN201
-    """A ready UniversalSAM from a study's best optimizer (see metasam.tuning.export)."""
-    from metasam.tuning.export import load_optimizer as _load
-
-    return _load(path_or_study, params, **kwargs)
-
+# The presets live in metasam.family (they are members of the family); `metasam.presets`
+# stays the short public name.
+sys.modules.setdefault("metasam.presets", presets)
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from metasam import presets
+from metasam.family import presets
 from metasam.tuning.space import Point
 from metasam.tuning.storage import best_trials, load_study, trial_spec
 from metasam.tuning.study import StudyConfig

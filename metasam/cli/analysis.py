@@ -81,7 +81,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def load_spec(text: str) -> Any:
-    from metasam import presets
+    from metasam.family import presets
     from metasam.family.spec import SharpnessSpec
 
     if text in presets.NAMES:

@@ -104,7 +104,7 @@ class SharpnessSpec:
         if self.psi.dim is not None and self.psi.dim != self.phi.dim:
             raise SpecError("psi", f"takes {self.psi.dim} input(s) but φ has {self.phi.dim} "
                             "output(s)", f"a ψ of input size {self.phi.dim}")
-        if self.measure.kind in ("ascent", "adaptive_ascent", "sparse_ascent") and self.n != 1:
+        if not self.measure.is_random and self.n != 1:
             raise SpecError("n", f"the {self.measure.kind} measure is deterministic, so n must "
                             f"be 1, got {self.n}", "1")
         if getattr(self.psi, "name", None) == "variance" and self.n < 2:
@@ -245,7 +245,7 @@ class SharpnessSpec:
         if isinstance(spec, dict):
             return cls.from_dict(spec)
         if isinstance(spec, (str, os.PathLike)):
-            from metasam import presets
+            from metasam.family import presets
 
             if isinstance(spec, str) and spec in presets.NAMES:
                 return presets.get(spec)

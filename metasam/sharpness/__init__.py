@@ -67,7 +67,7 @@ def estimate(model: nn.Module, loss_fn: LossFn, batches: Sequence[tuple[Tensor, 
         elif item == "density":
             out["density"] = density(op, density_runs, generator, density_steps)
         elif item not in ("trace", "frob"):
-            from metasam import presets
+            from metasam.family import presets
 
             out[item] = spec_measure(op, presets.get(item), probes, generator, mask)
     op.release()

@@ -161,13 +161,13 @@ _TOP = re.compile(r"^top(\d+)$")
 
 def measure_names() -> tuple[str, ...]:
     """Every name :func:`metasam.sharpness.estimate` understands (``topK`` for any K)."""
-    from metasam.presets import NAMES
+    from metasam.family.presets import NAMES
 
     return BUILTIN + ("topK",) + tuple(n for n in NAMES if n != "sgd")
 
 
 def check_name(name: str) -> str:
-    from metasam.presets import NAMES
+    from metasam.family.presets import NAMES
 
     if name in BUILTIN or _TOP.match(name) or (name in NAMES and name != "sgd"):
         return name

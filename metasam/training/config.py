@@ -14,12 +14,13 @@ from metasam import _config
 from metasam._config import option
 from metasam.data import AUGMENTATIONS, DATASETS, parse_name
 from metasam.errors import ConfigError, SpecError
+from metasam.family.presets import NAMES as PRESETS
 from metasam.family.spec import SharpnessSpec
 from metasam.models import MODELS
-from metasam.optim.universal_sam import BN_MODES
-from metasam.presets import NAMES as PRESETS
+from metasam.optim.bases import BASES
+from metasam.optim.universal_sam import BN_MODES, NONFINITE_MODES
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = tuple(BASES)
 SCHEDULES = ("multistep", "cosine", "constant")
 TEST_MODES = ("none", "final", "epoch")
 DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -152,8 +153,9 @@ class TrainConfig:
                                          "clip the combined gradient")
     bn_stats: str = option("freeze", _config.choice(*BN_MODES),
                            "BatchNorm statistics in perturbed passes")
-    on_nonfinite: str = option("stop", _config.choice("stop", "skip"),
-                               "a non-finite step stops the run or is skipped")
+    on_nonfinite: str = option("raise", _config.choice(*NONFINITE_MODES),
+                               "a non-finite step raises (the run ends as diverged) or is "
+                               "skipped (as UniversalSAM's on_nonfinite)")
     # execution
     seed: int = option(0, _config.integer(0), "seed of the model, batches and perturbations")
     device: str = option("auto", _device, "auto, cpu, cuda, cuda:1, ...")
@@ -222,7 +224,7 @@ class TrainConfig:
 
     def resolved_spec(self) -> SharpnessSpec:
         """The spec this run trains with: ``spec`` or ``preset``, with ρ/λ/n overrides."""
-        from metasam import presets
+        from metasam.family import presets
 
         spec = SharpnessSpec.from_dict(self.spec) if self.spec else presets.get(self.preset)
         changes = {k: v for k, v in (("rho", self.rho), ("lam", self.lam), ("n", self.n))
@@ -241,7 +243,3 @@ class TrainConfig:
 
     def checkpoint_path(self) -> Path | None:
         return Path(self.checkpoint_dir) / "checkpoint.pt" if self.checkpoint_dir else None
-
-
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}

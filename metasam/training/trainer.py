@@ -18,6 +18,7 @@ from metasam.data.arrays import ArrayData
 from metasam.errors import NonFiniteStepError
 from metasam.models import build_model
 from metasam.optim import UniversalSAM
+from metasam.optim.bases import base_class, base_settings
 from metasam.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from metasam.training.config import EXECUTION_FIELDS, TrainConfig
 
@@ -76,12 +77,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _base_optimizer(config: TrainConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD, {"lr": config.lr, "momentum": config.momentum,
-                                 "nesterov": config.nesterov and config.momentum > 0,
-                                 "weight_decay": config.weight_decay}
-    return torch.optim.AdamW, {"lr": config.lr, "weight_decay": config.weight_decay}
+def base_of(config: TrainConfig) -> dict[str, Any]:
+    """The base optimizer a config trains with, as ``{"name": ..., **arguments}``."""
+    return base_settings(config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                         momentum=config.momentum, nesterov=config.nesterov)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig
@@ -117,13 +116,13 @@ class Trial:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward: nn.Module = torch.compile(self.model) if config.compile else self.model
         self.spec = config.resolved_spec()
-        base, kwargs = _base_optimizer(config)
+        base, kwargs = base_class(base_of(config))
         self.precision = precision_of(config)
         scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
         self.optimizer = UniversalSAM(
             self.model.parameters(), base, self.spec, model=self.model, bn_stats=config.bn_stats,
             seed=config.seed, max_grad_norm=config.max_grad_norm,
-            on_nonfinite="skip" if config.on_nonfinite == "skip" else "raise", scaler=scaler,
+            on_nonfinite=config.on_nonfinite, scaler=scaler,
             **kwargs)
         self.scheduler = _scheduler(self.optimizer, config)
         self.loader = DeviceLoader(train_data, config.batch_size, self.device, shuffle=True,

@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from metasam import presets
+from metasam.family import presets
 from metasam.stats import Summary, welch_greater
 from metasam.tuning.space import Point, describe_spec
 from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from metasam import presets
+from metasam.family import presets
 from metasam.family.spec import SharpnessSpec
 
 

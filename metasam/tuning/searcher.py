@@ -26,7 +26,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from metasam.tuning.space import SearchSpace
-from metasam.tuning.storage import census, counts, requeue, sweep_stale
+from metasam.tuning.storage import census, requeue, sweep_stale
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +191,3 @@ class StudySearcher(Searcher):
             ot_trial.set_user_attr(key, value)
         failed = error or status in ("diverged", "failed")
         self.inner.on_trial_complete(trial_id, None if failed else result, error=failed)
-
-
-def counted_labels(study: optuna.Study) -> list[str]:
-    """Labels of the counted trials (for tests and reports)."""
-    return [t.user_attrs.get("label", "") for t in study.get_trials(deepcopy=False)
-            if counts(t)]

@@ -37,21 +37,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metasam import _checks, _config, presets
+from metasam import _checks, _config
 from metasam.errors import ConfigError, SpecError, ValidationError
-from metasam.family.measures import Measure
+from metasam.family import presets
+from metasam.family.measures import KINDS, Measure
 from metasam.family.monotone import repair_penalty
 from metasam.family.psi import Psi
 from metasam.family.spec import LAM_SCALES, SharpnessSpec
 from metasam.tuning.regions import MEMBERS, sample_region
 
-SEARCH_KINDS = ("gaussian", "sphere", "box", "ascent", "adaptive_ascent")
+# every kind but SSAM's, whose Fisher mask the search does not tune (SSAM is a preset region)
+SEARCH_KINDS = tuple(k for k in KINDS if k != "sparse_ascent")
 TRAIN_KEYS = ("lr", "weight_decay", "momentum")
 SPEC_KEYS = ("rho", "lam", "n", "d_clip")
 MEASURE_KEYS = ("scale", "half_width", "adaptive", "eta", "sparsity", "fisher_samples",
@@ -447,7 +448,3 @@ def _short_phi(block: dict[str, Any]) -> str:
     if block["fn"] == "mlp":
         return f"mlp{len(block['biases'][0])}"
     return block["fn"]
-
-
-def grid_size(space: SearchSpace) -> float:
-    return len(space.points) if space.search is None else math.inf
