@@ -308,3 +308,41 @@ def test_sgd_preset_is_plain_sgd_with_one_pass() -> None:
     assert len(calls) == 3 and opt.last_step.passes == 1
     for a, b in zip(model.parameters(), plain.parameters()):
         assert torch.equal(a, b)
+
+
+def test_passes_are_counted_as_made() -> None:
+    """StepInfo.passes and the optimizer's grad_evals count the closure calls a step really
+    made: 1 + n normally (a skipped step too: finiteness is checked once, after the passes), 1
+    for plain training or when nothing is perturbed."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    calls = [0]
+
+    def run(optimizer, fail_at=None):
+        def closure():
+            calls[0] += 1
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            if calls[0] == fail_at:
+                loss = loss * float("nan")
+            loss.backward()
+            return loss
+        calls[0] = 0
+        optimizer.step(closure)
+        return calls[0], optimizer.last_step.passes
+
+    frob = UniversalSAM(model.parameters(), torch.optim.SGD, presets.frob_sam(n=3), lr=0.1,
+                        on_nonfinite="skip")
+    assert run(frob) == (4, 4)
+    assert run(frob, fail_at=3) == (4, 4) and frob.last_step.skipped is not None
+    assert frob.grad_evals == 8
+    plain = UniversalSAM(model.parameters(), torch.optim.SGD, "sgd", lr=0.1)
+    assert run(plain) == (1, 1)
+    frozen = UniversalSAM([{"params": model.parameters(), "perturb": False}], torch.optim.SGD,
+                          "sam", lr=0.1)
+    assert run(frozen) == (1, 1) and frozen.grad_evals == 1
+    state = frob.state_dict()
+    again = UniversalSAM(model.parameters(), torch.optim.SGD, presets.frob_sam(n=3), lr=0.1)
+    again.load_state_dict(state)
+    assert again.grad_evals == 8

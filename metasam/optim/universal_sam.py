@@ -31,6 +31,8 @@ class StepInfo:
     the step was skipped (``on_nonfinite="skip"``); ``guard_factor`` the factor the spec's
     ``guard`` scaled the sharpness part by (1.0 within bounds; ``None`` without a guard) and
     ``sharpness_share`` the ratio ‖sharpness part‖/‖g0‖ before it (computed with a guard only).
+    ``passes`` counts the forward/backward passes the step really made (1 for plain training or
+    when no parameter is perturbed, 1 + n otherwise, a skipped step included).
     """
 
     step: int
@@ -159,6 +161,8 @@ class UniversalSAM(torch.optim.Optimizer):
         self.seed = int(seed)
         self.steps = 0
         self.skipped_steps = 0
+        self.grad_evals = 0  # forward/backward passes made by all steps so far
+        self._step_passes = 0
         self.last_step: StepInfo | None = None
         self._generators: dict[str, torch.Generator] = {}
         self._pending_generator_states: dict[str, Tensor] = {}
@@ -210,7 +214,7 @@ class UniversalSAM(torch.optim.Optimizer):
         generators = dict(self._pending_generator_states)
         generators.update({k: g.get_state() for k, g in self._generators.items()})
         own = {"seed": self.seed, "steps": self.steps, "skipped_steps": self.skipped_steps,
-               "generators": generators, "fisher_masks": masks}
+               "grad_evals": self.grad_evals, "generators": generators, "fisher_masks": masks}
         if self.scaler is not None:
             own["scaler"] = self.scaler.state_dict()
         return {"base": self.base_optimizer.state_dict(), "universal_sam": own}
@@ -225,6 +229,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self.seed = int(own["seed"])
         self.steps = int(own["steps"])
         self.skipped_steps = int(own.get("skipped_steps", 0))
+        self.grad_evals = int(own.get("grad_evals", 0))
         self._generators.clear()
         self._pending_generator_states = {k: v.clone() for k, v in own["generators"].items()}
         params = self._all_params()
@@ -250,6 +255,7 @@ class UniversalSAM(torch.optim.Optimizer):
         # (exactly: the factor is a power of two); only the norm's ε needs it meanwhile.
         self._scale = self.scaler.get_scale() if self.scaler is not None else 1.0
         self._unscaled = False
+        self._step_passes = 0
         loss0 = self._call(closure)
         active = [(p, g["perturb"]) for g in self.param_groups for p in g["params"]
                   if p.grad is not None]
@@ -260,7 +266,8 @@ class UniversalSAM(torch.optim.Optimizer):
             ("unperturbed pass", "loss", loss0), ("unperturbed pass", "gradient",
                                                   _total(norms0, loss0.device))]
         if spec.is_plain or not perturbed:
-            self._finish(params, loss0, checks[:1], checks[1][2], StepInfo(self.steps, 0.0, 1))
+            self._finish(params, loss0, checks[:1], checks[1][2],
+                         StepInfo(self.steps, 0.0, self._step_passes))
             return loss0
 
         n, rho = spec.n, spec.rho
@@ -338,8 +345,8 @@ class UniversalSAM(torch.optim.Optimizer):
             for buf, gpsi in zip(acc, psi_grad, strict=True):
                 torch._foreach_add_(final, buf, alpha=scale * gpsi)
         sharpness = host[2][0]
-        info = StepInfo(self.steps, 0.0, 1 + n, sharpness, spec.lam * rho**2 * sharpness,
-                        host[3], weights)
+        info = StepInfo(self.steps, 0.0, self._step_passes, sharpness,
+                        spec.lam * rho**2 * sharpness, host[3], weights)
         factor = None
         if spec.guard is not None:
             assert g0 is not None
@@ -383,6 +390,8 @@ class UniversalSAM(torch.optim.Optimizer):
         return 1.0 - spec.weight_scale(weights) * sum(weights)
 
     def _call(self, closure: Callable[[], Tensor | float]) -> Tensor:
+        self._step_passes += 1
+        self.grad_evals += 1
         with torch.enable_grad():
             loss = closure()
         return self._sync.mean(torch.as_tensor(loss).detach().reshape(()))
@@ -522,7 +531,7 @@ class UniversalSAM(torch.optim.Optimizer):
         if self.on_nonfinite == "raise":
             raise NonFiniteStepError(pass_name, detail, self.steps)
         self.skipped_steps += 1
-        self.last_step = StepInfo(self.steps, math.nan, self.spec.passes,
+        self.last_step = StepInfo(self.steps, math.nan, self._step_passes,
                                   skipped=f"non-finite {detail} in the {pass_name}")
 
     def _overflow(self, pass_name: str, detail: str) -> None:
@@ -538,7 +547,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self.last_step = StepInfo(
-            self.steps, math.nan, self.spec.passes,
+            self.steps, math.nan, self._step_passes,
             skipped=f"fp16 overflow: non-finite {detail} in the {pass_name} at loss scale "
                     f"{scale:g} (now {self.scaler.get_scale():g})")
 

@@ -212,8 +212,11 @@ class Trial:
                     out.append(logits.detach())
                 return loss
 
-            loss = self.optimizer.step(closure)
-            self.grad_evals += self.spec.passes
+            passes_before = self.optimizer.grad_evals
+            try:
+                loss = self.optimizer.step(closure)
+            finally:  # the passes a step really made, a failed one's included
+                self.grad_evals += self.optimizer.grad_evals - passes_before
             info = self.optimizer.last_step
             if info is not None and info.skipped is None:
                 total_loss += loss.double() * y.shape[0]
