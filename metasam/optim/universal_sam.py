@@ -48,6 +48,27 @@ class StepInfo:
     sharpness_share: float | None = None
 
 
+@dataclass
+class _FirstPass:
+    """What the unperturbed pass leaves for the rest of the step."""
+
+    loss: Tensor
+    params: list[Tensor]            # every parameter with a gradient
+    perturbed: list[Tensor]         # those of groups with ``perturb=True``
+    perturbed_norms: list[Tensor]   # ‖g0‖ per perturbed parameter
+    checks: list[tuple[str, str, Tensor]]  # (pass, what, value) to check for finiteness
+
+
+@dataclass
+class _Probes:
+    """What the perturbed passes leave: their losses and the gradients kept for combining."""
+
+    raw_mode: bool
+    losses: list[Tensor] = field(default_factory=list)
+    raw: list[list[Tensor]] = field(default_factory=list)
+    acc: list[list[Tensor]] = field(default_factory=list)
+
+
 class UniversalSAM(torch.optim.Optimizer):
     r"""Sharpness-aware training with any (φ, ψ, μ) sharpness measure (docs/family.md §2).
 
@@ -244,11 +265,28 @@ class UniversalSAM(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor | float] | None = None) -> Tensor:  # type: ignore[override]
         """One sharpness-aware step; returns the loss at the unperturbed weights (its mean
-        over the process group in data-parallel training)."""
+        over the process group in data-parallel training).
+
+        Phases: the unperturbed pass (g0), the n perturbed passes (g_i, D_i), combining them
+        into the gradient of the surrogate, and the base optimizer's step on it."""
         if closure is None:
             raise TypeError("UniversalSAM.step needs a closure that zeroes the gradients, runs "
                             "forward and backward on one batch and returns the loss")
-        spec = self.spec
+        self._begin_step()
+        first = self._unperturbed_pass(closure)
+        if self.spec.is_plain or not first.perturbed:
+            self._finish(first.params, first.loss, first.checks[:1], first.checks[1][2],
+                         StepInfo(self.steps, 0.0, self._step_passes))
+            return first.loss
+        keep_g0 = self._g0_coefficient != 0.0 or self.spec.guard is not None
+        g0 = [p.grad.clone() for p in first.params] if keep_g0 else None
+        probes = self._perturbed_passes(closure, first)
+        self._combine_and_apply(first, probes, g0)
+        return first.loss
+
+    # --- the phases of a step ---------------------------------------------------------------
+
+    def _begin_step(self) -> None:
         self.steps += 1
         self.zero_grad(set_to_none=True)
         # Every pass's gradients carry the scaler's factor until _finish unscales the result
@@ -256,31 +294,32 @@ class UniversalSAM(torch.optim.Optimizer):
         self._scale = self.scaler.get_scale() if self.scaler is not None else 1.0
         self._unscaled = False
         self._step_passes = 0
-        loss0 = self._call(closure)
+
+    def _unperturbed_pass(self, closure: Callable[[], Tensor | float]) -> _FirstPass:
+        """The pass at x: the loss, g0 (left in ``.grad``) and the checks of both."""
+        loss = self._call(closure)
         active = [(p, g["perturb"]) for g in self.param_groups for p in g["params"]
                   if p.grad is not None]
-        params = [p for p, _ in active]
-        perturbed = [p for p, flag in active if flag]
-        norms0 = _norms([p.grad for p in params])
+        norms = _norms([p.grad for p, _ in active])
         checks: list[tuple[str, str, Tensor]] = [
-            ("unperturbed pass", "loss", loss0), ("unperturbed pass", "gradient",
-                                                  _total(norms0, loss0.device))]
-        if spec.is_plain or not perturbed:
-            self._finish(params, loss0, checks[:1], checks[1][2],
-                         StepInfo(self.steps, 0.0, self._step_passes))
-            return loss0
+            ("unperturbed pass", "loss", loss),
+            ("unperturbed pass", "gradient", _total(norms, loss.device))]
+        return _FirstPass(loss, [p for p, _ in active], [p for p, flag in active if flag],
+                          [norms[i] for i, (_, flag) in enumerate(active) if flag], checks)
 
+    def _perturbed_passes(self, closure: Callable[[], Tensor | float],
+                          first: _FirstPass) -> _Probes:
+        """The passes at x + ρv_i, i = 1..n (weights restored after each). All but the last
+        pass's gradient are kept: raw when n − 1 ≤ m, else folded into m buffers
+        Σ_i φ_j'(D_i)·g_i; the last one stays in ``.grad``."""
+        spec, params, perturbed = self.spec, first.params, first.perturbed
         n, rho = spec.n, spec.rho
-        sdtype = scalar_dtype(loss0.device)
-        keep_g0 = self._g0_coefficient != 0.0 or spec.guard is not None
-        g0 = [p.grad.clone() for p in params] if keep_g0 else None
+        sdtype = scalar_dtype(first.loss.device)
         x0 = [p.detach().clone() for p in perturbed]
         direction = None if spec.measure.is_random else self._ascent_direction(
-            perturbed, [norms0[i] for i, (_, flag) in enumerate(active) if flag])
-        raw_mode = n - 1 <= spec.phi.dim
-        raw: list[list[Tensor]] = []
-        acc: list[list[Tensor]] = []
-        losses: list[Tensor] = []
+            perturbed, first.perturbed_norms)
+        probes = _Probes(raw_mode=n - 1 <= spec.phi.dim)
+        checks = first.checks
         guard = RunningStatsGuard(self.model) if self.bn_stats == "freeze" else None
         try:
             if guard is not None:
@@ -297,36 +336,45 @@ class UniversalSAM(torch.optim.Optimizer):
                 grads_i = [_grad_or_zero(p) for p in params]
                 name = f"perturbation {i + 1} of {n}"
                 checks += [(name, "loss", loss_i),
-                           (name, "gradient", _total(_norms(grads_i), loss0.device))]
-                losses.append(loss_i)
+                           (name, "gradient", _total(_norms(grads_i), first.loss.device))]
+                probes.losses.append(loss_i)
                 if i == n - 1:
                     break
-                if raw_mode:
-                    raw.append([g.clone() for g in grads_i])
-                else:
-                    d_i = (loss_i.to(sdtype) - loss0.to(sdtype)) / rho**2
-                    slopes = spec.phi.derivative(spec.clip(d_i.reshape(1)))[0].double().cpu()
-                    if not bool(torch.isfinite(slopes).all()):
-                        slopes = torch.zeros_like(slopes)  # reported below through `checks`
-                    if not acc:
-                        acc = [[torch.zeros_like(g) for g in grads_i] for _ in slopes]
-                    for buf, c in zip(acc, slopes.tolist(), strict=True):
-                        torch._foreach_add_(buf, grads_i, alpha=c)
+                if probes.raw_mode:
+                    probes.raw.append([g.clone() for g in grads_i])
+                    continue
+                d_i = (loss_i.to(sdtype) - first.loss.to(sdtype)) / rho**2
+                slopes = spec.phi.derivative(spec.clip(d_i.reshape(1)))[0].double().cpu()
+                if not bool(torch.isfinite(slopes).all()):
+                    slopes = torch.zeros_like(slopes)  # reported through `checks`
+                if not probes.acc:
+                    probes.acc = [[torch.zeros_like(g) for g in grads_i] for _ in slopes]
+                for buf, c in zip(probes.acc, slopes.tolist(), strict=True):
+                    torch._foreach_add_(buf, grads_i, alpha=c)
         except BaseException:
             self.zero_grad(set_to_none=True)
             raise
         finally:
             if guard is not None:
                 guard.__exit__(None, None, None)
+        return probes
 
-        d = (torch.stack(losses).to(sdtype) - loss0.to(sdtype)) / rho**2
+    def _combine_and_apply(self, first: _FirstPass, probes: _Probes,
+                           g0: list[Tensor] | None) -> None:
+        """D_i, the surrogate's weights, the combined gradient g0 + c·Σ w_i(g_i − g0) (built in
+        ``.grad``), the guard, and the base optimizer's step on it."""
+        spec, params, loss0 = self.spec, first.params, first.loss
+        n, rho = spec.n, spec.rho
+        sdtype = scalar_dtype(loss0.device)
+        checks = first.checks
+        d = (torch.stack(probes.losses).to(sdtype) - loss0.to(sdtype)) / rho**2
         surrogate = spec.surrogate(d)
         checks += [("sharpness surrogate", "ψ(mean φ(D))", surrogate.value),
                    ("sharpness surrogate", "weights", surrogate.weights)]
         host = self._fetch(checks, [surrogate.weights, surrogate.psi_grad,
                                     surrogate.value.reshape(1), d])
         if host is None:
-            return loss0
+            return
         weights, psi_grad = host[0], host[1]
         scale = spec.weight_scale(weights)
         beta = [scale * w for w in weights]
@@ -338,11 +386,11 @@ class UniversalSAM(torch.optim.Optimizer):
         if coefficient_g0 != 0.0:
             assert g0 is not None
             torch._foreach_add_(final, g0, alpha=coefficient_g0)
-        if raw_mode:
-            for b, grads in zip(beta, raw, strict=False):
+        if probes.raw_mode:
+            for b, grads in zip(beta, probes.raw, strict=False):
                 torch._foreach_add_(final, grads, alpha=b)
         else:
-            for buf, gpsi in zip(acc, psi_grad, strict=True):
+            for buf, gpsi in zip(probes.acc, psi_grad, strict=True):
                 torch._foreach_add_(final, buf, alpha=scale * gpsi)
         sharpness = host[2][0]
         info = StepInfo(self.steps, 0.0, self._step_passes, sharpness,
@@ -350,12 +398,11 @@ class UniversalSAM(torch.optim.Optimizer):
         factor = None
         if spec.guard is not None:
             assert g0 is not None
-            factor = self._apply_guard(final, g0, _total(norms0, loss0.device), spec.guard)
+            factor = self._apply_guard(final, g0, checks[1][2], spec.guard)
         exact_last = (beta[-1] == 1.0 and coefficient_g0 == 0.0 and n == 1 and factor is None)
         # When the update is exactly g_n, its norm was computed with the last pass's checks.
         norm = checks[-3][2] if exact_last else _total(_norms(final), loss0.device)
         self._finish(params, loss0, [], norm, info, factor)
-        return loss0
 
     @staticmethod
     def _apply_guard(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor,
