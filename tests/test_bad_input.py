@@ -271,3 +271,25 @@ def test_resources_no_node_has_fail_fast(tmp_path, capsys, monkeypatch, ray_clus
 
     config = StudyConfig.from_yaml(path)
     assert census(load_study(config.storage, config.name)).finished == 0
+
+
+def test_compat_check_names_what_an_incompatible_release_lacks(monkeypatch) -> None:
+    import optuna
+
+    from metasam.tuning import compat
+
+    monkeypatch.setattr(compat, "_checked", False)
+    compat.check()  # the installed versions have everything
+    monkeypatch.setattr(compat, "_checked", False)
+    from ray.tune.search.optuna import OptunaSearch
+
+    original = OptunaSearch.__init__
+
+    def without_trials(self, *args, **kwargs):  # a release that renamed the attribute
+        original(self, *args, **kwargs)
+        del self._ot_trials
+
+    monkeypatch.setattr(OptunaSearch, "__init__", without_trials)
+    with pytest.raises(ValueError, match=r"missing OptunaSearch\._ot_trials; allowed"):
+        compat.check()
+    assert optuna.__version__

@@ -34,5 +34,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     study = config.load_study()  # the study must exist (no empty file) and match this file
     print(f"metasam dashboard: study {config.name!r} at http://{args.host}:{args.port}/ "
           "(Ctrl-C stops it)", file=sys.stderr, flush=True)
-    optuna_dashboard.run_server(study._storage, host=args.host, port=args.port)
+    from metasam.tuning.compat import study_storage
+
+    optuna_dashboard.run_server(study_storage(study), host=args.host, port=args.port)
     return 0

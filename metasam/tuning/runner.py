@@ -159,6 +159,9 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
         print(f"study {config.name}: resuming: {_resume_summary(study, before)}",
               file=sys.stderr, flush=True)
 
+    from metasam.tuning import compat
+
+    compat.check()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # No CSV/JSON/TensorBoard logs per trial: the storage is the record (and TensorBoard's
     # logger printed "NaN or Inf found in input tensor" for every diverged trial).

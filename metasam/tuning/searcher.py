@@ -25,6 +25,7 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from metasam.tuning.compat import search_study, search_trials
 from metasam.tuning.space import SearchSpace
 from metasam.tuning.storage import census, requeue, sweep_stale
 
@@ -39,7 +40,7 @@ class StudySearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.inner = OptunaSearch(space=space.sample, metric=metric, mode=mode, sampler=sampler,
                                   study_name=study_name, storage=storage)
-        self.study: optuna.Study = self.inner._ot_study
+        self.study: optuna.Study = search_study(self.inner)
         self.storage = storage
         self.target = target
         self.epochs = epochs
@@ -119,21 +120,21 @@ class StudySearcher(Searcher):
         try:
             config = self.inner.suggest(trial_id)
         except Exception as err:  # an invalid sampled combination: record it, try again
-            ot_trial = self.inner._ot_trials.pop(trial_id, None)
+            ot_trial = search_trials(self.inner).pop(trial_id, None)
             if ot_trial is not None:
                 ot_trial.set_user_attr("status", "failed")
                 ot_trial.set_user_attr("reason", f"sampling failed: {err}")
                 self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             logger.warning("could not sample a trial: %s", err)
             return None
-        ot_trial = self.inner._ot_trials[trial_id]
+        ot_trial = search_trials(self.inner)[trial_id]
         # heartbeat first, then the worker attribute: see storage.sweep_stale
-        self.storage.record_heartbeat(ot_trial._trial_id)
+        self.storage.record_heartbeat(trial_id(ot_trial))
         ot_trial.set_user_attr("worker", self.worker)
         if self._is_surplus(ot_trial.number):
             ot_trial.set_user_attr("surplus", True)
             self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-            del self.inner._ot_trials[trial_id]
+            del search_trials(self.inner)[trial_id]
             return None
         ot_trial.set_user_attr("label", config["label"])
         if "member" in config:
@@ -142,7 +143,7 @@ class StudySearcher(Searcher):
             ot_trial.set_user_attr("spec", json.dumps(config["spec"]))
             ot_trial.set_user_attr("train", json.dumps(config["train"]))
         with self._lock:
-            self._active[trial_id] = ot_trial._trial_id
+            self._active[trial_id] = trial_id(ot_trial)
         self._ensure_heartbeat()
         return config
 
@@ -161,13 +162,13 @@ class StudySearcher(Searcher):
                                          for t in counted[:position])
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if (trial_id in self.inner._ot_trials and self.metric in result
+        if (trial_id in search_trials(self.inner) and self.metric in result
                 and result.get("status") in ("running", "completed")):
             self.inner.on_trial_result(trial_id, result)  # intermediate values, per epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        ot_trial = self.inner._ot_trials.get(trial_id)
+        ot_trial = search_trials(self.inner).get(trial_id)
         with self._lock:
             self._active.pop(trial_id, None)
         if ot_trial is None:

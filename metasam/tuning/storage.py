@@ -27,6 +27,12 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from metasam.tuning.compat import (
+    heartbeat_backend,
+    stale_trial_ids,
+    study_storage,
+    trial_id,
+)
 from metasam.tuning.space import Point
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,7 +70,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             return []
         grace = self.grace_period or 2 * self.heartbeat_interval
         now = time.time()
-        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False,
+        return [trial_id(t) for t in self.get_all_trials(study_id, deepcopy=False,
                                                          states=(TrialState.RUNNING,))
                 if HEARTBEAT_ATTR in t.system_attrs
                 and now - float(t.system_attrs[HEARTBEAT_ATTR]) > grace]
@@ -185,13 +191,10 @@ def sweep_stale(study: optuna.Study) -> int:
     change wins — enqueued again with the same configuration. Returns how many this call
     re-enqueued.
     """
-    storage = study._storage  # Optuna wraps an RDB storage in a cache; writes go through it
-    # (a journal storage's own _backend is its log file)
-    backend = storage if isinstance(storage, JournalStorage) else getattr(storage, "_backend",
-                                                                           storage)
-    if not isinstance(backend, BaseHeartbeat) or backend.get_heartbeat_interval() is None:
+    backend = heartbeat_backend(study)
+    if backend is None or backend.get_heartbeat_interval() is None:
         return 0
-    stale = set(backend._get_stale_trial_ids(study._study_id))
+    stale = set(stale_trial_ids(backend, study))
     # A worker killed between Optuna's ask and its first heartbeat leaves a RUNNING trial that
     # Optuna's check never sees (no heartbeat row): metasam records the heartbeat before the
     # trial's "worker" attribute, so a trial without one, older than the grace period, is such
@@ -202,7 +205,7 @@ def sweep_stale(study: optuna.Study) -> int:
         started = trial.datetime_start
         if "worker" not in trial.user_attrs and started is not None and \
                 (now - started).total_seconds() > grace:
-            stale.add(trial._trial_id)
+            stale.add(trial_id(trial))
     return sum(requeue(study, trial_id) for trial_id in sorted(stale))
 
 
@@ -211,7 +214,7 @@ def requeue(study: optuna.Study, trial_id: int) -> bool:
 
     The state change is the lock: only the caller whose change wins enqueues the retry.
     """
-    storage = study._storage
+    storage = study_storage(study)
     try:
         storage.set_trial_user_attr(trial_id, "interrupted", True)
         won = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)

@@ -1,0 +1,86 @@
+"""The private attributes of Optuna and Ray Tune that metasam relies on, in one place.
+
+Optuna and Ray Tune expose no public way to reach a study's storage object, a trial's storage
+id, the Optuna trial behind a Ray trial of ``OptunaSearch``, or the stale trials of a heartbeat
+storage. Each access goes through a function here, and :func:`check` verifies them once on the
+installed versions (``pyproject.toml`` pins the tested ranges), so that an incompatible release
+fails in one line instead of deep inside a study.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+
+
+def study_storage(study: optuna.Study) -> BaseStorage:
+    """The storage object the study writes through (Optuna's cache wrapper for RDB storages)."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    return study._study_id
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """A trial's id in its storage (unique across the studies of one storage)."""
+    return trial._trial_id
+
+
+def heartbeat_backend(study: optuna.Study) -> BaseHeartbeat | None:
+    """The storage that records heartbeats (an RDB storage behind Optuna's cache, or the
+    journal itself), or ``None`` when it has none."""
+    storage = study_storage(study)
+    # a journal storage's own `_backend` is its log file, not a storage
+    backend = storage if isinstance(storage, JournalStorage) else getattr(storage, "_backend",
+                                                                           storage)
+    return backend if isinstance(backend, BaseHeartbeat) else None
+
+
+def stale_trial_ids(backend: BaseHeartbeat, study: optuna.Study) -> list[int]:
+    return list(backend._get_stale_trial_ids(study_id(study)))
+
+
+def search_study(search: Any) -> optuna.Study:
+    """The Optuna study of a ``ray.tune.search.optuna.OptunaSearch``."""
+    return search._ot_study
+
+
+def search_trials(search: Any) -> dict[str, optuna.Trial]:
+    """``OptunaSearch``'s live Optuna trials by Ray trial id (it adds and removes them)."""
+    return search._ot_trials
+
+
+_checked = False
+
+
+def check() -> None:
+    """Fail in one line when the installed Optuna or Ray Tune lacks what metasam reaches."""
+    global _checked
+    if _checked:
+        return
+    from ray.tune.search.optuna import OptunaSearch
+
+    study = optuna.create_study()
+    trial = study.ask()
+    missing = [name for obj, name in ((study, "_storage"), (study, "_study_id"),
+                                      (trial, "_trial_id"))
+               if not hasattr(obj, name)]
+    if not hasattr(optuna.storages.RDBStorage, "_get_stale_trial_ids"):
+        missing.append("RDBStorage._get_stale_trial_ids")
+    search = OptunaSearch(metric="m", mode="max")
+    missing += [f"OptunaSearch.{n}" for n in ("_ot_study", "_ot_trials")
+                if not hasattr(search, n)]
+    if missing:
+        raise ValueError(f"optuna {optuna.__version__} / ray {_ray_version()}: missing "
+                           f"{', '.join(missing)}; allowed: the versions pyproject.toml names")
+    _checked = True
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
