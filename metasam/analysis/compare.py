@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from metasam.family import presets
+from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import Point
 from metasam.tuning.storage import best_trials, load_study, trial_spec
 from metasam.tuning.study import StudyConfig
@@ -61,7 +62,7 @@ def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> di
     chosen: dict[str, Point] = {}
     ranked = best_trials(load_study(study.storage, study.name), study.mode, len(points))
     for trial in ranked:  # best first
-        label = trial.user_attrs["label"]
+        label = TrialRecord.of(trial).label
         method = label.split(" ")[0]
         if method not in chosen:
             chosen[method] = Point(f"{method} (tuned: {label})", trial_spec(trial) or {})
@@ -109,26 +110,25 @@ def run_compare(config: StudyConfig, seeds: int = 4, *, tuned_baselines: bool = 
 def collect(config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
     """The finished comparison runs of a study, by method: one dict per seed with ``test_acc``,
     ``history``, ``passes_per_step``, ``grad_evals``, ``wall_time`` and ``label``."""
-    import json
 
     from optuna.trial import TrialState
 
     study = load_study(config.storage, f"{config.name}.compare")
     out: dict[str, list[dict[str, Any]]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        attrs = trial.user_attrs
-        if not attrs.get("full_budget") or attrs.get("interrupted"):
+        rec = TrialRecord.of(trial)
+        if not rec.full_budget or rec.interrupted:
             continue
-        method, _, seed = attrs["label"].partition("/seed")
-        history = json.loads(attrs.get("history", "[]"))
+        method, _, seed = rec.label.partition("/seed")
+        history = rec.history
+        last = history[-1] if history else {}
+        grad_evals, wall_time = rec.result("grad_evals"), rec.result("wall_time")
         out.setdefault(method, []).append({
             "seed": int(seed or 0), "test_acc": trial.value, "history": history,
-            "passes_per_step": attrs.get("passes_per_step"),
-            "grad_evals": attrs.get("grad_evals", history[-1].get("grad_evals") if history
-                                    else None),
-            "wall_time": attrs.get("wall_time", history[-1].get("wall_time") if history
-                                   else None),
-            "point": attrs.get("point")})
+            "passes_per_step": rec.passes_per_step,
+            "grad_evals": grad_evals if grad_evals is not None else last.get("grad_evals"),
+            "wall_time": wall_time if wall_time is not None else last.get("wall_time"),
+            "point": rec.point})
     for runs in out.values():
         runs.sort(key=lambda r: r["seed"])
     return out

@@ -145,25 +145,23 @@ def search_history_figure(study: Any, metric: str, mode: str) -> Any:
     edge, and the best full-budget value so far."""
     from optuna.trial import TrialState
 
-    from metasam.tuning.storage import counts
+    from metasam.tuning.record import TrialRecord
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=120)
-    trials = [t for t in study.get_trials(deepcopy=False) if counts(t)]
+    trials = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).counts]
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     groups = {
         "reference point, full budget": ("s", "tab:blue", True,
-                                         lambda t: t.user_attrs.get("label") != "search"),
+                                         lambda r: r.is_point),
         "searched, full budget": ("o", "tab:orange", True,
-                                  lambda t: t.user_attrs.get("label") == "search"
-                                  and t.user_attrs.get("full_budget")),
+                                  lambda r: not r.is_point and r.full_budget),
         "searched, stopped early (label: epochs)": ("o", "tab:orange", False,
-                                                    lambda t: t.user_attrs.get("label") ==
-                                                    "search"
-                                                    and not t.user_attrs.get("full_budget")),
+                                                    lambda r: not r.is_point
+                                                    and not r.full_budget),
     }
     for name, (marker, color, filled, belongs) in groups.items():
-        members = [t for t in done if belongs(t)]
+        members = [t for t in done if belongs(TrialRecord.of(t))]
         if not members:
             continue
         ax.scatter([t.number for t in members], [t.value for t in members], marker=marker,
@@ -171,10 +169,11 @@ def search_history_figure(study: Any, metric: str, mode: str) -> Any:
                    facecolors=color if filled else "none")
         if not filled:
             for t in members:
-                ax.annotate(str(t.user_attrs.get("epochs", "?")), (t.number, t.value),
+                epochs = TrialRecord.of(t).epochs
+                ax.annotate(str(epochs if epochs is not None else "?"), (t.number, t.value),
                             textcoords="offset points", xytext=(4, 3), fontsize=7,
                             color=color)
-    full = sorted((t for t in done if t.user_attrs.get("full_budget")), key=lambda t: t.number)
+    full = sorted((t for t in done if TrialRecord.of(t).full_budget), key=lambda t: t.number)
     if full:
         pick = max if mode == "max" else min
         best, xs, ys = None, [], []

@@ -109,26 +109,23 @@ def run_best(args: argparse.Namespace) -> int:
 
 
 def run_trials(args: argparse.Namespace) -> int:
+    from metasam.tuning.record import TrialRecord
     from metasam.tuning.space import describe_spec
-    from metasam.tuning.storage import census, counts, trial_spec, trial_train
+    from metasam.tuning.storage import census
 
     config = load_study_config(args.study)
     study = config.load_study()
     rows = []
     for t in study.get_trials(deepcopy=False):
-        spec = trial_spec(t)
+        rec = TrialRecord.of(t)
+        spec = rec.spec
         rows.append({
-            "number": t.number, "state": t.state.name,
-            "counted": counts(t), "label": t.user_attrs.get("label",
-                                                            t.user_attrs.get("point", "")),
-            "value": t.value, "epochs": t.user_attrs.get("epochs"),
-            "full_budget": t.user_attrs.get("full_budget"),
-            "status": t.user_attrs.get("status"), "reason": t.user_attrs.get("reason"),
-            "passes": t.user_attrs.get("passes_per_step"),
-            "interrupted": bool(t.user_attrs.get("interrupted")),
-            "member": t.user_attrs.get("member"), "repaired": t.user_attrs.get("repaired"),
-            "spec": spec, "summary": describe_spec(spec) if spec else "",
-            "train": trial_train(t)})
+            "number": t.number, "state": t.state.name, "counted": rec.counts,
+            "label": rec.label, "value": t.value, "epochs": rec.epochs,
+            "full_budget": rec.full_budget, "status": rec.status, "reason": rec.reason,
+            "passes": rec.passes_per_step, "interrupted": rec.interrupted,
+            "member": rec.member, "repaired": rec.repaired,
+            "spec": spec, "summary": describe_spec(spec) if spec else "", "train": rec.train})
     if args.json:
         from metasam.tuning.confirm import confirmed_verdict
 

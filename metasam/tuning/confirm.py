@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from metasam.family import presets
 from metasam.stats import Summary, welch_greater
+from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import Point, describe_spec
 from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
 from metasam.tuning.study import StudyConfig
@@ -54,7 +55,7 @@ def display_name(trial: FrozenTrial) -> str:
     """How a trial is named everywhere: a reference point by its label (``sam``), a preset
     region's member as the preset with its tuned fields (``sam ρ=0.071``), a universal member
     as ``universal #N (μ=… φ=… …)``."""
-    label = trial.user_attrs.get("label", trial.user_attrs.get("point", "search"))
+    label = TrialRecord.of(trial).label
     if label != "search":
         return str(label)
     spec = trial_spec(trial)
@@ -65,7 +66,7 @@ def display_name(trial: FrozenTrial) -> str:
 
 
 def _is_preset_point(trial: FrozenTrial) -> bool:
-    return trial.user_attrs.get("label") in presets.NAMES
+    return TrialRecord.of(trial).label in presets.NAMES
 
 
 def finalists(config: StudyConfig, study: optuna.Study | None = None) -> list[Finalist]:
@@ -74,8 +75,8 @@ def finalists(config: StudyConfig, study: optuna.Study | None = None) -> list[Fi
     ranked = best_trials(study, config.mode, len(study.trials))
     chosen: list[tuple[FrozenTrial, str]] = [(t, "top") for t in ranked[:config.confirm["top_k"]]]
     preset = next((t for t in ranked if _is_preset_point(t)
-                   and t.user_attrs["label"] != "sgd"), None)
-    sgd = next((t for t in ranked if t.user_attrs.get("label") == "sgd"), None)
+                   and TrialRecord.of(t).label != "sgd"), None)
+    sgd = next((t for t in ranked if TrialRecord.of(t).label == "sgd"), None)
     for trial, role in ((preset, "preset"), (sgd, "sgd")):
         if trial is not None and all(trial.number != t.number for t, _ in chosen):
             chosen.append((trial, role))
@@ -116,7 +117,7 @@ def run_confirmation(config: StudyConfig, *, address: str | None = None,
 
         wanted = {p.label for p in confirmation.space.points}
         former = [t for t in census(load_study(config.storage, confirmation.name)).counted
-                  if t.user_attrs.get("point") not in wanted]
+                  if TrialRecord.of(t).point not in wanted]
         confirmation.trials += len(former)
     except ValueError:
         pass  # no confirmation runs yet
@@ -212,8 +213,9 @@ def confirmed_verdict(config: StudyConfig, study: optuna.Study | None = None
     chosen = {f.key: f for f in finalists(config, study)}
     values: dict[str, list[float]] = {key: [] for key in chosen}
     for trial in confirmation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        key = str(trial.user_attrs.get("point", "")).partition("/seed")[0]
-        if key in values and trial.user_attrs.get("full_budget") and trial.value is not None:
+        rec = TrialRecord.of(trial)
+        key = str(rec.point or "").partition("/seed")[0]
+        if key in values and rec.full_budget and trial.value is not None:
             values[key].append(float(trial.value))
     return verdict_of([Standing(chosen[k], v) for k, v in values.items() if v], config.mode)
 

@@ -18,6 +18,7 @@ def best_optimizer(config: Any) -> dict[str, Any]:
     trial at full budget, marked ``confirmed: null``."""
     from metasam.training.trainer import base_of
     from metasam.tuning.confirm import confirmed_verdict, display_name
+    from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import best_trials, trial_spec, trial_train
 
     study = config.load_study()
@@ -36,7 +37,7 @@ def best_optimizer(config: Any) -> dict[str, Any]:
         spec, overrides, number = trial_spec(trial), trial_train(trial), trial.number
         name, value = display_name(trial), trial.value
     train = config.train.replace(**overrides)
-    attrs = trial.user_attrs if trial is not None else {}
+    rec = TrialRecord.of(trial) if trial is not None else None
     return {
         "format": FORMAT,
         "name": name,
@@ -45,10 +46,10 @@ def best_optimizer(config: Any) -> dict[str, Any]:
         "schedule": {"name": train.schedule, "epochs": train.epochs,
                      "milestones": train.resolved_milestones(), "gamma": train.gamma},
         "batch_size": train.batch_size,
-        "study": config.name, "trial": number, "label": attrs.get("label", name),
+        "study": config.name, "trial": number, "label": rec.label if rec else name,
         "metric": config.metric, "mode": config.mode, "value": value,
-        "epochs": attrs.get("epochs", train.epochs),
-        "passes_per_step": attrs.get("passes_per_step"),
+        "epochs": rec.epochs if rec and rec.epochs is not None else train.epochs,
+        "passes_per_step": rec.passes_per_step if rec else None,
         "dataset": train.dataset, "model": train.model,
         "confirmed": verdict.to_dict() if verdict is not None else None,
     }

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from metasam.errors import ConfigError
+from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import Point
 from metasam.tuning.storage import (
     census,
@@ -127,7 +128,7 @@ def _check_resources(config: StudyConfig, joined: bool) -> None:
 
 def _resume_summary(study: optuna.Study, state: Any) -> str:
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-    retries = sorted(t.user_attrs["retry_of"] for t in waiting if "retry_of" in t.user_attrs)
+    retries = sorted(r.retry_of for r in map(TrialRecord.of, waiting) if r.retry_of is not None)
     text = (f"{state.finished} finished trials kept ({state.complete} complete, "
             f"{state.failed} failed)")
     if retries:

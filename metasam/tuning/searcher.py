@@ -14,7 +14,6 @@ RDB or journal storage) and adds what a resumable, shared study needs:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,7 +24,9 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from metasam.tuning import compat, record
 from metasam.tuning.compat import search_study, search_trials
+from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import SearchSpace
 from metasam.tuning.storage import census, requeue, sweep_stale
 
@@ -122,28 +123,25 @@ class StudySearcher(Searcher):
         except Exception as err:  # an invalid sampled combination: record it, try again
             ot_trial = search_trials(self.inner).pop(trial_id, None)
             if ot_trial is not None:
-                ot_trial.set_user_attr("status", "failed")
-                ot_trial.set_user_attr("reason", f"sampling failed: {err}")
+                ot_trial.set_user_attr(record.STATUS, "failed")
+                ot_trial.set_user_attr(record.REASON, f"sampling failed: {err}")
                 self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             logger.warning("could not sample a trial: %s", err)
             return None
         ot_trial = search_trials(self.inner)[trial_id]
         # heartbeat first, then the worker attribute: see storage.sweep_stale
-        self.storage.record_heartbeat(trial_id(ot_trial))
-        ot_trial.set_user_attr("worker", self.worker)
+        self.storage.record_heartbeat(compat.trial_id(ot_trial))
+        ot_trial.set_user_attr(record.WORKER, self.worker)
         if self._is_surplus(ot_trial.number):
-            ot_trial.set_user_attr("surplus", True)
+            ot_trial.set_user_attr(record.SURPLUS, True)
             self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             del search_trials(self.inner)[trial_id]
             return None
-        ot_trial.set_user_attr("label", config["label"])
-        if "member" in config:
-            ot_trial.set_user_attr("member", config["member"])
-        if "spec" not in ot_trial.user_attrs:
-            ot_trial.set_user_attr("spec", json.dumps(config["spec"]))
-            ot_trial.set_user_attr("train", json.dumps(config["train"]))
+        for key, value in record.start_attrs(self.worker, config,
+                                             record.SPEC in ot_trial.user_attrs).items():
+            ot_trial.set_user_attr(key, value)
         with self._lock:
-            self._active[trial_id] = trial_id(ot_trial)
+            self._active[trial_id] = compat.trial_id(ot_trial)
         self._ensure_heartbeat()
         return config
 
@@ -157,8 +155,8 @@ class StudySearcher(Searcher):
         position = counted.index(mine)
         if position >= self.target:
             return True
-        point = mine.user_attrs.get("point")
-        return point is not None and any(t.user_attrs.get("point") == point
+        point = TrialRecord.of(mine).point
+        return point is not None and any(TrialRecord.of(t).point == point
                                          for t in counted[:position])
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -174,21 +172,9 @@ class StudySearcher(Searcher):
         if ot_trial is None:
             return
         result = result or {}
-        status = result.get("status", "failed" if error else "stopped")
-        epochs = int(result.get("epoch", 0) or 0)
-        full = status == "completed" and epochs >= self.epochs
-        if status == "running":
-            status = "stopped"  # ASHA stopped it early
-        attrs = {"status": status, "epochs": epochs, "full_budget": full}
-        for key in ("passes_per_step", "grad_evals", "wall_time", "history", "test_acc",
-                    "test_loss", "val_acc", "val_loss"):
-            if key in result:
-                attrs[key] = result[key]
-        if "reason" in result:
-            attrs["reason"] = result["reason"]
-        elif error:
-            attrs["reason"] = "the trial raised an error (see the Ray logs of this study)"
+        attrs = record.outcome_attrs(result, self.epochs, error)
         for key, value in attrs.items():
             ot_trial.set_user_attr(key, value)
+        status = attrs[record.STATUS]
         failed = error or status in ("diverged", "failed")
         self.inner.on_trial_complete(trial_id, None if failed else result, error=failed)

@@ -49,6 +49,7 @@ from metasam.family.measures import KINDS, Measure
 from metasam.family.monotone import repair_penalty
 from metasam.family.psi import Psi
 from metasam.family.spec import LAM_SCALES, SharpnessSpec
+from metasam.tuning import record
 from metasam.tuning.regions import MEMBERS, sample_region
 
 # every kind but SSAM's, whose Fisher mask the search does not tune (SSAM is a preset region)
@@ -69,8 +70,7 @@ class Point:
     train: dict[str, Any] = field(default_factory=dict)
 
     def user_attrs(self) -> dict[str, Any]:
-        return {"point": self.label, "spec": json.dumps(self.spec),
-                "train": json.dumps(self.train)}
+        return record.point_attrs(self.label, self.spec, self.train)
 
 
 @dataclass(frozen=True)
@@ -131,9 +131,9 @@ class SearchSpace:
         ``train`` (training overrides) and ``label``.
         """
         attrs = trial.user_attrs
-        if "spec" in attrs:
-            return {"spec": json.loads(attrs["spec"]), "train": json.loads(attrs["train"]),
-                    "label": attrs["point"]}
+        if record.SPEC in attrs:
+            return {"spec": json.loads(attrs[record.SPEC]),
+                    "train": json.loads(attrs[record.TRAIN]), "label": attrs[record.POINT]}
         if self.search is None:
             raise RuntimeError(f"search space {self.name!r} has no search section: only its "
                                f"{len(self.points)} points can be evaluated")
@@ -338,7 +338,7 @@ def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, di
     spec = _sample_universal(search, trial)
     spec, note = repair_penalty(spec)
     if note and hasattr(trial, "set_user_attr"):
-        trial.set_user_attr("repaired", note)
+        trial.set_user_attr(record.REPAIRED, note)
     return spec, train
 
 

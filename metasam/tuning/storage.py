@@ -1,18 +1,14 @@
 """The study's Optuna storage: the single source of truth about which trials exist.
 
-Bookkeeping lives in each trial's user attributes: ``point``/``spec``/``train`` (what it runs),
-``worker`` (which ``metasam tune`` process runs it), ``epochs``/``full_budget`` (the budget its
-value was reached at), ``status``/``reason``, and the markers ``interrupted`` (its worker died;
-it was re-enqueued) and ``surplus`` (asked for by a worker after the study was full; never run).
-
-A trial *counts* towards the study's target when it is COMPLETE, FAIL (a real failure),
-RUNNING or WAITING; interrupted and surplus trials do not.
+Bookkeeping lives in each trial's user attributes (:mod:`metasam.tuning.record` owns their
+names and reads them back as a :class:`~metasam.tuning.record.TrialRecord`). A trial *counts*
+towards the study's target when it is COMPLETE, FAIL (a real failure), RUNNING or WAITING;
+interrupted and surplus trials do not.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import time
 import warnings
@@ -27,12 +23,9 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from metasam.tuning.compat import (
-    heartbeat_backend,
-    stale_trial_ids,
-    study_storage,
-    trial_id,
-)
+from metasam.tuning import compat, record
+from metasam.tuning.compat import heartbeat_backend, stale_trial_ids, study_storage
+from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import Point
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -70,7 +63,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             return []
         grace = self.grace_period or 2 * self.heartbeat_interval
         now = time.time()
-        return [trial_id(t) for t in self.get_all_trials(study_id, deepcopy=False,
+        return [compat.trial_id(t) for t in self.get_all_trials(study_id, deepcopy=False,
                                                          states=(TrialState.RUNNING,))
                 if HEARTBEAT_ATTR in t.system_attrs
                 and now - float(t.system_attrs[HEARTBEAT_ATTR]) > grace]
@@ -203,9 +196,9 @@ def sweep_stale(study: optuna.Study) -> int:
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = trial.datetime_start
-        if "worker" not in trial.user_attrs and started is not None and \
+        if TrialRecord.of(trial).worker is None and started is not None and \
                 (now - started).total_seconds() > grace:
-            stale.add(trial_id(trial))
+            stale.add(compat.trial_id(trial))
     return sum(requeue(study, trial_id) for trial_id in sorted(stale))
 
 
@@ -216,25 +209,24 @@ def requeue(study: optuna.Study, trial_id: int) -> bool:
     """
     storage = study_storage(study)
     try:
-        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_user_attr(trial_id, record.INTERRUPTED, True)
         won = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False  # finished, or another worker handled it
     if not won:
         return False
     trial = storage.get_trial(trial_id)
-    attrs = {k: trial.user_attrs[k] for k in ("point", "spec", "train")
-             if k in trial.user_attrs and "point" in trial.user_attrs}
-    attrs["retry_of"] = trial.number
+    keys = (record.POINT, record.SPEC, record.TRAIN)
+    attrs = {k: trial.user_attrs[k] for k in keys
+             if k in trial.user_attrs and record.POINT in trial.user_attrs}
+    attrs[record.RETRY_OF] = trial.number
     study.enqueue_trial(trial.params, user_attrs=attrs)
     return True
 
 
 def counts(trial: FrozenTrial) -> bool:
-    if trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus"):
-        return False
-    return trial.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
-                           TrialState.WAITING)
+    """Does the trial count towards the study's target (see :attr:`TrialRecord.counts`)?"""
+    return TrialRecord.of(trial).counts
 
 
 @dataclass
@@ -263,16 +255,17 @@ class Census:
 def census(study: optuna.Study) -> Census:
     out = Census()
     for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get("interrupted"):
+        rec = TrialRecord.of(trial)
+        if rec.interrupted:
             out.interrupted += 1
-        elif trial.user_attrs.get("surplus"):
+        elif rec.surplus:
             out.surplus += 1
-        if not counts(trial):
+        if not rec.counts:
             continue
         out.counted.append(trial)
         if trial.state == TrialState.COMPLETE:
             out.complete += 1
-            out.full_budget += bool(trial.user_attrs.get("full_budget"))
+            out.full_budget += rec.full_budget
         elif trial.state == TrialState.FAIL:
             out.failed += 1
         elif trial.state == TrialState.RUNNING:
@@ -286,7 +279,7 @@ def enqueue_points(study: optuna.Study, points: list[Point], target: int) -> int
     """Enqueue the points not in the study yet (by label), as long as they fit the target.
     Returns how many were enqueued."""
     state = census(study)
-    present = {t.user_attrs.get("point") for t in state.counted}
+    present = {TrialRecord.of(t).point for t in state.counted}
     room = target - len(state.counted)
     added = 0
     for point in points:
@@ -302,19 +295,17 @@ def enqueue_points(study: optuna.Study, points: list[Point], target: int) -> int
 
 
 def trial_spec(trial: FrozenTrial) -> dict[str, Any] | None:
-    text = trial.user_attrs.get("spec")
-    return json.loads(text) if text else None
+    return TrialRecord.of(trial).spec
 
 
 def trial_train(trial: FrozenTrial) -> dict[str, Any]:
-    text = trial.user_attrs.get("train")
-    return json.loads(text) if text else {}
+    return TrialRecord.of(trial).train
 
 
 def best_trials(study: optuna.Study, mode: str, k: int = 1) -> list[FrozenTrial]:
     """The k best COMPLETE trials at full budget (ASHA-stopped trials are excluded: their
     values were reached with fewer epochs)."""
     candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.user_attrs.get("full_budget") and t.value is not None and counts(t)]
+                  if TrialRecord.of(t).full_budget and t.value is not None and counts(t)]
     candidates.sort(key=lambda t: (-t.value if mode == "max" else t.value, t.number))
     return candidates[:k]
