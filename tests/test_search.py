@@ -347,3 +347,40 @@ def test_asha_judges_searched_trials_only_against_searched_trials() -> None:
     assert asha.on_trial_result(None, second, {"epoch": 4, "val_acc": 0.4}) == \
         TrialScheduler.STOP
 
+
+
+def test_trial_record_reads_back_what_the_searcher_and_storage_write() -> None:
+    import optuna
+
+    from metasam.tuning import record
+    from metasam.tuning.record import TrialRecord
+
+    study = optuna.create_study(direction="maximize")
+    cases = [  # (result, error) -> (status, full_budget, counts, state)
+        ({"status": "completed", "epoch": 3, "val_acc": 0.9, "passes_per_step": 2}, False,
+         ("completed", True, True)),
+        ({"status": "running", "epoch": 1, "val_acc": 0.5}, False, ("stopped", False, True)),
+        ({"status": "diverged", "epoch": 2, "reason": "non-finite loss"}, False,
+         ("diverged", False, True)),
+        ({}, True, ("failed", False, True)),
+    ]
+    for result, error, (status, full, counted) in cases:
+        trial = study.ask()
+        config = {"label": "search", "member": "sam", "spec": {"rho": 0.1}, "train": {"lr": 1}}
+        for key, value in {**record.start_attrs("w1", config, False),
+                           **record.outcome_attrs(result, 3, error)}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, result.get("val_acc") if status in ("completed", "stopped") else None,
+                   state=None if status in ("completed", "stopped")
+                   else optuna.trial.TrialState.FAIL)
+        rec = TrialRecord.of(study.trials[-1])
+        assert (rec.status, rec.full_budget, rec.counts) == (status, full, counted)
+        assert rec.label == "search" and not rec.is_point and rec.member == "sam"
+        assert rec.spec == {"rho": 0.1} and rec.train == {"lr": 1}
+    assert TrialRecord.of(study.trials[0]).passes_per_step == 2
+    assert TrialRecord.of(study.trials[2]).reason == "non-finite loss"
+    assert "see the Ray logs" in TrialRecord.of(study.trials[3]).reason
+    enqueued = record.point_attrs("sam", {"rho": 0.05}, {})
+    study.enqueue_trial({}, user_attrs={**enqueued, record.INTERRUPTED: True})
+    rec = TrialRecord.of(study.trials[-1])
+    assert rec.label == "sam" and rec.is_point and rec.interrupted and not rec.counts

@@ -34,6 +34,14 @@ RESULT_KEYS = ("passes_per_step", "grad_evals", "wall_time", "history", "test_ac
                "test_loss", "val_acc", "val_loss")  # copied from the trial's final result
 
 
+def _attr(key: str, doc: str) -> Any:
+    return property(lambda self: self.trial.user_attrs.get(key), doc=doc)
+
+
+def _flag(key: str, doc: str) -> Any:
+    return property(lambda self: bool(self.trial.user_attrs.get(key)), doc=doc)
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """A read-only view of one trial: Optuna's fields plus metasam's attributes, typed."""
@@ -66,57 +74,22 @@ class TrialRecord:
         """The point's label, ``"search"`` for a sampled trial."""
         return str(self._get(LABEL, self._get(POINT, "search")))
 
-    @property
-    def point(self) -> str | None:
-        return self._get(POINT)
+    point = _attr(POINT, "the enqueued point's label")
+    member = _attr(MEMBER, "the family member a searched trial sampled")
+    repaired = _attr(REPAIRED, "how a sampled member was made a penalty")
+    worker = _attr(WORKER, "the `metasam tune` process that ran it")
+    epochs = _attr(EPOCHS, "epochs reached")
+    status = _attr(STATUS, "completed, stopped, diverged or failed")
+    reason = _attr(REASON, "why it stopped or failed")
+    retry_of = _attr(RETRY_OF, "the number of the interrupted trial it re-runs")
+    passes_per_step = _attr("passes_per_step", "forward/backward passes per step")
+    full_budget = _flag(FULL_BUDGET, "its value was reached at the full budget")
+    interrupted = _flag(INTERRUPTED, "its worker died and it was re-enqueued")
+    surplus = _flag(SURPLUS, "asked for after the study was full; never run")
 
     @property
     def is_point(self) -> bool:
         return self.label != "search"
-
-    @property
-    def member(self) -> str | None:
-        return self._get(MEMBER)
-
-    @property
-    def repaired(self) -> str | None:
-        return self._get(REPAIRED)
-
-    @property
-    def worker(self) -> str | None:
-        return self._get(WORKER)
-
-    @property
-    def epochs(self) -> int | None:
-        return self._get(EPOCHS)
-
-    @property
-    def full_budget(self) -> bool:
-        return bool(self._get(FULL_BUDGET))
-
-    @property
-    def status(self) -> str | None:
-        return self._get(STATUS)
-
-    @property
-    def reason(self) -> str | None:
-        return self._get(REASON)
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self._get(INTERRUPTED))
-
-    @property
-    def surplus(self) -> bool:
-        return bool(self._get(SURPLUS))
-
-    @property
-    def retry_of(self) -> int | None:
-        return self._get(RETRY_OF)
-
-    @property
-    def passes_per_step(self) -> int | None:
-        return self._get("passes_per_step")
 
     @property
     def spec(self) -> dict[str, Any] | None:
