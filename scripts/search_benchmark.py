@@ -174,8 +174,9 @@ def test_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from metasam.analysis.compare import collect, run_compare
+    from metasam.analysis.runs import collect
     from metasam.tuning import StudyConfig
+    from metasam.tuning.compare import run_compare
     from metasam.tuning.confirm import confirmed_verdict, run_confirmation
     from metasam.tuning.export import best_optimizer
     from metasam.tuning.runner import tune_study

@@ -184,12 +184,13 @@ def test_tuned_baselines_pick_each_methods_best_grid_point(tmp_path, ray_cluster
                                                           monkeypatch) -> None:
     from test_tuning import write_study
 
-    from metasam.analysis import compare
-    from metasam.tuning import StudyConfig
+    from metasam.tuning import StudyConfig, compare
     from metasam.tuning.storage import census, load_study
 
     # λ = 3 makes Trace-SAM's regularizer dominate: the grid must pick the other value.
-    monkeypatch.setattr(compare, "BASELINE_GRID", {"trace_sam": {"lam": [3.0, 0.01]}})
+    monkeypatch.setattr(compare, "BASELINE_SPACE", {
+        "presets": ["sgd", "sam", "asam", "ssam", "frob_sam", "det_sam"],
+        "points": [{"preset": "trace_sam", "lam": [3.0, 0.01]}]})
     config = StudyConfig.from_yaml(write_study(tmp_path, name="grid", trials=1, epochs=3))
     chosen = compare.tune_baselines(config, ray_cluster, verbose=0)
     assert set(chosen) == set(compare.BASELINES)

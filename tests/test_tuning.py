@@ -134,6 +134,10 @@ def test_shipped_spaces_and_studies_are_valid() -> None:
     assert {"digits-noisy", "digits-quick", "mnist", "mnist1d", "cifar10-s", "cifar10-c"} <= names
     paper = SearchSpace.from_yaml(root / "search_spaces" / "paper.yaml")
     assert len(paper.points) == 4 + 3 + 3 + 12 and paper.search is None
+    # `compare --tune-baselines` runs the same grid (one owner each: kept equal here)
+    from metasam.tuning.compare import BASELINE_SPACE
+
+    assert paper.points == SearchSpace.from_dict(BASELINE_SPACE).points
 
 
 # --- a real study, in this process ------------------------------------------------------------

@@ -1,1 +1,2 @@
-"""Comparisons against the baselines, report tables and plots, and explanations of a bias."""
+"""Reading and reporting: the comparison runs, report tables and plots, and explanations of a
+bias. (Running the comparison lives beside the search, in :mod:`metasam.tuning.compare`.)"""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metasam.analysis.compare import collect
 from metasam.analysis.plots import plot_search, plot_sharpness, plot_test_accuracy
+from metasam.analysis.runs import collect
 from metasam.analysis.tables import build_table, column_label, method_name, write_tables
 from metasam.tuning.study import StudyConfig
 

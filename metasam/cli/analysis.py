@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from metasam.analysis.compare import collect
-    from metasam.analysis.compare import run_compare as compare
+    from metasam.analysis.runs import collect
+    from metasam.tuning.compare import run_compare as compare
 
     config = load_study_config(args.study)
     if args.seeds < 1:

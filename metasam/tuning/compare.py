@@ -6,26 +6,29 @@ choice was made) with the study's training settings, for each seed, through Ray 
 study ``NAME.compare`` in the study's own storage; each keeps its per-epoch history (test
 accuracy every epoch, for the plots — the reported value is the *last* epoch, never a best
 epoch — and Hessian measures every few epochs), its passes per step and its wall time.
+:func:`metasam.analysis.runs.collect` reads them back.
 
-``tune_baselines=True`` first tunes each baseline by its own small grid (the paper's λ/ρ
-sweeps for Trace-, Det- and Frob-SAM) on the validation split, one seed, in ``NAME.baselines``.
+``tune_baselines=True`` first tunes each baseline over the paper's own λ/ρ sweeps
+(:data:`BASELINE_SPACE`) on the validation split, one seed, in ``NAME.baselines``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from metasam.family import presets
 from metasam.tuning.record import TrialRecord
-from metasam.tuning.space import Point
+from metasam.tuning.space import Point, SearchSpace
 from metasam.tuning.storage import best_trials, load_study, trial_spec
 from metasam.tuning.study import StudyConfig
 
 BASELINES = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam")
-BASELINE_GRID = {
-    "trace_sam": {"lam": [0.01, 0.1, 1.0]},
-    "det_sam": {"lam": [0.01, 0.1, 1.0]},
-    "frob_sam": {"lam": [1e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1], "rho": [0.005, 0.01]},
+# The paper's own sweeps, in the search-space format (search_spaces/paper.yaml holds the same
+# points; a test keeps them equal): the grid `--tune-baselines` runs.
+BASELINE_SPACE = {
+    "presets": ["sgd", "sam", "asam", "ssam"],
+    "points": [{"preset": "trace_sam", "lam": [0.01, 0.1, 1.0]},
+               {"preset": "det_sam", "lam": [0.01, 0.1, 1.0]},
+               {"preset": "frob_sam", "lam": [1e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1],
+                "rho": [0.005, 0.01]}],
 }
 
 
@@ -40,20 +43,9 @@ def baseline_points(config: StudyConfig, tuned: dict[str, Point] | None) -> dict
 
 
 def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> dict[str, Point]:
-    """Each baseline's best grid point on the validation split (official defaults included)."""
-    import itertools
-
-    points = []
-    for name in BASELINES:
-        grid = BASELINE_GRID.get(name)
-        if not grid:
-            points.append(Point(name, presets.get(name).to_dict()))
-            continue
-        keys = list(grid)
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            values = dict(zip(keys, combo, strict=True))
-            label = name + "".join(f" {k}={v}" for k, v in values.items())
-            points.append(Point(label, presets.get(name, **values).to_dict()))
+    """Each baseline's best point of :data:`BASELINE_SPACE` on the validation split, read by the
+    search-space reader like any points-only space."""
+    points = SearchSpace.from_dict(BASELINE_SPACE, name="baselines").points
     study = config.derived("baselines", points, metric=config.metric, mode=config.mode,
                            train_changes={"test": "none"})
     from metasam.tuning.runner import tune_study
@@ -105,30 +97,3 @@ def run_compare(config: StudyConfig, seeds: int = 4, *, tuned_baselines: bool = 
 
     tune_study(comparison, address=address, verbose=verbose, record_history=True)
     return comparison
-
-
-def collect(config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
-    """The finished comparison runs of a study, by method: one dict per seed with ``test_acc``,
-    ``history``, ``passes_per_step``, ``grad_evals``, ``wall_time`` and ``label``."""
-
-    from optuna.trial import TrialState
-
-    study = load_study(config.storage, f"{config.name}.compare")
-    out: dict[str, list[dict[str, Any]]] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        rec = TrialRecord.of(trial)
-        if not rec.full_budget or rec.interrupted:
-            continue
-        method, _, seed = rec.label.partition("/seed")
-        history = rec.history
-        last = history[-1] if history else {}
-        grad_evals, wall_time = rec.result("grad_evals"), rec.result("wall_time")
-        out.setdefault(method, []).append({
-            "seed": int(seed or 0), "test_acc": trial.value, "history": history,
-            "passes_per_step": rec.passes_per_step,
-            "grad_evals": grad_evals if grad_evals is not None else last.get("grad_evals"),
-            "wall_time": wall_time if wall_time is not None else last.get("wall_time"),
-            "point": rec.point})
-    for runs in out.values():
-        runs.sort(key=lambda r: r["seed"])
-    return out
