@@ -35,6 +35,7 @@ from torch import Tensor
 
 from metasam import _checks
 from metasam.errors import SpecError
+from metasam.family.functions import Form, named_parameters, read_function
 
 # A closed form the implied-measure code can integrate exactly, per output of a block:
 # ("poly", coefficients c_0..c_k) or ("exp", scale); None where only Monte Carlo applies.
@@ -131,15 +132,8 @@ class NamedPhi(PhiBlock):
     dim = 1
 
     def __init__(self, name: str, **params: Any) -> None:
-        definition = NAMED_PHI.get(name)
-        if definition is None:
-            raise SpecError("fn", f"unknown φ function {name!r}",
-                            sorted(NAMED_PHI) + ["polynomial", "mlp"])
-        _checks.known_keys("", params, definition.params)
-        merged = {**definition.params, **params}
+        self._def, self.params = named_parameters(NAMED_PHI, name, params, "φ", list(PHI_FORMS))
         self.name = name
-        self.params = definition.check(merged)
-        self._def = definition
 
     def value(self, t: Tensor) -> Tensor:
         return self._def.value(t, self.params).unsqueeze(-1)
@@ -283,32 +277,19 @@ class MLPPhi(PhiBlock):
         return cls(weights, biases, activation=activation, input_scale=input_scale)
 
 
+PHI_FORMS = {
+    "polynomial": Form(("coefficients",), ("coefficients",), "a list of finite numbers c_0..c_K",
+                       lambda coefficients: PolynomialPhi(coefficients)),
+    "mlp": Form(("weights", "biases", "activation", "input_scale"), ("weights", "biases"),
+                "lists of finite numbers", lambda **fields: MLPPhi(**fields)),
+}
+
+
 def block_from_obj(obj: Any) -> PhiBlock:
     """Read one block from its JSON form (see the module docstring)."""
     if isinstance(obj, PhiBlock):
         return obj
-    if isinstance(obj, str):
-        obj = {"fn": obj}
-    obj = _checks.mapping("", obj)
-    if "fn" not in obj:
-        raise SpecError("fn", "missing", sorted(NAMED_PHI) + ["polynomial", "mlp"])
-    fn = obj["fn"]
-    rest = {k: v for k, v in obj.items() if k != "fn"}
-    if fn == "polynomial":
-        _checks.known_keys("", rest, ["coefficients"])
-        if "coefficients" not in rest:
-            raise SpecError("coefficients", "missing", "a list of finite numbers c_0..c_K")
-        return PolynomialPhi(rest["coefficients"])
-    if fn == "mlp":
-        _checks.known_keys("", rest, ["weights", "biases", "activation", "input_scale"])
-        for key in ("weights", "biases"):
-            if key not in rest:
-                raise SpecError(key, "missing", "lists of finite numbers")
-        return MLPPhi(**rest)
-    if not isinstance(fn, str):
-        raise SpecError("fn", f"expected a name, got {fn!r}",
-                        sorted(NAMED_PHI) + ["polynomial", "mlp"])
-    return NamedPhi(fn, **rest)
+    return read_function(obj, named=NAMED_PHI, forms=PHI_FORMS, make_named=NamedPhi)
 
 
 class Phi:

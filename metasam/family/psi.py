@@ -33,6 +33,7 @@ from torch import Tensor
 
 from metasam import _checks
 from metasam.errors import SpecError
+from metasam.family.functions import Form, named_parameters, read_function
 
 
 class Psi(ABC):
@@ -136,15 +137,9 @@ class NamedPsi(Psi):
     """A named ψ with its parameters, e.g. ``NamedPsi("variance", unbiased=True)``."""
 
     def __init__(self, name: str, **params: Any) -> None:
-        definition = NAMED_PSI.get(name)
-        if definition is None:
-            raise SpecError("fn", f"unknown ψ function {name!r}", sorted(NAMED_PSI) +
-                            ["polynomial"])
-        _checks.known_keys("", params, definition.params)
+        self._def, self.params = named_parameters(NAMED_PSI, name, params, "ψ", list(PSI_FORMS))
         self.name = name
-        self.params = definition.check({**definition.params, **params})
-        self.dim = definition.dim
-        self._def = definition
+        self.dim = self._def.dim
 
     def __call__(self, s: Tensor, n: int | None = None) -> Tensor:
         return self._def.value(s, self.params, n)
@@ -224,19 +219,11 @@ class PolynomialPsi(Psi):
         return all(sum(p) <= 1 for _, p in self.terms)
 
 
+PSI_FORMS = {
+    "polynomial": Form(("terms",), ("terms",), "[[c, [e_1, ..., e_m]], ...]",
+                       lambda terms: PolynomialPsi(terms)),
+}
+
+
 def _psi_from_obj(obj: Any) -> Psi:
-    if isinstance(obj, str):
-        obj = {"fn": obj}
-    obj = _checks.mapping("", obj)
-    if "fn" not in obj:
-        raise SpecError("fn", "missing", sorted(NAMED_PSI) + ["polynomial"])
-    fn = obj["fn"]
-    rest = {k: v for k, v in obj.items() if k != "fn"}
-    if fn == "polynomial":
-        _checks.known_keys("", rest, ["terms"])
-        if "terms" not in rest:
-            raise SpecError("terms", "missing", "[[c, [e_1, ..., e_m]], ...]")
-        return PolynomialPsi(rest["terms"])
-    if not isinstance(fn, str):
-        raise SpecError("fn", f"expected a name, got {fn!r}", sorted(NAMED_PSI) + ["polynomial"])
-    return NamedPsi(fn, **rest)
+    return read_function(obj, named=NAMED_PSI, forms=PSI_FORMS, make_named=NamedPsi)
