@@ -42,14 +42,15 @@ def validate(instance: Any) -> None:
         object.__setattr__(instance, f.name, value)
 
 
-def from_mapping(cls: type[T], data: Any, source: str | None = None) -> T:
-    """Build ``cls`` from a mapping, rejecting unknown keys; errors name ``source``."""
+def from_mapping(cls: type[T], data: Any, source: str | None = None, prefix: str = "") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys; errors name ``source`` (and the
+    keys sit under ``prefix``, e.g. ``search``, in a nested section)."""
     try:
         if not isinstance(data, Mapping):
-            raise ConfigError("", f"expected a mapping of fields, got {type(data).__name__}")
+            raise ConfigError(prefix, f"expected a mapping of fields, got {type(data).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         try:
-            _checks.known_keys("", data, names)
+            _checks.known_keys(prefix, data, names)
         except ValidationError as err:
             raise ConfigError(err.field, err.problem, err.allowed) from None
         return cls(**data)

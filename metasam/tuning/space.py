@@ -214,35 +214,43 @@ def _psi_entries(value: Any) -> list[tuple[str, dict[str, Any], int | None]]:
 
 
 def _read_search(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError("search", "expected a mapping")
-    _checks.known_keys("search", data, ("members", "region", "measure", "phi", "psi", "rho",
-                                        "lam", "lam_scale", "guard", "n", "lr",
-                                        "weight_decay", "d_clip"))
-    members = data.get("members", ["universal"])
-    if not isinstance(members, list) or not members or len(set(members)) != len(members):
-        raise ConfigError("search.members", f"expected a list of distinct members, got "
-                          f"{members!r}", MEMBERS)
-    for member in members:
-        _checks.choice("search.members", member, MEMBERS)
-    region = _checks.number("search.region", data.get("region", 4.0), low=1.0)
-    guard = (None if data.get("guard") is None else
-             _checks.number("search.guard", data["guard"], low=0.0, low_open=True))
-    common = {"members": members, "region": region, "guard": guard}
-    for key in ("lr", "weight_decay"):
-        if key in data:
-            common[key] = _range(f"search.{key}", data[key], log=True)
-    if "universal" not in members:
-        extra = [k for k in ("measure", "phi", "psi", "rho", "lam", "lam_scale", "n", "d_clip")
-                 if k in data]
+    """The search section as the dict :func:`sample_search` reads: its fields checked by
+    :class:`SearchSection` (as TrainConfig's are), then the fields that go together."""
+    section = _config.from_mapping(SearchSection, data, prefix="search")
+    common = {"members": section.members, "region": section.region, "guard": section.guard}
+    common.update({key: getattr(section, key) for key in ("lr", "weight_decay")
+                   if getattr(section, key) is not None})
+    universal_only = ("measure", "phi", "psi", "rho", "lam", "n", "d_clip")
+    if "universal" not in section.members:
+        extra = [k for k in universal_only if k in data]
         if extra:
             raise ConfigError(f"search.{extra[0]}", "only used by the universal member, which "
                               "search.members does not list", "add universal to members")
         return common
     for key in ("measure", "phi", "psi", "rho", "lam"):
-        if key not in data:
+        if getattr(section, key) is None:
             raise ConfigError(f"search.{key}", "missing")
-    measure = data["measure"]
+    phi, psi = section.phi, section.psi
+    for m in phi["outputs"]:
+        if not [p for p in psi if p[2] in (None, m)]:
+            raise ConfigError("search.psi", f"no ψ in the list takes {m} input(s), but φ may "
+                              f"have {m} outputs", "add e.g. 'sum'")
+    return {**common, "lam_scale": section.lam_scale, **section.measure, "phi": phi, "psi": psi,
+            "rho": section.rho, "lam": section.lam, "n": section.n, "d_clip": section.d_clip}
+
+
+def _check_members(name: str, members: Any) -> list[str]:
+    if not isinstance(members, list) or not members or len(set(members)) != len(members):
+        raise ConfigError(f"search.{name}", f"expected a list of distinct members, got "
+                          f"{members!r}", MEMBERS)
+    for member in members:
+        _checks.choice(f"search.{name}", member, MEMBERS)
+    return members
+
+
+def _check_measure(name: str, measure: Any) -> dict[str, Any] | None:
+    if measure is None:
+        return None
     if not isinstance(measure, dict):
         raise ConfigError("search.measure", "expected {kinds: [...], adaptive: [...]}")
     _checks.known_keys("search.measure", measure, ("kinds", "adaptive"))
@@ -256,24 +264,50 @@ def _read_search(data: Any) -> dict[str, Any]:
         raise ConfigError("search.measure.adaptive", "expected a list", "[false], [false, true]")
     for a in adaptive:
         _checks.boolean("search.measure.adaptive", a)
-    phi = _read_phi(data["phi"])
-    psi = _psi_entries(data["psi"])
-    for m in phi["outputs"]:
-        if not [p for p in psi if p[2] in (None, m)]:
-            raise ConfigError("search.psi", f"no ψ in the list takes {m} input(s), but φ may "
-                              f"have {m} outputs", "add e.g. 'sum'")
-    lam_scale = _checks.choice("search.lam_scale", data.get("lam_scale", "relative"),
-                               LAM_SCALES)
-    out: dict[str, Any] = {
-        **common, "lam_scale": lam_scale,
-        "kinds": kinds, "adaptive": adaptive, "phi": phi, "psi": psi,
-        "rho": _range("search.rho", data["rho"], log=True),
-        "lam": _range("search.lam", data["lam"], log=True),
-        "n": _range("search.n", data.get("n", [1, 1]), log=False, positive=True, integer=True),
-        "d_clip": (None if data.get("d_clip") is None else
-                   _checks.number("search.d_clip", data["d_clip"], low=0.0, low_open=True)),
-    }
-    return out
+    return {"kinds": kinds, "adaptive": adaptive}
+
+
+def _range_check(*, log: bool, positive: bool = False, integer: bool = False) -> Any:
+    def check(name: str, value: Any) -> Range | None:
+        if value is None or isinstance(value, Range):
+            return value
+        return _range(f"search.{name}", value, log=log, positive=positive, integer=integer)
+    return check
+
+
+def _positive(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    return _checks.number(f"search.{name}", value, low=0.0, low_open=True)
+
+
+@dataclass
+class SearchSection:
+    """The ``search`` section of a search-space file, each field checked by its option."""
+
+    members: list[str] = _config.option(None, _check_members, "what a trial may sample",
+                                        factory=lambda: ["universal"])
+    region: float = _config.option(4.0, lambda n, v: _checks.number(f"search.{n}", v, low=1.0),
+                                   "preset regions reach ×/÷ this factor")
+    guard: float | None = _config.option(None, _positive, "bound of the sharpness part")
+    lr: Range | None = _config.option(None, _range_check(log=True), "[low, high]")
+    weight_decay: Range | None = _config.option(None, _range_check(log=True), "[low, high]")
+    measure: dict[str, Any] | None = _config.option(None, _check_measure, "kinds, adaptive")
+    phi: dict[str, Any] | None = _config.option(
+        None, lambda n, v: None if v is None else _read_phi(v), "{polynomial: ...} or {mlp: ...}")
+    psi: list[Any] | None = _config.option(
+        None, lambda n, v: None if v is None else _psi_entries(v), "names or {fn: ...}")
+    rho: Range | None = _config.option(None, _range_check(log=True), "[low, high]")
+    lam: Range | None = _config.option(None, _range_check(log=True), "[low, high]")
+    lam_scale: str = _config.option(
+        "relative", lambda n, v: _checks.choice(f"search.{n}", v, LAM_SCALES),
+        "absolute or relative")
+    n: Range = _config.option(None, _range_check(log=False, positive=True, integer=True),
+                              "[low, high]", factory=lambda: [1, 1])
+    d_clip: float | None = _config.option(None, _positive, "|D| clipped at this value")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
 
 
 def _read_phi(data: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,6 @@ from metasam.errors import ConfigError, ValidationError
 from metasam.training.config import TrainConfig
 from metasam.tuning.space import SearchSpace
 
-_KEYS = ("name", "search_space", "train", "metric", "mode", "trials", "concurrency",
-         "resources", "scheduler", "storage", "sampler", "seed", "heartbeat", "confirm")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
@@ -78,74 +76,37 @@ class StudyConfig:
     @classmethod
     def _from_dict(cls, data: Any, path: Path) -> StudyConfig:
         if not isinstance(data, dict):
-            raise ConfigError("", "expected a mapping of study fields", ", ".join(_KEYS))
-        _checks.known_keys("", data, _KEYS)
-        name = data.get("name", path.stem)
-        if not isinstance(name, str) or not name:
-            raise ConfigError("name", f"expected a non-empty string, got {name!r}")
-        if not _NAME.fullmatch(name):  # it names files: NAME.db, NAME.best.json
-            raise ConfigError("name", f"{name!r} is not a plain file name",
-                              "letters, digits, '.', '_', '-'")
-        if "search_space" not in data:
-            raise ConfigError("search_space", "missing", "a path to a search-space YAML file")
-        space_path = Path(str(data["search_space"]))
-        if not space_path.is_absolute():
-            space_path = path.parent / space_path
-        if not space_path.is_file():
-            raise ConfigError("search_space", f"no such file: {space_path}",
-                              "a path relative to the study file")
-        space = SearchSpace.from_yaml(space_path)
-        train_data = data.get("train") or {}
-        if not isinstance(train_data, dict):
-            raise ConfigError("train", "expected a mapping of training fields")
-        for key in ("test", "checkpoint_dir", "spec", "preset", "seed"):
-            if key in train_data:
-                why = "is set by the study for each trial"
-                if key == "seed":
-                    why += " (use the study's top-level seed field)"
-                raise ConfigError(f"train.{key}", why, "other TrainConfig fields")
-        train_data = dict(train_data)
-        if train_data.get("data_dir") and not Path(train_data["data_dir"]).is_absolute():
-            train_data["data_dir"] = str((path.parent / train_data["data_dir"]).resolve())
-        try:
-            train = TrainConfig.from_dict({**train_data, "test": "none"})
-        except ValidationError as err:
-            raise err.within("train") from None
-        metric = _checks.choice("metric", data.get("metric", "val_acc"), METRICS)
+            raise ConfigError("", "expected a mapping of study fields",
+                              [f.name for f in fields(StudyFile)])
+        # the file's own fields, each checked by its option (as TrainConfig's)
+        file = _config.from_mapping(StudyFile, {"name": path.stem, **data})
+        # then what needs the file's folder or several fields at once
+        space = SearchSpace.from_yaml(_space_path(file.search_space, path))
+        train = _read_train(file.train, path)
+        metric = file.metric
         if metric.startswith("val_") and train.val_fraction == 0:
             raise ConfigError("metric", f"{metric} needs a validation split but train."
                               "val_fraction is 0", "train_acc, train_loss, or val_fraction > 0")
         direction = "max" if metric.endswith("acc") else "min"
-        mode = _checks.choice("mode", data.get("mode", direction), ("max", "min"))
+        mode = file.mode or direction
         if mode != direction:
             raise ConfigError("mode", f"{mode!r} would {mode}imize {metric}", direction)
-        trials = _checks.integer("trials", data.get("trials", 20), low=1)
-        if space.search is None and trials > len(space.points):
-            raise ConfigError("trials", f"{trials} trials but the points-only space "
+        if space.search is None and file.trials > len(space.points):
+            raise ConfigError("trials", f"{file.trials} trials but the points-only space "
                               f"{space.name!r} has {len(space.points)} points",
                               f"1 to {len(space.points)}")
-        concurrency = _checks.integer("concurrency", data.get("concurrency", 1), low=1)
-        resources = data.get("resources") or {}
-        if not isinstance(resources, dict):
-            raise ConfigError("resources", "expected {cpu: N, gpu: F}")
-        _checks.known_keys("resources", resources, ("cpu", "gpu"))
-        cpu = _checks.number("resources.cpu", resources.get("cpu", 1), low=0.0, low_open=True)
-        gpu = _checks.number("resources.gpu", resources.get("gpu", 0), low=0.0)
-        scheduler = _read_scheduler(data.get("scheduler") or {"type": "asha"}, train.epochs)
-        storage = _read_storage(data.get("storage"), path, name)
-        sampler = _read_sampler(data.get("sampler") or {"type": "tpe"})
-        seed = _checks.integer("seed", data.get("seed", 0), low=0)
-        heartbeat = data.get("heartbeat") or {}
-        if not isinstance(heartbeat, dict):
-            raise ConfigError("heartbeat", "expected {interval: S, grace: S}")
-        _checks.known_keys("heartbeat", heartbeat, ("interval", "grace"))
-        interval = _checks.integer("heartbeat.interval", heartbeat.get("interval", 10), low=1)
-        grace = _checks.integer("heartbeat.grace", heartbeat.get("grace", 60), low=2 * interval)
-        confirm = _read_confirm(data.get("confirm", {}))
-        return cls(name=name, path=path.resolve(), space=space, train=train.replace(
-            seed=seed), metric=metric, mode=mode, trials=trials, concurrency=concurrency,
-            cpu=cpu, gpu=gpu, scheduler=scheduler, storage=storage, sampler=sampler, seed=seed,
-            heartbeat_interval=interval, heartbeat_grace=grace, confirm=confirm)
+        heartbeat = file.heartbeat
+        if heartbeat["grace"] < 2 * heartbeat["interval"]:
+            raise ConfigError("heartbeat.grace", f"out of range: {heartbeat['grace']}",
+                              f"[{2 * heartbeat['interval']}, inf)")
+        return cls(name=file.name, path=path.resolve(), space=space,
+                   train=train.replace(seed=file.seed), metric=metric, mode=mode,
+                   trials=file.trials, concurrency=file.concurrency,
+                   cpu=file.resources["cpu"], gpu=file.resources["gpu"],
+                   scheduler=_resolve_scheduler(file.scheduler, train.epochs),
+                   storage=_read_storage(file.storage, path, file.name), sampler=file.sampler,
+                   seed=file.seed, heartbeat_interval=heartbeat["interval"],
+                   heartbeat_grace=heartbeat["grace"], confirm=file.confirm)
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:
@@ -250,6 +211,74 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _check_resources(name: str, data: Any) -> dict[str, float]:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, "expected {cpu: N, gpu: F}")
+    _checks.known_keys(name, data, ("cpu", "gpu"))
+    return {"cpu": _checks.number(f"{name}.cpu", data.get("cpu", 1), low=0.0, low_open=True),
+            "gpu": _checks.number(f"{name}.gpu", data.get("gpu", 0), low=0.0)}
+
+
+def _check_heartbeat(name: str, data: Any) -> dict[str, int]:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, "expected {interval: S, grace: S}")
+    _checks.known_keys(name, data, ("interval", "grace"))
+    return {"interval": _checks.integer(f"{name}.interval", data.get("interval", 10), low=1),
+            "grace": _checks.integer(f"{name}.grace", data.get("grace", 60), low=1)}
+
+
+def _check_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(name, f"expected a non-empty string, got {value!r}")
+    if not _NAME.fullmatch(value):  # it names files: NAME.db, NAME.best.json
+        raise ConfigError(name, f"{value!r} is not a plain file name",
+                          "letters, digits, '.', '_', '-'")
+    return value
+
+
+def _check_search_space(name: str, value: Any) -> str:
+    if value is None:
+        raise ConfigError(name, "missing", "a path to a search-space YAML file")
+    return str(value)
+
+
+def _check_train(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(name, "expected a mapping of training fields")
+    for key in ("test", "checkpoint_dir", "spec", "preset", "seed"):
+        if key in value:
+            why = "is set by the study for each trial"
+            if key == "seed":
+                why += " (use the study's top-level seed field)"
+            raise ConfigError(f"{name}.{key}", why, "other TrainConfig fields")
+    return dict(value)
+
+
+def _space_path(value: str, path: Path) -> Path:
+    space_path = Path(value)
+    if not space_path.is_absolute():
+        space_path = path.parent / space_path
+    if not space_path.is_file():
+        raise ConfigError("search_space", f"no such file: {space_path}",
+                          "a path relative to the study file")
+    return space_path
+
+
+def _read_train(data: dict[str, Any], path: Path) -> TrainConfig:
+    if data.get("data_dir") and not Path(data["data_dir"]).is_absolute():
+        data = {**data, "data_dir": str((path.parent / data["data_dir"]).resolve())}
+    try:
+        return TrainConfig.from_dict({**data, "test": "none"})
+    except ValidationError as err:
+        raise err.within("train") from None
+
+
 def _read_storage(value: Any, path: Path, name: str) -> str:
     if not value:
         return f"sqlite:///{(path.parent / (name + '.db')).resolve()}"
@@ -269,26 +298,38 @@ def _read_storage(value: Any, path: Path, name: str) -> str:
     return value
 
 
-def _read_scheduler(data: Any, epochs: int) -> dict[str, Any]:
+def _check_scheduler(name: str, data: Any) -> dict[str, Any]:
+    if data is None:
+        data = {"type": "asha"}
     if not isinstance(data, dict):
-        raise ConfigError("scheduler", "expected {type: asha, ...} or {type: none}")
-    kind = _checks.choice("scheduler.type", data.get("type", "asha"), ("asha", "none"))
+        raise ConfigError(name, "expected {type: asha, ...} or {type: none}")
+    kind = _checks.choice(f"{name}.type", data.get("type", "asha"), ("asha", "none"))
     if kind == "none":
-        _checks.known_keys("scheduler", data, ("type",))
+        _checks.known_keys(name, data, ("type",))
         return {"type": "none"}
-    _checks.known_keys("scheduler", data, ("type", "grace_period", "reduction_factor"))
-    factor = _checks.number("scheduler.reduction_factor", data.get("reduction_factor", 3),
+    _checks.known_keys(name, data, ("type", "grace_period", "reduction_factor"))
+    factor = _checks.number(f"{name}.reduction_factor", data.get("reduction_factor", 3),
                             low=1.0, low_open=True)
     grace = data.get("grace_period", "auto")
-    if grace == "auto":
-        from metasam.tuning.schedulers import auto_grace_period
-
-        grace = auto_grace_period(epochs, factor)
-    grace = _checks.integer("scheduler.grace_period", grace, low=1, high=epochs)
+    if grace != "auto":
+        grace = _checks.integer(f"{name}.grace_period", grace, low=1)
     return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
 
 
-def _read_confirm(data: Any) -> dict[str, Any]:
+def _resolve_scheduler(scheduler: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """ASHA's ``grace_period: auto`` for this budget, and a grace period within it."""
+    if scheduler["type"] == "none":
+        return scheduler
+    grace = scheduler["grace_period"]
+    if grace == "auto":
+        from metasam.tuning.schedulers import auto_grace_period
+
+        grace = auto_grace_period(epochs, scheduler["reduction_factor"])
+    grace = _checks.integer("scheduler.grace_period", grace, low=1, high=epochs)
+    return {**scheduler, "grace_period": grace}
+
+
+def _check_confirm(name: str, data: Any) -> dict[str, Any]:
     """``confirm: {top_k: K, seeds: S}`` (default 3 and 3), or ``false`` to declare the best
     single-seed trial the winner."""
     if data is False or data is None:
@@ -296,17 +337,57 @@ def _read_confirm(data: Any) -> dict[str, Any]:
     if data is True:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("confirm", f"expected {{top_k: K, seeds: S}} or false, got {data!r}")
-    _checks.known_keys("confirm", data, ("top_k", "seeds"))
-    top_k = _checks.integer("confirm.top_k", data.get("top_k", 3), low=0)
-    seeds = _checks.integer("confirm.seeds", data.get("seeds", 3), low=0 if top_k == 0 else 2)
+        raise ConfigError(name, f"expected {{top_k: K, seeds: S}} or false, got {data!r}")
+    _checks.known_keys(name, data, ("top_k", "seeds"))
+    top_k = _checks.integer(f"{name}.top_k", data.get("top_k", 3), low=0)
+    seeds = _checks.integer(f"{name}.seeds", data.get("seeds", 3), low=0 if top_k == 0 else 2)
     return {"top_k": top_k, "seeds": seeds}
 
 
-def _read_sampler(data: Any) -> dict[str, Any]:
+def _check_sampler(name: str, data: Any) -> dict[str, Any]:
+    if data is None:
+        data = {"type": "tpe"}
     if not isinstance(data, dict):
-        raise ConfigError("sampler", "expected {type: tpe|random, startup_trials: N}")
-    _checks.known_keys("sampler", data, ("type", "startup_trials"))
-    kind = _checks.choice("sampler.type", data.get("type", "tpe"), ("tpe", "random"))
-    startup = _checks.integer("sampler.startup_trials", data.get("startup_trials", 10), low=0)
+        raise ConfigError(name, "expected {type: tpe|random, startup_trials: N}")
+    _checks.known_keys(name, data, ("type", "startup_trials"))
+    kind = _checks.choice(f"{name}.type", data.get("type", "tpe"), ("tpe", "random"))
+    startup = _checks.integer(f"{name}.startup_trials", data.get("startup_trials", 10), low=0)
     return {"type": kind, "startup_trials": startup}
+
+
+def _optional(check: Any) -> Any:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+@dataclass
+class StudyFile:
+    """The fields of a study YAML file, each checked by its option as TrainConfig's are;
+    :meth:`StudyConfig.from_yaml` reads one and resolves what needs its folder or several
+    fields at once."""
+
+    name: str = _config.option(None, _check_name, "name in the storage and of files")
+    search_space: str = _config.option(None, _check_search_space,
+                                       "search-space YAML, relative to the study file")
+    train: dict[str, Any] = _config.option(None, _check_train, "TrainConfig fields",
+                                           factory=dict)
+    metric: str = _config.option("val_acc", _config.choice(*METRICS),
+                                 "a validation or training metric")
+    mode: str | None = _config.option(None, _optional(_config.choice("max", "min")),
+                                      "max or min (default: from the metric)")
+    trials: int = _config.option(20, _config.integer(1), "trials that reach a terminal state")
+    concurrency: int = _config.option(1, _config.integer(1), "trials at once")
+    resources: dict[str, float] = _config.option(None, _check_resources, "per trial",
+                                                 factory=dict)
+    scheduler: dict[str, Any] = _config.option(None, _check_scheduler, "ASHA or none",
+                                               factory=lambda: {"type": "asha"})
+    storage: str | None = _config.option(None, _config.text(optional=True), "Optuna storage")
+    sampler: dict[str, Any] = _config.option(None, _check_sampler, "tpe or random",
+                                             factory=lambda: {"type": "tpe"})
+    seed: int = _config.option(0, _config.integer(0), "seed of the study")
+    heartbeat: dict[str, int] = _config.option(None, _check_heartbeat, "seconds",
+                                               factory=dict)
+    confirm: dict[str, Any] = _config.option(None, _check_confirm, "finalists re-run",
+                                             factory=dict)
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
