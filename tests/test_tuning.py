@@ -384,3 +384,32 @@ def test_two_workers_on_a_postgresql_study_across_a_ray_cluster(tmp_path, ray_cl
     state = assert_complete_and_unique(config)
     assert len({t.user_attrs.get("worker") for t in state.counted}) == 2
     assert all(counts(t) for t in state.counted)
+
+
+def _open_after(barrier, url: str, errors) -> None:
+    from metasam.tuning.storage import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url)
+    except BaseException as err:  # noqa: BLE001 (reported to the parent)
+        errors.put(str(err))
+
+
+def test_workers_creating_one_new_database_at_once_all_open_it(tmp_path) -> None:
+    """Schema creation races between processes (a duplicate table, Alembic's version stamp
+    written twice) are retried; only real failures are reported."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+        barrier, errors = context.Barrier(6), context.Queue()
+        workers = [context.Process(target=_open_after, args=(barrier, url, errors))
+                   for _ in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+        assert all(w.exitcode == 0 for w in workers)
+        assert errors.empty(), errors.get()

@@ -111,9 +111,11 @@ def storage_failure(url: str, err: BaseException) -> StorageError:
 
 
 # A database created by two workers at once: the loser's schema creation collides with the
-# winner's and succeeds when tried again. Anything else (a corrupted file, a read-only folder,
-# a refused or silent server) is reported at once.
-_RACES = ("already exists", "database is locked", "duplicate key", "UniqueViolation")
+# winner's (a duplicate table, or Alembic's version stamp written twice: integrity and
+# programming errors) and succeeds when tried again. Anything else (a corrupted file, a
+# read-only folder, a refused or silent server) is reported at once.
+_RACES = ("already exists", "database is locked", "duplicate key", "UniqueViolation",
+          "UNIQUE constraint failed")
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None,
@@ -151,7 +153,10 @@ def open_storage(url: str, heartbeat_interval: int | None = None,
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
-            if attempt == 9 or not any(r in str(err) for r in _RACES):
+            race = isinstance(err, (sqlalchemy.exc.IntegrityError,
+                                    sqlalchemy.exc.ProgrammingError)) or \
+                any(r in str(err) for r in _RACES)
+            if attempt == 9 or not race:
                 raise storage_failure(url, err) from None
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
