@@ -16,6 +16,7 @@ from metasam.errors import SpecError
 from metasam.family.measures import Measure
 from metasam.family.phi import Phi
 from metasam.family.psi import Psi
+from metasam.family.schedule import Schedule
 
 if TYPE_CHECKING:
     from metasam.family.implied import MeasureValue
@@ -32,7 +33,7 @@ class Surrogate(NamedTuple):
 
 
 _KEYS = ("format", "name", "phi", "psi", "measure", "n", "rho", "lam", "d_clip", "lam_scale",
-         "guard")
+         "guard", "schedule")
 LAM_SCALES = ("absolute", "relative")
 
 
@@ -84,6 +85,7 @@ class SharpnessSpec:
     d_clip: float | None = None
     lam_scale: str = "absolute"
     guard: float | None = None
+    schedule: Schedule | Any = None
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +101,10 @@ class SharpnessSpec:
         set_(self, "lam_scale", _checks.choice("lam_scale", self.lam_scale, LAM_SCALES))
         if self.guard is not None:
             set_(self, "guard", _checks.number("guard", self.guard, low=0.0, low_open=True))
+        schedule = Schedule.from_obj(self.schedule)
+        # a schedule that applies the term on every step, or one without a term, is none
+        set_(self, "schedule", None if schedule is None or schedule.is_always or
+             self.lam == 0.0 else schedule)
         if self.name is not None and not isinstance(self.name, str):
             raise SpecError("name", f"expected a string, got {self.name!r}")
         if self.psi.dim is not None and self.psi.dim != self.phi.dim:
@@ -192,6 +198,8 @@ class SharpnessSpec:
             out["lam_scale"] = self.lam_scale
         if self.guard is not None:
             out["guard"] = self.guard
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.to_obj()
         return out
 
     @classmethod

@@ -100,6 +100,8 @@ class UniversalSAM(torch.optim.Optimizer):
             (default) the default group when ``torch.distributed`` is initialized with more than
             one rank, ``None`` never synchronize, or a process group.
         scaler: a ``torch.amp.GradScaler`` for fp16 mixed precision (see below).
+        total_steps: the number of steps training will take; needed by a spec whose
+            ``schedule`` starts the sharpness term after a fraction of training.
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ...).
 
     Example::
@@ -149,7 +151,8 @@ class UniversalSAM(torch.optim.Optimizer):
                  model: nn.Module | None = None, bn_stats: str = "freeze",
                  seed: int | None = None, max_grad_norm: float | None = None,
                  on_nonfinite: str = "raise", process_group: Any = AUTO,
-                 scaler: torch.amp.GradScaler | None = None, **base_kwargs: Any) -> None:
+                 scaler: torch.amp.GradScaler | None = None, total_steps: int | None = None,
+                 **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and
                 issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError("base_optimizer must be an optimizer class such as torch.optim.SGD, "
@@ -174,6 +177,17 @@ class UniversalSAM(torch.optim.Optimizer):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {scaler!r}")
         self.on_nonfinite = on_nonfinite
         self.scaler = scaler
+        if total_steps is not None and (isinstance(total_steps, bool) or
+                                        not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"total_steps: expected a positive whole number, got "
+                             f"{total_steps!r}")
+        if self.spec.schedule is not None and self.spec.schedule.start > 0 and \
+                total_steps is None:
+            raise ValueError("total_steps: the spec's schedule starts the sharpness term at "
+                             f"{self.spec.schedule.start:g} of training; allowed: "
+                             "UniversalSAM(..., total_steps=epochs * steps_per_epoch)")
+        self.total_steps = total_steps
+        self._trigger_stats: tuple[float, float] | None = None  # EMA of ‖g0‖² and its variance
         self._scale = 1.0  # the scaler's loss scale during the current step
         self._unscaled = False
         self._sync = Sync.resolve(process_group)
@@ -234,8 +248,10 @@ class UniversalSAM(torch.optim.Optimizer):
                  if "fisher_mask" in s}
         generators = dict(self._pending_generator_states)
         generators.update({k: g.get_state() for k, g in self._generators.items()})
+        reuse = {index[id(p)]: s["reuse"] for p, s in self.state.items() if "reuse" in s}
         own = {"seed": self.seed, "steps": self.steps, "skipped_steps": self.skipped_steps,
-               "grad_evals": self.grad_evals, "generators": generators, "fisher_masks": masks}
+               "grad_evals": self.grad_evals, "generators": generators, "fisher_masks": masks,
+               "reuse": reuse, "trigger_stats": self._trigger_stats}
         if self.scaler is not None:
             own["scaler"] = self.scaler.state_dict()
         return {"base": self.base_optimizer.state_dict(), "universal_sam": own}
@@ -257,6 +273,11 @@ class UniversalSAM(torch.optim.Optimizer):
         for i, mask in own.get("fisher_masks", {}).items():
             p = params[int(i)]
             self.state[p]["fisher_mask"] = mask.to(p.device)
+        for i, v in own.get("reuse", {}).items():
+            p = params[int(i)]
+            self.state[p]["reuse"] = v.to(p.device)
+        stats = own.get("trigger_stats")
+        self._trigger_stats = tuple(stats) if stats is not None else None  # type: ignore[assignment]
         if self.scaler is not None and own.get("scaler"):
             self.scaler.load_state_dict(own["scaler"])
 
@@ -278,7 +299,12 @@ class UniversalSAM(torch.optim.Optimizer):
             self._finish(first.params, first.loss, first.checks[:1], first.checks[1][2],
                          StepInfo(self.steps, 0.0, self._step_passes))
             return first.loss
-        keep_g0 = self._g0_coefficient != 0.0 or self.spec.guard is not None
+        schedule = self.spec.schedule
+        if schedule is not None and not self._term_applies(schedule, first):
+            self._plain_step(first, reuse=schedule.reuse)
+            return first.loss
+        keep_g0 = (self._g0_coefficient != 0.0 or self.spec.guard is not None
+                   or (schedule is not None and schedule.reuse))
         g0 = [p.grad.clone() for p in first.params] if keep_g0 else None
         probes = self._perturbed_passes(closure, first)
         self._combine_and_apply(first, probes, g0)
@@ -402,7 +428,48 @@ class UniversalSAM(torch.optim.Optimizer):
         exact_last = (beta[-1] == 1.0 and coefficient_g0 == 0.0 and n == 1 and factor is None)
         # When the update is exactly g_n, its norm was computed with the last pass's checks.
         norm = checks[-3][2] if exact_last else _total(_norms(final), loss0.device)
+        reuse = None
+        if spec.schedule is not None and spec.schedule.reuse:
+            assert g0 is not None
+            reuse = _orthogonal_part(final, g0, checks[1][2])
         self._finish(params, loss0, [], norm, info, factor)
+        if reuse is not None and self.last_step is info:  # applied: remember its direction
+            for p, v in zip(params, reuse, strict=True):
+                self.state[p]["reuse"] = v
+
+    # --- the schedule of the sharpness term ----------------------------------------------------
+
+    def _term_applies(self, schedule: Any, first: _FirstPass) -> bool:
+        """Whether this step applies the sharpness term (docs/family.md §3.4)."""
+        index = self.steps - 1  # of this step, from 0
+        start = math.ceil(schedule.start * self.total_steps) if schedule.start > 0 else 0
+        if schedule.trigger is not None:
+            # AE-SAM: EMAs of ‖g0‖² (unscaled under fp16) and of its squared deviation
+            x = float(first.checks[1][2]) ** 2 / self._scale ** 2
+            if not math.isfinite(x):
+                return False  # a plain step, whose checks report the problem
+            if self._trigger_stats is None:
+                self._trigger_stats = (x, 0.0)
+                return index >= start
+            d = schedule.decay
+            mean = d * self._trigger_stats[0] + (1 - d) * x
+            var = d * self._trigger_stats[1] + (1 - d) * (x - mean) ** 2
+            self._trigger_stats = (mean, var)
+            return index >= start and x >= mean + schedule.trigger * math.sqrt(var)
+        return index >= start and (index - start) % schedule.every == 0
+
+    def _plain_step(self, first: _FirstPass, reuse: bool) -> None:
+        """A step without the sharpness term: the base optimizer on g0 (one pass), plus, with
+        ``reuse``, the last full step's sharpness component orthogonal to g0, rescaled to
+        ‖g0‖ (LookSAM)."""
+        params, norm = first.params, first.checks[1][2]
+        stored = [self.state[p].get("reuse") for p in params] if reuse else []
+        if stored and all(v is not None for v in stored):
+            grads = [p.grad for p in params]
+            torch._foreach_add_(grads, torch._foreach_mul(stored, _per_device(norm, stored)))
+            norm = _total(_norms(grads), first.loss.device)
+        self._finish(params, first.loss, first.checks[:1], norm,
+                     StepInfo(self.steps, 0.0, self._step_passes))
 
     @staticmethod
     def _apply_guard(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor,
@@ -597,6 +664,19 @@ class UniversalSAM(torch.optim.Optimizer):
             self.steps, math.nan, self._step_passes,
             skipped=f"fp16 overflow: non-finite {detail} in the {pass_name} at loss scale "
                     f"{scale:g} (now {self.scaler.get_scale():g})")
+
+
+def _orthogonal_part(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor) -> list[Tensor]:
+    """(c − (⟨c, g0⟩/‖g0‖²)·g0)/‖g0‖ with c = final − g0: the sharpness component orthogonal to
+    g0, per unit of ‖g0‖ (LookSAM's reused direction, on the device)."""
+    c = torch._foreach_sub(final, g0)
+    dot = sum((torch.sum(a * b).to(g0_norm.device, torch.float64)
+               for a, b in zip(c, g0, strict=True)),
+              torch.zeros((), device=g0_norm.device, dtype=torch.float64))
+    g0_sq = (g0_norm.to(torch.float64) ** 2).clamp_min(1e-30)
+    torch._foreach_add_(c, torch._foreach_mul(g0, _per_device(-dot / g0_sq, g0)))
+    torch._foreach_div_(c, _per_device(g0_norm.clamp_min(1e-30), c))
+    return c
 
 
 def _grad_or_zero(p: Tensor) -> Tensor:

@@ -116,6 +116,9 @@ class Trial:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward: nn.Module = torch.compile(self.model) if config.compile else self.model
         self.spec = config.resolved_spec()
+        self.loader = DeviceLoader(train_data, config.batch_size, self.device, shuffle=True,
+                                   augment=config.resolved_augment(), seed=config.seed + 1,
+                                   channels_last=self.channels_last)
         base, kwargs = base_class(base_of(config))
         self.precision = precision_of(config)
         scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
@@ -123,11 +126,9 @@ class Trial:
             self.model.parameters(), base, self.spec, model=self.model, bn_stats=config.bn_stats,
             seed=config.seed, max_grad_norm=config.max_grad_norm,
             on_nonfinite=config.on_nonfinite, scaler=scaler,
+            total_steps=config.epochs * len(self.loader),
             **kwargs)
         self.scheduler = _scheduler(self.optimizer, config)
-        self.loader = DeviceLoader(train_data, config.batch_size, self.device, shuffle=True,
-                                   augment=config.resolved_augment(), seed=config.seed + 1,
-                                   channels_last=self.channels_last)
         self.epoch = 0
         self.grad_evals = 0
         self.elapsed = 0.0

@@ -1,0 +1,185 @@
+"""The schedule of the sharpness term: a step with the term off is exactly a base-optimizer
+step on g0 (LookSAM's reuse added), a step with it on is exactly today's UniversalSAM step, and
+the passes are counted as made."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metasam import SharpnessSpec, UniversalSAM, presets
+from metasam.errors import SpecError
+
+
+def _problem():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 3)).double()
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 6, generator=gen, dtype=torch.float64),
+                torch.randint(0, 3, (16,), generator=gen)) for _ in range(10)]
+    return model, batches
+
+
+def _closure(model, optimizer, batch):
+    x, y = batch
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    return closure
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+
+
+def _run_checked(spec: SharpnessSpec, expected_on: list[bool]) -> UniversalSAM:
+    """Step a scheduled optimizer and, before each step, two twins from the same state: one
+    plain (SGD with the same momentum buffers), one unscheduled UniversalSAM (same generators).
+    Each step must equal the twin its schedule says."""
+    model, batches = _problem()
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    opt = UniversalSAM(model.parameters(), torch.optim.SGD, spec, seed=7,
+                       total_steps=len(batches), **hyper)
+    unscheduled = spec.replace(schedule=None)
+    for step, (batch, on) in enumerate(zip(batches, expected_on)):
+        twins = {}
+        for name, twin_spec in (("off", presets.sgd()), ("on", unscheduled)):
+            twin_model = copy.deepcopy(model)
+            twin = UniversalSAM(twin_model.parameters(), torch.optim.SGD, twin_spec, seed=7,
+                                **hyper)
+            state = copy.deepcopy(opt.state_dict())
+            if name == "off":  # a plain optimizer: the base optimizer's state only
+                twin.base_optimizer.load_state_dict(state["base"])
+            else:
+                twin.load_state_dict(state)
+            twin.step(_closure(twin_model, twin, batch))
+            twins[name] = _flat(twin_model)
+        opt.step(_closure(model, opt, batch))
+        assert opt.last_step.passes == (1 + spec.n if on else 1), step
+        if not (spec.schedule.reuse and not on):
+            torch.testing.assert_close(_flat(model), twins["on" if on else "off"], rtol=0,
+                                       atol=1e-12, msg=f"step {step}")
+    return opt
+
+
+def test_late_phase_starts_the_term_after_its_fraction() -> None:
+    spec = presets.frob_sam(schedule={"start": 0.6})
+    opt = _run_checked(spec, [False] * 6 + [True] * 4)
+    assert opt.grad_evals == 6 * 1 + 4 * 3
+
+
+def test_every_k_applies_the_term_on_every_kth_step_from_the_start() -> None:
+    spec = presets.sam(schedule={"start": 0.2, "every": 3})
+    # steps 0, 1 before the start (ceil(0.2 · 10) = 2); then on at 2, 5, 8
+    expected = [i >= 2 and (i - 2) % 3 == 0 for i in range(10)]
+    opt = _run_checked(spec, expected)
+    assert opt.grad_evals == sum(2 if on else 1 for on in expected)
+
+
+def test_lookSAM_reuse_adds_the_orthogonal_sharpness_component() -> None:
+    """Off-steps: g0 + ‖g0‖·v, v the last full step's (c − proj_g0 c)/‖g0‖, c its sharpness
+    part; computed here independently with autograd gradients."""
+    spec = presets.sam(schedule={"every": 2, "reuse": True})
+    model, batches = _problem()
+    opt = UniversalSAM(model.parameters(), torch.optim.SGD, spec, lr=0.1, seed=7,
+                       total_steps=len(batches))
+
+    def grad_at(weights, batch):
+        probe = copy.deepcopy(model)
+        torch.nn.utils.vector_to_parameters(weights, probe.parameters())
+        loss = F.cross_entropy(probe(batch[0]), batch[1])
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss,
+                                                                     probe.parameters())])
+
+    v = None
+    for step, batch in enumerate(batches[:6]):
+        w = _flat(model)
+        g0 = grad_at(w, batch)
+        if step % 2 == 0:  # SAM: the gradient at w + ρ g0/‖g0‖
+            g1 = grad_at(w + 0.05 * g0 / (g0.norm() + 1e-12), batch)
+            c = g1 - g0
+            c_perp = c - (c @ g0) / (g0 @ g0) * g0
+            v = c_perp / g0.norm()
+            expected = w - 0.1 * g1
+        else:
+            expected = w - 0.1 * (g0 + g0.norm() * v)
+        opt.step(_closure(model, opt, batch))
+        torch.testing.assert_close(_flat(model), expected, rtol=0, atol=1e-10,
+                                   msg=f"step {step}")
+    assert opt.grad_evals == 3 * 2 + 3 * 1
+
+
+def test_adaptive_trigger_follows_the_gradient_norm_statistics() -> None:
+    """AE-SAM: the term when ‖g0‖² ≥ μ + c·σ after updating the EMAs; recomputed here."""
+    spec = presets.sam(schedule={"trigger": 0.0, "decay": 0.5})
+    model, batches = _problem()
+    opt = UniversalSAM(model.parameters(), torch.optim.SGD, spec, lr=0.5, seed=7,
+                       total_steps=len(batches))
+    mean = var = None
+    decisions = []
+    for batch in batches:
+        probe = copy.deepcopy(model)
+        loss = F.cross_entropy(probe(batch[0]), batch[1])
+        x = float(sum(g.pow(2).sum() for g in torch.autograd.grad(loss, probe.parameters())))
+        if mean is None:
+            mean, var, on = x, 0.0, True
+        else:
+            mean = 0.5 * mean + 0.5 * x
+            var = 0.5 * var + 0.5 * (x - mean) ** 2
+            on = x >= mean + 0.0 * math.sqrt(var)
+        opt.step(_closure(model, opt, batch))
+        decisions.append(on)
+        assert opt.last_step.passes == (2 if on else 1)
+    assert any(decisions) and not all(decisions)  # the trigger did decide both ways
+
+
+def test_schedule_is_part_of_the_spec() -> None:
+    spec = presets.frob_sam(schedule={"start": 0.5, "every": 2, "reuse": True})
+    assert SharpnessSpec.from_json(spec.to_json()) == spec
+    assert spec != presets.frob_sam()
+    assert presets.sam(schedule={"start": 0.0, "every": 1}).schedule is None  # always on
+    for bad, field in (({"start": 1.0}, "schedule.start"), ({"every": 0}, "schedule.every"),
+                       ({"every": 1, "reuse": True}, "schedule.reuse"),
+                       ({"every": 2, "trigger": 1.0}, "schedule.trigger"),
+                       ({"later": 1}, "schedule.later")):
+        with pytest.raises(SpecError, match=field):
+            presets.sam(schedule=bad)
+    model, _ = _problem()
+    with pytest.raises(ValueError, match="total_steps"):
+        UniversalSAM(model.parameters(), torch.optim.SGD, presets.sam(schedule={"start": 0.5}),
+                     lr=0.1)
+
+
+def test_scheduled_state_round_trips() -> None:
+    spec = presets.sam(schedule={"every": 2, "reuse": True})
+    model, batches = _problem()
+    opt = UniversalSAM(model.parameters(), torch.optim.SGD, spec, lr=0.1, seed=3,
+                       total_steps=10)
+    for batch in batches[:3]:
+        opt.step(_closure(model, opt, batch))
+    twin_model = copy.deepcopy(model)
+    twin = UniversalSAM(twin_model.parameters(), torch.optim.SGD, spec, lr=0.1, seed=3,
+                        total_steps=10)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for batch in batches[3:6]:
+        opt.step(_closure(model, opt, batch))
+        twin.step(_closure(twin_model, twin, batch))
+    assert torch.equal(_flat(model), _flat(twin_model))
+
+
+def test_trainer_counts_the_passes_of_a_scheduled_run() -> None:
+    from metasam.training import train
+
+    result = train({"dataset": "digits", "model": "mlp", "epochs": 2,
+                    "spec": presets.sam(schedule={"start": 0.5}).to_dict()})
+    steps = result["steps"]
+    assert result["status"] == "completed"
+    assert result["grad_evals"] == steps + steps // 2  # the second epoch pays 2 passes a step
