@@ -384,3 +384,33 @@ def test_trial_record_reads_back_what_the_searcher_and_storage_write() -> None:
     study.enqueue_trial({}, user_attrs={**enqueued, record.INTERRUPTED: True})
     rec = TrialRecord.of(study.trials[-1])
     assert rec.label == "sam" and rec.is_point and rec.interrupted and not rec.counts
+
+
+def test_the_schedule_is_a_search_dimension() -> None:
+    import optuna
+
+    from metasam import SharpnessSpec
+    from metasam.tuning import SearchSpace
+
+    space = SearchSpace.from_dict({"search": {
+        "members": ["sam", "frob_sam"],
+        "schedule": {"start": [0.0, 0.5], "every": [1, 4], "reuse": [False, True]}}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        config = space.sample(trial)
+        spec = SharpnessSpec.from_dict(config["spec"])
+        schedule = spec.schedule
+        if schedule is None:  # start 0 and every 1 sampled: the term on every step
+            seen.add("always")
+            continue
+        assert 0.0 <= schedule.start <= 0.5 and 1 <= schedule.every <= 4
+        assert not schedule.reuse or schedule.every > 1
+        seen.add((schedule.every > 1, schedule.reuse))
+        study.tell(trial, 0.0)
+    assert {(True, True), (True, False), (False, False)} <= seen
+    from metasam.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="search.schedule.start"):
+        SearchSpace.from_dict({"search": {"members": ["sam"], "schedule": {"start": [0.5, 1.0]}}})

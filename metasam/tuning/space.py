@@ -217,7 +217,8 @@ def _read_search(data: Any) -> dict[str, Any]:
     """The search section as the dict :func:`sample_search` reads: its fields checked by
     :class:`SearchSection` (as TrainConfig's are), then the fields that go together."""
     section = _config.from_mapping(SearchSection, data, prefix="search")
-    common = {"members": section.members, "region": section.region, "guard": section.guard}
+    common = {"members": section.members, "region": section.region, "guard": section.guard,
+              "schedule": section.schedule}
     common.update({key: getattr(section, key) for key in ("lr", "weight_decay")
                    if getattr(section, key) is not None})
     universal_only = ("measure", "phi", "psi", "rho", "lam", "n", "d_clip")
@@ -237,6 +238,32 @@ def _read_search(data: Any) -> dict[str, Any]:
                               f"have {m} outputs", "add e.g. 'sum'")
     return {**common, "lam_scale": section.lam_scale, **section.measure, "phi": phi, "psi": psi,
             "rho": section.rho, "lam": section.lam, "n": section.n, "d_clip": section.d_clip}
+
+
+def _check_schedule(name: str, value: Any) -> dict[str, Any] | None:
+    """``schedule: {start: [low, high], every: [1, k], reuse: [false, true]}`` — a search
+    dimension over the schedule of the sharpness term (docs/family.md §3.4)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError("search.schedule", "expected {start: [low, high], every: [1, k], "
+                          "reuse: [false, true]}")
+    _checks.known_keys("search.schedule", value, ("start", "every", "reuse"))
+    out: dict[str, Any] = {}
+    if "start" in value:
+        start = _range("search.schedule.start", value["start"], log=False)
+        if start.low < 0 or start.high >= 1:
+            raise ConfigError("search.schedule.start", f"[{start.low}, {start.high}] leaves "
+                              "[0, 1)", "fractions of training in [0, 1)")
+        out["start"] = start
+    if "every" in value:
+        out["every"] = _range("search.schedule.every", value["every"], log=False,
+                              positive=True, integer=True)
+    reuse = value.get("reuse", [False])
+    if not isinstance(reuse, list) or not reuse:
+        raise ConfigError("search.schedule.reuse", "expected a list", "[false], [false, true]")
+    out["reuse"] = [_checks.boolean("search.schedule.reuse", r) for r in reuse]
+    return out
 
 
 def _check_members(name: str, members: Any) -> list[str]:
@@ -305,6 +332,8 @@ class SearchSection:
     n: Range = _config.option(None, _range_check(log=False, positive=True, integer=True),
                               "[low, high]", factory=lambda: [1, 1])
     d_clip: float | None = _config.option(None, _positive, "|D| clipped at this value")
+    schedule: dict[str, Any] | None = _config.option(None, _check_schedule,
+                                                      "start, every, reuse ranges")
 
     def __post_init__(self) -> None:
         _config.validate(self)
@@ -368,12 +397,30 @@ def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, di
     train = {key: _suggest(trial, key, search[key]) for key in ("lr", "weight_decay")
              if key in search}
     if member != "universal":
-        return sample_region(member, search["region"], search["guard"], trial), train
-    spec = _sample_universal(search, trial)
-    spec, note = repair_penalty(spec)
-    if note and hasattr(trial, "set_user_attr"):
-        trial.set_user_attr(record.REPAIRED, note)
+        spec = sample_region(member, search["region"], search["guard"], trial)
+    else:
+        spec, note = repair_penalty(_sample_universal(search, trial))
+        if note and hasattr(trial, "set_user_attr"):
+            trial.set_user_attr(record.REPAIRED, note)
+    if search.get("schedule") is not None and not spec.is_plain:
+        spec = spec.replace(schedule=_sample_schedule(search["schedule"], trial))
     return spec, train
+
+
+def _sample_schedule(space: dict[str, Any], trial: Any) -> dict[str, Any]:
+    """A schedule of the sharpness term: late-phase start and every-k (with LookSAM's reuse
+    where k > 1), each dimension only when the space gives it a range."""
+    out: dict[str, Any] = {}
+    if "start" in space:
+        out["start"] = _suggest(trial, "schedule_start", space["start"])
+    if "every" in space:
+        every = space["every"]
+        out["every"] = trial.suggest_int("schedule_every", int(every.low), int(every.high))
+        if out["every"] > 1 and len(space["reuse"]) > 1:
+            out["reuse"] = trial.suggest_categorical("schedule_reuse", space["reuse"])
+        elif out["every"] > 1:
+            out["reuse"] = space["reuse"][0]
+    return out
 
 
 def _sample_universal(search: dict[str, Any], trial: Any) -> SharpnessSpec:
