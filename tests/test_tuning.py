@@ -413,3 +413,61 @@ def test_workers_creating_one_new_database_at_once_all_open_it(tmp_path) -> None
             w.join(timeout=120)
         assert all(w.exitcode == 0 for w in workers)
         assert errors.empty(), errors.get()
+
+
+# --- cost-aware studies -----------------------------------------------------------------------
+
+def test_pareto_front_keeps_what_no_cheaper_trial_beats() -> None:
+    from metasam.tuning.cost import pareto_front, pick
+
+    study = optuna.create_study(direction="maximize")
+    rows = [("a", 0.80, 100), ("b", 0.85, 200), ("c", 0.83, 250), ("d", 0.90, 300),
+            ("e", 0.90, 400), ("f", 0.95, 150)]  # f dominates a..e except the cheapest, a
+    for label, acc, evals in rows:
+        trial = study.ask()
+        for key, value in (("label", label), ("full_budget", True), ("val_acc", acc),
+                           ("grad_evals", evals)):
+            trial.set_user_attr(key, value)
+        study.tell(trial, acc)
+    stopped = study.ask()  # cheaper and better, but not at full budget: not on the front
+    for key, value in (("label", "g"), ("full_budget", False), ("val_acc", 0.99),
+                       ("grad_evals", 10)):
+        stopped.set_user_attr(key, value)
+    study.tell(stopped, 0.99)
+    front = pareto_front(study, "val_acc", "max")
+    assert [(p.label, p.grad_evals) for p in front] == [("a", 100), ("f", 150)]
+    assert pick(front, 149).label == "a" and pick(front, 1e9).label == "f"
+    with pytest.raises(ValueError, match="at most 50 gradient evaluations; allowed: ≥ 100"):
+        pick(front, 50)
+
+
+def test_cost_aware_study_ranks_by_the_score_and_best_picks_from_the_front(
+        tmp_path, ray_cluster, capsys) -> None:
+    from metasam.tuning.cost import pareto_front
+
+    path = write_study(tmp_path, name="cost", trials=4, epochs=2, concurrency=1,
+                       cost={"weight": 0.01}, scheduler={"type": "none"},
+                       space={"presets": ["sgd", "sam", "frob_sam"],
+                              "search": {"members": ["sam"],
+                                         "schedule": {"every": [2, 4], "reuse": [True]}}})
+    config = StudyConfig.from_yaml(path)
+    assert config.objective == "cost_score"
+    tune_study(config, address=ray_cluster, verbose=0)
+    study = load_study(config.storage, config.name)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs["label"] in ("sgd", "sam", "frob_sam"):  # no schedule: exact passes
+            expected = t.user_attrs["val_acc"] - 0.01 * t.user_attrs["passes_per_step"]
+            assert t.value == pytest.approx(expected, abs=1e-12)
+    front = pareto_front(study, "val_acc", "max")
+    assert front and front[0].grad_evals == min(
+        t.user_attrs["grad_evals"] for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("full_budget"))
+    capsys.readouterr()
+    assert main(["best", str(path), "--max-cost", str(front[0].grad_evals)]) == 0
+    exported = json.loads((path.parent / "cost.best.json").read_text())
+    assert exported["trial"] == front[0].number and exported["max_cost"] == front[0].grad_evals
+    assert "<- chosen" in capsys.readouterr().err
+    assert main(["best", str(path), "--max-cost", str(front[0].grad_evals - 1)]) == 2
+    assert main(["trials", str(path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [p["number"] for p in listed["front"]] == [p.number for p in front]

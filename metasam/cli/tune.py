@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     best.add_argument("study", metavar="STUDY.yaml")
     best.add_argument("--out", default=None,
                       help="where to write it (default: STUDY.best.json next to the study)")
+    best.add_argument("--max-cost", type=float, default=None, metavar="EVALS",
+                      help="the best trial of the accuracy/cost Pareto front within EVALS "
+                      "gradient evaluations (forward/backward passes) per run")
     best.set_defaults(run=run_best)
 
     trials = sub.add_parser("trials", help="list a study's trials")
@@ -90,7 +93,7 @@ def _print_verdict(config: Any, file: Any = None) -> None:
         print(f"study {config.name}: no confirmation runs (confirm: false, or none finished): "
               "the best trial is a single-seed result", file=file)
         return
-    for line in verdict.lines(config.metric):
+    for line in verdict.lines(config.objective):
         print(line, file=file)
 
 
@@ -98,23 +101,42 @@ def run_best(args: argparse.Namespace) -> int:
     from metasam.tuning.export import best_optimizer
 
     config = load_study_config(args.study)
-    data = best_optimizer(config)
+    if args.max_cost is not None and not args.max_cost > 0:
+        raise ConfigError("--max-cost", f"out of range: {args.max_cost:g}",
+                          "a positive number of gradient evaluations")
+    data = best_optimizer(config, max_cost=args.max_cost)
+    if args.max_cost is not None:
+        _print_front(config, data["front"], data["trial"], file=sys.stderr)
     out = Path(args.out) if args.out else config.path.with_name(f"{config.name}.best.json")
     text = json.dumps(data, indent=2, ensure_ascii=False)
     out.write_text(text + "\n", encoding="utf-8")
     print(text)
     print(f"written to {out}", file=sys.stderr)
-    _print_verdict(config, file=sys.stderr)
+    if args.max_cost is None:
+        _print_verdict(config, file=sys.stderr)
     return 0
 
 
+def _print_front(config: Any, front: list[dict[str, Any]], chosen: int | None = None,
+                 file: Any = None) -> None:
+    """The Pareto front of the metric against gradient evaluations, cheapest first."""
+    print(f"Pareto front ({config.metric} against gradient evaluations per run, "
+          f"{len(front)} points):", file=file)
+    for p in front:
+        mark = " <- chosen" if p["number"] == chosen else ""
+        print(f"  #{p['number']:<4} {p['grad_evals']:>9} evals  {config.metric} "
+              f"{p['value']:.4f}  {p['label']}{mark}", file=file)
+
+
 def run_trials(args: argparse.Namespace) -> int:
+    from metasam.tuning.cost import pareto_front
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.space import describe_spec
     from metasam.tuning.storage import census
 
     config = load_study_config(args.study)
     study = config.load_study()
+    front = pareto_front(study, config.metric, config.mode)
     rows = []
     for t in study.get_trials(deepcopy=False):
         rec = TrialRecord.of(t)
@@ -131,10 +153,12 @@ def run_trials(args: argparse.Namespace) -> int:
 
         verdict = confirmed_verdict(config)
         print(json.dumps({"trials": rows,
-                          "confirmed": verdict.to_dict() if verdict is not None else None}))
+                          "confirmed": verdict.to_dict() if verdict is not None else None,
+                          "front": [vars(p) for p in front]}))
         return 0
     width = max([5] + [len(str(r["label"])) for r in rows])  # labels are never cut
-    print(f"{'#':>4} {'state':<9} {'label':<{width}} {config.metric:>9} {'ep':>3} {'full':>4} "
+    print(f"{'#':>4} {'state':<9} {'label':<{width}} {config.objective:>9} {'ep':>3} "
+          f"{'full':>4} "
           f"{'passes':>6}  spec / reason")
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
@@ -144,5 +168,7 @@ def run_trials(args: argparse.Namespace) -> int:
               f"{r['epochs'] if r['epochs'] is not None else '':>3} "
               f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {note}")
     print(census(study).describe(config.trials))
+    if front:
+        _print_front(config, [vars(p) for p in front])
     _print_verdict(config)
     return 0

@@ -47,6 +47,7 @@ def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> di
     search-space reader like any points-only space."""
     points = SearchSpace.from_dict(BASELINE_SPACE, name="baselines").points
     study = config.derived("baselines", points, metric=config.metric, mode=config.mode,
+                           cost_weight=0.0,
                            train_changes={"test": "none"})
     from metasam.tuning.runner import tune_study
 
@@ -80,7 +81,8 @@ def compare_config(config: StudyConfig, seeds: int, methods: dict[str, Point],
             points.append(Point(f"{method}/seed{seed}", point.spec,
                                 {**point.train, "seed": config.seed + seed}))
     every = sharpness_every if sharpness_every is not None else max(1, config.train.epochs // 4)
-    return config.derived("compare", points, metric="test_acc", mode="max", train_changes={
+    return config.derived("compare", points, metric="test_acc", mode="max", cost_weight=0.0,
+                          train_changes={
         "val_fraction": 0.0, "test": "epoch", "sharpness_every": every,
         "sharpness_measures": ["trace", "frob", "lmax"]})
 

@@ -15,7 +15,7 @@ Example::
     config = StudyConfig.from_yaml("studies/digits-noisy.yaml")
     run_confirmation(config)                    # after `metasam tune`; resumes if interrupted
     verdict = confirmed_verdict(config)
-    print("\\n".join(verdict.lines(config.metric)))
+    print("\\n".join(verdict.lines(config.objective)))
 """
 
 from __future__ import annotations

@@ -8,22 +8,33 @@ from typing import Any
 from metasam.optim.loading import FORMAT
 
 
-def best_optimizer(config: Any) -> dict[str, Any]:
+def best_optimizer(config: Any, max_cost: float | None = None) -> dict[str, Any]:
     """The study's winner as an exportable dict: the spec, the base optimizer and its schedule,
     and where it came from.
 
     The winner is the confirmation stage's (best mean over fresh seeds, see
     :mod:`metasam.tuning.confirm`) once its runs exist, with its mean, confidence interval and
     tests under ``confirmed``; before that (or with ``confirm: false``) the best single-seed
-    trial at full budget, marked ``confirmed: null``."""
+    trial at full budget, marked ``confirmed: null``. With ``max_cost`` it is the best trial of
+    the Pareto front of the metric against gradient evaluations that costs at most that many
+    (:mod:`metasam.tuning.cost`), under ``front`` the whole front."""
     from metasam.training.trainer import base_of
     from metasam.tuning.confirm import confirmed_verdict, display_name
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import best_trials, trial_spec, trial_train
 
     study = config.load_study()
-    verdict = confirmed_verdict(config, study)
-    if verdict is not None:
+    verdict = confirmed_verdict(config, study) if max_cost is None else None
+    front = None
+    if max_cost is not None:
+        from metasam.tuning.cost import pareto_front, pick
+
+        front = pareto_front(study, config.metric, config.mode)
+        chosen = pick(front, max_cost)
+        trial = study.trials[chosen.number]
+        spec, overrides, number = trial_spec(trial), trial_train(trial), trial.number
+        name, value = display_name(trial), chosen.value
+    elif verdict is not None:
         f = verdict.winner.finalist
         spec, overrides, number, name = f.spec, f.train, f.trial, f.name
         value: float | None = verdict.winner.summary.mean
@@ -52,4 +63,6 @@ def best_optimizer(config: Any) -> dict[str, Any]:
         "passes_per_step": rec.passes_per_step if rec else None,
         "dataset": train.dataset, "model": train.model,
         "confirmed": verdict.to_dict() if verdict is not None else None,
+        **({"max_cost": max_cost, "grad_evals": rec.result("grad_evals") if rec else None,
+            "front": [vars(p) for p in front]} if front is not None else {}),
     }

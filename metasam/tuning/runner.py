@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from metasam.errors import ConfigError
+from metasam.tuning.cost import cost_score
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import Point
 from metasam.tuning.storage import (
@@ -25,26 +26,28 @@ from metasam.tuning.storage import (
     trial_spec,
     trial_train,
 )
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study import COST_SCORE, StudyConfig
 
 logger = logging.getLogger(__name__)
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: str,
-              record_history: bool = False) -> None:
+              record_history: bool = False, cost_weight: float = 0.0) -> None:
     """The Ray Tune trainable: one training run with the trial's spec and overrides.
 
     With ``record_history`` the last report carries the per-epoch metrics as JSON (the
-    comparison runs keep them for their plots)."""
+    comparison runs keep them for their plots); with ``cost_weight`` every report carries the
+    cost-aware score (:mod:`metasam.tuning.cost`), which the study then ranks by."""
     from ray import tune
 
     from metasam.training import TrainConfig, train
 
+    objective = COST_SCORE if cost_weight > 0 else metric
     worst = -math.inf if mode == "max" else math.inf
     try:
         cfg = TrainConfig.from_dict({**base, **config["train"], "spec": config["spec"]})
     except Exception as err:
-        tune.report({metric: worst, "epoch": 0, "status": "failed",
+        tune.report({objective: worst, "epoch": 0, "status": "failed",
                      "reason": f"invalid trial config: {err}"})
         return
     epochs = cfg.epochs
@@ -56,16 +59,18 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
         status = "completed" if metrics["epoch"] >= epochs else "running"
         extra = {"history": json.dumps(history)} if status == "completed" and record_history \
             else {}
+        if cost_weight > 0 and metric in metrics:
+            extra[COST_SCORE] = cost_score(metrics, metric, mode, cost_weight)
         tune.report({**metrics, "status": status, "passes_per_step": passes, **extra})
 
     try:
         result = train(cfg, report=report)
     except Exception as err:  # recorded as a failed trial with its reason; the study goes on
-        tune.report({metric: worst, "epoch": 0, "status": "failed",
+        tune.report({objective: worst, "epoch": 0, "status": "failed",
                      "reason": f"{type(err).__name__}: {err}"})
         return
     if result["status"] == "diverged":
-        tune.report({metric: worst, "epoch": result["epochs"], "status": "diverged",
+        tune.report({objective: worst, "epoch": result["epochs"], "status": "diverged",
                      "reason": result["reason"], "passes_per_step": passes,
                      "grad_evals": result.get("grad_evals", 0)})
 
@@ -177,13 +182,14 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     from metasam.tuning.searcher import StudySearcher
 
     worker = uuid.uuid4().hex[:12]
-    searcher = StudySearcher(config.space, config.name, storage, config.metric, config.mode,
+    searcher = StudySearcher(config.space, config.name, storage, config.objective, config.mode,
                              config.trials, config.train.epochs,
                              _sampler(config),
                              config.heartbeat_interval, worker=worker)
     if config.scheduler["type"] == "asha":
         scheduler: Any = ReferencePointsASHA(
-            time_attr="epoch", metric=config.metric, mode=config.mode, max_t=config.train.epochs,
+            time_attr="epoch", metric=config.objective, mode=config.mode,
+            max_t=config.train.epochs,
             grace_period=config.scheduler["grace_period"],
             reduction_factor=config.scheduler["reduction_factor"])
     else:
@@ -193,6 +199,7 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
                 device="auto" if config.gpu > 0 else "cpu")
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, metric=config.metric, mode=config.mode,
+                             cost_weight=config.cost_weight,
                              record_history=record_history),
         {"cpu": config.cpu, "gpu": config.gpu})
     started_ray = False

@@ -32,6 +32,7 @@ from metasam.training.config import TrainConfig
 from metasam.tuning.space import SearchSpace
 
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+COST_SCORE = "cost_score"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
@@ -54,6 +55,13 @@ class StudyConfig:
     heartbeat_interval: int = 10
     heartbeat_grace: int = 60
     confirm: dict[str, Any] = field(default_factory=lambda: {"top_k": 3, "seeds": 3})
+    cost_weight: float = 0.0
+
+    @property
+    def objective(self) -> str:
+        """What Optuna and ASHA rank trials by: the metric, or with ``cost: {weight: w}`` the
+        cost-aware score (see :func:`metasam.tuning.cost.cost_score`)."""
+        return COST_SCORE if self.cost_weight > 0 else self.metric
 
     @property
     def folder(self) -> Path:
@@ -106,7 +114,8 @@ class StudyConfig:
                    scheduler=_resolve_scheduler(file.scheduler, train.epochs),
                    storage=_read_storage(file.storage, path, file.name), sampler=file.sampler,
                    seed=file.seed, heartbeat_interval=heartbeat["interval"],
-                   heartbeat_grace=heartbeat["grace"], confirm=file.confirm)
+                   heartbeat_grace=heartbeat["grace"], confirm=file.confirm,
+                   cost_weight=file.cost["weight"])
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:
@@ -137,7 +146,10 @@ class StudyConfig:
 
         train = {k: v for k, v in self.train.to_dict().items()
                  if k not in EXECUTION_FIELDS | LOGGING_FIELDS}
-        return {"metric": self.metric, "mode": self.mode, "train": train}
+        out = {"metric": self.metric, "mode": self.mode, "train": train}
+        if self.cost_weight > 0:
+            out["cost_weight"] = self.cost_weight
+        return out
 
     def check_definition(self, study: Any, record: bool = False) -> None:
         """Refuse a study file whose definition differs from the one the storage holds for this
@@ -170,7 +182,8 @@ class StudyConfig:
         return study
 
     def derived(self, suffix: str, points: list[Any], *, metric: str, mode: str,
-                train_changes: dict[str, Any]) -> StudyConfig:
+                train_changes: dict[str, Any], cost_weight: float | None = None
+                ) -> StudyConfig:
         """A points-only study ``NAME.SUFFIX`` in the same storage, every point at full budget
         (the confirmation runs, the comparison runs, tuned baselines)."""
         import dataclasses
@@ -179,7 +192,8 @@ class StudyConfig:
         return dataclasses.replace(
             self, name=f"{self.name}.{suffix}", space=space,
             train=self.train.replace(**train_changes), metric=metric, mode=mode,
-            trials=len(points), scheduler={"type": "none"}, confirm={"top_k": 0, "seeds": 0})
+            trials=len(points), scheduler={"type": "none"}, confirm={"top_k": 0, "seeds": 0},
+            cost_weight=self.cost_weight if cost_weight is None else cost_weight)
 
     def check_data(self) -> None:
         """Load the dataset once: a missing one fails here, before Ray starts."""
@@ -229,6 +243,17 @@ def _check_heartbeat(name: str, data: Any) -> dict[str, int]:
     _checks.known_keys(name, data, ("interval", "grace"))
     return {"interval": _checks.integer(f"{name}.interval", data.get("interval", 10), low=1),
             "grace": _checks.integer(f"{name}.grace", data.get("grace", 60), low=1)}
+
+
+def _check_cost(name: str, data: Any) -> dict[str, float]:
+    """``cost: {weight: w}``: rank trials by metric − w·(passes per step) (plus, for a
+    minimized metric); absent or ``weight: 0``, by the metric alone."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, "expected {weight: W}")
+    _checks.known_keys(name, data, ("weight",))
+    return {"weight": _checks.number(f"{name}.weight", data.get("weight", 0.0), low=0.0)}
 
 
 def _check_name(name: str, value: Any) -> str:
@@ -388,6 +413,8 @@ class StudyFile:
                                                factory=dict)
     confirm: dict[str, Any] = _config.option(None, _check_confirm, "finalists re-run",
                                              factory=dict)
+    cost: dict[str, float] = _config.option(None, _check_cost, "weight of the passes per step",
+                                            factory=dict)
 
     def __post_init__(self) -> None:
         _config.validate(self)
