@@ -246,3 +246,18 @@ def test_search_history_marks_kinds_budgets_and_failures() -> None:
                  "best at full budget so far"):
         assert name in labels, labels
     assert [t.get_text() for t in ax.texts] == ["6"]  # the stopped trial's epochs
+
+
+def test_cost_plot_draws_the_methods_pareto_front() -> None:
+    from metasam.analysis.plots import cost_figure
+
+    def runs(acc: float, evals: int) -> list[dict]:
+        return [{"test_acc": acc + 0.001 * s, "grad_evals": evals} for s in range(3)]
+
+    data = {"sgd": runs(0.90, 100), "sam": runs(0.93, 200), "trace_sam": runs(0.92, 200),
+            "frob_sam": runs(0.91, 300), "best": runs(0.95, 200)}
+    ax = cost_figure(data, "t", best_name="sam ρ=0.1").axes[0]
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    # SGD, then the best of the 200-pass methods (the winner); Frob-SAM costs more for less
+    assert list(front.get_xdata()) == [100, 200]
+    assert [round(y, 2) for y in front.get_ydata()] == [90.1, 95.1]

@@ -81,6 +81,47 @@ def test_accuracy_figure(runs: dict[str, list[dict[str, Any]]], title: str,
     return fig
 
 
+def plot_cost(runs: dict[str, list[dict[str, Any]]], path: Path, title: str,
+              best_name: str | None = None) -> Path:
+    """Test accuracy against gradient evaluations per run, per method (mean ± std over seeds),
+    with the Pareto front of the methods: what each method's accuracy costs."""
+    return save_figure(cost_figure(runs, title, best_name), path)
+
+
+def cost_figure(runs: dict[str, list[dict[str, Any]]], title: str,
+                best_name: str | None = None) -> Any:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    points = []
+    for method in _ordered(runs):
+        accs = [100 * r["test_acc"] for r in runs[method] if r.get("test_acc") is not None]
+        evals = [r["grad_evals"] for r in runs[method] if r.get("grad_evals") is not None]
+        if not accs or not evals:
+            continue
+        x, y = float(np.mean(evals)), float(np.mean(accs))
+        err = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+        style = {"color": "black", "marker": "*", "ms": 12} if method == "best" else \
+            {"marker": "o", "ms": 6}
+        ax.errorbar([x], [y], yerr=[err], ls="none", capsize=3,
+                    label=method_name(method, best_name), **style)
+        points.append((x, y))
+    front, top = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):  # the best of equal costs first
+        if y > top:
+            front.append((x, y))
+            top = y
+    if len(front) > 1:
+        xs, ys = zip(*front, strict=True)
+        ax.plot(xs, ys, "--", color="grey", lw=1, zorder=0, label="Pareto front")
+    ax.set_xlabel("gradient evaluations per run (forward/backward passes)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_sharpness(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
     """tr H, ‖H‖_F and λ_max over training, per method (mean ± std over seeds)."""
     plt = pyplot()
