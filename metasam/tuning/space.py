@@ -500,12 +500,28 @@ def describe_spec(spec: dict[str, Any]) -> str:
     as the preset with its tuned fields)."""
     s = SharpnessSpec.from_dict(spec)
     if s.name in presets.NAMES:
-        return tuned_preset_name(s)
+        return tuned_preset_name(s) + schedule_text(s)
     phi = "+".join(_short_phi(b) for b in s.phi.to_obj())
     psi = s.psi.to_obj()["fn"]
     kind = s.measure.kind + ("*T" if s.measure.uses_weights and s.measure.is_random else "")
     rel = " rel" if s.lam_scale == "relative" else ""
-    return f"μ={kind} φ={phi} ψ={psi} n={s.n} ρ={s.rho:.3g} λ={s.lam:.3g}{rel}"
+    return (f"μ={kind} φ={phi} ψ={psi} n={s.n} ρ={s.rho:.3g} λ={s.lam:.3g}{rel}"
+            + schedule_text(s))
+
+
+def schedule_text(spec: SharpnessSpec) -> str:
+    """`` [from 31%, every 4, reuse]`` for a scheduled member, ``""`` otherwise."""
+    schedule = spec.schedule
+    if schedule is None:
+        return ""
+    parts = []
+    if schedule.start > 0:
+        parts.append(f"from {schedule.start:.0%}")
+    if schedule.every > 1:
+        parts.append(f"every {schedule.every}" + (" reuse" if schedule.reuse else ""))
+    if schedule.trigger is not None:
+        parts.append(f"trigger {schedule.trigger:g}")
+    return f" [{', '.join(parts)}]"
 
 
 def tuned_preset_name(spec: SharpnessSpec) -> str:
