@@ -170,6 +170,8 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     assert "| digits | Frob-SAM | 3 |" in compute and "| digits | SGD | 1 |" in compute
     assert f"| digits | metasam (best found = {winner['name']}) |" in compute
     assert "| frob_sam |" not in compute
+    assert "The search's Pareto front" in compute and "| digits | #0 | " in compute
+    assert (out / "pipeline-cost.png").stat().st_size > 20_000
     assert main(["best", str(path)]) == 0
     capsys.readouterr()
     best = path.with_name("pipeline.best.json")
