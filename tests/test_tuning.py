@@ -147,8 +147,16 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
     path = write_study(tmp_path / "a", trials=7, space={
         **SPACE, "points": [{"preset": "sgd", "lr": 1.0e9, "momentum": 0.0}]})
     config = StudyConfig.from_yaml(path)
-    outcome = tune_study(config, address=ray_cluster, verbose=0)
+    capsys.readouterr()
+    outcome = tune_study(config, address=ray_cluster, verbose=1)
     assert outcome["ran"] == 7
+    # what a user reads: metasam's census lines, not Ray's experiment table ("Number of
+    # trials: 6/infinite", bracket values, the log folder every 15 s)
+    shown = capsys.readouterr()
+    assert "study tiny: 7/7 finished" in shown.err
+    for ray_line in ("Number of trials", "infinite", "Bracket", "Logical resource usage",
+                     "Result logdir"):
+        assert ray_line not in shown.out + shown.err, ray_line
     # no per-trial result files (the storage is the record): nothing for TensorBoard's logger
     # to print "NaN or Inf found in input tensor" about when a trial diverges
     assert not [p for p in config.ray_dir.rglob("*")

@@ -30,22 +30,32 @@ class StudyReporter(ProgressReporter):
         self.metric = metric
         self.epochs = epochs
         self.interval = interval
-        self.out = out or sys.stderr
+        self.out = out  # None: sys.stderr at the time of printing
         self._last = 0.0
         self._last_text = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its run config (this reporter included) for an experiment restore
+        # metasam does not use; the study's storage and the stream stay out of that file.
+        return {k: v for k, v in self.__dict__.items() if k not in ("study", "out")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, study=None, out=None)
 
     def should_report(self, trials: list[Any], done: bool = False) -> bool:
         return done or time.monotonic() - self._last >= self.interval
 
     def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
         self._last = time.monotonic()
+        if self.study is None:  # an unpickled copy: nothing to report from
+            return
         lines = [f"study {self.name}: {census(self.study).describe(self.target)}"]
         running = [t for t in trials if t.status == "RUNNING"]
         if running and not done:
             lines.append("  running here: " + "; ".join(self._describe(t) for t in running))
         text = "\n".join(lines)
         if text != self._last_text or done:  # an unchanged state is not repeated
-            print(text, file=self.out, flush=True)
+            print(text, file=self.out or sys.stderr, flush=True)
             self._last_text = text
 
     def _describe(self, trial: Any) -> str:
