@@ -1,0 +1,76 @@
+"""What transfers from prior tasks: a zero-shot portfolio of specs, and bounding boxes of the
+ranges that held the winners.
+
+The portfolio minimizes the (similarity-weighted) average over prior tasks of the best
+normalized regret among its members — greedily, adding the member that lowers it most (the
+classic approximation for this submodular objective: within 1 − 1/e of the optimum).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def similarity_weights(target: Sequence[float], priors: Sequence[Sequence[float]],
+                       bandwidth: float = 1.0) -> list[float]:
+    """Gaussian-kernel weights of prior tasks by descriptor distance (features standardized
+    over the priors and the target); they sum to 1."""
+    rows = [list(target), *[list(p) for p in priors]]
+    dims = len(rows[0])
+    means = [sum(r[j] for r in rows) / len(rows) for j in range(dims)]
+    stds = [math.sqrt(sum((r[j] - means[j]) ** 2 for r in rows) / len(rows)) or 1.0
+            for j in range(dims)]
+    z = [[(r[j] - means[j]) / stds[j] for j in range(dims)] for r in rows]
+    distances = [math.sqrt(sum((a - b) ** 2 for a, b in zip(z[0], p, strict=True)))
+                 for p in z[1:]]
+    kernel = [math.exp(-0.5 * (d / bandwidth) ** 2) for d in distances]
+    total = sum(kernel)
+    return [k / total for k in kernel] if total > 0 else [1 / len(kernel)] * len(kernel)
+
+
+def greedy_portfolio(regret: Sequence[Sequence[float]], k: int,
+                     weights: Sequence[float] | None = None) -> list[int]:
+    """``k`` candidate indices chosen greedily to minimize Σ_t w_t · min_{c ∈ P} regret[t][c]
+    (``regret[t][c]``: task t, candidate c; NaN = not evaluated there, counted as 1)."""
+    tasks = len(regret)
+    if tasks == 0:
+        return []
+    candidates = len(regret[0])
+    w = list(weights) if weights is not None else [1 / tasks] * tasks
+
+    def value(t: int, c: int) -> float:
+        r = regret[t][c]
+        return 1.0 if r is None or math.isnan(r) else r
+
+    chosen: list[int] = []
+    best = [math.inf] * tasks
+    def loss(c: int, best: list[float]) -> float:
+        return sum(w[t] * min(best[t], value(t, c)) for t in range(tasks))
+
+    for _ in range(min(k, candidates)):
+        pick = min((c for c in range(candidates) if c not in chosen),
+                   key=lambda c: (loss(c, best), c))
+        chosen.append(pick)
+        best = [min(best[t], value(t, pick)) for t in range(tasks)]
+    return chosen
+
+
+def bounding_box(points: Sequence[dict[str, float]], log_keys: Sequence[str] = (),
+                 margin: float = 0.0) -> dict[str, tuple[float, float]]:
+    """Per parameter, the smallest range holding every point (a prior winner), widened by
+    ``margin`` of its width on each side (in log space for ``log_keys``, as the search
+    samples them)."""
+    box: dict[str, tuple[float, float]] = {}
+    for key in sorted({k for p in points for k in p}):
+        values = [p[key] for p in points if key in p]
+        if key in log_keys:
+            logs = [math.log(v) for v in values]
+            low, high = min(logs), max(logs)
+            pad = margin * (high - low)
+            box[key] = (math.exp(low - pad), math.exp(high + pad))
+        else:
+            low, high = min(values), max(values)
+            pad = margin * (high - low)
+            box[key] = (low - pad, high + pad)
+    return box

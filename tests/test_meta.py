@@ -1,0 +1,111 @@
+"""Meta-learning building blocks: portfolio selection against brute force on regret tables
+whose optimum is known, bounding boxes, similarity weights, and deterministic descriptors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+
+from metasam.meta import bounding_box, describe_task, greedy_portfolio, similarity_weights
+
+
+def _loss(regret, chosen, weights):
+    return sum(w * min(row[c] for c in chosen) for row, w in zip(regret, weights))
+
+
+def test_greedy_portfolio_finds_the_known_optimum() -> None:
+    """Three task clusters of sizes 3, 2 and 1, each with one specialist that has (almost) zero
+    regret there: the optimal portfolio of 3 is the three specialists, picked biggest cluster
+    first; the optimal single choice is an all-rounder when one is better on average."""
+    regret = [[0.0, 0.9, 0.9], [0.0, 0.9, 0.8], [0.1, 0.8, 0.9],
+              [0.9, 0.0, 0.9], [0.8, 0.0, 0.9],
+              [0.9, 0.9, 0.0]]
+    assert greedy_portfolio(regret, 3) == [0, 1, 2]
+    assert _loss(regret, [0, 1, 2], [1] * 6) == pytest.approx(0.1)
+    assert greedy_portfolio(regret, 1) == [0]
+    with_all_rounder = [row + [0.4] for row in regret]
+    assert greedy_portfolio(with_all_rounder, 1) == [3]
+    # weights: only the tasks of the second cluster count -> its specialist alone
+    assert greedy_portfolio(regret, 1, [0, 0, 0, 0.5, 0.5, 0]) == [1]
+
+
+def test_greedy_portfolio_is_near_brute_force_on_random_tables() -> None:
+    rng = random.Random(0)
+    for _ in range(30):
+        regret = [[rng.random() for _ in range(7)] for _ in range(6)]
+        weights = [1 / 6] * 6
+        chosen = greedy_portfolio(regret, 3, weights)
+        best = min(_loss(regret, c, weights) for c in itertools.combinations(range(7), 3))
+        # submodular coverage: greedy within 1 − 1/e of the optimal *improvement*
+        start = 1.0  # the empty portfolio: every task at the worst regret
+        assert start - _loss(regret, chosen, weights) >= (1 - 1 / math.e) * (start - best) - 1e-12
+    assert greedy_portfolio([[math.nan, 0.5]], 1) == [1]  # not evaluated counts as regret 1
+
+
+def test_bounding_box_holds_every_prior_winner() -> None:
+    winners = [{"rho": 0.05, "lam": 1.0}, {"rho": 0.2, "lam": 0.3}, {"rho": 0.01}]
+    box = bounding_box(winners, log_keys=("rho", "lam"), margin=0.1)
+    for w in winners:
+        for key, value in w.items():
+            low, high = box[key]
+            assert low <= value <= high
+    assert box["rho"][0] < 0.01 and box["rho"][1] > 0.2  # widened in log space
+    assert bounding_box(winners, log_keys=("rho",))["rho"] == pytest.approx((0.01, 0.2))
+
+
+def test_similarity_weights_prefer_the_nearer_task() -> None:
+    weights = similarity_weights([0.0, 1.0], [[0.1, 1.0], [5.0, -3.0], [0.0, 1.2]])
+    assert weights[0] > weights[1] and weights[2] > weights[1]
+    assert sum(weights) == pytest.approx(1.0)
+
+
+def test_descriptors_are_deterministic_for_a_seed() -> None:
+    from metasam.training import TrainConfig
+
+    train = TrainConfig(dataset="digits", model="mlp", label_noise=0.2, device="cpu")
+    a, b = describe_task(train, seed=1, epochs=1), describe_task(train, seed=1, epochs=1)
+    assert a == b
+    assert a.classes == 10 and a.input_size == 64 and a.examples > 1000
+    assert a.trace > 0 and a.frob > 0 and a.noise_scale > 0
+    c = describe_task(train, seed=2, epochs=1)
+    assert c.noise_scale != a.noise_scale
+
+
+def test_knowledge_base_normalizes_each_study_by_its_sgd_and_best(tmp_path) -> None:
+    import json as _json
+
+    import optuna
+    from test_tuning import write_study
+
+    from metasam import presets
+    from metasam.meta.descriptors import TaskDescriptor
+    from metasam.meta.knowledge import DESCRIPTOR_ATTR, knowledge_base, regret_table
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.storage import open_storage, open_study
+
+    configs = []
+    for name, values in (("a", {"sgd": 0.80, "sam": 0.90, "frob_sam": 0.85}),
+                         ("b", {"sgd": 0.60, "sam": 0.62, "frob_sam": 0.70})):
+        config = StudyConfig.from_yaml(write_study(tmp_path / name, name=name))
+        study = open_study(open_storage(config.storage), config.name, config.mode)
+        descriptor = TaskDescriptor(1000, 10, 64, 5000, 0.1, 50.0, 3.0, 9.0)
+        study.set_user_attr(DESCRIPTOR_ATTR, _json.dumps(descriptor.to_dict()))
+        for label, value in values.items():
+            trial = study.ask()
+            for key, attr in (("label", label), ("full_budget", True), ("epochs", 3),
+                              ("spec", _json.dumps(presets.get(label).to_dict()))):
+                trial.set_user_attr(key, attr)
+            study.tell(trial, value)
+        configs.append(config)
+    records = knowledge_base(configs, describe=False)
+    scores = {(r.task, r.label): round(r.score, 6) for r in records}
+    assert scores == {("a", "sgd"): 0.0, ("a", "sam"): 1.0, ("a", "frob_sam"): 0.5,
+                      ("b", "sgd"): 0.0, ("b", "sam"): 0.2, ("b", "frob_sam"): 1.0}
+    assert all(r.descriptor is not None and r.descriptor.classes == 10 for r in records)
+    tasks, keys, table = regret_table(records)
+    assert tasks == ["a", "b"] and len(keys) == 3  # the presets match across studies
+    assert not any(math.isnan(v) for row in table for v in row)
+    assert optuna.__version__
