@@ -183,3 +183,18 @@ def test_trainer_counts_the_passes_of_a_scheduled_run() -> None:
     steps = result["steps"]
     assert result["status"] == "completed"
     assert result["grad_evals"] == steps + steps // 2  # the second epoch pays 2 passes a step
+
+
+def test_load_optimizer_passes_total_steps_to_a_late_phase_spec(tmp_path) -> None:
+    import json
+
+    from metasam import load_optimizer
+
+    export = {"format": "metasam.optimizer/1", "spec": presets.sam(schedule={"start": 0.5})
+              .to_dict(), "base_optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0,
+                                             "weight_decay": 0.0, "nesterov": False}}
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(export))
+    model, _ = _problem()
+    optimizer = load_optimizer(path, model.parameters(), total_steps=10)
+    assert optimizer.total_steps == 10 and optimizer.spec.schedule.start == 0.5

@@ -36,6 +36,9 @@ Schedulers step as configured (``"interval": "epoch"`` (default) or ``"step"``).
 mask is refreshed on its schedule from the first batch of the epoch
 (:meth:`~SharpnessAwareModule.fisher_batch`).
 
+A spec whose ``schedule`` starts late needs the run's length:
+``UniversalSAM(..., total_steps=self.trainer.estimated_stepping_batches)``.
+
 Precision: ``"32-true"`` and ``"bf16-mixed"`` work as usual. Lightning's ``"16-mixed"`` runs the
 closure once before a GradScaler step, which cannot work for a step that needs the closure 1 + n
 times; for fp16, keep ``precision="32-true"`` and give the optimizer a GradScaler

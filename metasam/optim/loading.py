@@ -61,7 +61,8 @@ def load_optimizer(path_or_study: str | os.PathLike[str] | dict[str, Any],
     ``path_or_study`` is the JSON that ``metasam best`` wrote, or the study's YAML (its best
     full-budget trial is read from the storage). ``overrides`` change base-optimizer arguments
     (``lr=...``); UniversalSAM's own options (``scaler``, ``max_grad_norm``, ``bn_stats``,
-    ``on_nonfinite``, ``process_group``) go to it. Example::
+    ``on_nonfinite``, ``process_group``, ``total_steps`` — needed by a spec whose schedule
+    starts late) go to it. Example::
 
         optimizer = metasam.load_optimizer("studies/digits-quick.best.json", model.parameters(),
                                            model=model)
@@ -78,4 +79,5 @@ def load_optimizer(path_or_study: str | os.PathLike[str] | dict[str, Any],
     return UniversalSAM(params, cls, spec, model=model, seed=seed, **own, **base)
 
 
-_OWN_OPTIONS = ("scaler", "max_grad_norm", "bn_stats", "on_nonfinite", "process_group")
+_OWN_OPTIONS = ("scaler", "max_grad_norm", "bn_stats", "on_nonfinite", "process_group",
+                "total_steps")
