@@ -12,7 +12,7 @@ def test_every_command_prints_its_help(capsys) -> None:
                 for name in action.choices]
     assert {"train", "tune", "best", "trials", "compare", "report", "explain",
             "dashboard"} <= set(commands)
-    assert len(SUBCOMMANDS) == 5
+    assert len(SUBCOMMANDS) == 6
     for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])

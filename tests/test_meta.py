@@ -74,15 +74,15 @@ def test_descriptors_are_deterministic_for_a_seed() -> None:
     assert c.noise_scale != a.noise_scale
 
 
-def test_knowledge_base_normalizes_each_study_by_its_sgd_and_best(tmp_path) -> None:
+def _prior_studies(tmp_path):
+    """Two finished studies (as their storages hold them) with stored task descriptors."""
     import json as _json
 
-    import optuna
     from test_tuning import write_study
 
     from metasam import presets
     from metasam.meta.descriptors import TaskDescriptor
-    from metasam.meta.knowledge import DESCRIPTOR_ATTR, knowledge_base, regret_table
+    from metasam.meta.knowledge import DESCRIPTOR_ATTR
     from metasam.tuning import StudyConfig
     from metasam.tuning.storage import open_storage, open_study
 
@@ -91,7 +91,7 @@ def test_knowledge_base_normalizes_each_study_by_its_sgd_and_best(tmp_path) -> N
                          ("b", {"sgd": 0.60, "sam": 0.62, "frob_sam": 0.70})):
         config = StudyConfig.from_yaml(write_study(tmp_path / name, name=name))
         study = open_study(open_storage(config.storage), config.name, config.mode)
-        descriptor = TaskDescriptor(1000, 10, 64, 5000, 0.1, 50.0, 3.0, 9.0)
+        descriptor = TaskDescriptor(1000, 10, 64, 5000, 0.1 + len(configs), 50.0, 3.0, 9.0)
         study.set_user_attr(DESCRIPTOR_ATTR, _json.dumps(descriptor.to_dict()))
         for label, value in values.items():
             trial = study.ask()
@@ -100,6 +100,13 @@ def test_knowledge_base_normalizes_each_study_by_its_sgd_and_best(tmp_path) -> N
                 trial.set_user_attr(key, attr)
             study.tell(trial, value)
         configs.append(config)
+    return configs
+
+
+def test_knowledge_base_normalizes_each_study_by_its_sgd_and_best(tmp_path) -> None:
+    from metasam.meta.knowledge import knowledge_base, regret_table
+
+    configs = _prior_studies(tmp_path)
     records = knowledge_base(configs, describe=False)
     scores = {(r.task, r.label): round(r.score, 6) for r in records}
     assert scores == {("a", "sgd"): 0.0, ("a", "sam"): 1.0, ("a", "frob_sam"): 0.5,
@@ -108,4 +115,39 @@ def test_knowledge_base_normalizes_each_study_by_its_sgd_and_best(tmp_path) -> N
     tasks, keys, table = regret_table(records)
     assert tasks == ["a", "b"] and len(keys) == 3  # the presets match across studies
     assert not any(math.isnan(v) for row in table for v in row)
-    assert optuna.__version__
+
+
+def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
+    from metasam.cli import main
+
+    a, b = _prior_studies(tmp_path)
+    plot = tmp_path / "meta.png"
+    assert main(["meta", str(a.path), str(b.path), "-k", "1", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "a " in out and "sam" in out and "frob_sam" in out
+    assert "* frob_sam" in out  # the best single spec over both tasks (regret 0.25 on average)
+    assert plot.stat().st_size > 10_000
+    assert main(["meta", str(a.path), "--json"]) == 0
+    data = __import__("json").loads(capsys.readouterr().out)
+    assert data["tasks"]["a"]["best"] == "sam" and data["portfolio"][0]["label"] == "sam"
+
+
+def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
+    from test_tuning import write_study
+
+    from metasam import presets
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.runner import tune_study
+    from metasam.tuning.storage import load_study
+
+    priors = _prior_studies(tmp_path)
+    target = StudyConfig.from_yaml(write_study(tmp_path / "new", name="new", trials=3, epochs=1,
+                                               concurrency=1))
+    tune_study(target, address=ray_cluster, meta=priors, meta_k=1, verbose=0)
+    trials = load_study(target.storage, target.name).get_trials(deepcopy=False)
+    first = trials[0]
+    # sgd and sam are the new space's reference points: the portfolio adds Frob-SAM first
+    assert first.user_attrs["label"].startswith("meta:") and "frob_sam" in \
+        first.user_attrs["label"]
+    assert __import__("json").loads(first.user_attrs["spec"]) == presets.frob_sam().to_dict()
+    assert "metasam:descriptor" in load_study(target.storage, target.name).user_attrs

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from metasam.errors import ValidationError
 
-SUBCOMMANDS = ("train", "sharpness", "tune", "analysis", "dashboard")
+SUBCOMMANDS = ("train", "sharpness", "tune", "analysis", "dashboard", "meta")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--warm-start", metavar="OTHER.yaml", default=None,
                       help="evaluate the top-k specs of another study first")
     tune.add_argument("--top-k", type=int, default=3)
+    tune.add_argument("--meta", metavar="PRIOR.yaml", nargs="+", default=None,
+                      help="finished studies to learn from: a new study evaluates the zero-shot "
+                      "portfolio of their specs first (weighted by task similarity)")
+    tune.add_argument("--meta-k", type=int, default=3, help="portfolio size")
     add_ray_options(tune)
     tune.set_defaults(run=run_tune)
 
@@ -50,6 +54,9 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError("--top-k", f"out of range: {args.top_k}", "whole numbers ≥ 1")
     warm = load_study_config(args.warm_start) if args.warm_start else None
+    if args.meta_k < 1:
+        raise ConfigError("--meta-k", f"out of range: {args.meta_k}", "whole numbers ≥ 1")
+    meta = [load_study_config(p) for p in args.meta] if args.meta else None
     config.check_data()
     from metasam.tuning.storage import open_storage, open_study
 
@@ -58,6 +65,7 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"study {config.name}: {config.trials} trials, space {config.space.name}, "
           f"storage {config.storage}", file=sys.stderr)
     outcome = tune_study(config, address=args.address, warm_start=warm, top_k=args.top_k,
+                         meta=meta, meta_k=args.meta_k,
                          verbose=0 if args.quiet else 1, check_data=False)
     state = outcome["census"]
     print(f"study {config.name}: {state.describe(config.trials)}")

@@ -146,6 +146,7 @@ def _resume_summary(study: optuna.Study, state: Any) -> str:
 
 def tune_study(config: StudyConfig, *, address: str | None = None,
                warm_start: StudyConfig | None = None, top_k: int = 3,
+               meta: list[StudyConfig] | None = None, meta_k: int = 3,
                verbose: int = 1, check_data: bool = True,
                record_history: bool = False) -> dict[str, Any]:
     """Run (or resume, or join) a study until it has ``config.trials`` finished trials."""
@@ -157,6 +158,10 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     points = list(config.space.points)
     if warm_start is not None:
         points = warm_start_points(warm_start, top_k) + points
+    if meta and not census(study).counted:  # a new study: its portfolio first
+        from metasam.meta.transfer import portfolio_points
+
+        points = portfolio_points(config, study, meta, meta_k) + points
     enqueue_points(study, points, config.trials)
     before = census(study)
     if not before.waiting and len(before.counted) >= config.trials and not before.running:

@@ -1,0 +1,94 @@
+"""``metasam meta``: what the finished studies teach — which members win on which tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from metasam.cli._options import load_study_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    meta = sub.add_parser(
+        "meta", help="what finished studies teach: members and tasks, the zero-shot portfolio",
+        description="Read finished studies into the meta-knowledge base (scores normalized per "
+        "study: 1 its best, 0 its SGD), describe each task, and show which members win where, "
+        "and the portfolio `tune --meta` would evaluate first (uniform task weights).")
+    meta.add_argument("studies", metavar="STUDY.yaml", nargs="+")
+    meta.add_argument("-k", type=int, default=3, help="portfolio size")
+    meta.add_argument("--plot", default=None, help="PNG path (default: meta.png)")
+    meta.add_argument("--json", action="store_true")
+    meta.set_defaults(run=run_meta)
+
+
+def run_meta(args: argparse.Namespace) -> int:
+    from metasam.errors import ConfigError
+    from metasam.meta.knowledge import knowledge_base, regret_table
+    from metasam.meta.portfolio import greedy_portfolio
+
+    if args.k < 1:
+        raise ConfigError("-k", f"out of range: {args.k}", "whole numbers ≥ 1")
+    configs = [load_study_config(p) for p in args.studies]
+    records = knowledge_base(configs)
+    if not records:
+        raise ValueError("meta: no study has full-budget trials with an SGD reference point; "
+                         "allowed: finished studies whose space lists sgd")
+    tasks, keys, table = regret_table(records)
+    names = {r.key: r.label for r in records}
+    portfolio = greedy_portfolio(table, args.k)
+    descriptors = {r.task: r.descriptor for r in records}
+    best = {t: max((r for r in records if r.task == t), key=lambda r: r.score) for t in tasks}
+    if args.json:
+        print(json.dumps({
+            "tasks": {t: {"descriptor": descriptors[t].to_dict() if descriptors[t] else None,
+                          "best": best[t].label} for t in tasks},
+            "portfolio": [{"label": names[keys[i]], "regret": [row[i] for row in table]}
+                          for i in portfolio]}))
+        return 0
+    print("task descriptors:")
+    print(f"  {'task':<18} {'examples':>8} {'classes':>7} {'gap':>6} {'noise':>8} "
+          f"{'tr H':>9}  best member (normalized score 1)")
+    for t in tasks:
+        d = descriptors[t]
+        cols = (f"{d.examples:>8} {d.classes:>7} {d.gap:>6.3f} {d.noise_scale:>8.3g} "
+                f"{d.trace:>9.3g}" if d else f"{'':>8} {'':>7} {'':>6} {'':>8} {'':>9}")
+        print(f"  {t:<18} {cols}  {best[t].label}")
+    print(f"normalized score (1: the study's best, 0: its SGD) of the portfolio of {args.k} "
+          "and of every spec run on all tasks:")
+    shared = [j for j in range(len(keys)) if all(row[j] == row[j] for row in table)]
+    shown = list(dict.fromkeys(portfolio + shared))
+    width = max(len(names[keys[j]]) for j in shown) + 2
+    print(f"  {'':<{width}}" + "".join(f"{t[:12]:>13}" for t in tasks))
+    for j in shown:
+        mark = "*" if j in portfolio else " "
+        cells = "".join(f"{'—' if row[j] != row[j] else f'{1 - row[j]:.2f}':>13}"
+                        for row in table)
+        print(f"{mark} {names[keys[j]]:<{width - 2}}" + cells)
+    print("(* in the zero-shot portfolio; — not run on that task)")
+    plot = Path(args.plot or "meta.png")
+    _plot(tasks, [names[keys[j]] for j in shown], [[1 - row[j] for row in table] for j in shown],
+          plot)
+    print(f"plot: {plot}")
+    return 0
+
+
+def _plot(tasks: list[str], labels: list[str], scores: list[list[float]], path: Path) -> None:
+    import numpy as np
+
+    from metasam._plotting import pyplot, save_figure
+
+    plt = pyplot()
+    data = np.array(scores, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 4, 0.45 * len(labels) + 1.8), dpi=120)
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(tasks)):
+            if np.isfinite(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="normalized score (1 best, 0 SGD)")
+    ax.set_title("What wins where (finished studies)")
+    fig.tight_layout()
+    save_figure(fig, path)
