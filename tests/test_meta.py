@@ -151,3 +151,50 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
         first.user_attrs["label"]
     assert __import__("json").loads(first.user_attrs["spec"]) == presets.frob_sam().to_dict()
     assert "metasam:descriptor" in load_study(target.storage, target.name).user_attrs
+
+
+def test_boxed_sampling_keeps_the_full_space_reachable() -> None:
+    """With boxes learned from prior winners, a share box_p of the trials (fixed by the trial
+    number) samples the region's fields within the box, the rest over the whole region."""
+    import optuna
+
+    from metasam.tuning import SearchSpace
+    from metasam.tuning.regions import REGIONS
+
+    space = SearchSpace.from_dict({"search": {"members": ["sam"], "region": 4.0}})
+    box = {"rho": (0.04, 0.06)}
+    search = {**space.search, "box": {"sam": box}, "box_p": 0.7}
+    boxed_space = SearchSpace(space.name, space.points, search)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    inside = outside = 0
+    full = REGIONS["sam"].ranges(4.0)["rho"]
+    for _ in range(60):
+        trial = study.ask()
+        rho = __import__("json").loads(__import__("json").dumps(
+            boxed_space.sample(trial)["spec"]))["rho"]
+        if "sam_rho_box" in trial.params:
+            assert 0.04 <= rho <= 0.06
+            inside += 1
+        else:
+            assert full[0] <= rho <= full[1]
+            outside += 1
+        study.tell(trial, 0.0)
+    assert 0.5 < inside / 60 < 0.9 and outside > 0
+    # without boxes, sampling is what it was (no box parameter ever)
+    plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = plain.ask()
+    space.sample(trial)
+    assert set(trial.params) == {"sam_rho"}
+
+
+def test_region_boxes_hold_the_prior_winners(tmp_path) -> None:
+    from metasam.meta.transfer import region_boxes
+
+    priors = _prior_studies(tmp_path)  # winners: sam on a, frob_sam on b (their defaults)
+    boxes = region_boxes(priors, top=0.9)
+    assert set(boxes) == {"sam", "frob_sam"}
+    low, high = boxes["sam"]["rho"]
+    assert low <= 0.05 <= high
+    low, high = boxes["frob_sam"]["lam"]
+    assert low <= 0.005 <= high
+    assert high / low >= 2.25 - 1e-9  # a single winner still leaves room to search

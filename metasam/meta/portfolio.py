@@ -64,11 +64,10 @@ def bounding_box(points: Sequence[dict[str, float]], log_keys: Sequence[str] = (
     box: dict[str, tuple[float, float]] = {}
     for key in sorted({k for p in points for k in p}):
         values = [p[key] for p in points if key in p]
-        if key in log_keys:
-            logs = [math.log(v) for v in values]
-            low, high = min(logs), max(logs)
-            pad = margin * (high - low)
-            box[key] = (math.exp(low - pad), math.exp(high + pad))
+        if key in log_keys:  # widened by a factor: the bounds themselves stay exact
+            low, high = min(values), max(values)
+            factor = math.exp(margin * (math.log(high) - math.log(low)))
+            box[key] = (low / factor, high * factor)
         else:
             low, high = min(values), max(values)
             pad = margin * (high - low)

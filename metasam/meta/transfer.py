@@ -10,6 +10,7 @@ new study's space (the presets at their defaults) are left to it.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from metasam.meta.knowledge import knowledge_base, regret_table, study_descriptor
@@ -43,3 +44,33 @@ def portfolio_points(config: Any, study: Any, priors: list[Any], k: int) -> list
         if len(points) == k:
             break
     return points
+
+
+def region_boxes(priors: list[Any], weights_for: Any = None, margin: float = 0.5,
+                 top: float = 0.9) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per preset region, the log-space bounding box (widened by ``margin`` of its width on each
+    side) of the fields of the prior studies' winners: full-budget trials of that region whose
+    normalized score is at least ``top`` of their study's best."""
+    from metasam.meta.portfolio import bounding_box
+    from metasam.tuning.regions import REGIONS
+
+    winners: dict[str, list[dict[str, float]]] = {}
+    for r in knowledge_base(priors, describe=False):
+        name = r.spec.get("name")
+        if name not in REGIONS or r.score < top:
+            continue
+        fields = {"rho": r.spec["rho"]}
+        if REGIONS[name].lam:
+            fields["lam"] = r.spec["lam"]
+        winners.setdefault(name, []).append(fields)
+    boxes = {}
+    for name, points in winners.items():
+        box = bounding_box(points, log_keys=("rho", "lam"), margin=margin)
+        for key, (low, high) in box.items():  # at least ×/÷ 1.5 around a single winner
+            grow = math.sqrt(max(1.0, MIN_SPAN / (high / low)))
+            box[key] = (low / grow, high * grow)
+        boxes[name] = box
+    return boxes
+
+
+MIN_SPAN = 1.5 ** 2  # the narrowest box: a factor 2.25 from low to high

@@ -59,10 +59,19 @@ REGIONS: dict[str, Region] = {r.preset: r for r in (
 MEMBERS = ("universal", *REGIONS)
 
 
-def sample_region(name: str, width: float, guard: float | None, trial: Any) -> SharpnessSpec:
+def sample_region(name: str, width: float, guard: float | None, trial: Any,
+                  box: dict[str, tuple[float, float]] | None = None) -> SharpnessSpec:
     """One member of a preset's region, sampled from an Optuna trial (parameters named
-    ``{preset}_rho``, ``{preset}_lam``, ``{preset}_tau``)."""
+    ``{preset}_rho``, ``{preset}_lam``, ``{preset}_tau``). With ``box`` (ranges learned from
+    prior studies, :mod:`metasam.meta`) each field it names is sampled within the box's part of
+    the region instead, as ``{preset}_{field}_box``."""
     region = REGIONS[name]
-    values = {key: trial.suggest_float(f"{name}_{key}", low, high, log=True)
-              for key, (low, high) in region.ranges(width).items()}
+    values = {}
+    for key, (low, high) in region.ranges(width).items():
+        inner = (box or {}).get(key)
+        if inner is not None and max(low, inner[0]) < min(high, inner[1]):
+            values[key] = trial.suggest_float(f"{name}_{key}_box", max(low, inner[0]),
+                                              min(high, inner[1]), log=True)
+        else:
+            values[key] = trial.suggest_float(f"{name}_{key}", low, high, log=True)
     return region.spec(values, guard)

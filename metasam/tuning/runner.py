@@ -144,6 +144,11 @@ def _resume_summary(study: optuna.Study, state: Any) -> str:
     return text
 
 
+# The share of a meta-started study's trials that sample within the prior winners' boxes; the
+# rest sample the whole space.
+META_BOX_P = 0.7
+
+
 def tune_study(config: StudyConfig, *, address: str | None = None,
                warm_start: StudyConfig | None = None, top_k: int = 3,
                meta: list[StudyConfig] | None = None, meta_k: int = 3,
@@ -162,6 +167,15 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
         from metasam.meta.transfer import portfolio_points
 
         points = portfolio_points(config, study, meta, meta_k) + points
+    if meta and config.space.search is not None:  # the learned ranges, full space reachable
+        import dataclasses
+
+        from metasam.meta.transfer import region_boxes
+        from metasam.tuning.space import SearchSpace
+
+        search = {**config.space.search, "box": region_boxes(meta), "box_p": META_BOX_P}
+        config = dataclasses.replace(config, space=SearchSpace(
+            config.space.name, config.space.points, search, config.space.source))
     enqueue_points(study, points, config.trials)
     before = census(study)
     if not before.waiting and len(before.counted) >= config.trials and not before.running:

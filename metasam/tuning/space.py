@@ -397,7 +397,10 @@ def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, di
     train = {key: _suggest(trial, key, search[key]) for key in ("lr", "weight_decay")
              if key in search}
     if member != "universal":
-        spec = sample_region(member, search["region"], search["guard"], trial)
+        box = None
+        if member in search.get("box", {}) and _box_draw(trial) < search.get("box_p", 0.0):
+            box = search["box"][member]
+        spec = sample_region(member, search["region"], search["guard"], trial, box)
     else:
         spec, note = repair_penalty(_sample_universal(search, trial))
         if note and hasattr(trial, "set_user_attr"):
@@ -405,6 +408,14 @@ def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, di
     if search.get("schedule") is not None and not spec.is_plain:
         spec = spec.replace(schedule=_sample_schedule(search["schedule"], trial))
     return spec, train
+
+
+def _box_draw(trial: Any) -> float:
+    """A uniform draw fixed by the trial number: whether a trial samples within the boxes
+    learned from prior studies (``box_p``) or over the whole region."""
+    import random
+
+    return random.Random(1_000_003 * int(getattr(trial, "number", 0)) + 17).random()
 
 
 def _sample_schedule(space: dict[str, Any], trial: Any) -> dict[str, Any]:
