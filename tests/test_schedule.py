@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_optimizer import make_closure
 
 from metasam import SharpnessSpec, UniversalSAM, presets
 from metasam.errors import SpecError
@@ -26,14 +27,7 @@ def _problem():
 
 
 def _closure(model, optimizer, batch):
-    x, y = batch
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-    return closure
+    return make_closure(optimizer, model, *batch)
 
 
 def _flat(model) -> torch.Tensor:

@@ -44,7 +44,7 @@ def test_accuracy_figure(runs: dict[str, list[dict[str, Any]]], title: str,
     plt = pyplot()
     fig, (full, zoom) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=120,
                                      gridspec_kw={"width_ratios": [1, 1]})
-    low, high, last = math.inf, -math.inf, 0
+    low, high = math.inf, -math.inf
     series = {m: _series(runs[m], "test_acc") for m in _ordered(runs)}
     last = max((int(e[-1]) for e, _, _ in series.values() if len(e)), default=0)
     start = max(1, last - max(1, last // 3))

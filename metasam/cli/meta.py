@@ -24,17 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_meta(args: argparse.Namespace) -> int:
     from metasam.errors import ConfigError
-    from metasam.meta.knowledge import knowledge_base, regret_table
+    from metasam.meta.knowledge import prior_table
     from metasam.meta.portfolio import greedy_portfolio
 
     if args.k < 1:
         raise ConfigError("-k", f"out of range: {args.k}", "whole numbers ≥ 1")
     configs = [load_study_config(p) for p in args.studies]
-    records = knowledge_base(configs)
-    if not records:
-        raise ValueError("meta: no study has full-budget trials with an SGD reference point; "
-                         "allowed: finished studies whose space lists sgd")
-    tasks, keys, table = regret_table(records)
+    records, tasks, keys, table = prior_table(configs, "meta")
     names = {r.key: r.label for r in records}
     portfolio = greedy_portfolio(table, args.k)
     descriptors = {r.task: r.descriptor for r in records}

@@ -61,22 +61,35 @@ def knowledge_base(configs: list[Any], describe: bool = True) -> list[MetaRecord
     records: list[MetaRecord] = []
     for config in configs:
         study = config.load_study()
-        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if TrialRecord.of(t).counts and TrialRecord.of(t).full_budget
-                  and t.value is not None and TrialRecord.of(t).spec is not None]
-        sgd = [t.value for t in trials if TrialRecord.of(t).label == "sgd"]
-        if not sgd or not trials:
+        finished = []  # (trial, its record, its spec) of the full-budget trials with a spec
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            rec = TrialRecord.of(t)
+            spec = rec.spec
+            if rec.counts and rec.full_budget and t.value is not None and spec is not None:
+                finished.append((t, rec, spec))
+        sgd = [t.value for t, rec, _ in finished if rec.label == "sgd"]
+        if not sgd:
             continue
         sign = 1.0 if config.mode == "max" else -1.0
-        best = max(sign * t.value for t in trials)
+        best = max(sign * t.value for t, _, _ in finished)
         span = best - sign * sgd[0]
         descriptor = study_descriptor(config, study, compute=describe)
-        for t in trials:
-            rec = TrialRecord.of(t)
+        for t, rec, spec in finished:
             score = (sign * t.value - sign * sgd[0]) / span if span > 0 else 0.0
-            records.append(MetaRecord(config.name, descriptor, display_name(t), rec.spec or {},
+            records.append(MetaRecord(config.name, descriptor, display_name(t), spec,
                                       rec.epochs, rec.full_budget, float(t.value), score))
     return records
+
+
+def prior_table(configs: list[Any], option: str
+                ) -> tuple[list[MetaRecord], list[str], list[str], list[list[float]]]:
+    """The knowledge base of ``configs`` and its regret table (:func:`regret_table`); a base
+    with nothing to learn from is a one-line error naming ``option``."""
+    records = knowledge_base(configs)
+    if not records:
+        raise ValueError(f"{option}: no study has full-budget trials with an SGD reference "
+                         "point; allowed: finished studies whose space lists sgd")
+    return (records, *regret_table(records))
 
 
 def regret_table(records: list[MetaRecord]) -> tuple[list[str], list[str], list[list[float]]]:

@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from metasam.meta.knowledge import knowledge_base, regret_table, study_descriptor
+from metasam.meta.knowledge import knowledge_base, prior_table, study_descriptor
 from metasam.meta.portfolio import greedy_portfolio, similarity_weights
 
 
@@ -22,11 +22,7 @@ def portfolio_points(config: Any, study: Any, priors: list[Any], k: int) -> list
     study, where the new task's descriptor is kept)."""
     from metasam.tuning.space import Point
 
-    records = knowledge_base(priors)
-    if not records:
-        raise ValueError("--meta: the prior studies have no full-budget trials with an SGD "
-                         "reference point; allowed: finished studies whose space lists sgd")
-    tasks, keys, table = regret_table(records)
+    records, tasks, keys, table = prior_table(priors, "--meta")
     by_task = {r.task: r.descriptor for r in records}
     target = study_descriptor(config, study)
     weights = None

@@ -37,13 +37,13 @@ class FrontPoint:
 def pareto_front(study: optuna.Study, metric: str, mode: str) -> list[FrontPoint]:
     """The full-budget trials no other full-budget trial beats on both the metric and the
     gradient evaluations, cheapest first."""
+    from metasam.tuning.confirm import display_name
+
     points = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         rec = TrialRecord.of(trial)
         value, evals = rec.result(metric), rec.result("grad_evals")
         if rec.counts and rec.full_budget and value is not None and evals is not None:
-            from metasam.tuning.confirm import display_name
-
             points.append(FrontPoint(trial.number, float(value), int(evals),
                                      display_name(trial)))
     better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
