@@ -35,6 +35,21 @@ from metasam.stats import Summary, welch_greater  # noqa: E402
 
 TASKS = ("digits-noisy", "mnist-S-noisy", "mnist1d-noisy")
 
+# Tasks that only ever serve as priors (never held out): other noise levels and models on the
+# shipped data, so that each held-out task learns from more than its two siblings. Their cold
+# studies are made here when missing (tune only: the knowledge base needs no confirmation).
+PRIOR_TASKS: dict[str, dict[str, Any]] = {
+    "digits-noisy40": {"train": {"dataset": "digits", "label_noise": 0.4, "model": "cnn",
+                                 "epochs": 10, "batch_size": 64, "lr": 0.05,
+                                 "val_fraction": 0.2}, "trials": 30},
+    "mnist1d-mlp-noisy": {"train": {"dataset": "mnist1d", "label_noise": 0.2, "model": "mlp",
+                                    "epochs": 15, "batch_size": 128, "lr": 0.05,
+                                    "val_fraction": 0.15}, "trials": 30},
+    "mnist-S-noisy40": {"train": {"dataset": "mnist-S", "label_noise": 0.4, "model": "mlp",
+                                  "epochs": 12, "batch_size": 128, "lr": 0.05,
+                                  "val_fraction": 0.15}, "trials": 30},
+}
+
 
 def first_reaching(study: Any, target: float) -> int | None:
     """The 1-based count of counted trials at which a full-budget value first reached
@@ -66,6 +81,23 @@ def winner_test_accuracy(config: Any, seeds: int) -> list[float]:
     return out
 
 
+def ensure_priors(args: argparse.Namespace) -> None:
+    """The cold studies of the prior-only tasks, made (or finished) where missing."""
+    from search_benchmark import study_file
+
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.runner import tune_study
+
+    space = Path(__file__).resolve().parent.parent / "search_spaces" / "universal-poly.yaml"
+    for name in args.extra_priors:
+        path = args.cold / f"{name}.yaml"
+        if not path.exists():
+            study_file(args.cold, name, PRIOR_TASKS[name], space, args.data_dir, 0, 2)
+        start = time.time()
+        tune_study(StudyConfig.from_yaml(path), verbose=0)
+        print(f"prior {name}: {time.time() - start:.0f} s", flush=True)
+
+
 def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam.analysis.runs import collect
     from metasam.tuning import StudyConfig
@@ -75,21 +107,30 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam.tuning.storage import best_trials, load_study
 
     cold = StudyConfig.from_yaml(args.cold / f"{task}.yaml")
-    priors = [StudyConfig.from_yaml(args.cold / f"{t}.yaml") for t in args.tasks if t != task]
+    priors = [StudyConfig.from_yaml(args.cold / f"{t}.yaml")
+              for t in (*args.tasks, *args.also, *args.extra_priors) if t != task]
     data = yaml.safe_load((args.cold / f"{task}.yaml").read_text())
     data["name"] = f"{task}-meta"
     path = args.out / f"{task}-meta.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     meta = StudyConfig.from_yaml(path)
     start = time.time()
-    tune_study(meta, meta=priors, meta_k=args.k, verbose=0)
+    settings = {"from": priors, "k": args.k, "box": args.box}
+    tune_study(meta, meta=settings, verbose=0)
     run_confirmation(meta, verbose=0)
     seconds = time.time() - start
     cold_study = load_study(cold.storage, cold.name)
     target = best_trials(cold_study, "max", 1)[0].value
     cold_test = [r["test_acc"] for r in collect(cold).get("best", [])]
     meta_test = winner_test_accuracy(meta, len(cold_test) or 3)
+    from metasam.meta.knowledge import load_priors
+    from metasam.meta.transfer import plan_transfer
+
+    plan = plan_transfer(meta, load_study(meta.storage, meta.name), load_priors(priors, "meta"),
+                         args.k)
     return {"task": task, "priors": [p.name for p in priors], "cold_best_val": target,
+            "similarity": plan.similarity, "similar": plan.similar,
+            "portfolio": [p.label for p in plan.points], "boxes": plan.boxes,
             "cold_trials": cold.trials,
             "cold_reached_at": first_reaching(cold_study, target),
             "meta_reached_at": first_reaching(load_study(meta.storage, meta.name), target),
@@ -104,10 +145,22 @@ def main() -> int:
     parser.add_argument("--cold", type=Path, default=Path("results/search-benchmark"))
     parser.add_argument("--out", type=Path, default=Path("results/meta-benchmark"))
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--also", default="cifar10-jpeg-S",
+                        help="further cold studies of the search benchmark used as priors only")
+    parser.add_argument("--extra-priors", default=",".join(PRIOR_TASKS),
+                        help=f"prior-only tasks made here when missing: {', '.join(PRIOR_TASKS)}")
+    parser.add_argument("--priors-only", action="store_true",
+                        help="make the prior-only studies and stop")
     parser.add_argument("-k", type=int, default=3, help="portfolio size")
+    parser.add_argument("--box", type=float, default=0.5,
+                        help="share of region trials sampled within the boxes")
     args = parser.parse_args()
-    args.tasks = args.tasks.split(",")
+    args.tasks, args.also, args.extra_priors = (
+        [t for t in v.split(",") if t] for v in (args.tasks, args.also, args.extra_priors))
     args.out.mkdir(parents=True, exist_ok=True)
+    ensure_priors(args)
+    if args.priors_only:
+        return 0
     results = [run_task(t, args) for t in args.tasks]
     (args.out / "meta-benchmark.json").write_text(json.dumps(results, indent=1))
     lines = ["| task | cold best val | reached: cold | reached: meta (of 30) | cold winner: "

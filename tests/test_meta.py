@@ -117,6 +117,30 @@ def test_knowledge_base_normalizes_each_study_by_its_sgd_and_best(tmp_path) -> N
     assert not any(math.isnan(v) for row in table for v in row)
 
 
+def test_a_cost_aware_prior_is_normalized_by_its_metric(tmp_path) -> None:
+    """A cost-aware study ranks by val_acc − w·passes; what it teaches is val_acc."""
+    import json as _json
+
+    from test_tuning import write_study
+
+    from metasam import presets
+    from metasam.meta.knowledge import knowledge_base
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.storage import open_storage, open_study
+
+    config = StudyConfig.from_yaml(write_study(tmp_path / "c", name="c", cost={"weight": 0.1}))
+    study = open_study(open_storage(config.storage), config.name, config.mode)
+    for label, acc, passes in (("sgd", 0.80, 1), ("sam", 0.90, 2), ("frob_sam", 0.85, 2)):
+        trial = study.ask()
+        for key, attr in (("label", label), ("full_budget", True), ("epochs", 3),
+                          ("spec", _json.dumps(presets.get(label).to_dict())),
+                          ("val_acc", acc)):
+            trial.set_user_attr(key, attr)
+        study.tell(trial, acc - 0.1 * passes)  # the cost-aware score: SGD "best" at 0.70
+    scores = {r.label: round(r.score, 6) for r in knowledge_base([config], describe=False)}
+    assert scores == {"sgd": 0.0, "sam": 1.0, "frob_sam": 0.5}
+
+
 def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
     from metasam.cli import main
 
@@ -143,7 +167,8 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
     priors = _prior_studies(tmp_path)
     target = StudyConfig.from_yaml(write_study(tmp_path / "new", name="new", trials=3, epochs=1,
                                                concurrency=1))
-    tune_study(target, address=ray_cluster, meta=priors, meta_k=1, verbose=0)
+    tune_study(target, address=ray_cluster, meta={"from": priors, "k": 1, "box": 0.5},
+               verbose=0)
     trials = load_study(target.storage, target.name).get_trials(deepcopy=False)
     first = trials[0]
     # sgd and sam are the new space's reference points: the portfolio adds Frob-SAM first
@@ -188,13 +213,67 @@ def test_boxed_sampling_keeps_the_full_space_reachable() -> None:
 
 
 def test_region_boxes_hold_the_prior_winners(tmp_path) -> None:
+    from metasam.meta.knowledge import knowledge_base
     from metasam.meta.transfer import region_boxes
 
     priors = _prior_studies(tmp_path)  # winners: sam on a, frob_sam on b (their defaults)
-    boxes = region_boxes(priors, top=0.9)
+    records = knowledge_base(priors, describe=False)
+    boxes = region_boxes(records, top=0.9)
     assert set(boxes) == {"sam", "frob_sam"}
     low, high = boxes["sam"]["rho"]
     assert low <= 0.05 <= high
     low, high = boxes["frob_sam"]["lam"]
     assert low <= 0.005 <= high
     assert high / low >= 2.25 - 1e-9  # a single winner still leaves room to search
+    # only the given (similar) tasks' winners make boxes
+    assert set(region_boxes(records, {"a"}, top=0.9)) == {"sam"}
+    assert set(region_boxes(records, {"b"}, top=0.9)) == {"frob_sam"}
+
+
+def test_task_kernel_takes_the_median_distance_as_bandwidth() -> None:
+    """The nearer half of the priors lie within one bandwidth (kernel ≥ e^−½), the farther half
+    outside; rescaling a feature (its units) changes nothing."""
+    from metasam.meta.portfolio import SIMILAR, task_kernel
+
+    target = [0.0, 0.0]
+    priors = [[0.1, 0.0], [0.5, 0.2], [2.0, 1.0], [4.0, -2.0], [9.0, 3.0]]
+    kernel = task_kernel(target, priors)
+    assert [k >= SIMILAR - 1e-12 for k in kernel] == [True, True, True, False, False]
+    assert kernel[2] == pytest.approx(SIMILAR)  # the median distance itself
+    scaled = task_kernel([0.0, 0.0], [[1000 * a, b] for a, b in priors])
+    assert scaled == pytest.approx(kernel)
+    # z-scored distances by hand for the first prior
+    rows = [target, *priors]
+    z = []
+    for j in range(2):
+        column = [r[j] for r in rows]
+        mean = sum(column) / len(column)
+        std = math.sqrt(sum((v - mean) ** 2 for v in column) / len(column))
+        z.append([(v - mean) / std for v in column])
+    distances = sorted(math.dist([z[0][0], z[1][0]], [z[0][i], z[1][i]]) for i in range(1, 6))
+    first = math.dist([z[0][0], z[1][0]], [z[0][1], z[1][1]])
+    assert kernel[0] == pytest.approx(math.exp(-0.5 * (first / distances[2]) ** 2))
+
+
+def test_knowledge_file_round_trip_and_study_file_meta_section(tmp_path) -> None:
+    """`metasam meta --save` keeps the base in a file that reads back to the same records; a
+    study file's meta section (relative paths) resolves to it."""
+    import yaml
+    from test_tuning import write_study
+
+    from metasam.cli import main
+    from metasam.meta.knowledge import knowledge_base, load_priors, read_knowledge
+    from metasam.tuning import StudyConfig
+
+    a, b = _prior_studies(tmp_path)
+    saved = tmp_path / "kb.json"
+    assert main(["meta", str(a.path), str(b.path), "--save", str(saved),
+                 "--plot", str(tmp_path / "m.png")]) == 0
+    assert read_knowledge(saved) == knowledge_base([a, b], describe=False)
+    mixed = load_priors([str(saved), str(a.path)], "meta")
+    assert len(mixed) == 6 + 3  # both studies' trials from the file, a's again from its study
+    path = write_study(tmp_path / "new", name="new", meta={"from": ["../kb.json"], "k": 2})
+    config = StudyConfig.from_yaml(path)
+    assert config.meta == {"from": [str(saved.resolve())], "k": 2, "box": 0.5}
+    assert "meta" in yaml.safe_load(path.read_text())
+    assert not any("meta" in key for key in config.definition())  # not part of what is stored

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from metasam.cli._options import load_study_config
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     meta = sub.add_parser(
@@ -15,30 +13,46 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Read finished studies into the meta-knowledge base (scores normalized per "
         "study: 1 its best, 0 its SGD), describe each task, and show which members win where, "
         "and the portfolio `tune --meta` would evaluate first (uniform task weights).")
-    meta.add_argument("studies", metavar="STUDY.yaml", nargs="+")
+    meta.add_argument("studies", metavar="PRIOR", nargs="+",
+                      help="finished studies (STUDY.yaml) or knowledge files (.json)")
     meta.add_argument("-k", type=int, default=3, help="portfolio size")
     meta.add_argument("--plot", default=None, help="PNG path (default: meta.png)")
+    meta.add_argument("--save", default=None, metavar="FILE.json",
+                      help="keep the knowledge base in a file that `tune --meta` and the study "
+                      "file's meta.from read in place of the studies")
     meta.add_argument("--json", action="store_true")
     meta.set_defaults(run=run_meta)
 
 
 def run_meta(args: argparse.Namespace) -> int:
     from metasam.errors import ConfigError
-    from metasam.meta.knowledge import prior_table
+    from metasam.meta.knowledge import load_priors, regret_table, write_knowledge
     from metasam.meta.portfolio import greedy_portfolio
+    from metasam.meta.transfer import region_boxes
+    from metasam.tuning.study import PRIOR_SUFFIXES
 
     if args.k < 1:
         raise ConfigError("-k", f"out of range: {args.k}", "whole numbers ≥ 1")
-    configs = [load_study_config(p) for p in args.studies]
-    records, tasks, keys, table = prior_table(configs, "meta")
+    if args.save is not None and not args.save.endswith(".json"):
+        raise ConfigError("--save", f"not a .json file: {args.save!r}", "FILE.json")
+    for source in args.studies:
+        if not source.endswith(PRIOR_SUFFIXES):
+            raise ConfigError("PRIOR", f"not a study or knowledge file: {source!r}",
+                              ", ".join(PRIOR_SUFFIXES))
+    records = load_priors(args.studies, "meta")
+    tasks, keys, table = regret_table(records)
+    ranges = {t: region_boxes(records, {t}, margin=0.0, min_span=1.0) for t in tasks}
     names = {r.key: r.label for r in records}
     portfolio = greedy_portfolio(table, args.k)
     descriptors = {r.task: r.descriptor for r in records}
     best = {t: max((r for r in records if r.task == t), key=lambda r: r.score) for t in tasks}
+    if args.save is not None:
+        write_knowledge(records, args.save)
     if args.json:
         print(json.dumps({
             "tasks": {t: {"descriptor": descriptors[t].to_dict() if descriptors[t] else None,
-                          "best": best[t].label} for t in tasks},
+                          "best": best[t].label, "winning_ranges": ranges[t]}
+                      for t in tasks},
             "portfolio": [{"label": names[keys[i]], "regret": [row[i] for row in table]}
                           for i in portfolio]}))
         return 0
@@ -62,10 +76,19 @@ def run_meta(args: argparse.Namespace) -> int:
                         for row in table)
         print(f"{mark} {names[keys[j]]:<{width - 2}}" + cells)
     print("(* in the zero-shot portfolio; — not run on that task)")
+    print("winning ranges (trials within 0.1 of their study's best, per preset region):")
+    for t in tasks:
+        cells = [f"{name} " + " ".join(f"{key} {low:.3g}–{high:.3g}" if high > low * 1.0001
+                                       else f"{key} {low:.3g}" for key, (low, high)
+                                       in sorted(box.items()))
+                 for name, box in sorted(ranges[t].items())]
+        print(f"  {t:<18} {'; '.join(cells) or '—'}")
     plot = Path(args.plot or "meta.png")
     _plot(tasks, [names[keys[j]] for j in shown], [[1 - row[j] for row in table] for j in shown],
           plot)
     print(f"plot: {plot}")
+    if args.save is not None:
+        print(f"knowledge: {args.save} ({len(records)} trials of {len(tasks)} tasks)")
     return 0
 
 

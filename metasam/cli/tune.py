@@ -25,10 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--warm-start", metavar="OTHER.yaml", default=None,
                       help="evaluate the top-k specs of another study first")
     tune.add_argument("--top-k", type=int, default=3)
-    tune.add_argument("--meta", metavar="PRIOR.yaml", nargs="+", default=None,
-                      help="finished studies to learn from: a new study evaluates the zero-shot "
-                      "portfolio of their specs first (weighted by task similarity)")
-    tune.add_argument("--meta-k", type=int, default=3, help="portfolio size")
+    tune.add_argument("--meta", metavar="PRIOR", nargs="+", default=None,
+                      help="finished studies (STUDY.yaml) or knowledge files (.json, from "
+                      "`metasam meta --save`) to learn from, in place of the study file's "
+                      "meta.from: a new study evaluates the zero-shot portfolio of their specs "
+                      "first (weighted by task similarity) and samples the preset regions "
+                      "within the similar tasks' winners' boxes on a share of its trials")
+    tune.add_argument("--meta-k", type=int, default=None,
+                      help="portfolio size (default: the study file's meta.k, or 3)")
+    tune.add_argument("--meta-box", type=float, default=None, metavar="P",
+                      help="share of region trials sampled within the boxes, 0 to 1 "
+                      "(default: the study file's meta.box, or 0.5)")
     add_ray_options(tune)
     tune.set_defaults(run=run_tune)
 
@@ -47,6 +54,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     trials.set_defaults(run=run_trials)
 
 
+def _meta_options(args: argparse.Namespace, config: Any) -> dict[str, Any] | None:
+    """The study file's ``meta`` section with ``--meta``, ``--meta-k`` and ``--meta-box`` in
+    place of its fields (validated as they are)."""
+    from metasam.tuning.study import META_DEFAULTS, PRIOR_SUFFIXES
+
+    meta = dict(config.meta or {})
+    if args.meta:
+        for source in args.meta:
+            if not source.endswith(PRIOR_SUFFIXES):
+                raise ConfigError("--meta", f"not a study or knowledge file: {source!r}",
+                                  ", ".join(PRIOR_SUFFIXES))
+            if not Path(source).is_file():
+                raise ConfigError("--meta", f"no such file: {source}")
+        meta["from"] = [str(Path(p).resolve()) for p in args.meta]
+    if args.meta_k is not None and args.meta_k < 1:
+        raise ConfigError("--meta-k", f"out of range: {args.meta_k}", "whole numbers ≥ 1")
+    if args.meta_box is not None and not 0 <= args.meta_box <= 1:
+        raise ConfigError("--meta-box", f"out of range: {args.meta_box}", "[0, 1]")
+    if not meta.get("from"):
+        if args.meta_k is not None or args.meta_box is not None:
+            raise ConfigError("--meta-k/--meta-box", "no prior studies to learn from",
+                              "with --meta PRIOR ... or a meta section in the study file")
+        return None
+    for key, value in (("k", args.meta_k), ("box", args.meta_box)):
+        meta[key] = value if value is not None else meta.get(key, META_DEFAULTS[key])
+    return meta
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from metasam.tuning.runner import tune_study
 
@@ -54,9 +89,7 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError("--top-k", f"out of range: {args.top_k}", "whole numbers ≥ 1")
     warm = load_study_config(args.warm_start) if args.warm_start else None
-    if args.meta_k < 1:
-        raise ConfigError("--meta-k", f"out of range: {args.meta_k}", "whole numbers ≥ 1")
-    meta = [load_study_config(p) for p in args.meta] if args.meta else None
+    meta = _meta_options(args, config)
     config.check_data()
     from metasam.tuning.storage import open_storage, open_study
 
@@ -65,7 +98,7 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"study {config.name}: {config.trials} trials, space {config.space.name}, "
           f"storage {config.storage}", file=sys.stderr)
     outcome = tune_study(config, address=args.address, warm_start=warm, top_k=args.top_k,
-                         meta=meta, meta_k=args.meta_k,
+                         meta=meta,
                          verbose=0 if args.quiet else 1, check_data=False)
     state = outcome["census"]
     print(f"study {config.name}: {state.describe(config.trials)}")

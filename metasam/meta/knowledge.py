@@ -4,17 +4,24 @@ descriptor, spec, budget reached, normalized score), so that tasks compare.
 Scores are normalized per study against its own SGD and its best full-budget trial: 1 is the
 study's best, 0 SGD, below 0 worse than SGD (``regret`` = 1 − score). A study without an SGD
 reference point is skipped: nothing anchors its scale.
+
+A base can be kept in a *knowledge file* (JSON, :func:`write_knowledge`, ``metasam meta ...
+--save FILE.json``) and read back in place of the studies (:func:`load_priors`): a team shares
+what its finished studies taught without sharing their storages.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from metasam.meta.descriptors import TaskDescriptor, describe_task
 
 DESCRIPTOR_ATTR = "metasam:descriptor"
+KNOWLEDGE_FORMAT = "metasam-knowledge/1"
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,65 @@ class MetaRecord:
         return json.dumps(self.spec, sort_keys=True)
 
 
+def write_knowledge(records: list[MetaRecord], path: str | os.PathLike[str]) -> None:
+    """Keep a knowledge base in a JSON file that :func:`read_knowledge` reads back."""
+    rows = []
+    for r in records:
+        row = asdict(r)
+        row["descriptor"] = r.descriptor.to_dict() if r.descriptor is not None else None
+        rows.append(row)
+    Path(path).write_text(json.dumps({"format": KNOWLEDGE_FORMAT, "records": rows}, indent=1))
+
+
+def read_knowledge(path: str | os.PathLike[str]) -> list[MetaRecord]:
+    """The records of a knowledge file; anything else is a one-line error naming the file."""
+    from metasam.errors import ConfigError
+
+    source = str(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError("file", "not found", source=source) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError("file", f"not a knowledge file ({type(err).__name__})",
+                          "JSON written by `metasam meta ... --save`", source) from None
+    if not isinstance(data, dict) or data.get("format") != KNOWLEDGE_FORMAT:
+        raise ConfigError("format", "missing or unknown", KNOWLEDGE_FORMAT, source)
+    names = set(MetaRecord.__dataclass_fields__)
+    out = []
+    for i, row in enumerate(data.get("records") or []):
+        try:
+            if not isinstance(row, dict) or set(row) != names:
+                raise TypeError("fields")
+            descriptor = row["descriptor"]
+            out.append(MetaRecord(**{**row, "descriptor": None if descriptor is None
+                                     else TaskDescriptor.from_dict(descriptor)}))
+        except (TypeError, ValueError):
+            raise ConfigError(f"records[{i}]", "not a knowledge record",
+                              ", ".join(sorted(names)), source) from None
+    return out
+
+
+def load_priors(sources: list[Any], option: str) -> list[MetaRecord]:
+    """The knowledge base of ``sources``: study files or their configs, and knowledge files
+    (``.json``), in one table."""
+    from metasam.tuning import StudyConfig
+
+    configs, records = [], []
+    for source in sources:
+        if isinstance(source, StudyConfig):
+            configs.append(source)
+        elif str(source).endswith(".json"):
+            records.extend(read_knowledge(source))
+        else:
+            configs.append(StudyConfig.from_yaml(source))
+    records.extend(knowledge_base(configs))
+    if not records:
+        raise ValueError(f"{option}: no study has full-budget trials with an SGD reference "
+                         "point; allowed: finished studies whose space lists sgd")
+    return records
+
+
 def study_descriptor(config: Any, study: Any, compute: bool = True) -> TaskDescriptor | None:
     """The study's task descriptor, computed once (:func:`describe_task`) and kept in its
     storage."""
@@ -52,44 +118,35 @@ def study_descriptor(config: Any, study: Any, compute: bool = True) -> TaskDescr
 
 
 def knowledge_base(configs: list[Any], describe: bool = True) -> list[MetaRecord]:
-    """Every full-budget trial of the studies, normalized per study."""
+    """Every full-budget trial of the studies, normalized per study by the study's metric (a
+    cost-aware study's trials by their metric too, not by the score it ranked them by)."""
     from optuna.trial import TrialState
 
     from metasam.tuning.confirm import display_name
-    from metasam.tuning.record import TrialRecord
+    from metasam.tuning.record import RESULT_KEYS, TrialRecord
 
     records: list[MetaRecord] = []
     for config in configs:
         study = config.load_study()
-        finished = []  # (trial, its record, its spec) of the full-budget trials with a spec
+        finished = []  # (trial, its record, its spec, its metric) of the full-budget trials
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             rec = TrialRecord.of(t)
             spec = rec.spec
             if rec.counts and rec.full_budget and t.value is not None and spec is not None:
-                finished.append((t, rec, spec))
-        sgd = [t.value for t, rec, _ in finished if rec.label == "sgd"]
+                raw = rec.result(config.metric) if config.metric in RESULT_KEYS else None
+                finished.append((t, rec, spec, float(t.value if raw is None else raw)))
+        sgd = [value for _, rec, _, value in finished if rec.label == "sgd"]
         if not sgd:
             continue
         sign = 1.0 if config.mode == "max" else -1.0
-        best = max(sign * t.value for t, _, _ in finished)
+        best = max(sign * value for *_, value in finished)
         span = best - sign * sgd[0]
         descriptor = study_descriptor(config, study, compute=describe)
-        for t, rec, spec in finished:
-            score = (sign * t.value - sign * sgd[0]) / span if span > 0 else 0.0
+        for t, rec, spec, value in finished:
+            score = (sign * value - sign * sgd[0]) / span if span > 0 else 0.0
             records.append(MetaRecord(config.name, descriptor, display_name(t), spec,
-                                      rec.epochs, rec.full_budget, float(t.value), score))
+                                      rec.epochs, rec.full_budget, value, score))
     return records
-
-
-def prior_table(configs: list[Any], option: str
-                ) -> tuple[list[MetaRecord], list[str], list[str], list[list[float]]]:
-    """The knowledge base of ``configs`` and its regret table (:func:`regret_table`); a base
-    with nothing to learn from is a one-line error naming ``option``."""
-    records = knowledge_base(configs)
-    if not records:
-        raise ValueError(f"{option}: no study has full-budget trials with an SGD reference "
-                         "point; allowed: finished studies whose space lists sgd")
-    return (records, *regret_table(records))
 
 
 def regret_table(records: list[MetaRecord]) -> tuple[list[str], list[str], list[list[float]]]:

@@ -12,10 +12,12 @@ import math
 from collections.abc import Sequence
 
 
-def similarity_weights(target: Sequence[float], priors: Sequence[Sequence[float]],
-                       bandwidth: float = 1.0) -> list[float]:
-    """Gaussian-kernel weights of prior tasks by descriptor distance (features standardized
-    over the priors and the target); they sum to 1."""
+def task_kernel(target: Sequence[float], priors: Sequence[Sequence[float]],
+                bandwidth: float | None = None) -> list[float]:
+    """Gaussian-kernel similarity exp(−½ (d / h)²) of each prior task to the target, d the
+    distance between descriptors with every feature standardized over the priors and the
+    target; ``h`` by default the median of those distances (the median heuristic: scale-free
+    in the number of features and tasks, so the nearer half of the priors score ≥ e^−½)."""
     rows = [list(target), *[list(p) for p in priors]]
     dims = len(rows[0])
     means = [sum(r[j] for r in rows) / len(rows) for j in range(dims)]
@@ -24,7 +26,23 @@ def similarity_weights(target: Sequence[float], priors: Sequence[Sequence[float]
     z = [[(r[j] - means[j]) / stds[j] for j in range(dims)] for r in rows]
     distances = [math.sqrt(sum((a - b) ** 2 for a, b in zip(z[0], p, strict=True)))
                  for p in z[1:]]
-    kernel = [math.exp(-0.5 * (d / bandwidth) ** 2) for d in distances]
+    if bandwidth is None:
+        ordered = sorted(distances)
+        middle = len(ordered) // 2
+        bandwidth = (ordered[middle] if len(ordered) % 2 else
+                     0.5 * (ordered[middle - 1] + ordered[middle])) if ordered else 1.0
+    bandwidth = bandwidth or 1.0  # every prior at the target's descriptor
+    return [math.exp(-0.5 * (d / bandwidth) ** 2) for d in distances]
+
+
+# A prior task at least this similar (:func:`task_kernel`: within one bandwidth) is "similar".
+SIMILAR = math.exp(-0.5)
+
+
+def similarity_weights(target: Sequence[float], priors: Sequence[Sequence[float]],
+                       bandwidth: float | None = None) -> list[float]:
+    """:func:`task_kernel`'s similarities normalized to sum to 1."""
+    kernel = task_kernel(target, priors, bandwidth)
     total = sum(kernel)
     return [k / total for k in kernel] if total > 0 else [1 / len(kernel)] * len(kernel)
 

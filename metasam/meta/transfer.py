@@ -1,33 +1,54 @@
-"""Transfer into a new study: the zero-shot portfolio of prior studies' specs, evaluated first.
+"""Transfer into a new study: the zero-shot portfolio of prior studies' specs, evaluated first,
+and the boxes of the ranges that held the winners of similar prior tasks.
 
 The new task is described (:func:`~metasam.meta.descriptors.describe_task`, kept in its
-storage), prior tasks are weighted by descriptor similarity, and K specs are chosen greedily to
-minimize the weighted average normalized regret over the prior tasks
-(:func:`~metasam.meta.portfolio.greedy_portfolio`). Specs equal to a reference point of the
-new study's space (the presets at their defaults) are left to it.
+storage) and each prior task gets a similarity (:func:`~metasam.meta.portfolio.task_kernel`,
+the median heuristic). The portfolio: K specs chosen greedily to minimize the
+similarity-weighted average normalized regret over all prior tasks
+(:func:`~metasam.meta.portfolio.greedy_portfolio`); specs equal to a reference point of the new
+study's space (the presets at their defaults) are left to it. The boxes: per preset region,
+the log-space bounding box of the winners of the *similar* prior tasks only (the nearer half):
+a dissimilar task's winners would narrow the search towards what won elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
-from metasam.meta.knowledge import knowledge_base, prior_table, study_descriptor
-from metasam.meta.portfolio import greedy_portfolio, similarity_weights
+from metasam.meta.knowledge import MetaRecord, regret_table, study_descriptor
+from metasam.meta.portfolio import SIMILAR, bounding_box, greedy_portfolio, task_kernel
 
 
-def portfolio_points(config: Any, study: Any, priors: list[Any], k: int) -> list[Any]:
-    """The portfolio as points ``meta:LABEL`` of ``config``'s study (``study`` its Optuna
-    study, where the new task's descriptor is kept)."""
+@dataclass(frozen=True)
+class Transfer:
+    """What a meta-started study takes from its priors."""
+
+    points: list[Any]                                   # the portfolio, as ``meta:`` points
+    boxes: dict[str, dict[str, tuple[float, float]]]    # preset region → field → (low, high)
+    similarity: dict[str, float] = field(default_factory=dict)  # prior task → kernel value
+
+    @property
+    def similar(self) -> list[str]:
+        return sorted(t for t, s in self.similarity.items() if s >= SIMILAR - 1e-12)
+
+
+def plan_transfer(config: Any, study: Any, records: list[MetaRecord], k: int) -> Transfer:
+    """The portfolio and boxes for ``config``'s study (``study`` its Optuna study, where the
+    new task's descriptor is kept) from the knowledge base ``records``."""
     from metasam.tuning.space import Point
 
-    records, tasks, keys, table = prior_table(priors, "--meta")
+    tasks, keys, table = regret_table(records)
     by_task = {r.task: r.descriptor for r in records}
     target = study_descriptor(config, study)
-    weights = None
     if target is not None and all(by_task[t] is not None for t in tasks):
-        weights = similarity_weights(target.vector(), [by_task[t].vector() for t in tasks])
+        kernel = task_kernel(target.vector(), [by_task[t].vector() for t in tasks])
+    else:  # nothing to compare: every prior task counts alike
+        kernel = [1.0] * len(tasks)
+    total = sum(kernel)
+    weights = [v / total for v in kernel] if total > 0 else None
     existing = {json.dumps(p.spec, sort_keys=True) for p in config.space.points}
     labels = {r.key: (r.task, r.label) for r in records}
     points = []
@@ -39,21 +60,24 @@ def portfolio_points(config: Any, study: Any, priors: list[Any], k: int) -> list
         points.append(Point(f"meta:{task}:{label}", json.loads(key)))
         if len(points) == k:
             break
-    return points
+    similarity = dict(zip(tasks, kernel, strict=True))
+    similar = {t for t, s in similarity.items() if s >= SIMILAR - 1e-12}
+    return Transfer(points, region_boxes(records, similar), similarity)
 
 
-def region_boxes(priors: list[Any], weights_for: Any = None, margin: float = 0.5,
-                 top: float = 0.9) -> dict[str, dict[str, tuple[float, float]]]:
+def region_boxes(records: list[MetaRecord], tasks: set[str] | None = None,
+                 margin: float = 0.5, top: float = 0.9, min_span: float | None = None
+                 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Per preset region, the log-space bounding box (widened by ``margin`` of its width on each
-    side) of the fields of the prior studies' winners: full-budget trials of that region whose
-    normalized score is at least ``top`` of their study's best."""
-    from metasam.meta.portfolio import bounding_box
+    side, and to at least a factor ``min_span`` from low to high, default 2.25) of the fields of
+    the winners of ``tasks`` (default: all): full-budget trials of that region whose normalized
+    score is at least ``top`` of their study's best."""
     from metasam.tuning.regions import REGIONS
 
     winners: dict[str, list[dict[str, float]]] = {}
-    for r in knowledge_base(priors, describe=False):
+    for r in records:
         name = r.spec.get("name")
-        if name not in REGIONS or r.score < top:
+        if name not in REGIONS or r.score < top or (tasks is not None and r.task not in tasks):
             continue
         fields = {"rho": r.spec["rho"]}
         if REGIONS[name].lam:
@@ -63,7 +87,8 @@ def region_boxes(priors: list[Any], weights_for: Any = None, margin: float = 0.5
     for name, points in winners.items():
         box = bounding_box(points, log_keys=("rho", "lam"), margin=margin)
         for key, (low, high) in box.items():  # at least ×/÷ 1.5 around a single winner
-            grow = math.sqrt(max(1.0, MIN_SPAN / (high / low)))
+            span = MIN_SPAN if min_span is None else min_span
+            grow = math.sqrt(max(1.0, span / (high / low)))
             box[key] = (low / grow, high * grow)
         boxes[name] = box
     return boxes

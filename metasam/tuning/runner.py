@@ -144,17 +144,36 @@ def _resume_summary(study: optuna.Study, state: Any) -> str:
     return text
 
 
-# The share of a meta-started study's trials that sample within the prior winners' boxes; the
-# rest sample the whole space.
-META_BOX_P = 0.7
+def _meta_started(config: StudyConfig, study: Any, meta: dict[str, Any]
+                  ) -> tuple[StudyConfig, list[Point]]:
+    """``config`` sampling the preset regions within the similar priors' boxes on a share
+    ``meta["box"]`` of its trials (the whole space on the rest), and the portfolio."""
+    import dataclasses
+
+    from metasam.meta.knowledge import load_priors
+    from metasam.meta.transfer import plan_transfer
+    from metasam.tuning.space import SearchSpace
+
+    records = load_priors(list(meta["from"]), "meta.from (or --meta)")
+    plan = plan_transfer(config, study, records, int(meta.get("k", 3)))
+    box = float(meta.get("box", 0.5))
+    if config.space.search is not None and plan.boxes and box > 0:
+        search = {**config.space.search, "box": plan.boxes, "box_p": box}
+        config = dataclasses.replace(config, space=SearchSpace(
+            config.space.name, config.space.points, search, config.space.source))
+    return config, plan.points
 
 
 def tune_study(config: StudyConfig, *, address: str | None = None,
                warm_start: StudyConfig | None = None, top_k: int = 3,
-               meta: list[StudyConfig] | None = None, meta_k: int = 3,
+               meta: dict[str, Any] | None = None,
                verbose: int = 1, check_data: bool = True,
                record_history: bool = False) -> dict[str, Any]:
-    """Run (or resume, or join) a study until it has ``config.trials`` finished trials."""
+    """Run (or resume, or join) a study until it has ``config.trials`` finished trials.
+
+    ``meta`` (default: the study file's ``meta`` section) starts it from prior studies:
+    ``{"from": [study files, configs or knowledge files], "k": K, "box": P}``
+    (:mod:`metasam.meta.transfer`)."""
     if check_data:
         config.check_data()
     storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
@@ -163,19 +182,11 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     points = list(config.space.points)
     if warm_start is not None:
         points = warm_start_points(warm_start, top_k) + points
-    if meta and not census(study).counted:  # a new study: its portfolio first
-        from metasam.meta.transfer import portfolio_points
-
-        points = portfolio_points(config, study, meta, meta_k) + points
-    if meta and config.space.search is not None:  # the learned ranges, full space reachable
-        import dataclasses
-
-        from metasam.meta.transfer import region_boxes
-        from metasam.tuning.space import SearchSpace
-
-        search = {**config.space.search, "box": region_boxes(meta), "box_p": META_BOX_P}
-        config = dataclasses.replace(config, space=SearchSpace(
-            config.space.name, config.space.points, search, config.space.source))
+    meta = meta if meta is not None else config.meta
+    if meta:
+        config, portfolio = _meta_started(config, study, meta)
+        if not census(study).counted:  # a new study: its portfolio first
+            points = portfolio + points
     enqueue_points(study, points, config.trials)
     before = census(study)
     if not before.waiting and len(before.counted) >= config.trials and not before.running:

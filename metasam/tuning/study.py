@@ -16,6 +16,10 @@
     sampler: {type: tpe, startup_trials: 10}
     seed: 0
     heartbeat: {interval: 10, grace: 60} # seconds; a trial silent for `grace` is re-run
+    meta:                               # optional: start from what finished studies taught
+      from: [../other/study.yaml, team-knowledge.json]  # study files or knowledge files
+      k: 3                              # the zero-shot portfolio's size
+      box: 0.5                          # share of region trials within the winners' boxes
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class StudyConfig:
     heartbeat_grace: int = 60
     confirm: dict[str, Any] = field(default_factory=lambda: {"top_k": 3, "seeds": 3})
     cost_weight: float = 0.0
+    meta: dict[str, Any] | None = None  # {"from": [paths], "k": K, "box": P} (absolute paths)
 
     @property
     def objective(self) -> str:
@@ -115,7 +120,7 @@ class StudyConfig:
                    storage=_read_storage(file.storage, path, file.name), sampler=file.sampler,
                    seed=file.seed, heartbeat_interval=heartbeat["interval"],
                    heartbeat_grace=heartbeat["grace"], confirm=file.confirm,
-                   cost_weight=file.cost["weight"])
+                   cost_weight=file.cost["weight"], meta=_resolve_meta(file.meta, path))
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:
@@ -254,6 +259,48 @@ def _check_cost(name: str, data: Any) -> dict[str, float]:
         raise ConfigError(name, "expected {weight: W}")
     _checks.known_keys(name, data, ("weight",))
     return {"weight": _checks.number(f"{name}.weight", data.get("weight", 0.0), low=0.0)}
+
+
+META_DEFAULTS = {"k": 3, "box": 0.5}
+PRIOR_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _check_meta(name: str, data: Any) -> dict[str, Any]:
+    """``meta: {from: [PRIOR, ...], k: 3, box: 0.5}``: prior study files or knowledge files
+    (relative to the study file), the portfolio size, the share of region trials sampled within
+    the winners' boxes (0: none)."""
+    if not isinstance(data, dict):
+        raise ConfigError(name, "expected {from: [PRIOR.yaml or KNOWLEDGE.json, ...], k: K, "
+                          "box: P}")
+    _checks.known_keys(name, data, ("from", "k", "box"))
+    sources = data.get("from")
+    if isinstance(sources, str):
+        sources = [sources]
+    if not isinstance(sources, list) or not sources:
+        raise ConfigError(f"{name}.from", "expected a non-empty list of files",
+                          "study YAML files or knowledge JSON files")
+    for i, source in enumerate(sources):
+        if not isinstance(source, str) or not source.endswith(PRIOR_SUFFIXES):
+            raise ConfigError(f"{name}.from[{i}]", f"not a study or knowledge file: {source!r}",
+                              ", ".join(PRIOR_SUFFIXES))
+    return {"from": list(sources),
+            "k": _checks.integer(f"{name}.k", data.get("k", META_DEFAULTS["k"]), low=1),
+            "box": _checks.number(f"{name}.box", data.get("box", META_DEFAULTS["box"]),
+                                  low=0.0, high=1.0)}
+
+
+def _resolve_meta(meta: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
+    """The ``meta`` section with its files resolved against the study file's folder; a file
+    that is not there is an error now, not when the study starts."""
+    if meta is None:
+        return None
+    sources = []
+    for i, source in enumerate(meta["from"]):
+        resolved = (path.parent / os.path.expanduser(source)).resolve()
+        if not resolved.is_file():
+            raise ConfigError(f"meta.from[{i}]", f"no such file: {resolved}")
+        sources.append(str(resolved))
+    return {**meta, "from": sources}
 
 
 def _check_name(name: str, value: Any) -> str:
@@ -415,6 +462,8 @@ class StudyFile:
                                              factory=dict)
     cost: dict[str, float] = _config.option(None, _check_cost, "weight of the passes per step",
                                             factory=dict)
+    meta: dict[str, Any] | None = _config.option(None, _optional(_check_meta),
+                                                 "prior studies to start from")
 
     def __post_init__(self) -> None:
         _config.validate(self)
