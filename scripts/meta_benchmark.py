@@ -11,10 +11,17 @@ confirmation stage. Printed per task:
 - test accuracy (train + validation, last epoch, 3 seeds as ``metasam compare``) of both
   confirmed winners, and the one-sided Welch p-value that the cold winner is above the meta one.
 
-Usage (about 20 minutes on a 2-core CPU for the three CPU tasks)::
+The priors of each held-out task: the other held-out tasks' cold studies, the CIFAR task of
+the search benchmark, and three prior-only tasks (other noise levels and models, made here on
+first use, ~3 minutes). ``--seed S`` repeats the comparison with fresh cold and meta-started
+studies of the held-out tasks at study seed S (priors unchanged); the summary pools every seed
+found in ``--out``.
+
+Usage (about 10 minutes per seed on a 2-core CPU for the three CPU tasks, 20 with seed ≠ 0)::
 
     python scripts/meta_benchmark.py --data-dir DIR --cold results/search-benchmark \\
-        --out results/meta-benchmark > meta.log 2>&1
+        --out results/meta-benchmark [--seed 1] > meta.log 2>&1
+    python scripts/meta_benchmark.py --data-dir DIR --out results/meta-benchmark --summarize
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from metasam.stats import Summary, welch_greater  # noqa: E402
 
 TASKS = ("digits-noisy", "mnist-S-noisy", "mnist1d-noisy")
+
+SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "universal-poly.yaml"
 
 # Tasks that only ever serve as priors (never held out): other noise levels and models on the
 # shipped data, so that each held-out task learns from more than its two siblings. Their cold
@@ -88,30 +97,53 @@ def ensure_priors(args: argparse.Namespace) -> None:
     from metasam.tuning import StudyConfig
     from metasam.tuning.runner import tune_study
 
-    space = Path(__file__).resolve().parent.parent / "search_spaces" / "universal-poly.yaml"
     for name in args.extra_priors:
         path = args.cold / f"{name}.yaml"
         if not path.exists():
-            study_file(args.cold, name, PRIOR_TASKS[name], space, args.data_dir, 0, 2)
+            study_file(args.cold, name, PRIOR_TASKS[name], SPACE, args.data_dir, 0, 2)
         start = time.time()
         tune_study(StudyConfig.from_yaml(path), verbose=0)
         print(f"prior {name}: {time.time() - start:.0f} s", flush=True)
 
 
+def cold_study(task: str, args: argparse.Namespace) -> Any:
+    """The held-out task's cold study: the search benchmark's (seed 0), or for another
+    ``--seed`` one made here (tune + confirm) as ``TASK-sSEED``."""
+    from search_benchmark import TASKS as BENCHMARK_TASKS
+    from search_benchmark import study_file
+
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.confirm import run_confirmation
+    from metasam.tuning.runner import tune_study
+
+    if args.seed == 0:
+        return StudyConfig.from_yaml(args.cold / f"{task}.yaml")
+    name = f"{task}-s{args.seed}"
+    path = args.cold / f"{name}.yaml"
+    if not path.exists():
+        study_file(args.cold, name, BENCHMARK_TASKS[task], SPACE, args.data_dir, args.seed, 2)
+    config = StudyConfig.from_yaml(path)
+    tune_study(config, verbose=0)
+    run_confirmation(config, verbose=0)
+    return config
+
+
 def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam.analysis.runs import collect
+    from metasam.meta.knowledge import load_priors
+    from metasam.meta.transfer import plan_transfer
     from metasam.tuning import StudyConfig
     from metasam.tuning.confirm import run_confirmation
     from metasam.tuning.export import best_optimizer
     from metasam.tuning.runner import tune_study
     from metasam.tuning.storage import best_trials, load_study
 
-    cold = StudyConfig.from_yaml(args.cold / f"{task}.yaml")
-    priors = [StudyConfig.from_yaml(args.cold / f"{t}.yaml")
+    cold = cold_study(task, args)
+    priors = [StudyConfig.from_yaml(args.cold / f"{t}.yaml")  # other tasks, seed 0
               for t in (*args.tasks, *args.also, *args.extra_priors) if t != task]
-    data = yaml.safe_load((args.cold / f"{task}.yaml").read_text())
-    data["name"] = f"{task}-meta"
-    path = args.out / f"{task}-meta.yaml"
+    data = yaml.safe_load(cold.path.read_text())
+    data["name"] = f"{cold.name}-meta"
+    path = args.out / f"{cold.name}-meta.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     meta = StudyConfig.from_yaml(path)
     start = time.time()
@@ -119,20 +151,22 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     tune_study(meta, meta=settings, verbose=0)
     run_confirmation(meta, verbose=0)
     seconds = time.time() - start
-    cold_study = load_study(cold.storage, cold.name)
-    target = best_trials(cold_study, "max", 1)[0].value
-    cold_test = [r["test_acc"] for r in collect(cold).get("best", [])]
-    meta_test = winner_test_accuracy(meta, len(cold_test) or 3)
-    from metasam.meta.knowledge import load_priors
-    from metasam.meta.transfer import plan_transfer
-
+    cold_trials = load_study(cold.storage, cold.name)
+    target = best_trials(cold_trials, "max", 1)[0].value
+    try:  # from the search benchmark's `compare` runs
+        cold_test = [r["test_acc"] for r in collect(cold).get("best", [])]
+    except ValueError:  # a cold study made here, never compared
+        cold_test = []
+    if not cold_test:
+        cold_test = winner_test_accuracy(cold, 3)
+    meta_test = winner_test_accuracy(meta, len(cold_test))
     plan = plan_transfer(meta, load_study(meta.storage, meta.name), load_priors(priors, "meta"),
                          args.k)
-    return {"task": task, "priors": [p.name for p in priors], "cold_best_val": target,
-            "similarity": plan.similarity, "similar": plan.similar,
+    return {"task": task, "seed": args.seed, "priors": [p.name for p in priors],
+            "cold_best_val": target, "similarity": plan.similarity, "similar": plan.similar,
             "portfolio": [p.label for p in plan.points], "boxes": plan.boxes,
             "cold_trials": cold.trials,
-            "cold_reached_at": first_reaching(cold_study, target),
+            "cold_reached_at": first_reaching(cold_trials, target),
             "meta_reached_at": first_reaching(load_study(meta.storage, meta.name), target),
             "cold_winner": best_optimizer(cold)["name"], "meta_winner": best_optimizer(meta)[
                 "name"], "cold_test": cold_test, "meta_test": meta_test,
@@ -152,33 +186,55 @@ def main() -> int:
     parser.add_argument("--priors-only", action="store_true",
                         help="make the prior-only studies and stop")
     parser.add_argument("-k", type=int, default=3, help="portfolio size")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="study seed of the held-out tasks' cold and meta-started studies "
+                        "(not 0: their cold studies are made here; priors stay at seed 0)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="print the table of what --out holds, run nothing")
     parser.add_argument("--box", type=float, default=0.5,
                         help="share of region trials sampled within the boxes")
     args = parser.parse_args()
     args.tasks, args.also, args.extra_priors = (
         [t for t in v.split(",") if t] for v in (args.tasks, args.also, args.extra_priors))
     args.out.mkdir(parents=True, exist_ok=True)
-    ensure_priors(args)
+    if not args.summarize:
+        ensure_priors(args)
     if args.priors_only:
         return 0
-    results = [run_task(t, args) for t in args.tasks]
-    (args.out / "meta-benchmark.json").write_text(json.dumps(results, indent=1))
-    lines = ["| task | cold best val | reached: cold | reached: meta (of 30) | cold winner: "
-             "test % | meta winner: test % | p(cold > meta) |", "|---|---|---|---|---|---|---|"]
-    ratios = []
-    for r in results:
+    if not args.summarize:
+        results = [run_task(t, args) for t in args.tasks]
+        (args.out / f"meta-benchmark-s{args.seed}.json").write_text(
+            json.dumps(results, indent=1))
+    print(summary(sorted(args.out.glob("meta-benchmark-s*.json"))))
+    return 0
+
+
+def summary(files: list[Path]) -> str:
+    """The table of every (task, seed) measured so far, and the medians the issue asks for."""
+    results = [r for f in files for r in json.loads(f.read_text())]
+    lines = ["| task | seed | cold best val | reached: cold | reached: meta | cold winner: "
+             "test % | meta winner: test % | p(cold > meta) |",
+             "|---|---|---|---|---|---|---|---|"]
+    ratios: dict[int, list[float]] = {}
+    for r in sorted(results, key=lambda r: (r.get("seed", 0), r["task"])):
         c, m = Summary.of([100 * v for v in r["cold_test"]]), Summary.of(
             [100 * v for v in r["meta_test"]])
-        lines.append(f"| {r['task']} | {r['cold_best_val']:.4f} | {r['cold_reached_at']} | "
-                     f"{r['meta_reached_at'] or 'never'} | {r['cold_winner']}: "
-                     f"{c.mean:.2f} ± {c.std:.2f} | {r['meta_winner']}: {m.mean:.2f} ± "
-                     f"{m.std:.2f} | {r['p_cold_gt_meta']:.3f} |")
-        reached = r["meta_reached_at"] or (r["cold_trials"] + 1)
-        ratios.append(reached / r["cold_trials"])
-    lines.append(f"\nmedian over tasks of (trials the meta-started study needed to reach the "
-                 f"cold study's best) / (the cold study's trials): {statistics.median(ratios):.2f}")
-    print("\n".join(lines))
-    return 0
+        lines.append(f"| {r['task']} | {r.get('seed', 0)} | {r['cold_best_val']:.4f} | "
+                     f"{r['cold_reached_at']} | {r['meta_reached_at'] or 'never'} | "
+                     f"{r['cold_winner']}: {c.mean:.2f} ± {c.std:.2f} | {r['meta_winner']}: "
+                     f"{m.mean:.2f} ± {m.std:.2f} | {r['p_cold_gt_meta']:.3f} |")
+        reached = r["meta_reached_at"] or (r["cold_trials"] + 1)  # never: one past the budget
+        ratios.setdefault(r.get("seed", 0), []).append(reached / r["cold_trials"])
+    every = [v for vs in ratios.values() for v in vs]
+    lines.append("\n(trials the meta-started study needed to reach the cold study's final best "
+                 "validation value) / (trials of the cold study), median over tasks: " + ", ".join(
+                     f"seed {s}: {statistics.median(v):.2f}" for s, v in sorted(ratios.items()))
+                 + f"; over all {len(every)} (task, seed): {statistics.median(every):.2f}")
+    below = [r for r in results if r["p_cold_gt_meta"] < 0.05]
+    lines.append(f"meta winner significantly below the cold one (one-sided Welch, p < 0.05): "
+                 f"{len(below)} of {len(results)}" + "".join(
+                     f"; {r['task']} seed {r.get('seed', 0)}" for r in below))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -157,24 +157,28 @@ def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
 
 
 def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
+    """`metasam tune --meta KNOWLEDGE.json`: the portfolio runs before the reference points."""
     from test_tuning import write_study
 
     from metasam import presets
+    from metasam.cli import main
+    from metasam.meta.knowledge import knowledge_base, write_knowledge
     from metasam.tuning import StudyConfig
-    from metasam.tuning.runner import tune_study
     from metasam.tuning.storage import load_study
 
     priors = _prior_studies(tmp_path)
-    target = StudyConfig.from_yaml(write_study(tmp_path / "new", name="new", trials=3, epochs=1,
-                                               concurrency=1))
-    tune_study(target, address=ray_cluster, meta={"from": priors, "k": 1, "box": 0.5},
-               verbose=0)
+    write_knowledge(knowledge_base(priors, describe=False), tmp_path / "kb.json")
+    path = write_study(tmp_path / "new", name="new", trials=3, epochs=1, concurrency=1)
+    assert main(["tune", str(path), "--address", ray_cluster, "--quiet", "--meta",
+                 str(tmp_path / "kb.json"), "--meta-k", "1"]) == 0
+    target = StudyConfig.from_yaml(path)
     trials = load_study(target.storage, target.name).get_trials(deepcopy=False)
     first = trials[0]
     # sgd and sam are the new space's reference points: the portfolio adds Frob-SAM first
     assert first.user_attrs["label"].startswith("meta:") and "frob_sam" in \
         first.user_attrs["label"]
     assert __import__("json").loads(first.user_attrs["spec"]) == presets.frob_sam().to_dict()
+    assert [t.user_attrs["label"] for t in trials[1:]] == ["sgd", "sam"]
     assert "metasam:descriptor" in load_study(target.storage, target.name).user_attrs
 
 
