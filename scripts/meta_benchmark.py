@@ -234,6 +234,17 @@ def summary(files: list[Path]) -> str:
     lines.append(f"meta winner significantly below the cold one (one-sided Welch, p < 0.05): "
                  f"{len(below)} of {len(results)}" + "".join(
                      f"; {r['task']} seed {r.get('seed', 0)}" for r in below))
+    tasks = sorted({r["task"] for r in results})
+    pooled = []
+    for task in tasks:
+        runs = [r for r in results if r["task"] == task]
+        cold = [v for r in runs for v in r["cold_test"]]
+        meta = [v for r in runs for v in r["meta_test"]]
+        pooled.append(f"{task} {100 * statistics.mean(cold):.2f} vs "
+                      f"{100 * statistics.mean(meta):.2f} (p = {welch_greater(cold, meta):.3f}, "
+                      f"{len(runs)} seeds)")
+    lines.append("per task, every seed's winner runs pooled (cold vs meta test %, one-sided "
+                 "Welch): " + "; ".join(pooled))
     return "\n".join(lines)
 
 
