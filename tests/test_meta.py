@@ -281,3 +281,29 @@ def test_knowledge_file_round_trip_and_study_file_meta_section(tmp_path) -> None
     assert config.meta == {"from": [str(saved.resolve())], "k": 2, "box": 0.5}
     assert "meta" in yaml.safe_load(path.read_text())
     assert not any("meta" in key for key in config.definition())  # not part of what is stored
+
+
+def test_plan_transfer_boxes_only_the_similar_priors_winners(tmp_path) -> None:
+    """With a target whose descriptor is a's, a is the similar prior (b the farther half): the
+    boxes hold a's winner only, while the portfolio still weighs both tasks."""
+    import json as _json
+
+    from test_tuning import write_study
+
+    from metasam.meta.descriptors import TaskDescriptor
+    from metasam.meta.knowledge import DESCRIPTOR_ATTR, knowledge_base
+    from metasam.meta.transfer import plan_transfer
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.storage import open_storage, open_study
+
+    priors = _prior_studies(tmp_path)  # a: gap 0.1 (sam wins), b: gap 1.1 (frob_sam wins)
+    config = StudyConfig.from_yaml(write_study(tmp_path / "t", name="t"))
+    study = open_study(open_storage(config.storage), config.name, config.mode)
+    near_a = TaskDescriptor(1000, 10, 64, 5000, 0.15, 50.0, 3.0, 9.0)
+    study.set_user_attr(DESCRIPTOR_ATTR, _json.dumps(near_a.to_dict()))
+    plan = plan_transfer(config, study, knowledge_base(priors, describe=False), k=1)
+    assert plan.similar == ["a"] and plan.similarity["a"] > plan.similarity["b"]
+    assert set(plan.boxes) == {"sam"}
+    # sgd and sam are the target's reference points: frob_sam (regret 0.5 on a, 0 on b) is the
+    # best spec left, named after the task where it won
+    assert [p.label for p in plan.points] == ["meta:b:frob_sam"]

@@ -84,8 +84,8 @@ def run_meta(args: argparse.Namespace) -> int:
                  for name, box in sorted(ranges[t].items())]
         print(f"  {t:<18} {'; '.join(cells) or '—'}")
     plot = Path(args.plot or "meta.png")
-    _plot(tasks, [names[keys[j]] for j in shown], [[1 - row[j] for row in table] for j in shown],
-          plot)
+    _plot(tasks, [("* " if j in portfolio else "") + names[keys[j]] for j in shown],
+          [[1 - row[j] for row in table] for j in shown], plot)
     print(f"plot: {plot}")
     if args.save is not None:
         print(f"knowledge: {args.save} ({len(records)} trials of {len(tasks)} tasks)")
@@ -108,6 +108,6 @@ def _plot(tasks: list[str], labels: list[str], scores: list[list[float]], path: 
             if np.isfinite(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label="normalized score (1 best, 0 SGD)")
-    ax.set_title("What wins where (finished studies)")
+    ax.set_title("What wins where (finished studies; * the zero-shot portfolio)")
     fig.tight_layout()
     save_figure(fig, path)

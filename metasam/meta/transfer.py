@@ -50,7 +50,9 @@ def plan_transfer(config: Any, study: Any, records: list[MetaRecord], k: int) ->
     total = sum(kernel)
     weights = [v / total for v in kernel] if total > 0 else None
     existing = {json.dumps(p.spec, sort_keys=True) for p in config.space.points}
-    labels = {r.key: (r.task, r.label) for r in records}
+    labels = {}  # a spec is named after the prior task where it scored best
+    for r in sorted(records, key=lambda r: r.score):
+        labels[r.key] = (r.task, r.label)
     points = []
     for index in greedy_portfolio(table, k + len(existing), weights):
         key = keys[index]
