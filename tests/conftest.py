@@ -31,6 +31,17 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _listening(address: str) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole test session (``ray start --head`` on loopback), started in a
@@ -72,8 +83,8 @@ def ray_cluster(tmp_path_factory):
         while _group_alive(group) and time.monotonic() < deadline:
             time.sleep(0.2)
     if address_file.is_file() and address_file.read_text().strip().endswith(f":{port}"):
-        if previous is None:
-            address_file.unlink()
+        if previous is None or not _listening(previous.strip()):
+            address_file.unlink()  # nothing to put back, or a head that has stopped since
         else:
             address_file.write_text(previous)
 

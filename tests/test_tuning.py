@@ -479,3 +479,30 @@ def test_cost_aware_study_ranks_by_the_score_and_best_picks_from_the_front(
     assert main(["trials", str(path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [p["number"] for p in listed["front"]] == [p.number for p in front]
+
+
+def test_a_stale_ray_cluster_record_starts_a_local_instance(tmp_path, monkeypatch,
+                                                           capsys) -> None:
+    """A killed `ray start` head leaves its record behind; a plain ray.init() would try to join
+    it and fail. metasam starts a fresh local instance instead, and still joins a live one."""
+    import socket
+
+    from metasam.tuning import compat
+    from metasam.tuning.runner import _ray_address
+
+    record = tmp_path / "ray_current_cluster"
+    monkeypatch.setattr(compat, "ray_current_cluster_file", lambda: record)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert _ray_address(None) is None  # no record: Ray's own default
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen(1)
+        port = live.getsockname()[1]
+        record.write_text(f"127.0.0.1:{port}")
+        assert _ray_address(None) is None  # a live head: join it, as Ray would
+    # closed now: the record is stale
+    assert _ray_address(None) == "local"
+    assert "is gone" in capsys.readouterr().err
+    assert _ray_address("10.0.0.1:6379") == "10.0.0.1:6379"  # an explicit address is kept
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
+    assert _ray_address(None) is None  # Ray reads $RAY_ADDRESS itself

@@ -9,6 +9,7 @@ fails in one line instead of deep inside a study.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -52,6 +53,16 @@ def search_study(search: Any) -> optuna.Study:
 def search_trials(search: Any) -> dict[str, optuna.Trial]:
     """``OptunaSearch``'s live Optuna trials by Ray trial id (it adds and removes them)."""
     return search._ot_trials
+
+
+def ray_current_cluster_file() -> Path | None:
+    """Where ``ray start`` records the cluster that a plain ``ray.init()`` on this machine
+    joins (``None`` if this Ray keeps no such record where metasam looks)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:
+        return None
+    return Path(get_ray_address_file(None))
 
 
 _checked = False

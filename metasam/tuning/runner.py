@@ -144,6 +144,31 @@ def _resume_summary(study: optuna.Study, state: Any) -> str:
     return text
 
 
+def _ray_address(address: str | None) -> str | None:
+    """The address ``ray.init`` gets: the given one (or ``$RAY_ADDRESS``); else, as Ray would,
+    none — joining the cluster ``ray start`` last recorded on this machine — unless that record
+    is stale (its head was killed or stopped without cleaning up): then ``"local"``, a fresh
+    instance, instead of a failed join."""
+    import socket
+
+    from metasam.tuning import compat
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return address
+    record = compat.ray_current_cluster_file()
+    if record is None or not record.is_file():
+        return None
+    text = record.read_text().strip()
+    host, _, port = text.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return None
+    except (OSError, ValueError):
+        print(f"metasam: the Ray cluster last started on this machine ({text}) is gone; "
+              "starting a local one", file=sys.stderr, flush=True)
+        return "local"
+
+
 def _meta_started(config: StudyConfig, study: Any, meta: dict[str, Any]
                   ) -> tuple[StudyConfig, list[Point]]:
     """``config`` sampling the preset regions within the similar priors' boxes on a share
@@ -234,7 +259,8 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
         {"cpu": config.cpu, "gpu": config.gpu})
     started_ray = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1,
+        ray.init(address=_ray_address(address), include_dashboard=False,
+                 log_to_driver=verbose > 1,
                  configure_logging=True, logging_level=logging.WARNING)
         started_ray = True
     try:
