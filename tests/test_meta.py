@@ -157,7 +157,10 @@ def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
 
 
 def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
-    """`metasam tune --meta KNOWLEDGE.json`: the portfolio runs before the reference points."""
+    """A study file's meta section (a knowledge file; `--meta-k` overriding its k): the
+    portfolio runs before the reference points, and the confirmation runs only its finalists."""
+    import dataclasses
+
     from test_tuning import write_study
 
     from metasam import presets
@@ -167,10 +170,15 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
     from metasam.tuning.storage import load_study
 
     priors = _prior_studies(tmp_path)
-    write_knowledge(knowledge_base(priors, describe=False), tmp_path / "kb.json")
-    path = write_study(tmp_path / "new", name="new", trials=3, epochs=1, concurrency=1)
-    assert main(["tune", str(path), "--address", ray_cluster, "--quiet", "--meta",
-                 str(tmp_path / "kb.json"), "--meta-k", "1"]) == 0
+    records = knowledge_base(priors, describe=False)
+    # a spec that never runs in the new study, so never among its finalists
+    extra = dataclasses.replace(records[0], label="det_sam", spec=presets.det_sam().to_dict(),
+                                score=0.95)
+    write_knowledge([*records, extra], tmp_path / "kb.json")
+    path = write_study(tmp_path / "new", name="new", trials=3, epochs=1, concurrency=1,
+                       meta={"from": ["../kb.json"], "k": 2},
+                       confirm={"top_k": 1, "seeds": 2})
+    assert main(["tune", str(path), "--address", ray_cluster, "--quiet", "--meta-k", "1"]) == 0
     target = StudyConfig.from_yaml(path)
     trials = load_study(target.storage, target.name).get_trials(deepcopy=False)
     first = trials[0]
@@ -180,6 +188,10 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
     assert __import__("json").loads(first.user_attrs["spec"]) == presets.frob_sam().to_dict()
     assert [t.user_attrs["label"] for t in trials[1:]] == ["sgd", "sam"]
     assert "metasam:descriptor" in load_study(target.storage, target.name).user_attrs
+    # the confirmation study learns nothing from priors: finalists × seeds, nothing else
+    confirm = load_study(target.storage, f"{target.name}.confirm").get_trials(deepcopy=False)
+    assert confirm and not any(t.user_attrs["label"].startswith("meta:") for t in confirm)
+    assert all("/seed" in t.user_attrs["label"] for t in confirm)
 
 
 def test_boxed_sampling_keeps_the_full_space_reachable() -> None:

@@ -190,7 +190,8 @@ class StudyConfig:
                 train_changes: dict[str, Any], cost_weight: float | None = None
                 ) -> StudyConfig:
         """A points-only study ``NAME.SUFFIX`` in the same storage, every point at full budget
-        (the confirmation runs, the comparison runs, tuned baselines)."""
+        (the confirmation runs, the comparison runs, tuned baselines); it learns nothing from
+        prior studies (no ``meta``): it runs exactly its points."""
         import dataclasses
 
         space = SearchSpace(f"{self.name}.{suffix}", points, None)
@@ -198,7 +199,7 @@ class StudyConfig:
             self, name=f"{self.name}.{suffix}", space=space,
             train=self.train.replace(**train_changes), metric=metric, mode=mode,
             trials=len(points), scheduler={"type": "none"}, confirm={"top_k": 0, "seeds": 0},
-            cost_weight=self.cost_weight if cost_weight is None else cost_weight)
+            cost_weight=self.cost_weight if cost_weight is None else cost_weight, meta=None)
 
     def check_data(self) -> None:
         """Load the dataset once: a missing one fails here, before Ray starts."""
