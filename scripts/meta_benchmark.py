@@ -86,7 +86,11 @@ def winner_test_accuracy(config: Any, seeds: int) -> list[float]:
     for s in range(seeds):
         cfg = config.train.replace(spec=best["spec"], seed=config.seed + s, val_fraction=0.0,
                                    test="final", num_threads=2, **base)
-        out.append(train(cfg)["test_acc"])
+        result = train(cfg)
+        # a run that diverged has no test accuracy: it counts as 0 (a failure of the winner)
+        out.append(result.get("test_acc", 0.0) if result["status"] != "diverged" else 0.0)
+        if result["status"] == "diverged":
+            print(f"{config.name}: the winner diverged at seed {config.seed + s}", flush=True)
     return out
 
 
