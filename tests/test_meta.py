@@ -156,7 +156,7 @@ def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
     assert data["tasks"]["a"]["best"] == "sam" and data["portfolio"][0]["label"] == "sam"
 
 
-def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
+def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) -> None:
     """A study file's meta section (a knowledge file; `--meta-k` overriding its k): the
     portfolio runs before the reference points, and the confirmation runs only its finalists."""
     import dataclasses
@@ -179,6 +179,9 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster) -> None:
                        meta={"from": ["../kb.json"], "k": 2},
                        confirm={"top_k": 1, "seeds": 2})
     assert main(["tune", str(path), "--address", ray_cluster, "--quiet", "--meta-k", "1"]) == 0
+    said = capsys.readouterr().err
+    assert "learning from 2 prior task(s)" in said and "portfolio: b:frob_sam;" in said
+    assert "50% of region trials within the winners' boxes of" in said
     target = StudyConfig.from_yaml(path)
     trials = load_study(target.storage, target.name).get_trials(deepcopy=False)
     first = trials[0]

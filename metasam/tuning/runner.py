@@ -182,10 +182,20 @@ def _meta_started(config: StudyConfig, study: Any, meta: dict[str, Any]
     records = load_priors(list(meta["from"]), "meta.from (or --meta)")
     plan = plan_transfer(config, study, records, int(meta.get("k", 3)))
     box = float(meta.get("box", 0.5))
-    if config.space.search is not None and plan.boxes and box > 0:
+    boxed = config.space.search is not None and bool(plan.boxes) and box > 0
+    if boxed:
         search = {**config.space.search, "box": plan.boxes, "box_p": box}
         config = dataclasses.replace(config, space=SearchSpace(
             config.space.name, config.space.points, search, config.space.source))
+    # also with --quiet: what the study takes from its priors is a fact, not progress
+    tasks = sorted(plan.similarity)
+    text = (f"study {config.name}: learning from {len(tasks)} prior task(s); similar: "
+            f"{', '.join(plan.similar) or 'none'}; portfolio: "
+            f"{', '.join(p.label.removeprefix('meta:') for p in plan.points) or 'none'}")
+    if boxed:
+        text += (f"; {box:.0%} of region trials within the winners' boxes of "
+                 f"{', '.join(sorted(plan.boxes))}")
+    print(text, file=sys.stderr, flush=True)
     return config, plan.points
 
 
