@@ -31,17 +31,6 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _listening(address: str) -> bool:
-    import socket
-
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole test session (``ray start --head`` on loopback), started in a
@@ -55,12 +44,14 @@ def ray_cluster(tmp_path_factory):
     import time
     from pathlib import Path
 
-    from ray._common.utils import get_ray_address_file
+    from metasam.tuning.compat import ray_current_cluster_file
+    from metasam.tuning.runner import listening
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    address_file = Path(get_ray_address_file(None))
+    address_file = ray_current_cluster_file()
+    assert address_file is not None, "this Ray keeps no current-cluster record where expected"
     previous = address_file.read_text() if address_file.is_file() else None
     starter = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -83,7 +74,7 @@ def ray_cluster(tmp_path_factory):
         while _group_alive(group) and time.monotonic() < deadline:
             time.sleep(0.2)
     if address_file.is_file() and address_file.read_text().strip().endswith(f":{port}"):
-        if previous is None or not _listening(previous.strip()):
+        if previous is None or not listening(previous.strip()):
             address_file.unlink()  # nothing to put back, or a head that has stopped since
         else:
             address_file.write_text(previous)

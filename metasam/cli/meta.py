@@ -29,17 +29,13 @@ def run_meta(args: argparse.Namespace) -> int:
     from metasam.meta.knowledge import load_priors, regret_table, write_knowledge
     from metasam.meta.portfolio import greedy_portfolio
     from metasam.meta.transfer import region_boxes
-    from metasam.tuning.study import PRIOR_SUFFIXES
+    from metasam.tuning.study import prior_file
 
     if args.k < 1:
         raise ConfigError("-k", f"out of range: {args.k}", "whole numbers ≥ 1")
     if args.save is not None and not args.save.endswith(".json"):
         raise ConfigError("--save", f"not a .json file: {args.save!r}", "FILE.json")
-    for source in args.studies:
-        if not source.endswith(PRIOR_SUFFIXES):
-            raise ConfigError("PRIOR", f"not a study or knowledge file: {source!r}",
-                              ", ".join(PRIOR_SUFFIXES))
-    records = load_priors(args.studies, "meta")
+    records = load_priors([prior_file("PRIOR", s, Path.cwd()) for s in args.studies], "meta")
     tasks, keys, table = regret_table(records)
     ranges = {t: region_boxes(records, {t}, margin=0.0, min_span=1.0) for t in tasks}
     names = {r.key: r.label for r in records}

@@ -57,17 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _meta_options(args: argparse.Namespace, config: Any) -> dict[str, Any] | None:
     """The study file's ``meta`` section with ``--meta``, ``--meta-k`` and ``--meta-box`` in
     place of its fields (validated as they are)."""
-    from metasam.tuning.study import META_DEFAULTS, PRIOR_SUFFIXES
+    from metasam.tuning.study import META_DEFAULTS, prior_file
 
     meta = dict(config.meta or {})
     if args.meta:
-        for source in args.meta:
-            if not source.endswith(PRIOR_SUFFIXES):
-                raise ConfigError("--meta", f"not a study or knowledge file: {source!r}",
-                                  ", ".join(PRIOR_SUFFIXES))
-            if not Path(source).is_file():
-                raise ConfigError("--meta", f"no such file: {source}")
-        meta["from"] = [str(Path(p).resolve()) for p in args.meta]
+        meta["from"] = [prior_file("--meta", source, Path.cwd()) for source in args.meta]
     if args.meta_k is not None and args.meta_k < 1:
         raise ConfigError("--meta-k", f"out of range: {args.meta_k}", "whole numbers ≥ 1")
     if args.meta_box is not None and not 0 <= args.meta_box <= 1:

@@ -42,7 +42,11 @@ SIMILAR = math.exp(-0.5)
 def similarity_weights(target: Sequence[float], priors: Sequence[Sequence[float]],
                        bandwidth: float | None = None) -> list[float]:
     """:func:`task_kernel`'s similarities normalized to sum to 1."""
-    kernel = task_kernel(target, priors, bandwidth)
+    return normalized(task_kernel(target, priors, bandwidth))
+
+
+def normalized(kernel: Sequence[float]) -> list[float]:
+    """Similarities as weights that sum to 1 (equal weights if every similarity is 0)."""
     total = sum(kernel)
     return [k / total for k in kernel] if total > 0 else [1 / len(kernel)] * len(kernel)
 

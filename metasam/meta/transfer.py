@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metasam.meta.knowledge import MetaRecord, regret_table, study_descriptor
-from metasam.meta.portfolio import SIMILAR, bounding_box, greedy_portfolio, task_kernel
+from metasam.meta.portfolio import (
+    SIMILAR,
+    bounding_box,
+    greedy_portfolio,
+    normalized,
+    task_kernel,
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,12 @@ class Transfer:
 
     @property
     def similar(self) -> list[str]:
-        return sorted(t for t, s in self.similarity.items() if s >= SIMILAR - 1e-12)
+        return similar_tasks(self.similarity)
+
+
+def similar_tasks(similarity: dict[str, float]) -> list[str]:
+    """The prior tasks within one bandwidth of the new one (the nearer half), sorted."""
+    return sorted(t for t, s in similarity.items() if s >= SIMILAR - 1e-12)
 
 
 def plan_transfer(config: Any, study: Any, records: list[MetaRecord], k: int) -> Transfer:
@@ -47,8 +58,7 @@ def plan_transfer(config: Any, study: Any, records: list[MetaRecord], k: int) ->
         kernel = task_kernel(target.vector(), [by_task[t].vector() for t in tasks])
     else:  # nothing to compare: every prior task counts alike
         kernel = [1.0] * len(tasks)
-    total = sum(kernel)
-    weights = [v / total for v in kernel] if total > 0 else None
+    weights = normalized(kernel) if kernel else None
     existing = {json.dumps(p.spec, sort_keys=True) for p in config.space.points}
     labels = {}  # a spec is named after the prior task where it scored best
     for r in sorted(records, key=lambda r: r.score):
@@ -63,8 +73,7 @@ def plan_transfer(config: Any, study: Any, records: list[MetaRecord], k: int) ->
         if len(points) == k:
             break
     similarity = dict(zip(tasks, kernel, strict=True))
-    similar = {t for t, s in similarity.items() if s >= SIMILAR - 1e-12}
-    return Transfer(points, region_boxes(records, similar), similarity)
+    return Transfer(points, region_boxes(records, set(similar_tasks(similarity))), similarity)
 
 
 def region_boxes(records: list[MetaRecord], tasks: set[str] | None = None,

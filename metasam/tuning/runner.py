@@ -149,8 +149,6 @@ def _ray_address(address: str | None) -> str | None:
     none — joining the cluster ``ray start`` last recorded on this machine — unless that record
     is stale (its head was killed or stopped without cleaning up): then ``"local"``, a fresh
     instance, instead of a failed join."""
-    import socket
-
     from metasam.tuning import compat
 
     if address or os.environ.get("RAY_ADDRESS"):
@@ -159,14 +157,23 @@ def _ray_address(address: str | None) -> str | None:
     if record is None or not record.is_file():
         return None
     text = record.read_text().strip()
-    host, _, port = text.rpartition(":")
+    if listening(text):
+        return None
+    print(f"metasam: the Ray cluster last started on this machine ({text}) is gone; "
+          "starting a local one", file=sys.stderr, flush=True)
+    return "local"
+
+
+def listening(address: str) -> bool:
+    """Whether something accepts connections at ``host:port`` (a Ray head's GCS port)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=2):
-            return None
+            return True
     except (OSError, ValueError):
-        print(f"metasam: the Ray cluster last started on this machine ({text}) is gone; "
-              "starting a local one", file=sys.stderr, flush=True)
-        return "local"
+        return False
 
 
 def _meta_started(config: StudyConfig, study: Any, meta: dict[str, Any]

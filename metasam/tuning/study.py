@@ -231,22 +231,25 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_resources(name: str, data: Any) -> dict[str, float]:
+def _section(name: str, data: Any, shape: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A mapping section of the study file: absent is empty; anything but a mapping, or a key
+    not in ``keys``, is an error naming the section and its ``shape``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(name, "expected {cpu: N, gpu: F}")
-    _checks.known_keys(name, data, ("cpu", "gpu"))
+        raise ConfigError(name, f"expected {shape}")
+    _checks.known_keys(name, data, keys)
+    return data
+
+
+def _check_resources(name: str, data: Any) -> dict[str, float]:
+    data = _section(name, data, "{cpu: N, gpu: F}", ("cpu", "gpu"))
     return {"cpu": _checks.number(f"{name}.cpu", data.get("cpu", 1), low=0.0, low_open=True),
             "gpu": _checks.number(f"{name}.gpu", data.get("gpu", 0), low=0.0)}
 
 
 def _check_heartbeat(name: str, data: Any) -> dict[str, int]:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(name, "expected {interval: S, grace: S}")
-    _checks.known_keys(name, data, ("interval", "grace"))
+    data = _section(name, data, "{interval: S, grace: S}", ("interval", "grace"))
     return {"interval": _checks.integer(f"{name}.interval", data.get("interval", 10), low=1),
             "grace": _checks.integer(f"{name}.grace", data.get("grace", 60), low=1)}
 
@@ -254,11 +257,7 @@ def _check_heartbeat(name: str, data: Any) -> dict[str, int]:
 def _check_cost(name: str, data: Any) -> dict[str, float]:
     """``cost: {weight: w}``: rank trials by metric − w·(passes per step) (plus, for a
     minimized metric); absent or ``weight: 0``, by the metric alone."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(name, "expected {weight: W}")
-    _checks.known_keys(name, data, ("weight",))
+    data = _section(name, data, "{weight: W}", ("weight",))
     return {"weight": _checks.number(f"{name}.weight", data.get("weight", 0.0), low=0.0)}
 
 
@@ -270,20 +269,14 @@ def _check_meta(name: str, data: Any) -> dict[str, Any]:
     """``meta: {from: [PRIOR, ...], k: 3, box: 0.5}``: prior study files or knowledge files
     (relative to the study file), the portfolio size, the share of region trials sampled within
     the winners' boxes (0: none)."""
-    if not isinstance(data, dict):
-        raise ConfigError(name, "expected {from: [PRIOR.yaml or KNOWLEDGE.json, ...], k: K, "
-                          "box: P}")
-    _checks.known_keys(name, data, ("from", "k", "box"))
+    data = _section(name, data, "{from: [PRIOR.yaml or KNOWLEDGE.json, ...], k: K, box: P}",
+                    ("from", "k", "box"))
     sources = data.get("from")
     if isinstance(sources, str):
         sources = [sources]
     if not isinstance(sources, list) or not sources:
         raise ConfigError(f"{name}.from", "expected a non-empty list of files",
                           "study YAML files or knowledge JSON files")
-    for i, source in enumerate(sources):
-        if not isinstance(source, str) or not source.endswith(PRIOR_SUFFIXES):
-            raise ConfigError(f"{name}.from[{i}]", f"not a study or knowledge file: {source!r}",
-                              ", ".join(PRIOR_SUFFIXES))
     return {"from": list(sources),
             "k": _checks.integer(f"{name}.k", data.get("k", META_DEFAULTS["k"]), low=1),
             "box": _checks.number(f"{name}.box", data.get("box", META_DEFAULTS["box"]),
@@ -295,13 +288,20 @@ def _resolve_meta(meta: dict[str, Any] | None, path: Path) -> dict[str, Any] | N
     that is not there is an error now, not when the study starts."""
     if meta is None:
         return None
-    sources = []
-    for i, source in enumerate(meta["from"]):
-        resolved = (path.parent / os.path.expanduser(source)).resolve()
-        if not resolved.is_file():
-            raise ConfigError(f"meta.from[{i}]", f"no such file: {resolved}")
-        sources.append(str(resolved))
-    return {**meta, "from": sources}
+    return {**meta, "from": [prior_file(f"meta.from[{i}]", source, path.parent)
+                             for i, source in enumerate(meta["from"])]}
+
+
+def prior_file(field: str, source: Any, base: Path) -> str:
+    """A prior given as a file (``meta.from``, ``--meta``, ``metasam meta``): a study or
+    knowledge file, relative to ``base``, that exists; resolved."""
+    if not isinstance(source, str) or not source.endswith(PRIOR_SUFFIXES):
+        raise ConfigError(field, f"not a study or knowledge file: {source!r}",
+                          ", ".join(PRIOR_SUFFIXES))
+    resolved = (base / os.path.expanduser(source)).resolve()
+    if not resolved.is_file():
+        raise ConfigError(field, f"no such file: {resolved}")
+    return str(resolved)
 
 
 def _check_name(name: str, value: Any) -> str:
@@ -418,11 +418,8 @@ def _check_confirm(name: str, data: Any) -> dict[str, Any]:
 
 
 def _check_sampler(name: str, data: Any) -> dict[str, Any]:
-    if data is None:
-        data = {"type": "tpe"}
-    if not isinstance(data, dict):
-        raise ConfigError(name, "expected {type: tpe|random, startup_trials: N}")
-    _checks.known_keys(name, data, ("type", "startup_trials"))
+    data = _section(name, data, "{type: tpe|random, startup_trials: N}",
+                    ("type", "startup_trials"))
     kind = _checks.choice(f"{name}.type", data.get("type", "tpe"), ("tpe", "random"))
     startup = _checks.integer(f"{name}.startup_trials", data.get("startup_trials", 10), low=0)
     return {"type": kind, "startup_trials": startup}
