@@ -9,10 +9,11 @@ Public API::
 """
 
 import sys
+from typing import Any
 
-from metasam.errors import NonFiniteStepError, SpecError
+from metasam.errors import NonFiniteStepError, SpecError, ValidationError
 from metasam.family import Measure, SharpnessSpec, presets
-from metasam.optim import StepInfo, UniversalSAM, load_optimizer
+from metasam.optim import StepInfo, UniversalSAM
 
 # The presets live in metasam.family (they are members of the family); `metasam.presets`
 # stays the short public name.
@@ -20,5 +21,15 @@ sys.modules.setdefault("metasam.presets", presets)
 
 __version__ = "0.1.0"
 
-__all__ = ["Measure", "NonFiniteStepError", "SharpnessSpec", "SpecError", "StepInfo",
-           "UniversalSAM", "load_optimizer", "presets", "__version__"]
+__all__ = ["Measure", "NonFiniteStepError", "SharpnessSpec", "SpecError", "StepInfo", "Study",
+           "UniversalSAM", "ValidationError", "load_optimizer", "presets", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # The study workflow pulls in Optuna and Ray: loaded when first asked for, so that
+    # `import metasam` for the optimizer alone stays light.
+    if name in ("Study", "load_optimizer"):
+        from metasam import workflow
+
+        return getattr(workflow, name)
+    raise AttributeError(f"module 'metasam' has no attribute {name!r}")

@@ -58,6 +58,25 @@ def from_mapping(cls: type[T], data: Any, source: str | None = None, prefix: str
         raise (err.with_source(source) if source else err) from None
 
 
+def section(cls: type[T], shape: str) -> Check:
+    """The check of a mapping section read into the option dataclass ``cls`` (absent: its
+    defaults); errors name the section's fields (``resources.cpu``) and its ``shape``."""
+    def check(name: str, value: Any) -> T:
+        if isinstance(value, cls):
+            return value
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(name, f"expected {shape}")
+        try:
+            return from_mapping(cls, value, prefix=name)
+        except ValidationError as err:
+            if err.field == name or err.field.startswith(f"{name}.") or not err.field:
+                raise
+            raise err.within(name) from None
+    return check
+
+
 def load_yaml(path: str | os.PathLike[str]) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a one-line :class:`ConfigError`."""
     import yaml

@@ -6,9 +6,11 @@ from collections.abc import Iterable
 
 
 class ValidationError(ValueError):
-    """A named field of a spec or config file is invalid.
+    """Bad user input: a named field of a file, spec, option or argument is invalid.
 
-    The message is one line: ``[source: ]field: problem; allowed: values``.
+    The one exception type for user mistakes: the command line prints it as one line and exits
+    with status 2; any other exception is a bug and is shown as one. The message is one line:
+    ``[source: ][field: ]problem[; allowed: values]``.
     """
 
     def __init__(
@@ -27,7 +29,7 @@ class ValidationError(ValueError):
         super().__init__(self._message())
 
     def _message(self) -> str:
-        text = f"{self.field}: {self.problem}"
+        text = f"{self.field}: {self.problem}" if self.field else self.problem
         if self.allowed:
             text += f"; allowed: {self.allowed}"
         if self.source:

@@ -1,5 +1,5 @@
-"""Summary statistics, confidence intervals and Welch's t-test (comparison tables, the
-confirmation stage of a study)."""
+"""Summary statistics, confidence intervals, Welch's t-test (comparison tables) and paired
+comparisons over shared instances with their power (the race of a study and its verdicts)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,129 @@ def welch_greater(a: Sequence[float], b: Sequence[float]) -> float:
                                 category=RuntimeWarning)
         result = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
     return float(result.pvalue)
+
+
+# --- paired comparisons over shared instances (the race and its verdicts) ---------------------
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``a − b`` over the instances both were evaluated on (common random numbers).
+
+    ``mean`` and ``ci95`` (half-width of the two-sided Student-t interval) are in the metric's
+    units; ``p_greater`` is the one-sided paired t-test's p-value for mean(a − b) > 0;
+    ``p_improvement`` the share of instances where a beats b (ties count half: Bouthillier et
+    al. 2021's probability of outperforming); ``detectable`` the smallest true difference a
+    one-sided paired t-test at ``alpha`` would detect with 80% power at this ``n`` and this
+    spread of the differences (``nan`` for fewer than two instances).
+    """
+
+    mean: float
+    ci95: float
+    sd: float
+    n: int
+    p_greater: float
+    p_improvement: float
+    detectable: float
+
+    @classmethod
+    def of(cls, a: Sequence[float], b: Sequence[float], alpha: float = 0.05,
+           power: float = 0.8) -> PairedDifference:
+        if len(a) != len(b):
+            raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        s = Summary.of(d)
+        n = len(d)
+        wins = sum(1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in d)
+        p_imp = wins / n if n else math.nan
+        return cls(s.mean, s.ci_halfwidth(), s.std, n, paired_greater(a, b), p_imp,
+                   detectable_difference(s.std, n, alpha, power))
+
+
+def paired_greater(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided p-value of the paired t-test for mean(a − b) > 0 (``nan`` for fewer than two
+    pairs). Differences that are all equal give 0 (all positive) or 1 (otherwise)."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    if len(d) < 2:
+        return math.nan
+    if max(d) == min(d):
+        return 0.0 if d[0] > 0 else 1.0
+    return float(stats.ttest_rel(a, b, alternative="greater").pvalue)
+
+
+def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a one-sided paired t-test at level ``alpha`` detects
+    with probability ``power`` over ``n`` pairs whose differences spread with standard deviation
+    ``sd``: (t_{1−α, n−1} + t_{power, n−1})·sd/√n (the noncentral-t power approximated by the
+    central t, as in the usual sample-size formula)."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (same order as given; ``nan`` stays ``nan`` and does
+    not count towards the number of tests)."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(order)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def ranks_within(table: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Per row (an instance), the ranks of its values, 1 for the largest (ties: the mean of the
+    ranks they span)."""
+    out = []
+    for row in table:
+        order = sorted(range(len(row)), key=lambda j: -row[j])
+        ranks = [0.0] * len(row)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and row[order[j + 1]] == row[order[i]]:
+                j += 1
+            for m in range(i, j + 1):
+                ranks[order[m]] = (i + j) / 2 + 1
+            i = j + 1
+        out.append(ranks)
+    return out
+
+
+def friedman(table: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """Friedman's statistic (corrected for ties) and its χ² p-value for ``table`` — one row per
+    instance (block), one column per candidate; larger values are better."""
+    ranks = ranks_within(table)
+    n, k = len(ranks), len(ranks[0])
+    sums = [sum(r[j] for r in ranks) for j in range(k)]
+    a = sum(v * v for r in ranks for v in r)
+    c = n * k * (k + 1) ** 2 / 4
+    if a == c:  # every row all tied
+        return 0.0, 1.0
+    t = (k - 1) * (sum(s * s for s in sums) - n * c) / (a - c)
+    return float(t), float(stats.chi2.sf(t, k - 1))
+
+
+def friedman_conover(table: Sequence[Sequence[float]], alpha: float = 0.05) -> list[bool]:
+    """Which candidates (columns) are significantly worse than the best one (the smallest rank
+    sum): Friedman's test at ``alpha``, then, if it rejects, Conover's post-hoc comparison of
+    rank sums, |R_j − R_best| > t_{1−α/2,(n−1)(k−1)}·√(2(n·A − ΣR²)/((n−1)(k−1))) with A the sum
+    of squared ranks (Conover 1999; the rule irace's F-race uses). Larger values are better."""
+    n, k = len(table), len(table[0])
+    if n < 2 or k < 2:
+        return [False] * k
+    _, p = friedman(table)
+    if not p < alpha:
+        return [False] * k
+    ranks = ranks_within(table)
+    sums = [sum(r[j] for r in ranks) for j in range(k)]
+    a = sum(v * v for r in ranks for v in r)
+    best = min(sums)
+    spread = 2 * (n * a - sum(s * s for s in sums)) / ((n - 1) * (k - 1))
+    if spread <= 0:  # the same order on every instance
+        return [s > best for s in sums]
+    critical = float(stats.t.ppf(1 - alpha / 2, (n - 1) * (k - 1))) * math.sqrt(spread)
+    return [s - best > critical for s in sums]

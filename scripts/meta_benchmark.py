@@ -116,9 +116,8 @@ def cold_study(task: str, args: argparse.Namespace) -> Any:
     from search_benchmark import TASKS as BENCHMARK_TASKS
     from search_benchmark import study_file
 
+    from metasam import Study
     from metasam.tuning import StudyConfig
-    from metasam.tuning.confirm import run_confirmation
-    from metasam.tuning.runner import tune_study
 
     if args.seed == 0:
         return StudyConfig.from_yaml(args.cold / f"{task}.yaml")
@@ -127,20 +126,19 @@ def cold_study(task: str, args: argparse.Namespace) -> Any:
     if not path.exists():
         study_file(args.cold, name, BENCHMARK_TASKS[task], SPACE, args.data_dir, args.seed, 2)
     config = StudyConfig.from_yaml(path)
-    tune_study(config, verbose=0)
-    run_confirmation(config, verbose=0)
+    Study(config, verbose=0).run()
     return config
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    from metasam import Study
     from metasam.analysis.runs import collect
     from metasam.meta.knowledge import load_priors
     from metasam.meta.transfer import plan_transfer
     from metasam.tuning import StudyConfig
-    from metasam.tuning.confirm import run_confirmation
     from metasam.tuning.export import best_optimizer
-    from metasam.tuning.runner import tune_study
-    from metasam.tuning.storage import best_trials, load_study
+    from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
+    from metasam.tuning.study import MetaSettings
 
     cold = cold_study(task, args)
     priors = [StudyConfig.from_yaml(args.cold / f"{t}.yaml")  # other tasks, seed 0
@@ -151,15 +149,14 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     meta = StudyConfig.from_yaml(path)
     start = time.time()
-    settings = {"from": priors, "k": args.k, "box": args.box}
-    tune_study(meta, meta=settings, verbose=0)
-    run_confirmation(meta, verbose=0)
+    settings = MetaSettings(tuple(str(p.path) for p in priors), args.k, args.box)
+    Study(meta, verbose=0).run(meta=settings)
     seconds = time.time() - start
     cold_trials = load_study(cold.storage, cold.name)
     target = best_trials(cold_trials, "max", 1)[0].value
     try:  # from the search benchmark's `compare` runs
         cold_test = [r["test_acc"] for r in collect(cold).get("best", [])]
-    except ValueError:  # a cold study made here, never compared
+    except StudyNotFoundError:  # a cold study made here, never compared
         cold_test = []
     if not cold_test:
         cold_test = winner_test_accuracy(cold, 3)
@@ -168,7 +165,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
                          args.k)
     return {"task": task, "seed": args.seed, "priors": [p.name for p in priors],
             "cold_best_val": target, "similarity": plan.similarity, "similar": plan.similar,
-            "portfolio": [p.label for p in plan.points], "boxes": plan.boxes,
+            "portfolio": [p.label.method for p in plan.points], "boxes": plan.boxes,
             "cold_trials": cold.trials,
             "cold_reached_at": first_reaching(cold_trials, target),
             "meta_reached_at": first_reaching(load_study(meta.storage, meta.name), target),

@@ -110,11 +110,11 @@ def confirmation_correlations(config: Any) -> dict[int, float]:
     epoch's validation value recorded (no selection by an early rung)."""
     from optuna.trial import TrialState
 
-    from metasam.tuning.storage import load_study
+    from metasam.tuning.storage import StudyNotFoundError, load_study
 
     try:
         study = load_study(config.storage, f"{config.name}.confirm")
-    except ValueError:
+    except StudyNotFoundError:
         return {}
     runs = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get("full_budget")]
@@ -122,20 +122,23 @@ def confirmation_correlations(config: Any) -> dict[int, float]:
 
 
 def study_figures(config: Any) -> dict[str, Any]:
+    from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import census, load_study
 
     study = load_study(config.storage, config.name)
     trials = sorted(census(study).counted, key=lambda t: t.number)
-    diverged = [t for t in trials if t.user_attrs.get("status") in ("diverged", "failed")]
-    searched = [t for t in trials if t.user_attrs.get("label") == "search"]
-    searched_full = [t for t in searched if t.user_attrs.get("full_budget")]
-    presets_full = [t for t in trials if t.user_attrs.get("label") != "search"
-                    and t.user_attrs.get("full_budget") and t.value is not None]
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    diverged = [t for t in trials if records[t.number].status is not None
+                and records[t.number].status.failed]
+    searched = [t for t in trials if not records[t.number].is_point]
+    searched_full = [t for t in searched if records[t.number].full_budget]
+    presets_full = [t for t in trials if records[t.number].is_point
+                    and records[t.number].full_budget and t.value is not None]
     sign = 1 if config.mode == "max" else -1
     best_preset = max((sign * t.value for t in presets_full), default=None)
     first_beat = next((i + 1 for i, t in enumerate(trials)
-                       if t.user_attrs.get("label") == "search" and t.user_attrs.get(
-                           "full_budget") and best_preset is not None
+                       if not records[t.number].is_point and records[t.number].full_budget
+                       and best_preset is not None
                        and sign * t.value > best_preset), None)
     members = Counter(t.user_attrs.get("member", "?") for t in searched)
     # rank correlation among the trials that reached the full budget, from the per-epoch
@@ -174,26 +177,25 @@ def test_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from metasam import Study
     from metasam.analysis.runs import collect
     from metasam.tuning import StudyConfig
     from metasam.tuning.compare import run_compare
-    from metasam.tuning.confirm import confirmed_verdict, run_confirmation
-    from metasam.tuning.export import best_optimizer
-    from metasam.tuning.runner import tune_study
 
     path = study_file(args.out, name, TASKS[name], args.space, args.data_dir, args.seed,
                       args.concurrency)
     config = StudyConfig.from_yaml(path)
+    study = Study(config, verbose=0)
     t0 = time.time()
-    tune_study(config, verbose=0)
+    study.tune()
     t1 = time.time()
-    run_confirmation(config, verbose=0)
+    study.decide()
     t2 = time.time()
     run_compare(config, seeds=args.seeds, verbose=0, sharpness_every=0)
     t3 = time.time()
     runs = collect(config)
-    verdict = confirmed_verdict(config)
-    return {"task": name, "train": config.train.to_dict(), "winner": best_optimizer(config)[
+    verdict = study.verdict()
+    return {"task": name, "train": config.train.to_dict(), "winner": study.export()[
         "name"], "verdict": verdict.to_dict() if verdict else None,
         "study": study_figures(config), "test": test_figures(runs),
         "test_rank_corr_by_epoch": rung_correlations(runs, "test_acc"),

@@ -1,11 +1,17 @@
-"""Shared test helpers: small models, recording closures and Monte-Carlo tolerances."""
+"""Shared test helpers: small models, recording closures, Monte-Carlo tolerances, and tiny
+studies (their files, the CLI, waiting for their trials)."""
 
 from __future__ import annotations
 
 import math
+import sys
+import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 
@@ -75,3 +81,82 @@ def assert_within_stderr(estimate: float, stderr: float, target: float, *, sigma
 def mean_and_stderr(values: list[float] | Tensor) -> tuple[float, float]:
     t = torch.as_tensor(values, dtype=torch.float64)
     return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(t.numel()))
+
+
+# --- tiny studies -----------------------------------------------------------------------------
+
+SPACE = {
+    "presets": ["sgd", "sam"],
+    "search": {
+        "measure": {"kinds": ["gaussian", "ascent"], "adaptive": [False]},
+        "phi": {"polynomial": {"outputs": [1, 2], "degree": [1, 2],
+                               "coefficients": [0.1, 1.0]}},
+        "psi": ["identity", "sum", "variance"],
+        "rho": [0.01, 0.2], "lam": [0.01, 0.5], "n": [1, 2],
+    },
+}
+
+
+def write_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int = 3,
+                space: dict | None = None, **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(yaml.safe_dump(space or SPACE))
+    study = {"name": name, "search_space": "space.yaml",
+             "train": {"dataset": "digits", "model": "mlp", "epochs": epochs, "lr": 0.05,
+                       "batch_size": 32},
+             "metric": "val_acc", "trials": trials, "concurrency": extra.pop("concurrency", 2),
+             "resources": {"cpu": 1, "gpu": 0},
+             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+             "sampler": {"type": "tpe", "startup_trials": 3},
+             "heartbeat": {"interval": 1, "grace": 4},
+             "confirm": extra.pop("confirm", False), **extra}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def metasam_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "metasam", *args]
+
+
+def assert_complete_and_unique(config):
+    from metasam.tuning.storage import census, load_study
+
+    study = load_study(config.storage, config.name)
+    state = census(study)
+    assert state.finished == config.trials
+    assert state.running == 0 and state.waiting == 0
+    keys = Counter()
+    for t in state.counted:
+        keys[(t.user_attrs.get("label"), t.user_attrs.get("spec"), t.user_attrs.get("train"))] += 1
+    assert max(keys.values()) == 1, "a configuration ran twice"
+    return state
+
+
+# Deadlines, not waits: each test polls for the event it needs and returns as soon as it
+# happens; the deadline only bounds a hang. Generous, because CI shares a 2-core machine with
+# Ray's own processes and a study's trials can take minutes there.
+DEADLINE_EVENT = 240     # s: until a running study has finished a few trials
+DEADLINE_PROCESS = 400   # s: until a `metasam tune` process has finished a whole tiny study
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; ``timeout`` is a generous deadline (a shared 2-core
+    machine can be slow), never a fixed wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finished_trials(config) -> int:
+    from metasam.tuning.storage import StudyNotFoundError, census, load_study
+
+    try:
+        return census(load_study(config.storage, config.name)).finished
+    except StudyNotFoundError:
+        return 0
+
+

@@ -8,6 +8,46 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# Markers, set here from what a test uses (the fast subset for the edit loop deselects them:
+# `python -m pytest -m "not slow"`); the README's test command runs everything.
+SPAWNING = {"test_sigkill_mid_study_then_rerun_finishes_exactly",
+            "test_ctrl_c_gives_back_running_trials_and_the_rerun_finishes",
+            "test_two_processes_cooperate_on_one_sqlite_study",
+            "test_two_workers_on_one_journal_file",
+            "test_two_workers_on_a_postgresql_study_across_a_ray_cluster",
+            "test_dashboard_serves_a_finished_study_with_metasams_attributes"}
+
+
+# Tests that train (or converge estimators) for seconds each: kept out of the fast subset.
+TRAINING = {"test_det_sam_converges_to_the_determinant_with_a_large_box",
+            "test_shared_cifar10_jpeg_s_is_the_first_tenth",
+            "test_ddp_ranks_make_the_single_process_step_of_the_whole_batch",
+            "test_frob_sam_on_a_network_converges_to_quarter_frobenius_of_its_exact_hessian",
+            "test_sphere_power_measure_approaches_half_lambda_max",
+            "test_frob_sam_converges_to_quarter_squared_frobenius_on_a_quadratic",
+            "test_every_preset_reaches_95_percent_on_digits",
+            "test_resume_gives_the_same_final_weights_as_an_uninterrupted_run"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        name = item.originalname if hasattr(item, "originalname") else item.name
+        if "ray_cluster" in fixtures:
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)
+        if "postgres_url" in fixtures:
+            item.add_marker(pytest.mark.postgres)
+            item.add_marker(pytest.mark.slow)
+        if name in SPAWNING:
+            item.add_marker(pytest.mark.spawn)
+            item.add_marker(pytest.mark.slow)
+        if name in TRAINING:
+            item.add_marker(pytest.mark.trains)
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("trains"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

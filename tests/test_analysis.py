@@ -123,12 +123,28 @@ def test_explain_says_when_a_member_is_not_a_penalty(coefficients, tmp_path) -> 
     assert text.startswith("Not a penalty")
     assert "nan" not in text and "grows" not in text and "c^" not in text
     assert "negative throughout" in text and "opposite to tr H" in text
-    assert plot_explanation(result, tmp_path / "bad.png").stat().st_size > 0
+    # the figure draws S along the scaled spectra, signed, next to the four references
+    import numpy as np
+
+    from metasam.analysis.explain import REFERENCE_NAMES, explanation_figure
+
+    fig = explanation_figure(result)
+    scaled = fig.axes[0]
+    lines = {line.get_label(): line for line in scaled.get_lines()}
+    curve = next(line for name, line in lines.items() if name.startswith("S (bad), signed"))
+    values = result.curves["scaled"]
+    mid = len(values) // 2
+    np.testing.assert_allclose(curve.get_ydata(), values / abs(values[mid]))
+    assert scaled.get_yscale() == "symlog"  # S is negative: a signed axis, not a log one
+    for name in REFERENCE_NAMES.values():
+        assert lines[name].get_ydata()[mid] == pytest.approx(1.0)  # normalized at c = 1
+    assert "not a penalty" in fig._suptitle.get_text()
+    assert plot_explanation(result, tmp_path / "bad.png").is_file()
 
 
 def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, capsys) -> None:
     import yaml
-    from test_tuning import write_study
+    from _util import write_study
 
     path = write_study(tmp_path, name="pipeline", trials=5, epochs=3,
                        confirm={"top_k": 1, "seeds": 2}, space={
@@ -184,9 +200,10 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
 
 def test_tuned_baselines_pick_each_methods_best_grid_point(tmp_path, ray_cluster,
                                                           monkeypatch) -> None:
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam.tuning import StudyConfig, compare
+    from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import census, load_study
 
     # λ = 3 makes Trace-SAM's regularizer dominate: the grid must pick the other value.
@@ -198,11 +215,12 @@ def test_tuned_baselines_pick_each_methods_best_grid_point(tmp_path, ray_cluster
     assert set(chosen) == set(compare.BASELINES)
     trials = census(load_study(config.storage, "grid.baselines")).counted
     assert len(trials) == len(compare.BASELINES) + 1
-    values = {t.user_attrs["label"]: t.value for t in trials}
+    values = {TrialRecord.of(t).name: t.value for t in trials}
     best_label = max(("trace_sam lam=3.0", "trace_sam lam=0.01"), key=values.get)
-    assert chosen["trace_sam"].label == f"trace_sam (tuned: {best_label})"
-    assert chosen["trace_sam"].spec["lam"] == float(best_label.rpartition("=")[2])
-    assert chosen["sgd"].label == "sgd (tuned: sgd)"
+    assert chosen["trace_sam"].label.method == f"trace_sam (tuned: {best_label})"
+    assert chosen["trace_sam"].spec["lam"] == {"trace_sam lam=3.0": 3.0,
+                                               "trace_sam lam=0.01": 0.01}[best_label]
+    assert chosen["sgd"].label.method == "sgd (tuned: sgd)"
 
 
 def test_test_accuracy_plot_zooms_on_the_end_and_keeps_a_tied_winner_visible() -> None:

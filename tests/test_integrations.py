@@ -131,7 +131,7 @@ def _get(url: str) -> dict:
 def test_dashboard_serves_a_finished_study_with_metasams_attributes(tmp_path,
                                                                    ray_cluster) -> None:
     pytest.importorskip("optuna_dashboard")
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam.tuning import StudyConfig
     from metasam.tuning.runner import tune_study
@@ -168,7 +168,7 @@ def test_dashboard_serves_a_finished_study_with_metasams_attributes(tmp_path,
 
 
 def test_dashboard_without_a_study_is_a_one_line_error(tmp_path) -> None:
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam.cli import main
 

@@ -78,7 +78,7 @@ def _prior_studies(tmp_path):
     """Two finished studies (as their storages hold them) with stored task descriptors."""
     import json as _json
 
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam import presets
     from metasam.meta.descriptors import TaskDescriptor
@@ -121,7 +121,7 @@ def test_a_cost_aware_prior_is_normalized_by_its_metric(tmp_path) -> None:
     """A cost-aware study ranks by val_acc − w·passes; what it teaches is val_acc."""
     import json as _json
 
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam import presets
     from metasam.meta.knowledge import knowledge_base
@@ -150,7 +150,16 @@ def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "a " in out and "sam" in out and "frob_sam" in out
     assert "* frob_sam" in out  # the best single spec over both tasks (regret 0.25 on average)
-    assert plot.stat().st_size > 10_000
+    assert plot.is_file()
+    # the plot shows what the table says: one row per spec, its score on each task
+    from metasam.cli.meta import meta_figure
+
+    fig = meta_figure(["a", "b"], ["* frob_sam", "sam"], [[0.5, 1.0], [1.0, 0.2]])
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().tolist() == [[0.5, 1.0], [1.0, 0.2]]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["* frob_sam", "sam"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.20", "0.50", "1.00", "1.00"]
     assert main(["meta", str(a.path), "--json"]) == 0
     data = __import__("json").loads(capsys.readouterr().out)
     assert data["tasks"]["a"]["best"] == "sam" and data["portfolio"][0]["label"] == "sam"
@@ -161,12 +170,14 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) 
     portfolio runs before the reference points, and the confirmation runs only its finalists."""
     import dataclasses
 
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam import presets
     from metasam.cli import main
     from metasam.meta.knowledge import knowledge_base, write_knowledge
     from metasam.tuning import StudyConfig
+    from metasam.tuning.protocol import Label, Role
+    from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import load_study
 
     priors = _prior_studies(tmp_path)
@@ -184,31 +195,32 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) 
     assert "50% of region trials within the winners' boxes of" in said
     target = StudyConfig.from_yaml(path)
     trials = load_study(target.storage, target.name).get_trials(deepcopy=False)
-    first = trials[0]
+    first = TrialRecord.of(trials[0])
     # sgd and sam are the new space's reference points: the portfolio adds Frob-SAM first
-    assert first.user_attrs["label"].startswith("meta:") and "frob_sam" in \
-        first.user_attrs["label"]
-    assert __import__("json").loads(first.user_attrs["spec"]) == presets.frob_sam().to_dict()
-    assert [t.user_attrs["label"] for t in trials[1:]] == ["sgd", "sam"]
+    assert first.label == Label(Role.META, "b:frob_sam", preset="frob_sam")
+    assert first.spec == presets.frob_sam().to_dict()
+    assert [TrialRecord.of(t).label for t in trials[1:]] == [
+        Label(Role.REFERENCE, name, preset=name) for name in ("sgd", "sam")]
     assert "metasam:descriptor" in load_study(target.storage, target.name).user_attrs
     # the confirmation study learns nothing from priors: finalists × seeds, nothing else
     confirm = load_study(target.storage, f"{target.name}.confirm").get_trials(deepcopy=False)
-    assert confirm and not any(t.user_attrs["label"].startswith("meta:") for t in confirm)
-    assert all("/seed" in t.user_attrs["label"] for t in confirm)
+    assert confirm and all(TrialRecord.of(t).label.role is Role.CONFIRM for t in confirm)
 
 
 def test_boxed_sampling_keeps_the_full_space_reachable() -> None:
     """With boxes learned from prior winners, a share box_p of the trials (fixed by the trial
     number) samples the region's fields within the box, the rest over the whole region."""
+    import dataclasses
+
     import optuna
 
     from metasam.tuning import SearchSpace
     from metasam.tuning.regions import REGIONS
+    from metasam.tuning.sampling import RegionBoxes
 
     space = SearchSpace.from_dict({"search": {"members": ["sam"], "region": 4.0}})
     box = {"rho": (0.04, 0.06)}
-    search = {**space.search, "box": {"sam": box}, "box_p": 0.7}
-    boxed_space = SearchSpace(space.name, space.points, search)
+    boxed_space = dataclasses.replace(space, boxes=RegionBoxes({"sam": box}, 0.7))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     inside = outside = 0
     full = REGIONS["sam"].ranges(4.0)["rho"]
@@ -278,11 +290,12 @@ def test_knowledge_file_round_trip_and_study_file_meta_section(tmp_path) -> None
     """`metasam meta --save` keeps the base in a file that reads back to the same records; a
     study file's meta section (relative paths) resolves to it."""
     import yaml
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam.cli import main
     from metasam.meta.knowledge import knowledge_base, load_priors, read_knowledge
     from metasam.tuning import StudyConfig
+    from metasam.tuning.study import MetaSettings
 
     a, b = _prior_studies(tmp_path)
     saved = tmp_path / "kb.json"
@@ -293,7 +306,7 @@ def test_knowledge_file_round_trip_and_study_file_meta_section(tmp_path) -> None
     assert len(mixed) == 6 + 3  # both studies' trials from the file, a's again from its study
     path = write_study(tmp_path / "new", name="new", meta={"from": ["../kb.json"], "k": 2})
     config = StudyConfig.from_yaml(path)
-    assert config.meta == {"from": [str(saved.resolve())], "k": 2, "box": 0.5}
+    assert config.meta == MetaSettings((str(saved.resolve()),), 2, 0.5)
     assert "meta" in yaml.safe_load(path.read_text())
     assert not any("meta" in key for key in config.definition())  # not part of what is stored
 
@@ -303,7 +316,7 @@ def test_plan_transfer_boxes_only_the_similar_priors_winners(tmp_path) -> None:
     boxes hold a's winner only, while the portfolio still weighs both tasks."""
     import json as _json
 
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam.meta.descriptors import TaskDescriptor
     from metasam.meta.knowledge import DESCRIPTOR_ATTR, knowledge_base
@@ -321,4 +334,4 @@ def test_plan_transfer_boxes_only_the_similar_priors_winners(tmp_path) -> None:
     assert set(plan.boxes) == {"sam"}
     # sgd and sam are the target's reference points: frob_sam (regret 0.5 on a, 0 on b) is the
     # best spec left, named after the task where it won
-    assert [p.label for p in plan.points] == ["meta:b:frob_sam"]
+    assert [p.label.method for p in plan.points] == ["b:frob_sam"]

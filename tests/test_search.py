@@ -14,6 +14,8 @@ from test_gradient import X, Y, reference_gradient
 
 from metasam import SharpnessSpec, UniversalSAM, presets
 from metasam.family.monotone import check_penalty, repair_penalty
+from metasam.tuning import record
+from metasam.tuning.protocol import SEARCH, Label, Point, Role, Status, TrialOutcome
 from metasam.tuning.regions import REGIONS, sample_region
 from metasam.tuning.sampler import make_sampler
 from metasam.tuning.space import SearchSpace
@@ -231,14 +233,14 @@ def _add(study: optuna.Study, value: float, **attrs) -> None:
 
 
 def _point(label: str, spec: SharpnessSpec) -> dict:
-    return {"label": label, "point": label, "spec": json.dumps(spec.to_dict()), "train": "{}"}
+    return record.point_attrs(Point(Label(Role.REFERENCE, label, preset=label), spec.to_dict()))
 
 
 def test_confirmation_replaces_a_winner_that_was_first_only_by_a_lucky_seed(tmp_path) -> None:
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam.tuning import StudyConfig
-    from metasam.tuning.confirm import confirmation_config, confirmed_verdict, finalists
+    from metasam.tuning.confirm import Pick, confirmation_config, confirmed_verdict, finalists
     from metasam.tuning.export import best_optimizer
     from metasam.tuning.storage import open_storage, open_study
 
@@ -249,56 +251,57 @@ def test_confirmation_replaces_a_winner_that_was_first_only_by_a_lucky_seed(tmp_
     steady = presets.sam(rho=0.1)
     _add(study, 0.80, **_point("sgd", presets.sgd()))                          # trial 0
     _add(study, 0.82, **_point("sam", presets.sam()))                          # trial 1
-    _add(study, 0.91, label="search", spec=json.dumps(lucky.to_dict()), train="{}")   # 2
-    _add(study, 0.86, label="search", spec=json.dumps(steady.to_dict()), train="{}")  # 3
-    _add(study, 0.95, label="search", spec=json.dumps(lucky.to_dict()), train="{}",
+    _add(study, 0.91, spec=json.dumps(lucky.to_dict()), train="{}")                  # 2
+    _add(study, 0.86, spec=json.dumps(steady.to_dict()), train="{}", member="sam")   # 3
+    _add(study, 0.95, spec=json.dumps(lucky.to_dict()), train="{}",
          full_budget=False)                                                    # 4: stopped
     # single-seed view: the lucky trial wins
     assert best_optimizer(config)["trial"] == 2 and best_optimizer(config)["confirmed"] is None
     chosen = finalists(config)
-    assert [(f.key, f.role) for f in chosen] == [("t2", "top"), ("t3", "top"),
-                                                 ("t1", "preset"), ("t0", "sgd")]
+    assert [(f.trial, f.pick) for f in chosen] == [(2, Pick.TOP), (3, Pick.TOP),
+                                                   (1, Pick.PRESET), (0, Pick.SGD)]
     assert chosen[1].name == "sam ρ=0.1" and chosen[2].name == "sam"
     confirmation = confirmation_config(config, chosen)
     assert confirmation.trials == 4 * 3 and confirmation.train.test == "none"
     assert {p.train["seed"] for p in confirmation.space.points} == {1, 2, 3}  # fresh seeds
-    runs = {"t2": [0.80, 0.81, 0.79], "t3": [0.86, 0.87, 0.865], "t1": [0.82, 0.83, 0.81],
-            "t0": [0.80, 0.79, 0.805]}
+    runs = {2: [0.80, 0.81, 0.79], 3: [0.86, 0.87, 0.865], 1: [0.82, 0.83, 0.81],
+            0: [0.80, 0.79, 0.805]}
     confirm_study = open_study(open_storage(config.storage), confirmation.name, config.mode)
     for point in confirmation.space.points:
-        key, _, seed = point.label.partition("/seed")
-        _add(confirm_study, runs[key][int(seed) - 1], **point.user_attrs())
+        label = point.label
+        assert label.role is Role.CONFIRM
+        _add(confirm_study, runs[label.trial][label.instance - 1], **record.point_attrs(point))
     verdict = confirmed_verdict(config)
-    assert verdict.winner.finalist.key == "t3" and verdict.winner.finalist.name == "sam ρ=0.1"
+    assert verdict.winner.finalist.trial == 3 and verdict.winner.finalist.name == "sam ρ=0.1"
     assert verdict.best_preset.finalist.name == "sam"
     assert verdict.beats_sgd and verdict.beats_best_preset
     exported = best_optimizer(config)
     assert exported["trial"] == 3 and exported["name"] == "sam ρ=0.1"
     assert exported["spec"] == steady.to_dict()
-    assert exported["confirmed"]["values"] == runs["t3"]
+    assert exported["confirmed"]["values"] == runs[3]
     lines = verdict.lines(config.metric)
     assert "winner: sam ρ=0.1" in lines[-2] and "beats it with confidence" in lines[-1]
 
 
 def test_confirmation_names_sgd_when_nothing_beats_it(tmp_path) -> None:
-    from metasam.tuning.confirm import Finalist, Standing, verdict_of
+    from metasam.tuning.confirm import Finalist, Pick, Standing, verdict_of
 
-    def standing(key, name, role, values):
-        return Standing(Finalist(key, int(key[1:]), name, role, None, {}), values)
+    def standing(trial, name, pick, values):
+        return Standing(Finalist(trial, name, Pick(pick), None, {}), values)
 
-    verdict = verdict_of([standing("t1", "sam", "preset", [0.80, 0.81, 0.80]),
-                          standing("t0", "sgd", "sgd", [0.82, 0.83, 0.82]),
-                          standing("t5", "universal #5", "top", [0.79, 0.80, 0.81])], "max")
+    verdict = verdict_of([standing(1, "sam", "preset", [0.80, 0.81, 0.80]),
+                          standing(0, "sgd", "sgd", [0.82, 0.83, 0.82]),
+                          standing(5, "universal #5", "top", [0.79, 0.80, 0.81])], "max")
     assert verdict.winner.finalist.name == "sgd" and not verdict.beats_sgd
     assert "it is the winner itself" in verdict.confidence_line()
     # min metrics: lower is better
-    verdict = verdict_of([standing("t1", "sam", "preset", [0.30, 0.31, 0.30]),
-                          standing("t0", "sgd", "sgd", [0.40, 0.41, 0.42])], "min")
+    verdict = verdict_of([standing(1, "sam", "preset", [0.30, 0.31, 0.30]),
+                          standing(0, "sgd", "sgd", [0.40, 0.41, 0.42])], "min")
     assert verdict.winner.finalist.name == "sam" and verdict.beats_sgd
 
 
 def test_study_confirm_and_auto_grace_fields(tmp_path) -> None:
-    from test_tuning import write_study
+    from _util import write_study
 
     from metasam.errors import ConfigError
     from metasam.tuning import StudyConfig
@@ -319,7 +322,8 @@ class _RayTrial:
 
     def __init__(self, trial_id: str, label: str) -> None:
         self.trial_id = trial_id
-        self.config = {"label": label}
+        self.config = {"label": (SEARCH if label == "search" else
+                                 Label(Role.REFERENCE, label, preset=label)).to_dict()}
 
 
 def test_asha_judges_searched_trials_only_against_searched_trials() -> None:
@@ -366,24 +370,28 @@ def test_trial_record_reads_back_what_the_searcher_and_storage_write() -> None:
     ]
     for result, error, (status, full, counted) in cases:
         trial = study.ask()
-        config = {"label": "search", "member": "sam", "spec": {"rho": 0.1}, "train": {"lr": 1}}
-        for key, value in {**record.start_attrs("w1", config, False),
-                           **record.outcome_attrs(result, 3, error)}.items():
+        config = {"label": SEARCH.to_dict(), "member": "sam", "spec": {"rho": 0.1},
+                  "train": {"lr": 1}}
+        outcome = TrialOutcome.of_result(result, 3, error)
+        for key, value in {**record.start_attrs(config, False),
+                           **record.outcome_attrs(outcome)}.items():
             trial.set_user_attr(key, value)
         study.tell(trial, result.get("val_acc") if status in ("completed", "stopped") else None,
                    state=None if status in ("completed", "stopped")
                    else optuna.trial.TrialState.FAIL)
         rec = TrialRecord.of(study.trials[-1])
-        assert (rec.status, rec.full_budget, rec.counts) == (status, full, counted)
-        assert rec.label == "search" and not rec.is_point and rec.member == "sam"
+        assert (rec.status, rec.full_budget, rec.counts) == (Status(status), full, counted)
+        assert rec.label == SEARCH and not rec.is_point and rec.member == "sam"
         assert rec.spec == {"rho": 0.1} and rec.train == {"lr": 1}
     assert TrialRecord.of(study.trials[0]).passes_per_step == 2
     assert TrialRecord.of(study.trials[2]).reason == "non-finite loss"
     assert "see the Ray logs" in TrialRecord.of(study.trials[3]).reason
-    enqueued = record.point_attrs("sam", {"rho": 0.05}, {})
+    enqueued = record.point_attrs(Point(Label(Role.REFERENCE, "sam", preset="sam"),
+                                        {"rho": 0.05}))
     study.enqueue_trial({}, user_attrs={**enqueued, record.INTERRUPTED: True})
     rec = TrialRecord.of(study.trials[-1])
-    assert rec.label == "sam" and rec.is_point and rec.interrupted and not rec.counts
+    assert rec.label == Label(Role.REFERENCE, "sam", preset="sam") and rec.is_point
+    assert rec.interrupted and not rec.counts and rec.name == "sam"
 
 
 def test_the_schedule_is_a_search_dimension() -> None:

@@ -232,6 +232,11 @@ def _plot_signed(ax: Any, xs: np.ndarray, values: np.ndarray, ref: int, label: s
 
 
 def plot_explanation(result: Explanation, path: str | Path) -> Path:
+    """:func:`explanation_figure`, saved as PNG."""
+    return save_figure(explanation_figure(result), path)
+
+
+def explanation_figure(result: Explanation) -> Any:
     """Two panels: S along scaled spectra (log-log, with the references), and S along reshaped
     spectra of fixed trace (each curve normalized to 1 at the flat spectrum)."""
     plt = pyplot()
@@ -268,4 +273,4 @@ def plot_explanation(result: Explanation, path: str | Path) -> Path:
         title += " — not a penalty: S can fall as curvature rises"
     fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig

@@ -8,6 +8,7 @@ from typing import Any
 from metasam.analysis.plots import plot_cost, plot_search, plot_sharpness, plot_test_accuracy
 from metasam.analysis.runs import collect
 from metasam.analysis.tables import build_table, column_label, method_name, write_tables
+from metasam.errors import ConfigError
 from metasam.tuning.study import StudyConfig
 
 
@@ -24,8 +25,8 @@ def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
     for config in configs:
         runs = collect(config)
         if not runs:
-            raise ValueError(f"study {config.name!r} has no finished comparison runs: run "
-                             f"`metasam compare {config.path}` first")
+            raise ConfigError("study", f"{config.name!r} has no finished comparison runs",
+                              f"a compared study: run `metasam compare {config.path}` first")
         column = column_label(config.train, list(results))
         best_name = best_optimizer(config)["name"] if "best" in runs else None
         if best_name is not None:

@@ -22,12 +22,12 @@ def collect(config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
         rec = TrialRecord.of(trial)
         if not rec.full_budget or rec.interrupted:
             continue
-        method, _, seed = rec.label.partition("/seed")
+        method, seed = rec.label.method, rec.label.instance
         history = rec.history
         last = history[-1] if history else {}
         grad_evals, wall_time = rec.result("grad_evals"), rec.result("wall_time")
         out.setdefault(method, []).append({
-            "seed": int(seed or 0), "test_acc": trial.value, "history": history,
+            "seed": seed or 0, "test_acc": trial.value, "history": history,
             "passes_per_step": rec.passes_per_step,
             "grad_evals": grad_evals if grad_evals is not None else last.get("grad_evals"),
             "wall_time": wall_time if wall_time is not None else last.get("wall_time"),

@@ -93,17 +93,16 @@ def load_spec(text: str) -> Any:
         data = best_optimizer(load_study_config(text))
         return SharpnessSpec.from_dict(data["spec"]).replace(name=f"{data['study']} best")
     if not path.is_file():
-        raise ValueError(f"spec: {text!r} is neither a preset, a JSON file nor a study YAML; "
-                         f"allowed: {', '.join(presets.NAMES)}, a spec or optimizer JSON, a "
-                         "study YAML")
+        raise ConfigError("spec", f"{text!r} is neither a preset, a JSON file nor a study YAML",
+                          f"{', '.join(presets.NAMES)}, a spec or optimizer JSON, a study YAML")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{text}: invalid JSON ({err}); allowed: a spec or optimizer JSON, a "
-                         "study YAML, a preset name") from None
+        raise ConfigError("", f"invalid JSON ({err})", "a spec or optimizer JSON, a study "
+                          "YAML, a preset name", text) from None
     if not isinstance(data, dict):
-        raise ValueError(f"{text}: expected a JSON object, got {type(data).__name__}; allowed: "
-                         "a spec or optimizer JSON")
+        raise ConfigError("", f"expected a JSON object, got {type(data).__name__}",
+                          "a spec or optimizer JSON", text)
     spec_data = data.get("spec", data)
     spec = SharpnessSpec.from_dict(spec_data, source=text)
     return spec if spec.name else spec.replace(name=path.stem)

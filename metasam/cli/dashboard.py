@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from metasam.cli._options import load_study_config
+from metasam.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,13 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_dashboard(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port: {args.port} is not a port; allowed: 1 to 65535")
+        raise ConfigError("--port", f"{args.port} is not a port", "1 to 65535")
     config = load_study_config(args.study)
     try:
         import optuna_dashboard
     except ImportError:
-        raise ValueError("optuna-dashboard is not installed; allowed: pip install "
-                         "'metasam[dashboard]'") from None
+        raise ConfigError("", "optuna-dashboard is not installed",
+                          "pip install 'metasam[dashboard]'") from None
     study = config.load_study()  # the study must exist (no empty file) and match this file
     print(f"metasam dashboard: study {config.name!r} at http://{args.host}:{args.port}/ "
           "(Ctrl-C stops it)", file=sys.stderr, flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,9 +90,16 @@ def run_meta(args: argparse.Namespace) -> int:
 
 
 def _plot(tasks: list[str], labels: list[str], scores: list[list[float]], path: Path) -> None:
+    from metasam._plotting import save_figure
+
+    save_figure(meta_figure(tasks, labels, scores), path)
+
+
+def meta_figure(tasks: list[str], labels: list[str], scores: list[list[float]]) -> Any:
+    """What wins where: one row per spec, one column per task, its normalized score."""
     import numpy as np
 
-    from metasam._plotting import pyplot, save_figure
+    from metasam._plotting import pyplot
 
     plt = pyplot()
     data = np.array(scores, dtype=float)
@@ -106,4 +114,4 @@ def _plot(tasks: list[str], labels: list[str], scores: list[list[float]], path: 
     fig.colorbar(image, ax=ax, label="normalized score (1 best, 0 SGD)")
     ax.set_title("What wins where (finished studies; * the zero-shot portfolio)")
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig

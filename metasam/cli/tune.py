@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from metasam.cli._options import add_ray_options, load_study_config
 from metasam.errors import ConfigError
+from metasam.tuning.study import MetaSettings, StudyConfig, prior_file
+
+if TYPE_CHECKING:  # the workflow pulls in Ray and Optuna: imported when a command runs
+    from metasam.workflow import Study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,30 +58,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     trials.set_defaults(run=run_trials)
 
 
-def _meta_options(args: argparse.Namespace, config: Any) -> dict[str, Any] | None:
+def _meta_options(args: argparse.Namespace, config: StudyConfig) -> MetaSettings | None:
     """The study file's ``meta`` section with ``--meta``, ``--meta-k`` and ``--meta-box`` in
     place of its fields (validated as they are)."""
-    from metasam.tuning.study import META_DEFAULTS, prior_file
-
-    meta = dict(config.meta or {})
-    if args.meta:
-        meta["from"] = [prior_file("--meta", source, Path.cwd()) for source in args.meta]
+    meta = config.meta
+    sources = tuple(prior_file("--meta", source, Path.cwd()) for source in args.meta or ())
     if args.meta_k is not None and args.meta_k < 1:
         raise ConfigError("--meta-k", f"out of range: {args.meta_k}", "whole numbers ≥ 1")
     if args.meta_box is not None and not 0 <= args.meta_box <= 1:
         raise ConfigError("--meta-box", f"out of range: {args.meta_box}", "[0, 1]")
-    if not meta.get("from"):
+    if not sources and meta is None:
         if args.meta_k is not None or args.meta_box is not None:
             raise ConfigError("--meta-k/--meta-box", "no prior studies to learn from",
                               "with --meta PRIOR ... or a meta section in the study file")
         return None
-    for key, value in (("k", args.meta_k), ("box", args.meta_box)):
-        meta[key] = value if value is not None else meta.get(key, META_DEFAULTS[key])
-    return meta
+    base = meta or MetaSettings(sources)
+    return MetaSettings(sources or base.sources,
+                        args.meta_k if args.meta_k is not None else base.k,
+                        args.meta_box if args.meta_box is not None else base.box)
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from metasam.tuning.runner import tune_study
+    from metasam.tuning.storage import open_storage, open_study
+    from metasam.workflow import Study
 
     config = load_study_config(args.study).with_overrides(args.trials, args.concurrency)
     if args.top_k < 1:
@@ -85,45 +88,31 @@ def run_tune(args: argparse.Namespace) -> int:
     warm = load_study_config(args.warm_start) if args.warm_start else None
     meta = _meta_options(args, config)
     config.check_data()
-    from metasam.tuning.storage import open_storage, open_study
-
     # the storage first: a broken one fails in one line, before anything is printed
     config.check_definition(open_study(open_storage(config.storage), config.name, config.mode))
     print(f"study {config.name}: {config.trials} trials, space {config.space.name}, "
           f"storage {config.storage}", file=sys.stderr)
-    outcome = tune_study(config, address=args.address, warm_start=warm, top_k=args.top_k,
-                         meta=meta,
-                         verbose=0 if args.quiet else 1, check_data=False)
-    state = outcome["census"]
+    study = Study(config, address=args.address, verbose=0 if args.quiet else 1)
+    outcome = study.run(warm_start=warm, top_k=args.top_k, meta=meta)
+    state = outcome.tuning.census
     print(f"study {config.name}: {state.describe(config.trials)}")
-    if state.finished < config.trials:
-        print(f"study {config.name}: stopped before the end ({outcome['released']} unfinished "
-              "trials given back); run the same command again to resume", file=sys.stderr)
+    if not outcome.tuning.done:
+        print(f"study {config.name}: stopped before the end ({outcome.tuning.released} "
+              "unfinished trials given back); run the same command again to resume",
+              file=sys.stderr)
         return 130
-    from metasam.tuning.confirm import run_confirmation
-
-    if config.confirm["top_k"]:
-        print(f"study {config.name}: confirming the finalists on {config.confirm['seeds']} "
-              "fresh seeds", file=sys.stderr)
-    confirmation = run_confirmation(config, address=args.address,
-                                    verbose=0 if args.quiet else 1)
-    if confirmation is not None:
-        from metasam.tuning.storage import census, load_study
-
-        done = census(load_study(confirmation.storage, confirmation.name))
-        if done.finished < confirmation.trials:
-            print(f"study {config.name}: confirmation stopped before the end; run the same "
-                  "command again to resume", file=sys.stderr)
-            return 130
-    _print_verdict(config)
+    if not outcome.decided:
+        print(f"study {config.name}: confirmation stopped before the end; run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+    _print_verdict(study)
     return 0
 
 
-def _print_verdict(config: Any, file: Any = None) -> None:
+def _print_verdict(study: Study, file: TextIO | None = None) -> None:
     """The confirmed winner and the one-line verdict, or what the study's best is without."""
-    from metasam.tuning.confirm import confirmed_verdict
-
-    verdict = confirmed_verdict(config)
+    verdict = study.verdict()
+    config = study.config
     if verdict is None:
         print(f"study {config.name}: no confirmation runs (confirm: false, or none finished): "
               "the best trial is a single-seed result", file=file)
@@ -133,13 +122,14 @@ def _print_verdict(config: Any, file: Any = None) -> None:
 
 
 def run_best(args: argparse.Namespace) -> int:
-    from metasam.tuning.export import best_optimizer
+    from metasam.workflow import Study
 
     config = load_study_config(args.study)
     if args.max_cost is not None and not args.max_cost > 0:
         raise ConfigError("--max-cost", f"out of range: {args.max_cost:g}",
                           "a positive number of gradient evaluations")
-    data = best_optimizer(config, max_cost=args.max_cost)
+    study = Study(config)
+    data = study.export(max_cost=args.max_cost)
     if args.max_cost is not None:
         _print_front(config, data["front"], data["trial"], file=sys.stderr)
     out = Path(args.out) if args.out else config.path.with_name(f"{config.name}.best.json")
@@ -148,12 +138,12 @@ def run_best(args: argparse.Namespace) -> int:
     print(text)
     print(f"written to {out}", file=sys.stderr)
     if args.max_cost is None:
-        _print_verdict(config, file=sys.stderr)
+        _print_verdict(study, file=sys.stderr)
     return 0
 
 
-def _print_front(config: Any, front: list[dict[str, Any]], chosen: int | None = None,
-                 file: Any = None) -> None:
+def _print_front(config: StudyConfig, front: list[dict[str, Any]], chosen: int | None = None,
+                 file: TextIO | None = None) -> None:
     """The Pareto front of the metric against gradient evaluations, cheapest first."""
     print(f"Pareto front ({config.metric} against gradient evaluations per run, "
           f"{len(front)} points):", file=file)
@@ -165,11 +155,13 @@ def _print_front(config: Any, front: list[dict[str, Any]], chosen: int | None = 
 
 def run_trials(args: argparse.Namespace) -> int:
     from metasam.tuning.cost import pareto_front
+    from metasam.tuning.naming import describe_spec
     from metasam.tuning.record import TrialRecord
-    from metasam.tuning.space import describe_spec
     from metasam.tuning.storage import census
+    from metasam.workflow import Study
 
     config = load_study_config(args.study)
+    workflow = Study(config)
     study = config.load_study()
     front = pareto_front(study, config.metric, config.mode)
     rows = []
@@ -178,15 +170,15 @@ def run_trials(args: argparse.Namespace) -> int:
         spec = rec.spec
         rows.append({
             "number": t.number, "state": t.state.name, "counted": rec.counts,
-            "label": rec.label, "value": t.value, "epochs": rec.epochs,
-            "full_budget": rec.full_budget, "status": rec.status, "reason": rec.reason,
+            "label": rec.name, "role": rec.label.role.value, "value": t.value,
+            "epochs": rec.epochs,
+            "full_budget": rec.full_budget,
+            "status": rec.status.value if rec.status else None, "reason": rec.reason,
             "passes": rec.passes_per_step, "interrupted": rec.interrupted,
             "member": rec.member, "repaired": rec.repaired,
             "spec": spec, "summary": describe_spec(spec) if spec else "", "train": rec.train})
     if args.json:
-        from metasam.tuning.confirm import confirmed_verdict
-
-        verdict = confirmed_verdict(config)
+        verdict = workflow.verdict()
         print(json.dumps({"trials": rows,
                           "confirmed": verdict.to_dict() if verdict is not None else None,
                           "front": [vars(p) for p in front]}))
@@ -205,5 +197,5 @@ def run_trials(args: argparse.Namespace) -> int:
     print(census(study).describe(config.trials))
     if front:
         _print_front(config, [vars(p) for p in front])
-    _print_verdict(config)
+    _print_verdict(workflow)
     return 0

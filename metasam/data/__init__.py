@@ -17,6 +17,7 @@ from metasam.data import sources, variants
 from metasam.data.arrays import ArrayData, Splits
 from metasam.data.loader import AUGMENTATIONS, DeviceLoader
 from metasam.data.sources import DatasetNotFoundError
+from metasam.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ def parse_name(name: str) -> tuple[str, dict[str, float]]:
         options.update(VARIANT_SUFFIXES[suffix])
         base = head
     if base not in DATASETS:
-        raise ValueError(f"dataset: unknown dataset {name!r}; allowed: "
-                         f"{', '.join(DATASETS)} (optionally with -S and/or -C)")
+        raise ConfigError("dataset", f"unknown dataset {name!r}",
+                          f"{', '.join(DATASETS)} (optionally with -S and/or -C)")
     return base, options
 
 
@@ -73,7 +74,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
                  download: bool = False) -> tuple[ArrayData, ArrayData]:
     """(train, test) of a dataset by name (no variant suffix)."""
     if name not in DATASETS:
-        raise ValueError(f"dataset: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        raise ConfigError("dataset", f"unknown dataset {name!r}", DATASETS)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     return DATASETS[name].load(root.expanduser(), download)
 
@@ -82,10 +83,15 @@ def prepare_splits(name: str, *, data_dir: str | os.PathLike[str] | None = None,
                    download: bool = False, subset: float | None = None,
                    subset_mode: str = "first", subset_seed: int = 0,
                    label_noise: float = 0.0, noise_seed: int = 0,
-                   val_fraction: float = 0.1, val_seed: int = 0) -> Splits:
+                   val_fraction: float = 0.1, val_seed: int = 0,
+                   val_fold: int | None = None) -> Splits:
     """Train / validation / test with the variants applied in this order: subset, label noise
     (on the training pool, so validation labels are as noisy as training labels), then the
-    validation split. The test set is never altered."""
+    validation split. The test set is never altered.
+
+    With ``val_fold`` the validation split is that fold of the stratified k-fold split of the
+    pool seeded ``val_seed``, k = round(1/val_fraction) (the instances of a study's race);
+    without, a stratified random ``val_fraction`` of each class."""
     base, implied = parse_name(name)
     subset = implied.get("subset", subset) if subset is None else subset
     label_noise = label_noise or implied.get("label_noise", 0.0)
@@ -97,7 +103,12 @@ def prepare_splits(name: str, *, data_dir: str | os.PathLike[str] | None = None,
     if label_noise > 0:
         train, flipped = variants.corrupt_labels(train, label_noise, noise_seed)
         description.update(label_noise=label_noise, flipped=int(flipped.numel()))
-    train, val = variants.split_validation(train, val_fraction, val_seed)
+    if val_fold is not None and val_fraction > 0:
+        train, val = variants.stratified_fold(train, variants.fold_count(val_fraction),
+                                              val_fold, val_seed)
+        description.update(val_fold=val_fold)
+    else:
+        train, val = variants.split_validation(train, val_fraction, val_seed)
     description.update(train=len(train), val=0 if val is None else len(val), test=len(test))
     return Splits(train, val, test, description)
 

@@ -74,3 +74,30 @@ def split_validation(data: ArrayData, fraction: float, seed: int = 0
     mask = torch.ones(len(data), dtype=torch.bool)
     mask[val_index] = False
     return data.subset(torch.nonzero(mask).flatten()), data.subset(val_index)
+
+
+def fold_count(fraction: float) -> int:
+    """The k of the k-fold splits whose folds are about a ``fraction`` of the pool."""
+    return max(2, round(1.0 / fraction))
+
+
+def stratified_fold(data: ArrayData, folds: int, fold: int, seed: int = 0
+                    ) -> tuple[ArrayData, ArrayData]:
+    """Fold ``fold`` of a seeded, class-stratified ``folds``-fold split of ``data``: (the other
+    folds, this fold). For one ``seed`` the folds are disjoint and together cover the pool;
+    each holds ⌊N_c/k⌋ or ⌈N_c/k⌉ examples of each class c. A repeat of the k-fold split is
+    another ``seed``."""
+    if folds < 2:
+        raise ValueError(f"folds: expected at least 2, got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold: expected 0 to {folds - 1}, got {fold}")
+    gen = torch.Generator().manual_seed(seed)
+    val = []
+    for c in range(data.num_classes):
+        members = torch.nonzero(data.y == c).flatten()
+        shuffled = members[torch.randperm(members.numel(), generator=gen)]
+        val.append(torch.tensor_split(shuffled, folds)[fold])
+    val_index = torch.sort(torch.cat(val)).values
+    mask = torch.ones(len(data), dtype=torch.bool)
+    mask[val_index] = False
+    return data.subset(torch.nonzero(mask).flatten()), data.subset(val_index)

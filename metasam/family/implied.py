@@ -21,13 +21,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from metasam.family.spec import SharpnessSpec
+    from metasam.family.measures import Measure
+    from metasam.family.phi import Phi
+    from metasam.family.psi import Psi
+
+
+class Member(Protocol):
+    """What the implied measure reads of a member (a :class:`~metasam.SharpnessSpec` is one):
+    its φ, ψ and μ."""
+
+    phi: Phi
+    psi: Psi
+    measure: Measure
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ def _as_matrix(h: Any) -> Tensor:
     return (h + h.T) / 2
 
 
-def _scaling(spec: SharpnessSpec, d: int, weights: Any | None) -> Tensor:
+def _scaling(spec: Member, d: int, weights: Any | None) -> Tensor:
     """T = |w| + η for adaptive measures, ones otherwise."""
     if not spec.measure.uses_weights:
         return torch.ones(d, dtype=torch.float64)
@@ -90,7 +101,7 @@ def gaussian_moments(eigenvalues: Tensor, order: int) -> list[float]:
     return moments_from_cumulants(kappa)
 
 
-def _box_diagonal(spec: SharpnessSpec, coefficients: Tensor, half_width: float
+def _box_diagonal(spec: Member, coefficients: Tensor, half_width: float
                   ) -> list[float] | None:
     """E[φ_j(q)] in closed form for q = Σ_i a_i u_i², u_i ~ U[−h, h] independent (a box measure
     on a diagonal Hessian): polynomial φ through the summed cumulants of the independent terms,
@@ -128,7 +139,7 @@ def _box_diagonal(spec: SharpnessSpec, coefficients: Tensor, half_width: float
     return values
 
 
-def _closed_form_components(spec: SharpnessSpec, eigenvalues: Tensor, d: int,
+def _closed_form_components(spec: Member, eigenvalues: Tensor, d: int,
                             radius: float | None) -> list[float] | None:
     """E[φ_j(q)] in closed form, or None when any component has none.
 
@@ -157,7 +168,7 @@ def _closed_form_components(spec: SharpnessSpec, eigenvalues: Tensor, d: int,
     return values
 
 
-def implied_measure(spec: SharpnessSpec, hessian: Any, *, weights: Any | None = None,
+def implied_measure(spec: Member, hessian: Any, *, weights: Any | None = None,
                     mask: Any | None = None, samples: int = 200_000,
                     seed: int = 0) -> MeasureValue:
     """See :meth:`SharpnessSpec.implied_measure`."""
@@ -195,7 +206,7 @@ def implied_measure(spec: SharpnessSpec, hessian: Any, *, weights: Any | None = 
     return _monte_carlo(spec, h, t, samples, seed)
 
 
-def _monte_carlo(spec: SharpnessSpec, h: Tensor, t: Tensor, samples: int,
+def _monte_carlo(spec: Member, h: Tensor, t: Tensor, samples: int,
                  seed: int) -> MeasureValue:
     d = h.shape[0]
     gen = torch.Generator().manual_seed(seed)

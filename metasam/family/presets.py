@@ -22,7 +22,7 @@ from typing import Any
 
 from metasam.errors import SpecError
 from metasam.family.measures import Measure
-from metasam.family.spec import SharpnessSpec
+from metasam.family.spec import SharpnessSpec, register_preset
 
 _SPEC_FIELDS = {f.name for f in fields(SharpnessSpec)}
 _MEASURE_FIELDS = {f.name for f in fields(Measure)} - {"kind"}
@@ -40,22 +40,26 @@ def _make(name: str, overrides: dict[str, Any], **defaults: Any) -> SharpnessSpe
     return replace(spec, **overrides) if overrides else spec
 
 
+@register_preset
 def sgd(**overrides: Any) -> SharpnessSpec:
     """No sharpness term (λ = 0): one forward/backward pass per step."""
     return _make("sgd", overrides, lam=0.0)
 
 
+@register_preset
 def sam(**overrides: Any) -> SharpnessSpec:
     """SAM (Foret et al.): ascent measure, φ = ψ = id, ρ = 0.05."""
     return _make("sam", overrides, measure="ascent", rho=0.05, lam=1.0)
 
 
+@register_preset
 def asam(**overrides: Any) -> SharpnessSpec:
     """ASAM (Kwon et al.): adaptive ascent with T = |w| + η, η = 0.01, ρ = 0.5."""
     return _make("asam", overrides, measure={"kind": "adaptive_ascent", "eta": 0.01}, rho=0.5,
                  lam=1.0)
 
 
+@register_preset
 def ssam(**overrides: Any) -> SharpnessSpec:
     """SSAM-F (Mi et al.): ascent masked to the top 50% Fisher coordinates (16 samples, mask
     refreshed every epoch), ρ = 0.1."""
@@ -64,12 +68,14 @@ def ssam(**overrides: Any) -> SharpnessSpec:
                  rho=0.1, lam=1.0)
 
 
+@register_preset
 def trace_sam(**overrides: Any) -> SharpnessSpec:
     """Trace-SAM: Gaussian (σ = ρ per coordinate), φ = ψ = id, ρ = 0.01, λ = 1, n = 1."""
     return _make("trace_sam", overrides, measure={"kind": "gaussian", "scale": "coordinate"},
                  rho=0.01, lam=1.0, n=1)
 
 
+@register_preset
 def frob_sam(**overrides: Any) -> SharpnessSpec:
     """Frob-SAM: Gaussian per coordinate, φ = (t, t²), ψ = unbiased ½-variance, ρ = 0.005,
     λ = 0.005, n = 2 (the update g0 + (λ/ρ²)·Ĉov_unbiased(L_i, g_i))."""
@@ -78,6 +84,7 @@ def frob_sam(**overrides: Any) -> SharpnessSpec:
                  measure={"kind": "gaussian", "scale": "coordinate"}, rho=0.005, lam=0.005, n=2)
 
 
+@register_preset
 def det_sam(**overrides: Any) -> SharpnessSpec:
     """Det-SAM: box measure e = ρ·U[−h, h]^d with h = 0.01, φ = exp(−t/2), ψ = s⁻², ρ = 1,
     λ = 1, n = 1 (update g0 + λ·e^D·(g1 − g0), computed in float64; an overflow is reported as
@@ -87,6 +94,7 @@ def det_sam(**overrides: Any) -> SharpnessSpec:
                  lam=1.0, n=1)
 
 
+@register_preset
 def rwp(**overrides: Any) -> SharpnessSpec:
     """Random weight perturbation in the mixed-loss form (Bisla et al., AISTATS 2022; Li et al.,
     "Efficient generalization improvement guided by random weight perturbation", 2022):
@@ -98,6 +106,7 @@ def rwp(**overrides: Any) -> SharpnessSpec:
                  rho=0.05, lam=0.5, n=1)
 
 
+@register_preset
 def tilted_sam(**overrides: Any) -> SharpnessSpec:
     """Tilted SAM (Li, Beirami et al., "Tilted Sharpness-Aware Minimization", 2024): the
     log-mean-exp (1/τ)·log mean_i exp(τ·D_i) over n random perturbations, a smooth maximum that

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from metasam import _checks
 from metasam.errors import SpecError
+from metasam.family.implied import MeasureValue, implied_measure
 from metasam.family.measures import Measure
 from metasam.family.phi import Phi
 from metasam.family.psi import Psi
 from metasam.family.schedule import Schedule
-
-if TYPE_CHECKING:
-    from metasam.family.implied import MeasureValue
 
 FORMAT = "metasam.sharpness_spec/1"
 
@@ -30,6 +29,26 @@ class Surrogate(NamedTuple):
     value: Tensor
     weights: Tensor
     psi_grad: Tensor
+
+
+# The published members, registered by metasam.family.presets (which builds on this module):
+# a spec that names one means that preset (see SharpnessSpec.from_dict).
+_PRESETS: dict[str, Callable[..., SharpnessSpec]] = {}
+
+
+def register_preset(make: Callable[..., SharpnessSpec]) -> Callable[..., SharpnessSpec]:
+    """Register a preset constructor under its function name (a decorator)."""
+    _PRESETS[make.__name__] = make
+    return make
+
+
+def _structure(spec: SharpnessSpec) -> tuple[Any, ...]:
+    """What makes a member that member: μ's kind, φ's functions (not their parameters: a
+    preset region tunes Tilted SAM's τ), ψ, and whether it has a sharpness term at all."""
+    phi = spec.phi.to_obj()
+    blocks = phi if isinstance(phi, list) else [phi]
+    fns = tuple(b["fn"] if isinstance(b, dict) else b for b in blocks)
+    return spec.measure.kind, fns, json.dumps(spec.psi.to_obj(), sort_keys=True), spec.lam > 0
 
 
 _KEYS = ("format", "name", "phi", "psi", "measure", "n", "rho", "lam", "d_clip", "lam_scale",
@@ -180,8 +199,6 @@ class SharpnessSpec:
             ...       .implied_measure(H))                     # ½ tr H
             3.0
         """
-        from metasam.family.implied import implied_measure
-
         return implied_measure(self, hessian, weights=weights, mask=mask, samples=samples,
                                seed=seed)
 
@@ -204,7 +221,13 @@ class SharpnessSpec:
 
     @classmethod
     def from_dict(cls, data: Any, source: str | None = None) -> SharpnessSpec:
-        """Validate and build a spec from :meth:`to_dict`'s form; errors name ``source``."""
+        """Validate and build a spec from :meth:`to_dict`'s form; errors name ``source``.
+
+        A dict whose ``name`` is a preset means that preset with the dict's other fields as
+        overrides (``{"name": "ssam", "rho": 0.305}`` is SSAM-F at ρ = 0.305); overrides that
+        would make it a different member (another μ kind, other φ functions or ψ, or SGD with a
+        sharpness term) are refused, never built under the preset's name.
+        """
         try:
             data = _checks.mapping("spec", data)
             _checks.known_keys("", data, _KEYS)
@@ -212,7 +235,18 @@ class SharpnessSpec:
             if fmt != FORMAT:
                 raise SpecError("format", f"unsupported format {fmt!r}", FORMAT)
             kwargs = {k: v for k, v in data.items() if k != "format"}
-            return cls(**kwargs)
+            name = kwargs.get("name")
+            if name not in _PRESETS:
+                return cls(**kwargs)
+            overrides = {k: v for k, v in kwargs.items() if k != "name"}
+            spec = _PRESETS[name](**overrides)
+            default = _PRESETS[name]()
+            if _structure(spec) != _structure(default):
+                raise SpecError("name", f"{name!r} names a preset, but the other fields make "
+                                "a different member (μ, φ or ψ changed)",
+                                f"{name} with numeric overrides (rho, lam, n, measure "
+                                "parameters), or another name")
+            return spec
         except SpecError as err:
             raise err.with_source(source) if source else err from None
 
@@ -253,14 +287,12 @@ class SharpnessSpec:
         if isinstance(spec, dict):
             return cls.from_dict(spec)
         if isinstance(spec, (str, os.PathLike)):
-            from metasam.family import presets
-
-            if isinstance(spec, str) and spec in presets.NAMES:
-                return presets.get(spec)
+            if isinstance(spec, str) and spec in _PRESETS:
+                return _PRESETS[spec]()
             if isinstance(spec, os.PathLike) or spec.endswith(".json") or spec.lstrip(
                     ).startswith("{"):
                 return cls.from_json(spec)
-            raise SpecError("spec", f"unknown preset {spec!r}", presets.NAMES)
+            raise SpecError("spec", f"unknown preset {spec!r}", tuple(_PRESETS))
         raise SpecError("spec", f"expected a SharpnessSpec, preset name, dict or JSON file, got "
                         f"{type(spec).__name__}")
 

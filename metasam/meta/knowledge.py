@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
+from metasam.errors import ConfigError
 from metasam.meta.descriptors import TaskDescriptor, describe_task
+from metasam.tuning.protocol import RESULT_KEYS
+from metasam.tuning.record import TrialRecord
+from metasam.tuning.study import StudyConfig
 
 DESCRIPTOR_ATTR = "metasam:descriptor"
 KNOWLEDGE_FORMAT = "metasam-knowledge/1"
@@ -57,8 +64,6 @@ def write_knowledge(records: list[MetaRecord], path: str | os.PathLike[str]) -> 
 
 def read_knowledge(path: str | os.PathLike[str]) -> list[MetaRecord]:
     """The records of a knowledge file; anything else is a one-line error naming the file."""
-    from metasam.errors import ConfigError
-
     source = str(path)
     try:
         data = json.loads(Path(path).read_text())
@@ -87,8 +92,6 @@ def read_knowledge(path: str | os.PathLike[str]) -> list[MetaRecord]:
 def load_priors(sources: list[Any], option: str) -> list[MetaRecord]:
     """The knowledge base of ``sources``: study files or their configs, and knowledge files
     (``.json``), in one table."""
-    from metasam.tuning import StudyConfig
-
     configs, records = [], []
     for source in sources:
         if isinstance(source, StudyConfig):
@@ -99,12 +102,13 @@ def load_priors(sources: list[Any], option: str) -> list[MetaRecord]:
             configs.append(StudyConfig.from_yaml(source))
     records.extend(knowledge_base(configs))
     if not records:
-        raise ValueError(f"{option}: no study has full-budget trials with an SGD reference "
-                         "point; allowed: finished studies whose space lists sgd")
+        raise ConfigError(option, "no study has full-budget trials with an SGD reference point",
+                          "finished studies whose space lists sgd")
     return records
 
 
-def study_descriptor(config: Any, study: Any, compute: bool = True) -> TaskDescriptor | None:
+def study_descriptor(config: StudyConfig, study: optuna.Study, compute: bool = True
+                     ) -> TaskDescriptor | None:
     """The study's task descriptor, computed once (:func:`describe_task`) and kept in its
     storage."""
     text = study.user_attrs.get(DESCRIPTOR_ATTR)
@@ -117,14 +121,9 @@ def study_descriptor(config: Any, study: Any, compute: bool = True) -> TaskDescr
     return descriptor
 
 
-def knowledge_base(configs: list[Any], describe: bool = True) -> list[MetaRecord]:
+def knowledge_base(configs: list[StudyConfig], describe: bool = True) -> list[MetaRecord]:
     """Every full-budget trial of the studies, normalized per study by the study's metric (a
     cost-aware study's trials by their metric too, not by the score it ranked them by)."""
-    from optuna.trial import TrialState
-
-    from metasam.tuning.confirm import display_name
-    from metasam.tuning.record import RESULT_KEYS, TrialRecord
-
     records: list[MetaRecord] = []
     for config in configs:
         study = config.load_study()
@@ -135,16 +134,16 @@ def knowledge_base(configs: list[Any], describe: bool = True) -> list[MetaRecord
             if rec.counts and rec.full_budget and t.value is not None and spec is not None:
                 raw = rec.result(config.metric) if config.metric in RESULT_KEYS else None
                 finished.append((t, rec, spec, float(t.value if raw is None else raw)))
-        sgd = [value for _, rec, _, value in finished if rec.label == "sgd"]
+        sgd = [value for _, rec, _, value in finished if rec.label.is_reference("sgd")]
         if not sgd:
             continue
         sign = 1.0 if config.mode == "max" else -1.0
         best = max(sign * value for *_, value in finished)
         span = best - sign * sgd[0]
         descriptor = study_descriptor(config, study, compute=describe)
-        for t, rec, spec, value in finished:
+        for _, rec, spec, value in finished:
             score = (sign * value - sign * sgd[0]) / span if span > 0 else 0.0
-            records.append(MetaRecord(config.name, descriptor, display_name(t), spec,
+            records.append(MetaRecord(config.name, descriptor, rec.name, spec,
                                       rec.epochs, rec.full_budget, value, score))
     return records
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+
+import optuna
 
 from metasam.meta.knowledge import MetaRecord, regret_table, study_descriptor
 from metasam.meta.portfolio import (
@@ -26,13 +27,16 @@ from metasam.meta.portfolio import (
     normalized,
     task_kernel,
 )
+from metasam.tuning.protocol import Label, Point, Role
+from metasam.tuning.regions import REGIONS
+from metasam.tuning.study import StudyConfig
 
 
 @dataclass(frozen=True)
 class Transfer:
     """What a meta-started study takes from its priors."""
 
-    points: list[Any]                                   # the portfolio, as ``meta:`` points
+    points: list[Point]                                 # the portfolio, as META points
     boxes: dict[str, dict[str, tuple[float, float]]]    # preset region → field → (low, high)
     similarity: dict[str, float] = field(default_factory=dict)  # prior task → kernel value
 
@@ -46,11 +50,10 @@ def similar_tasks(similarity: dict[str, float]) -> list[str]:
     return sorted(t for t, s in similarity.items() if s >= SIMILAR - 1e-12)
 
 
-def plan_transfer(config: Any, study: Any, records: list[MetaRecord], k: int) -> Transfer:
+def plan_transfer(config: StudyConfig, study: optuna.Study, records: list[MetaRecord], k: int
+                  ) -> Transfer:
     """The portfolio and boxes for ``config``'s study (``study`` its Optuna study, where the
     new task's descriptor is kept) from the knowledge base ``records``."""
-    from metasam.tuning.space import Point
-
     tasks, keys, table = regret_table(records)
     by_task = {r.task: r.descriptor for r in records}
     target = study_descriptor(config, study)
@@ -69,7 +72,8 @@ def plan_transfer(config: Any, study: Any, records: list[MetaRecord], k: int) ->
         if key in existing:
             continue
         task, label = labels[key]
-        points.append(Point(f"meta:{task}:{label}", json.loads(key)))
+        spec = json.loads(key)
+        points.append(Point(Label(Role.META, f"{task}:{label}", preset=spec.get("name")), spec))
         if len(points) == k:
             break
     similarity = dict(zip(tasks, kernel, strict=True))
@@ -83,8 +87,6 @@ def region_boxes(records: list[MetaRecord], tasks: set[str] | None = None,
     side, and to at least a factor ``min_span`` from low to high, default 2.25) of the fields of
     the winners of ``tasks`` (default: all): full-budget trials of that region whose normalized
     score is at least ``top`` of their study's best."""
-    from metasam.tuning.regions import REGIONS
-
     winners: dict[str, list[dict[str, float]]] = {}
     for r in records:
         name = r.spec.get("name")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from metasam.errors import ConfigError
 from metasam.models.cnn import SmallCNN
 from metasam.models.mlp import MLP
 from metasam.models.resnet import resnet18
@@ -28,7 +29,7 @@ def build_model(name: str, input_shape: Sequence[int] = (3, 32, 32),
                 num_classes: int = 10) -> nn.Module:
     """The model called ``name`` for inputs of ``input_shape`` (without the batch axis)."""
     if name not in MODELS:
-        raise ValueError(f"model: unknown model {name!r}; allowed: {', '.join(MODELS)}")
+        raise ConfigError("model", f"unknown model {name!r}", MODELS)
     return MODELS[name](tuple(input_shape), num_classes)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from metasam.errors import ConfigError
+
 BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD,
                                                   "adamw": torch.optim.AdamW}
 
@@ -16,7 +18,7 @@ def base_settings(name: str, *, lr: float, weight_decay: float, momentum: float 
     """``{"name": ..., **arguments}`` of the named base optimizer, with the arguments it takes
     (SGD's Nesterov only with momentum)."""
     if name not in BASES:
-        raise ValueError(f"base optimizer: unknown value {name!r}; allowed: {', '.join(BASES)}")
+        raise ConfigError("base optimizer", f"unknown value {name!r}", BASES)
     if name == "sgd":
         return {"name": "sgd", "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                 "nesterov": nesterov and momentum > 0}
@@ -29,5 +31,5 @@ def base_class(settings: dict[str, Any], source: str = "base_optimizer"
     kwargs = dict(settings)
     name = kwargs.pop("name", None)
     if name not in BASES:
-        raise ValueError(f"{source}.name: unknown value {name!r}; allowed: {', '.join(BASES)}")
+        raise ConfigError(f"{source}.name", f"unknown value {name!r}", BASES)
     return BASES[name], kwargs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,14 @@ class StepInfo:
     sharpness_share: float | None = None
 
 
+class Check(NamedTuple):
+    """A value a pass produced that must be finite, and what to call it if it is not."""
+
+    pass_name: str   # "unperturbed pass", "perturbation 2 of 4", "sharpness surrogate"
+    what: str        # "loss", "gradient", ...
+    value: Tensor
+
+
 @dataclass
 class _FirstPass:
     """What the unperturbed pass leaves for the rest of the step."""
@@ -56,7 +64,13 @@ class _FirstPass:
     params: list[Tensor]            # every parameter with a gradient
     perturbed: list[Tensor]         # those of groups with ``perturb=True``
     perturbed_norms: list[Tensor]   # ‖g0‖ per perturbed parameter
-    checks: list[tuple[str, str, Tensor]]  # (pass, what, value) to check for finiteness
+    grad_norm: Tensor               # ‖g0‖ over every parameter (scaled under fp16)
+    checks: list[Check]             # every value of the step to check for finiteness so far
+
+    @property
+    def loss_check(self) -> list[Check]:
+        """The check of the loss alone (a plain step checks the gradient's norm at the end)."""
+        return [self.checks[0]]
 
 
 @dataclass
@@ -67,6 +81,7 @@ class _Probes:
     losses: list[Tensor] = field(default_factory=list)
     raw: list[list[Tensor]] = field(default_factory=list)
     acc: list[list[Tensor]] = field(default_factory=list)
+    last_grad_norm: Tensor | None = None   # ‖g_n‖, of the last perturbed pass
 
 
 class UniversalSAM(torch.optim.Optimizer):
@@ -296,7 +311,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self._begin_step()
         first = self._unperturbed_pass(closure)
         if self.spec.is_plain or not first.perturbed:
-            self._finish(first.params, first.loss, first.checks[:1], first.checks[1][2],
+            self._finish(first.params, first.loss, first.loss_check, first.grad_norm,
                          StepInfo(self.steps, 0.0, self._step_passes))
             return first.loss
         schedule = self.spec.schedule
@@ -327,11 +342,12 @@ class UniversalSAM(torch.optim.Optimizer):
         active = [(p, g["perturb"]) for g in self.param_groups for p in g["params"]
                   if p.grad is not None]
         norms = _norms([p.grad for p, _ in active])
-        checks: list[tuple[str, str, Tensor]] = [
-            ("unperturbed pass", "loss", loss),
-            ("unperturbed pass", "gradient", _total(norms, loss.device))]
+        grad_norm = _total(norms, loss.device)
+        checks = [Check("unperturbed pass", "loss", loss),
+                  Check("unperturbed pass", "gradient", grad_norm)]
         return _FirstPass(loss, [p for p, _ in active], [p for p, flag in active if flag],
-                          [norms[i] for i, (_, flag) in enumerate(active) if flag], checks)
+                          [norms[i] for i, (_, flag) in enumerate(active) if flag], grad_norm,
+                          checks)
 
     def _perturbed_passes(self, closure: Callable[[], Tensor | float],
                           first: _FirstPass) -> _Probes:
@@ -361,8 +377,9 @@ class UniversalSAM(torch.optim.Optimizer):
                     torch._foreach_copy_(perturbed, x0)
                 grads_i = [_grad_or_zero(p) for p in params]
                 name = f"perturbation {i + 1} of {n}"
-                checks += [(name, "loss", loss_i),
-                           (name, "gradient", _total(_norms(grads_i), first.loss.device))]
+                probes.last_grad_norm = _total(_norms(grads_i), first.loss.device)
+                checks += [Check(name, "loss", loss_i),
+                           Check(name, "gradient", probes.last_grad_norm)]
                 probes.losses.append(loss_i)
                 if i == n - 1:
                     break
@@ -395,8 +412,8 @@ class UniversalSAM(torch.optim.Optimizer):
         checks = first.checks
         d = (torch.stack(probes.losses).to(sdtype) - loss0.to(sdtype)) / rho**2
         surrogate = spec.surrogate(d)
-        checks += [("sharpness surrogate", "ψ(mean φ(D))", surrogate.value),
-                   ("sharpness surrogate", "weights", surrogate.weights)]
+        checks += [Check("sharpness surrogate", "ψ(mean φ(D))", surrogate.value),
+                   Check("sharpness surrogate", "weights", surrogate.weights)]
         host = self._fetch(checks, [surrogate.weights, surrogate.psi_grad,
                                     surrogate.value.reshape(1), d])
         if host is None:
@@ -407,31 +424,28 @@ class UniversalSAM(torch.optim.Optimizer):
         coefficient_g0 = (self._g0_coefficient if self._g0_coefficient is not None
                           else 1.0 - sum(beta))
         final = [p.grad for p in params]  # holds g_n
-        if beta[-1] != 1.0:
-            torch._foreach_mul_(final, beta[-1])
-        if coefficient_g0 != 0.0:
-            assert g0 is not None
-            torch._foreach_add_(final, g0, alpha=coefficient_g0)
-        if probes.raw_mode:
-            for b, grads in zip(beta, probes.raw, strict=False):
-                torch._foreach_add_(final, grads, alpha=b)
-        else:
-            for buf, gpsi in zip(probes.acc, psi_grad, strict=True):
-                torch._foreach_add_(final, buf, alpha=scale * gpsi)
+        combine_gradients(final, g0, beta, coefficient_g0,
+                          raw=probes.raw if probes.raw_mode else None,
+                          folded=None if probes.raw_mode else probes.acc,
+                          folded_coefficients=[scale * gpsi for gpsi in psi_grad])
         sharpness = host[2][0]
         info = StepInfo(self.steps, 0.0, self._step_passes, sharpness,
                         spec.lam * rho**2 * sharpness, host[3], weights)
         factor = None
         if spec.guard is not None:
             assert g0 is not None
-            factor = self._apply_guard(final, g0, checks[1][2], spec.guard)
+            factor = self._apply_guard(final, g0, first.grad_norm, spec.guard)
         exact_last = (beta[-1] == 1.0 and coefficient_g0 == 0.0 and n == 1 and factor is None)
         # When the update is exactly g_n, its norm was computed with the last pass's checks.
-        norm = checks[-3][2] if exact_last else _total(_norms(final), loss0.device)
+        if exact_last:
+            assert probes.last_grad_norm is not None
+            norm = probes.last_grad_norm
+        else:
+            norm = _total(_norms(final), loss0.device)
         reuse = None
         if spec.schedule is not None and spec.schedule.reuse:
             assert g0 is not None
-            reuse = _orthogonal_part(final, g0, checks[1][2])
+            reuse = _orthogonal_part(final, g0, first.grad_norm)
         self._finish(params, loss0, [], norm, info, factor)
         if reuse is not None and self.last_step is info:  # applied: remember its direction
             for p, v in zip(params, reuse, strict=True):
@@ -445,7 +459,7 @@ class UniversalSAM(torch.optim.Optimizer):
         start = math.ceil(schedule.start * self.total_steps) if schedule.start > 0 else 0
         if schedule.trigger is not None:
             # AE-SAM: EMAs of ‖g0‖² (unscaled under fp16) and of its squared deviation
-            x = float(first.checks[1][2]) ** 2 / self._scale ** 2
+            x = float(first.grad_norm) ** 2 / self._scale ** 2
             if not math.isfinite(x):
                 return False  # a plain step, whose checks report the problem
             if self._trigger_stats is None:
@@ -462,13 +476,13 @@ class UniversalSAM(torch.optim.Optimizer):
         """A step without the sharpness term: the base optimizer on g0 (one pass), plus, with
         ``reuse``, the last full step's sharpness component orthogonal to g0, rescaled to
         ‖g0‖ (LookSAM)."""
-        params, norm = first.params, first.checks[1][2]
+        params, norm = first.params, first.grad_norm
         stored = [self.state[p].get("reuse") for p in params] if reuse else []
         if stored and all(v is not None for v in stored):
             grads = [p.grad for p in params]
             torch._foreach_add_(grads, torch._foreach_mul(stored, _per_device(norm, stored)))
             norm = _total(_norms(grads), first.loss.device)
-        self._finish(params, first.loss, first.checks[:1], norm,
+        self._finish(params, first.loss, first.loss_check, norm,
                      StepInfo(self.steps, 0.0, self._step_passes))
 
     @staticmethod
@@ -575,7 +589,7 @@ class UniversalSAM(torch.optim.Optimizer):
             torch._foreach_mul_(direction, masks)
         return direction
 
-    def _fetch(self, checks: list[tuple[str, str, Tensor]],
+    def _fetch(self, checks: list[Check],
                extra: list[Tensor]) -> list[list[float]] | None:
         """One device→host transfer: every check's finiteness plus ``extra`` values.
 
@@ -597,7 +611,7 @@ class UniversalSAM(torch.optim.Optimizer):
         return out
 
     def _finish(self, params: list[Tensor], loss0: Tensor,
-                checks: list[tuple[str, str, Tensor]], norm: Tensor, info: StepInfo,
+                checks: list[Check], norm: Tensor, info: StepInfo,
                 guard_factor: Tensor | None = None) -> None:
         """Check the gradient about to be applied, clip it if asked, step the base optimizer.
 
@@ -607,7 +621,7 @@ class UniversalSAM(torch.optim.Optimizer):
         extra = [norm.reshape(1), loss0.reshape(1)]
         if guard_factor is not None:
             extra.append(guard_factor.reshape(2))
-        host = self._fetch(checks + [("combined gradient", "gradient", norm)], extra)
+        host = self._fetch(checks + [Check("combined gradient", "gradient", norm)], extra)
         if host is None:
             return
         grad_norm, info.loss = host[0][0], host[1][0]
@@ -621,7 +635,7 @@ class UniversalSAM(torch.optim.Optimizer):
         if self.scaler is not None:
             self.scaler.update()
 
-    def _unscale(self, params: list[Tensor], checks: list[tuple[str, str, Tensor]],
+    def _unscale(self, params: list[Tensor], checks: list[Check],
                  norm: Tensor) -> Tensor:
         """The scaler's one ``unscale_`` of the step; returns the unscaled ``norm``.
 
@@ -687,6 +701,34 @@ def _grad_or_zero(p: Tensor) -> Tensor:
 
 def _norms(tensors: list[Tensor]) -> list[Tensor]:
     return list(torch._foreach_norm(tensors)) if tensors else []
+
+
+def combine_gradients(final: list[Tensor], g0: list[Tensor] | None, beta: list[float],
+                      coefficient_g0: float, *, raw: list[list[Tensor]] | None = None,
+                      folded: list[list[Tensor]] | None = None,
+                      folded_coefficients: list[float] | None = None) -> None:
+    """The combine step of :class:`UniversalSAM`, a function of tensors alone (the way
+    ``torch.optim`` keeps its ``_single_tensor_*`` kernels beside the stateful class).
+
+    On entry ``final`` holds g_n, the gradient of the last perturbed pass; on exit it holds
+    β_n·g_n + c0·g0 + Σ_{i<n} β_i·g_i, where the g_i (i < n) are given either ``raw`` (one list
+    per pass) or ``folded`` into m buffers Σ_i φ_j'(D_i)·g_i with ``folded_coefficients`` the
+    factor of buffer j. ``g0`` may be ``None`` only when ``coefficient_g0`` is 0. In place, in
+    the order the reference-rule tests were written against (bit-identical updates).
+    """
+    if beta[-1] != 1.0:
+        torch._foreach_mul_(final, beta[-1])
+    if coefficient_g0 != 0.0:
+        if g0 is None:
+            raise ValueError("combine_gradients: g0 is needed when its coefficient is not 0")
+        torch._foreach_add_(final, g0, alpha=coefficient_g0)
+    if raw is not None:
+        for b, grads in zip(beta, raw, strict=False):  # the first n − 1 passes
+            torch._foreach_add_(final, grads, alpha=b)
+    if folded is not None:
+        assert folded_coefficients is not None
+        for buf, c in zip(folded, folded_coefficients, strict=True):
+            torch._foreach_add_(final, buf, alpha=c)
 
 
 def _total(norms: list[Tensor], device: torch.device) -> Tensor:

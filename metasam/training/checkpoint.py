@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from metasam.errors import ConfigError
+
 FORMAT = "metasam.checkpoint/1"
 
 
@@ -23,9 +25,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable metasam checkpoint ({err})") from None
+        raise ConfigError("", f"not a readable metasam checkpoint ({err})",
+                          source=str(path)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a metasam checkpoint (format {FORMAT} expected)")
+        raise ConfigError("", "not a metasam checkpoint", f"format {FORMAT}", str(path))
     return state
 
 

@@ -123,6 +123,9 @@ class TrainConfig:
     val_fraction: float = option(0.1, _config.number(0.0, 0.9),
                                  "validation split carved from the training set")
     val_seed: int = option(0, _config.integer(0), "seed of the validation split")
+    val_fold: int | None = option(None, _config.integer(0, optional=True),
+                                  "validation = this fold of the stratified k-fold split "
+                                  "seeded val_seed, k = round(1/val_fraction)")
     augment: str = option("auto", _augment, "augmentation (auto: crop+flip for CIFAR, crop "
                           "for SVHN, none otherwise)")
     # model and optimization

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from metasam.data import DeviceLoader, Splits, prepare_splits
 from metasam.data.arrays import ArrayData
-from metasam.errors import NonFiniteStepError
+from metasam.errors import ConfigError, NonFiniteStepError
 from metasam.models import build_model
 from metasam.optim import UniversalSAM
 from metasam.optim.bases import base_class, base_settings
@@ -32,7 +32,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} asked for, but torch sees no CUDA device")
+        raise ConfigError("device", f"{name!r} asked for, but torch sees no CUDA device",
+                          "cpu, auto, or a CUDA device on a machine that has one")
     return device
 
 
@@ -61,7 +62,7 @@ def splits_of(config: TrainConfig) -> Splits:
         config.dataset, data_dir=config.data_dir, download=config.download,
         subset=config.subset, subset_mode=config.subset_mode, subset_seed=config.subset_seed,
         label_noise=config.label_noise, noise_seed=config.noise_seed,
-        val_fraction=config.val_fraction, val_seed=config.val_seed)
+        val_fraction=config.val_fraction, val_seed=config.val_seed, val_fold=config.val_fold)
 
 
 def precision_of(config: TrainConfig) -> str:
@@ -148,9 +149,9 @@ class Trial:
         saved = state["config"]
         for key, value in self.config.to_dict().items():
             if key not in EXECUTION_FIELDS and saved.get(key) != value:
-                raise ValueError(f"{source}: made with {key}={saved.get(key)!r}, this run has "
-                                 f"{key}={value!r}; use another checkpoint_dir or the same "
-                                 "config")
+                raise ConfigError(key, f"made with {key}={saved.get(key)!r}, this run has "
+                                  f"{key}={value!r}", "another checkpoint_dir or the same "
+                                  "config", source)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

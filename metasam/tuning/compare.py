@@ -15,8 +15,11 @@ epoch — and Hessian measures every few epochs), its passes per step and its wa
 from __future__ import annotations
 
 from metasam.family import presets
+from metasam.tuning.export import best_optimizer
+from metasam.tuning.protocol import Label, Point, Role
 from metasam.tuning.record import TrialRecord
-from metasam.tuning.space import Point, SearchSpace
+from metasam.tuning.runner import tune_study
+from metasam.tuning.space import SearchSpace
 from metasam.tuning.storage import best_trials, load_study, trial_spec
 from metasam.tuning.study import StudyConfig
 
@@ -38,7 +41,7 @@ def baseline_points(config: StudyConfig, tuned: dict[str, Point] | None) -> dict
         if tuned and name in tuned:
             out[name] = tuned[name]
         else:
-            out[name] = Point(name, presets.get(name).to_dict())
+            out[name] = Point(Label(Role.COMPARE, name, preset=name), presets.get(name).to_dict())
     return out
 
 
@@ -49,25 +52,25 @@ def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> di
     study = config.derived("baselines", points, metric=config.metric, mode=config.mode,
                            cost_weight=0.0,
                            train_changes={"test": "none"})
-    from metasam.tuning.runner import tune_study
-
     tune_study(study, address=address, verbose=verbose)
     chosen: dict[str, Point] = {}
     ranked = best_trials(load_study(study.storage, study.name), study.mode, len(points))
     for trial in ranked:  # best first
-        label = TrialRecord.of(trial).label
-        method = label.split(" ")[0]
-        if method not in chosen:
-            chosen[method] = Point(f"{method} (tuned: {label})", trial_spec(trial) or {})
+        spec = trial_spec(trial) or {}
+        method = spec.get("name")
+        if method is not None and method not in chosen:
+            label = Label(Role.COMPARE, f"{method} (tuned: {TrialRecord.of(trial).name})",
+                          preset=method)
+            chosen[method] = Point(label, spec)
     return chosen
 
 
 def best_point(config: StudyConfig) -> Point:
     """The study's winner (confirmed when the confirmation runs exist) as a point."""
-    from metasam.tuning.export import best_optimizer
-
     data = best_optimizer(config)
-    return Point(f"best (trial {data['trial']}: {data['name']})", data["spec"] or {},
+    label = Label(Role.COMPARE, f"best (trial {data['trial']}: {data['name']})",
+                  preset=(data["spec"] or {}).get("name"), trial=data["trial"])
+    return Point(label, data["spec"] or {},
                  {k: v for k, v in data["base_optimizer"].items()
                   if k in ("lr", "weight_decay", "momentum")
                   and getattr(config.train, k) != v})
@@ -75,11 +78,13 @@ def best_point(config: StudyConfig) -> Point:
 
 def compare_config(config: StudyConfig, seeds: int, methods: dict[str, Point],
                    sharpness_every: int | None = None) -> StudyConfig:
+    """The points-only study of the comparison: every method × every seed; each run's label
+    names its method (the key of ``methods``) and its seed as the instance."""
     points = []
     for seed in range(seeds):
         for method, point in methods.items():
-            points.append(Point(f"{method}/seed{seed}", point.spec,
-                                {**point.train, "seed": config.seed + seed}))
+            label = Label(Role.COMPARE, method, point.label.preset, instance=seed)
+            points.append(Point(label, point.spec, {**point.train, "seed": config.seed + seed}))
     every = sharpness_every if sharpness_every is not None else max(1, config.train.epochs // 4)
     return config.derived("compare", points, metric="test_acc", mode="max", cost_weight=0.0,
                           train_changes={
@@ -95,7 +100,5 @@ def run_compare(config: StudyConfig, seeds: int = 4, *, tuned_baselines: bool = 
     tuned = tune_baselines(config, address, verbose) if tuned_baselines else None
     methods = {"best": best_point(config), **baseline_points(config, tuned)}
     comparison = compare_config(config, seeds, methods, sharpness_every)
-    from metasam.tuning.runner import tune_study
-
     tune_study(comparison, address=address, verbose=verbose, record_history=True)
     return comparison

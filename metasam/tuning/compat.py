@@ -14,7 +14,13 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import BaseHeartbeat  # no public home in Optuna
+
+from metasam.errors import ConfigError
+
+__all__ = ["BaseHeartbeat", "asha_forget", "check", "heartbeat_backend", "ray_current_cluster_file",
+           "reseed_sampler", "search_study", "search_trials", "stale_trial_ids",
+           "study_id", "study_storage", "trial_id"]
 
 
 def study_storage(study: optuna.Study) -> BaseStorage:
@@ -65,6 +71,20 @@ def ray_current_cluster_file() -> Path | None:
     return Path(get_ray_address_file(None))
 
 
+def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
+    """Re-seed an Optuna sampler's random state (and that of its inner random sampler, TPE's
+    start-up draws): Optuna seeds a sampler only when it is created."""
+    sampler._rng.rng.seed(seed)  # type: ignore[attr-defined]
+    inner = getattr(sampler, "_random_sampler", None)
+    if inner is not None:
+        inner._rng.rng.seed(seed)
+
+
+def asha_forget(scheduler: Any, trial_id: str) -> None:
+    """Drop a trial from Ray's ASHA bookkeeping (its rungs never see it)."""
+    scheduler._trial_info.pop(trial_id, None)
+
+
 _checked = False
 
 
@@ -85,9 +105,21 @@ def check() -> None:
     search = OptunaSearch(metric="m", mode="max")
     missing += [f"OptunaSearch.{n}" for n in ("_ot_study", "_ot_trials")
                 if not hasattr(search, n)]
+    from ray.tune.schedulers import ASHAScheduler
+
+    if not hasattr(ASHAScheduler(metric="m", mode="max"), "_trial_info"):
+        missing.append("ASHAScheduler._trial_info")
+    for cls in (optuna.samplers.TPESampler, optuna.samplers.RandomSampler):
+        sampler = cls(seed=0)
+        if not hasattr(getattr(sampler, "_rng", None), "rng"):
+            missing.append(f"{cls.__name__}._rng.rng")
+    inner = getattr(optuna.samplers.TPESampler(seed=0), "_random_sampler", None)
+    if not hasattr(getattr(inner, "_rng", None), "rng"):
+        missing.append("TPESampler._random_sampler._rng.rng")
     if missing:
-        raise ValueError(f"optuna {optuna.__version__} / ray {_ray_version()}: missing "
-                           f"{', '.join(missing)}; allowed: the versions pyproject.toml names")
+        raise ConfigError("installed packages", f"optuna {optuna.__version__} / ray "
+                          f"{_ray_version()} lack {', '.join(missing)}",
+                          "the versions pyproject.toml names")
     _checked = True
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import optuna
@@ -29,61 +30,71 @@ from optuna.trial import FrozenTrial, TrialState
 
 from metasam.family import presets
 from metasam.stats import Summary, welch_greater
+from metasam.tuning.protocol import Label, Point, Role
 from metasam.tuning.record import TrialRecord
-from metasam.tuning.space import Point, describe_spec
-from metasam.tuning.storage import best_trials, load_study, trial_spec, trial_train
+from metasam.tuning.runner import tune_study
+from metasam.tuning.storage import (
+    StudyNotFoundError,
+    best_trials,
+    census,
+    load_study,
+    trial_spec,
+    trial_train,
+)
 from metasam.tuning.study import StudyConfig
 
 ALPHA = 0.05
 SUFFIX = "confirm"
 
 
+class Pick(str, Enum):
+    """Why a finalist is in the confirmation."""
+
+    TOP = "top"          # one of the top-k full-budget trials
+    PRESET = "preset"    # the best reference preset
+    SGD = "sgd"          # the SGD reference
+
+
 @dataclass(frozen=True)
 class Finalist:
     """A trial of the study chosen for confirmation (``trial`` −1: SGD added from outside)."""
 
-    key: str  # "t12": the confirmation runs' label prefix
     trial: int
     name: str
-    role: str  # "top" (top-k), "preset" (best preset), "sgd"
+    pick: Pick
     tuning_value: float | None
     spec: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def is_sgd(self) -> bool:
+        return self.pick is Pick.SGD or self.spec.get("name") == "sgd"
 
-def display_name(trial: FrozenTrial) -> str:
-    """How a trial is named everywhere: a reference point by its label (``sam``), a preset
-    region's member as the preset with its tuned fields (``sam ρ=0.071``), a universal member
-    as ``universal #N (μ=… φ=… …)``."""
-    label = TrialRecord.of(trial).label
-    if label != "search":
-        return str(label)
-    spec = trial_spec(trial)
-    if not spec:
-        return f"trial #{trial.number}"
-    text = describe_spec(spec)  # a preset region's member reads as the tuned preset
-    return text if spec.get("name") in presets.NAMES else f"universal #{trial.number} ({text})"
+    def run_label(self, instance: int) -> Label:
+        """The label of its confirmation run on ``instance``."""
+        return Label(Role.CONFIRM, self.name, self.spec.get("name"), self.trial, instance)
 
 
 def _is_preset_point(trial: FrozenTrial) -> bool:
-    return TrialRecord.of(trial).label in presets.NAMES
+    return TrialRecord.of(trial).label.is_reference()
 
 
 def finalists(config: StudyConfig, study: optuna.Study | None = None) -> list[Finalist]:
     """The study's finalists: the top-k full-budget trials, the best preset and SGD."""
     study = study or config.load_study()
     ranked = best_trials(study, config.mode, len(study.trials))
-    chosen: list[tuple[FrozenTrial, str]] = [(t, "top") for t in ranked[:config.confirm["top_k"]]]
+    chosen: list[tuple[FrozenTrial, Pick]] = [(t, Pick.TOP)
+                                              for t in ranked[:config.confirm["top_k"]]]
     preset = next((t for t in ranked if _is_preset_point(t)
-                   and TrialRecord.of(t).label != "sgd"), None)
-    sgd = next((t for t in ranked if TrialRecord.of(t).label == "sgd"), None)
-    for trial, role in ((preset, "preset"), (sgd, "sgd")):
+                   and not TrialRecord.of(t).label.is_reference("sgd")), None)
+    sgd = next((t for t in ranked if TrialRecord.of(t).label.is_reference("sgd")), None)
+    for trial, pick in ((preset, Pick.PRESET), (sgd, Pick.SGD)):
         if trial is not None and all(trial.number != t.number for t, _ in chosen):
-            chosen.append((trial, role))
-    out = [Finalist(f"t{t.number}", t.number, display_name(t), role, t.value,
-                    trial_spec(t) or {}, trial_train(t)) for t, role in chosen]
+            chosen.append((trial, pick))
+    out = [Finalist(t.number, TrialRecord.of(t).name, pick, t.value,
+                    trial_spec(t) or {}, trial_train(t)) for t, pick in chosen]
     if sgd is None:  # a space without the SGD preset: confirm against it anyway
-        out.append(Finalist("sgd", -1, "sgd", "sgd", None, presets.sgd().to_dict()))
+        out.append(Finalist(-1, "sgd", Pick.SGD, None, presets.sgd().to_dict()))
     return out
 
 
@@ -92,7 +103,7 @@ def confirmation_config(config: StudyConfig, chosen: list[Finalist]) -> StudyCon
     points = []
     for s in range(config.confirm["seeds"]):
         for f in chosen:
-            points.append(Point(f"{f.key}/seed{s + 1}", f.spec,
+            points.append(Point(f.run_label(s + 1), f.spec,
                                 {**f.train, "seed": config.seed + 1 + s}))
     return config.derived(SUFFIX, points, metric=config.metric, mode=config.mode,
                           train_changes={"test": "none"})
@@ -105,22 +116,17 @@ def run_confirmation(config: StudyConfig, *, address: str | None = None,
     if config.confirm["top_k"] == 0 or config.confirm["seeds"] == 0:
         return None
     chosen = finalists(config)
-    if not [f for f in chosen if f.role != "sgd"]:
+    if not [f for f in chosen if f.pick is not Pick.SGD]:
         return None
-    from metasam.tuning.runner import tune_study
-
     confirmation = confirmation_config(config, chosen)
     # A study that grew (--trials) may have new finalists: the runs of former ones stay in the
     # storage and count towards the target, so the target grows by their number.
     try:
-        from metasam.tuning.storage import census
-
-        wanted = {p.label for p in confirmation.space.points}
-        former = [t for t in census(load_study(config.storage, confirmation.name)).counted
-                  if TrialRecord.of(t).point not in wanted]
-        confirmation.trials += len(former)
-    except ValueError:
-        pass  # no confirmation runs yet
+        runs = census(load_study(config.storage, confirmation.name)).counted
+    except StudyNotFoundError:
+        runs = []  # no confirmation runs yet
+    wanted = {p.label for p in confirmation.space.points}
+    confirmation.trials += sum(TrialRecord.of(t).label not in wanted for t in runs)
     tune_study(confirmation, address=address, verbose=verbose, check_data=False)
     return confirmation
 
@@ -208,13 +214,13 @@ def confirmed_verdict(config: StudyConfig, study: optuna.Study | None = None
     ``study`` is the study itself when the caller has it loaded already."""
     try:
         confirmation = load_study(config.storage, f"{config.name}.{SUFFIX}")
-    except ValueError:
+    except StudyNotFoundError:
         return None
-    chosen = {f.key: f for f in finalists(config, study)}
-    values: dict[str, list[float]] = {key: [] for key in chosen}
+    chosen = {f.trial: f for f in finalists(config, study)}
+    values: dict[int, list[float]] = {key: [] for key in chosen}
     for trial in confirmation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         rec = TrialRecord.of(trial)
-        key = str(rec.point or "").partition("/seed")[0]
+        key = rec.label.trial
         if key in values and rec.full_budget and trial.value is not None:
             values[key].append(float(trial.value))
     return verdict_of([Standing(chosen[k], v) for k, v in values.items() if v], config.mode)
@@ -228,8 +234,7 @@ def verdict_of(standings: list[Standing], mode: str) -> Verdict | None:
     sign = 1.0 if mode == "max" else -1.0
     standings = sorted(standings, key=lambda st: (-sign * st.summary.mean, st.finalist.trial))
     winner = standings[0]  # SGD included: if nothing beats it, SGD is the honest winner
-    sgd = next((st for st in standings if st.finalist.role == "sgd"
-                or st.finalist.name == "sgd"), None)
+    sgd = next((st for st in standings if st.finalist.is_sgd), None)
     preset = next((st for st in standings if st.finalist.name in presets.NAMES
                    and st.finalist.name != "sgd"), None)
 

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from metasam.errors import ConfigError
 from metasam.tuning.record import TrialRecord
 
 
@@ -37,7 +38,6 @@ class FrontPoint:
 def pareto_front(study: optuna.Study, metric: str, mode: str) -> list[FrontPoint]:
     """The full-budget trials no other full-budget trial beats on both the metric and the
     gradient evaluations, cheapest first."""
-    from metasam.tuning.confirm import display_name
 
     points = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -45,7 +45,7 @@ def pareto_front(study: optuna.Study, metric: str, mode: str) -> list[FrontPoint
         value, evals = rec.result(metric), rec.result("grad_evals")
         if rec.counts and rec.full_budget and value is not None and evals is not None:
             points.append(FrontPoint(trial.number, float(value), int(evals),
-                                     display_name(trial)))
+                                     TrialRecord.of(trial).name))
     better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
     front = []
     for p in sorted(points, key=lambda p: (p.grad_evals, -p.value if mode == "max" else p.value,
@@ -60,7 +60,8 @@ def pick(front: list[FrontPoint], max_cost: float) -> FrontPoint:
     affordable = [p for p in front if p.grad_evals <= max_cost]
     if not affordable:
         cheapest = front[0].grad_evals if front else None
-        raise ValueError(f"--max-cost: no full-budget trial costs at most {max_cost:g} "
-                         f"gradient evaluations; allowed: ≥ {cheapest} (the cheapest on the "
-                         "front)" if front else "--max-cost: the study has no full-budget trial")
+        if not front:
+            raise ConfigError("--max-cost", "the study has no full-budget trial")
+        raise ConfigError("--max-cost", f"no full-budget trial costs at most {max_cost:g} "
+                          "gradient evaluations", f"≥ {cheapest} (the cheapest on the front)")
     return affordable[-1]  # the front improves with cost

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from metasam.errors import ConfigError
 from metasam.optim.loading import FORMAT
+from metasam.training.trainer import base_of
+from metasam.tuning.confirm import confirmed_verdict
+from metasam.tuning.cost import pareto_front, pick
+from metasam.tuning.record import TrialRecord
+from metasam.tuning.storage import best_trials, trial_spec, trial_train
+from metasam.tuning.study import StudyConfig
 
 
-def best_optimizer(config: Any, max_cost: float | None = None) -> dict[str, Any]:
+def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[str, Any]:
     """The study's winner as an exportable dict: the spec, the base optimizer and its schedule,
     and where it came from.
 
@@ -18,22 +25,15 @@ def best_optimizer(config: Any, max_cost: float | None = None) -> dict[str, Any]
     trial at full budget, marked ``confirmed: null``. With ``max_cost`` it is the best trial of
     the Pareto front of the metric against gradient evaluations that costs at most that many
     (:mod:`metasam.tuning.cost`), under ``front`` the whole front."""
-    from metasam.training.trainer import base_of
-    from metasam.tuning.confirm import confirmed_verdict, display_name
-    from metasam.tuning.record import TrialRecord
-    from metasam.tuning.storage import best_trials, trial_spec, trial_train
-
     study = config.load_study()
     verdict = confirmed_verdict(config, study) if max_cost is None else None
     front = None
     if max_cost is not None:
-        from metasam.tuning.cost import pareto_front, pick
-
         front = pareto_front(study, config.metric, config.mode)
         chosen = pick(front, max_cost)
         trial = study.trials[chosen.number]
         spec, overrides, number = trial_spec(trial), trial_train(trial), trial.number
-        name, value = display_name(trial), chosen.value
+        name, value = TrialRecord.of(trial).name, chosen.value
     elif verdict is not None:
         f = verdict.winner.finalist
         spec, overrides, number, name = f.spec, f.train, f.trial, f.name
@@ -42,11 +42,12 @@ def best_optimizer(config: Any, max_cost: float | None = None) -> dict[str, Any]
     else:
         best = best_trials(study, config.mode, 1)
         if not best:
-            raise ValueError(f"study {config.name!r} has no trial that finished its full budget "
-                             "yet")
+            raise ConfigError("study", f"{config.name!r} has no trial that finished its full "
+                              "budget yet", "a study with a full-budget trial (run `metasam "
+                              "tune` first)", str(config.path))
         trial = best[0]
         spec, overrides, number = trial_spec(trial), trial_train(trial), trial.number
-        name, value = display_name(trial), trial.value
+        name, value = TrialRecord.of(trial).name, trial.value
     train = config.train.replace(**overrides)
     rec = TrialRecord.of(trial) if trial is not None else None
     return {
@@ -57,7 +58,7 @@ def best_optimizer(config: Any, max_cost: float | None = None) -> dict[str, Any]
         "schedule": {"name": train.schedule, "epochs": train.epochs,
                      "milestones": train.resolved_milestones(), "gamma": train.gamma},
         "batch_size": train.batch_size,
-        "study": config.name, "trial": number, "label": rec.label if rec else name,
+        "study": config.name, "trial": number, "label": rec.name if rec else name,
         "metric": config.metric, "mode": config.mode, "value": value,
         "epochs": rec.epochs if rec and rec.epochs is not None else train.epochs,
         "passes_per_step": rec.passes_per_step if rec else None,

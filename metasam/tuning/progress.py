@@ -11,6 +11,8 @@ from typing import Any, TextIO
 import optuna
 from ray.tune import ProgressReporter
 
+from metasam.tuning.naming import describe_spec
+from metasam.tuning.protocol import Label
 from metasam.tuning.storage import census
 
 
@@ -60,10 +62,12 @@ class StudyReporter(ProgressReporter):
 
     def _describe(self, trial: Any) -> str:
         config = trial.config or {}
-        label = config.get("label", trial.trial_id)
-        if label == "search" and isinstance(config.get("spec"), dict):
-            from metasam.tuning.space import describe_spec
-
+        raw = config.get("label")
+        if raw is None:
+            label = str(trial.trial_id)
+        elif Label.from_dict(raw).is_point or not isinstance(config.get("spec"), dict):
+            label = Label.from_dict(raw).method or str(trial.trial_id)
+        else:
             label = describe_spec(config["spec"])
         result = trial.last_result or {}
         epoch = result.get("epoch")

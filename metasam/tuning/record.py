@@ -14,24 +14,26 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from metasam.family import presets
+from metasam.tuning.naming import describe_spec
+from metasam.tuning.protocol import RESULT_KEYS, SEARCH, Label, Point, Status, TrialOutcome
+
 # The user attributes, by meaning.
-POINT = "point"              # label of an enqueued point (reference points, retries, warm starts)
+POINT = "point"              # the enqueued point's unique key (Label.key): de-duplication only
 SPEC = "spec"                # the spec, JSON
 TRAIN = "train"              # training overrides, JSON
-LABEL = "label"              # the point's label, or "search" for a sampled trial
+LABEL = "label"              # the structured label (Label.to_dict), JSON
 MEMBER = "member"            # the family member a searched trial sampled
 REPAIRED = "repaired"        # how a sampled member was made a penalty
 WORKER = "worker"            # the `metasam tune` process that runs it
 EPOCHS = "epochs"            # epochs reached
 FULL_BUDGET = "full_budget"  # its value was reached at the full budget
-STATUS = "status"            # completed, stopped, diverged, failed
+STATUS = "status"            # a Status value
 REASON = "reason"            # why it stopped or failed
 INTERRUPTED = "interrupted"  # its worker died; it was re-enqueued
 SURPLUS = "surplus"          # asked for after the study was full; never run
 RETRY_OF = "retry_of"        # the number of the interrupted trial it re-runs
 HISTORY = "history"          # per-epoch metrics, JSON (comparison runs)
-RESULT_KEYS = ("passes_per_step", "grad_evals", "wall_time", "history", "test_acc",
-               "test_loss", "val_acc", "val_loss")  # copied from the trial's final result
 
 
 def _attr(key: str, doc: str) -> Any:
@@ -70,16 +72,27 @@ class TrialRecord:
         return self.trial.user_attrs.get(key, default)
 
     @property
-    def label(self) -> str:
-        """The point's label, ``"search"`` for a sampled trial."""
-        return str(self._get(LABEL, self._get(POINT, "search")))
+    def label(self) -> Label:
+        """The trial's structured label (:data:`~metasam.tuning.protocol.SEARCH` for a sampled
+        trial before it started)."""
+        return label_of(self.trial.user_attrs)
 
-    point = _attr(POINT, "the enqueued point's label")
+    @property
+    def name(self) -> str:
+        """How the trial is named everywhere (see :func:`display_name`)."""
+        return display_name(self)
+
+    point = _attr(POINT, "the enqueued point's unique key (Label.key)")
     member = _attr(MEMBER, "the family member a searched trial sampled")
     repaired = _attr(REPAIRED, "how a sampled member was made a penalty")
     worker = _attr(WORKER, "the `metasam tune` process that ran it")
     epochs = _attr(EPOCHS, "epochs reached")
-    status = _attr(STATUS, "completed, stopped, diverged or failed")
+    @property
+    def status(self) -> Status | None:
+        """How it ended (``None`` while it runs)."""
+        raw = self._get(STATUS)
+        return Status(raw) if raw is not None else None
+
     reason = _attr(REASON, "why it stopped or failed")
     retry_of = _attr(RETRY_OF, "the number of the interrupted trial it re-runs")
     passes_per_step = _attr("passes_per_step", "forward/backward passes per step")
@@ -89,7 +102,7 @@ class TrialRecord:
 
     @property
     def is_point(self) -> bool:
-        return self.label != "search"
+        return self.label.is_point
 
     @property
     def spec(self) -> dict[str, Any] | None:
@@ -120,14 +133,40 @@ class TrialRecord:
                               TrialState.WAITING)
 
 
-def point_attrs(label: str, spec: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+def label_of(attrs: dict[str, Any]) -> Label:
+    """The label recorded in a trial's user attributes (a sampled trial that has not started
+    has none yet: :data:`SEARCH`)."""
+    text = attrs.get(LABEL)
+    if text is None:
+        return SEARCH
+    if isinstance(text, str) and not text.startswith("{"):
+        return Label.legacy(text, presets.NAMES)
+    return Label.from_dict(json.loads(text) if isinstance(text, str) else text)
+
+
+def display_name(rec: TrialRecord) -> str:
+    """How a trial is named everywhere: a fixed point by its label's method (``sam``, ``sam
+    ρ=0.071``), a sampled preset region's member as the preset with its tuned fields, a
+    sampled universal member as ``universal #N (μ=… φ=… …)``."""
+    label = rec.label
+    if label.is_point:
+        return label.method
+    spec = rec.spec
+    if not spec:
+        return f"trial #{rec.number}"
+    text = describe_spec(spec)  # a preset region's member reads as the tuned preset
+    return text if spec.get("name") in presets.NAMES else f"universal #{rec.number} ({text})"
+
+
+def point_attrs(point: Point) -> dict[str, Any]:
     """The attributes of an enqueued point."""
-    return {POINT: label, SPEC: json.dumps(spec), TRAIN: json.dumps(train)}
+    return {POINT: point.label.key, LABEL: json.dumps(point.label.to_dict()),
+            SPEC: json.dumps(point.spec), TRAIN: json.dumps(point.train)}
 
 
-def start_attrs(worker: str, config: dict[str, Any], has_spec: bool) -> dict[str, Any]:
+def start_attrs(config: dict[str, Any], has_spec: bool) -> dict[str, Any]:
     """What the searcher records when a trial starts (``config`` is the sampled Ray config)."""
-    attrs: dict[str, Any] = {LABEL: config["label"]}
+    attrs: dict[str, Any] = {LABEL: json.dumps(config["label"])}
     if "member" in config:
         attrs[MEMBER] = config["member"]
     if not has_spec:
@@ -136,17 +175,14 @@ def start_attrs(worker: str, config: dict[str, Any], has_spec: bool) -> dict[str
     return attrs
 
 
-def outcome_attrs(result: dict[str, Any], epochs_budget: int, error: bool) -> dict[str, Any]:
+def outcome_attrs(outcome: TrialOutcome) -> dict[str, Any]:
     """What the searcher records when a trial ends: its budget, status and final result."""
-    status = result.get("status", "failed" if error else "stopped")
-    epochs = int(result.get("epoch", 0) or 0)
-    full = status == "completed" and epochs >= epochs_budget
-    if status == "running":
-        status = "stopped"  # ASHA stopped it early
-    attrs: dict[str, Any] = {STATUS: status, EPOCHS: epochs, FULL_BUDGET: full}
-    attrs.update({key: result[key] for key in RESULT_KEYS if key in result})
-    if "reason" in result:
-        attrs[REASON] = result["reason"]
-    elif error:
-        attrs[REASON] = "the trial raised an error (see the Ray logs of this study)"
+    attrs: dict[str, Any] = {STATUS: outcome.status.value, EPOCHS: outcome.epochs,
+                             FULL_BUDGET: outcome.full_budget, **outcome.metrics}
+    if outcome.reason is not None:
+        attrs[REASON] = outcome.reason
     return attrs
+
+
+__all__ = ["RESULT_KEYS", "TrialRecord", "display_name", "label_of", "outcome_attrs",
+           "point_attrs", "start_attrs"]

@@ -9,15 +9,17 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from metasam.errors import ConfigError
 from metasam.tuning.cost import cost_score
+from metasam.tuning.protocol import Label, Point, Role, Status
 from metasam.tuning.record import TrialRecord
-from metasam.tuning.space import Point
 from metasam.tuning.storage import (
+    Census,
     census,
     enqueue_points,
     load_study,
@@ -47,7 +49,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
     try:
         cfg = TrainConfig.from_dict({**base, **config["train"], "spec": config["spec"]})
     except Exception as err:
-        tune.report({objective: worst, "epoch": 0, "status": "failed",
+        tune.report({objective: worst, "epoch": 0, "status": Status.FAILED.value,
                      "reason": f"invalid trial config: {err}"})
         return
     epochs = cfg.epochs
@@ -56,21 +58,22 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
 
     def report(metrics: dict[str, Any]) -> None:
         history.append(metrics)
-        status = "completed" if metrics["epoch"] >= epochs else "running"
-        extra = {"history": json.dumps(history)} if status == "completed" and record_history \
-            else {}
+        status = Status.COMPLETED if metrics["epoch"] >= epochs else Status.RUNNING
+        extra = {"history": json.dumps(history)} \
+            if status is Status.COMPLETED and record_history else {}
         if cost_weight > 0 and metric in metrics:
             extra[COST_SCORE] = cost_score(metrics, metric, mode, cost_weight)
-        tune.report({**metrics, "status": status, "passes_per_step": passes, **extra})
+        tune.report({**metrics, "status": status.value, "passes_per_step": passes, **extra})
 
     try:
         result = train(cfg, report=report)
     except Exception as err:  # recorded as a failed trial with its reason; the study goes on
-        tune.report({objective: worst, "epoch": 0, "status": "failed",
+        tune.report({objective: worst, "epoch": 0, "status": Status.FAILED.value,
                      "reason": f"{type(err).__name__}: {err}"})
         return
-    if result["status"] == "diverged":
-        tune.report({objective: worst, "epoch": result["epochs"], "status": "diverged",
+    if Status(result["status"]) is Status.DIVERGED:
+        tune.report({objective: worst, "epoch": result["epochs"],
+                     "status": Status.DIVERGED.value,
                      "reason": result["reason"], "passes_per_step": passes,
                      "grad_evals": result.get("grad_evals", 0)})
 
@@ -78,7 +81,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     from metasam.tuning.sampler import make_sampler
 
-    return make_sampler(config.sampler["type"], config.seed, config.sampler["startup_trials"])
+    return make_sampler(config.sampler.type, config.seed, config.sampler.startup_trials)
 
 
 def warm_start_points(other: StudyConfig, top_k: int) -> list[Point]:
@@ -90,9 +93,12 @@ def warm_start_points(other: StudyConfig, top_k: int) -> list[Point]:
     for trial in best_trials(study, other.mode, top_k):
         spec = trial_spec(trial)
         if spec is not None:
-            points.append(Point(f"warm:{other.name}#{trial.number}", spec, trial_train(trial)))
+            method = f"{other.name}#{trial.number}"
+            points.append(Point(Label(Role.WARM, method, preset=spec.get("name")), spec,
+                                trial_train(trial)))
     if not points:
-        raise ValueError(f"--warm-start: study {other.name!r} has no full-budget trial yet")
+        raise ConfigError("--warm-start", f"study {other.name!r} has no full-budget trial yet",
+                          "a study with at least one trial at full budget")
     return points
 
 
@@ -131,7 +137,7 @@ def _check_resources(config: StudyConfig, joined: bool) -> None:
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
-def _resume_summary(study: optuna.Study, state: Any) -> str:
+def _resume_summary(study: optuna.Study, state: Census) -> str:
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     retries = sorted(r.retry_of for r in map(TrialRecord.of, waiting) if r.retry_of is not None)
     text = (f"{state.finished} finished trials kept ({state.complete} complete, "
@@ -176,63 +182,41 @@ def listening(address: str) -> bool:
         return False
 
 
-def _meta_started(config: StudyConfig, study: Any, meta: dict[str, Any]
-                  ) -> tuple[StudyConfig, list[Point]]:
-    """``config`` sampling the preset regions within the similar priors' boxes on a share
-    ``meta["box"]`` of its trials (the whole space on the rest), and the portfolio."""
-    import dataclasses
+@dataclass(frozen=True)
+class TuneResult:
+    """What one :func:`tune_study` call did: where the study stands, how many trials this call
+    finished, and how many unfinished ones it gave back (Ctrl-C, a Ray failure)."""
 
-    from metasam.meta.knowledge import load_priors
-    from metasam.meta.transfer import plan_transfer
-    from metasam.tuning.space import SearchSpace
+    study: str
+    census: Census
+    ran: int = 0
+    released: int = 0
+    target: int = 0
 
-    records = load_priors(list(meta["from"]), "meta.from (or --meta)")
-    plan = plan_transfer(config, study, records, int(meta.get("k", 3)))
-    box = float(meta.get("box", 0.5))
-    boxed = config.space.search is not None and bool(plan.boxes) and box > 0
-    if boxed:
-        search = {**config.space.search, "box": plan.boxes, "box_p": box}
-        config = dataclasses.replace(config, space=SearchSpace(
-            config.space.name, config.space.points, search, config.space.source))
-    # also with --quiet: what the study takes from its priors is a fact, not progress
-    tasks = sorted(plan.similarity)
-    text = (f"study {config.name}: learning from {len(tasks)} prior task(s); similar: "
-            f"{', '.join(plan.similar) or 'none'}; portfolio: "
-            f"{', '.join(p.label.removeprefix('meta:') for p in plan.points) or 'none'}")
-    if boxed:
-        text += (f"; {box:.0%} of region trials within the winners' boxes of "
-                 f"{', '.join(sorted(plan.boxes))}")
-    print(text, file=sys.stderr, flush=True)
-    return config, plan.points
+    @property
+    def done(self) -> bool:
+        """Has the study all its finished trials?"""
+        return self.census.finished >= self.target
 
 
 def tune_study(config: StudyConfig, *, address: str | None = None,
-               warm_start: StudyConfig | None = None, top_k: int = 3,
-               meta: dict[str, Any] | None = None,
+               first: list[Point] | None = None,
                verbose: int = 1, check_data: bool = True,
-               record_history: bool = False) -> dict[str, Any]:
+               record_history: bool = False) -> TuneResult:
     """Run (or resume, or join) a study until it has ``config.trials`` finished trials.
 
-    ``meta`` (default: the study file's ``meta`` section) starts it from prior studies:
-    ``{"from": [study files, configs or knowledge files], "k": K, "box": P}``
-    (:mod:`metasam.meta.transfer`)."""
+    ``first`` are points to evaluate before the space's own (a warm start, a meta-learned
+    portfolio); like every point they are enqueued once per study."""
     if check_data:
         config.check_data()
     storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
     study = open_study(storage, config.name, config.mode)
     config.check_definition(study, record=True)
-    points = list(config.space.points)
-    if warm_start is not None:
-        points = warm_start_points(warm_start, top_k) + points
-    meta = meta if meta is not None else config.meta
-    if meta:
-        config, portfolio = _meta_started(config, study, meta)
-        if not census(study).counted:  # a new study: its portfolio first
-            points = portfolio + points
+    points = list(first or []) + list(config.space.points)
     enqueue_points(study, points, config.trials)
     before = census(study)
     if not before.waiting and len(before.counted) >= config.trials and not before.running:
-        return {"study": config.name, "census": before, "ran": 0}
+        return TuneResult(config.name, before, target=config.trials)
     if before.finished or before.interrupted:  # also with --quiet: not progress, a fact
         print(f"study {config.name}: resuming: {_resume_summary(study, before)}",
               file=sys.stderr, flush=True)
@@ -302,5 +286,5 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
         if started_ray:
             ray.shutdown()
     after = census(study)
-    return {"study": config.name, "census": after, "ran": after.finished - before.finished,
-            "released": released}
+    return TuneResult(config.name, after, after.finished - before.finished, released,
+                      target=config.trials)

@@ -19,6 +19,8 @@ from typing import Any
 import optuna
 from optuna.samplers import RandomSampler, TPESampler
 
+from metasam.tuning import compat
+
 
 def trial_seed(study_seed: int, number: int) -> int:
     """The seed of trial ``number`` of a study seeded ``study_seed``."""
@@ -35,11 +37,7 @@ class _TrialSeeded:
         self.study_seed = study_seed
 
     def before_trial(self, study: optuna.Study, trial: Any) -> None:
-        seed = trial_seed(self.study_seed, trial.number)
-        self._rng.rng.seed(seed)  # type: ignore[attr-defined]
-        inner = getattr(self, "_random_sampler", None)
-        if inner is not None:
-            inner._rng.rng.seed(seed)
+        compat.reseed_sampler(self, trial_seed(self.study_seed, trial.number))  # type: ignore[arg-type]
         super().before_trial(study, trial)  # type: ignore[misc]
 
 

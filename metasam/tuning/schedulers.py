@@ -23,6 +23,9 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from metasam.tuning import compat
+from metasam.tuning.protocol import Label
+
 AUTO_RUNG_FRACTION = 0.75
 
 
@@ -33,7 +36,8 @@ def auto_grace_period(epochs: int, reduction_factor: float) -> int:
 
 
 def _is_reference(trial: Any) -> bool:
-    return trial.config.get("label", "search") != "search"
+    label = trial.config.get("label")
+    return label is not None and Label.from_dict(label).is_point
 
 
 class ReferencePointsASHA(ASHAScheduler):
@@ -47,6 +51,6 @@ class ReferencePointsASHA(ASHAScheduler):
         # recorded in; for a reference point that would put full-budget values into the
         # early rungs, against which searched trials are judged at a fraction of the budget.
         if _is_reference(trial):
-            self._trial_info.pop(trial.trial_id, None)
+            compat.asha_forget(self, trial.trial_id)
             return
         super().on_trial_complete(tune_controller, trial, result)

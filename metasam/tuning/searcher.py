@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from metasam.tuning import compat, record
 from metasam.tuning.compat import search_study, search_trials
+from metasam.tuning.protocol import Status, TrialOutcome
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import SearchSpace
 from metasam.tuning.storage import census, requeue, sweep_stale
@@ -123,7 +124,7 @@ class StudySearcher(Searcher):
         except Exception as err:  # an invalid sampled combination: record it, try again
             ot_trial = search_trials(self.inner).pop(trial_id, None)
             if ot_trial is not None:
-                ot_trial.set_user_attr(record.STATUS, "failed")
+                ot_trial.set_user_attr(record.STATUS, Status.FAILED.value)
                 ot_trial.set_user_attr(record.REASON, f"sampling failed: {err}")
                 self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             logger.warning("could not sample a trial: %s", err)
@@ -137,8 +138,7 @@ class StudySearcher(Searcher):
             self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             del search_trials(self.inner)[trial_id]
             return None
-        for key, value in record.start_attrs(self.worker, config,
-                                             record.SPEC in ot_trial.user_attrs).items():
+        for key, value in record.start_attrs(config, record.SPEC in ot_trial.user_attrs).items():
             ot_trial.set_user_attr(key, value)
         with self._lock:
             self._active[trial_id] = compat.trial_id(ot_trial)
@@ -161,7 +161,7 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if (trial_id in search_trials(self.inner) and self.metric in result
-                and result.get("status") in ("running", "completed")):
+                and result.get("status") in (Status.RUNNING.value, Status.COMPLETED.value)):
             self.inner.on_trial_result(trial_id, result)  # intermediate values, per epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -172,9 +172,8 @@ class StudySearcher(Searcher):
         if ot_trial is None:
             return
         result = result or {}
-        attrs = record.outcome_attrs(result, self.epochs, error)
-        for key, value in attrs.items():
+        outcome = TrialOutcome.of_result(result, self.epochs, error)
+        for key, value in record.outcome_attrs(outcome).items():
             ot_trial.set_user_attr(key, value)
-        status = attrs[record.STATUS]
-        failed = error or status in ("diverged", "failed")
+        failed = error or outcome.status.failed
         self.inner.on_trial_complete(trial_id, None if failed else result, error=failed)

@@ -38,19 +38,20 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metasam import _checks, _config
 from metasam.errors import ConfigError, SpecError, ValidationError
 from metasam.family import presets
-from metasam.family.measures import KINDS, Measure
-from metasam.family.monotone import repair_penalty
+from metasam.family.measures import KINDS
 from metasam.family.psi import Psi
-from metasam.family.spec import LAM_SCALES, SharpnessSpec
+from metasam.family.spec import LAM_SCALES
 from metasam.tuning import record
-from metasam.tuning.regions import MEMBERS, sample_region
+from metasam.tuning.protocol import SEARCH, Label, Point, Role
+from metasam.tuning.regions import MEMBERS
+from metasam.tuning.sampling import Range, RegionBoxes, sample_search
 
 # every kind but SSAM's, whose Fisher mask the search does not tune (SSAM is a preset region)
 SEARCH_KINDS = tuple(k for k in KINDS if k != "sparse_ascent")
@@ -61,25 +62,6 @@ MEASURE_KEYS = ("scale", "half_width", "adaptive", "eta", "sparsity", "fisher_sa
 ACTIVATIONS = ("tanh", "softplus", "sigmoid")
 
 
-@dataclass(frozen=True)
-class Point:
-    """A fixed trial: a full spec plus training overrides, under a unique label."""
-
-    label: str
-    spec: dict[str, Any]
-    train: dict[str, Any] = field(default_factory=dict)
-
-    def user_attrs(self) -> dict[str, Any]:
-        return record.point_attrs(self.label, self.spec, self.train)
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-    log: bool = False
-
-
 @dataclass
 class SearchSpace:
     """A validated search space; :meth:`sample` is Optuna's define-by-run function."""
@@ -88,6 +70,7 @@ class SearchSpace:
     points: list[Point]
     search: dict[str, Any] | None
     source: str | None = None
+    boxes: RegionBoxes | None = None
 
     # --- reading --------------------------------------------------------------------------
 
@@ -109,7 +92,7 @@ class SearchSpace:
                     points.extend(_read_point(entry))
                 except ValidationError as err:
                     raise err.within(f"points[{i}]") from None
-            labels = [p.label for p in points]
+            labels = [p.label.key for p in points]
             duplicate = next((lb for lb in labels if labels.count(lb) > 1), None)
             if duplicate:
                 raise ConfigError("points", f"point {duplicate!r} appears twice")
@@ -128,17 +111,18 @@ class SearchSpace:
         """Optuna define-by-run: point trials return their stored spec; others sample one.
 
         Returns the constants Ray Tune merges into the trial config: ``spec`` (a spec dict),
-        ``train`` (training overrides) and ``label``.
+        ``train`` (training overrides) and ``label`` (:meth:`Label.to_dict`: Ray's boundary).
         """
         attrs = trial.user_attrs
         if record.SPEC in attrs:
             return {"spec": json.loads(attrs[record.SPEC]),
-                    "train": json.loads(attrs[record.TRAIN]), "label": attrs[record.POINT]}
+                    "train": json.loads(attrs[record.TRAIN]),
+                    "label": record.label_of(attrs).to_dict()}
         if self.search is None:
             raise RuntimeError(f"search space {self.name!r} has no search section: only its "
                                f"{len(self.points)} points can be evaluated")
-        spec, train = sample_search(self.search, trial)
-        return {"spec": spec.to_dict(), "train": train, "label": "search",
+        spec, train = sample_search(self.search, trial, self.boxes)
+        return {"spec": spec.to_dict(), "train": train, "label": SEARCH.to_dict(),
                 "member": spec.name or "universal"}
 
 
@@ -153,7 +137,7 @@ def _read_presets(value: Any) -> list[Point]:
     out = []
     for name in value:
         _checks.choice("presets", name, presets.NAMES)
-        out.append(Point(name, presets.get(name).to_dict()))
+        out.append(Point(Label(Role.REFERENCE, name, preset=name), presets.get(name).to_dict()))
     return out
 
 
@@ -176,8 +160,8 @@ def _read_point(entry: Any) -> list[Point]:
             spec = presets.get(name, **spec_changes)
         except SpecError as err:
             raise ConfigError(err.field, err.problem, err.allowed) from None
-        label = name + "".join(f" {k}={v}" for k, v in values.items())
-        points.append(Point(label, spec.to_dict(), train))
+        method = name + "".join(f" {k}={v}" for k, v in values.items())
+        points.append(Point(Label(Role.POINT, method, preset=name), spec.to_dict(), train))
     return points
 
 
@@ -375,184 +359,3 @@ def _read_phi(data: Any) -> dict[str, Any]:
             "activation": activation,
             "input_scale": _range(f"{where}.input_scale", body.get("input_scale", [0.1, 10.0]),
                                   log=True)}
-
-
-def _suggest(trial: Any, name: str, r: Range) -> float:
-    return trial.suggest_float(name, r.low, r.high, log=r.log)
-
-
-def sample_search(search: dict[str, Any], trial: Any) -> tuple[SharpnessSpec, dict[str, Any]]:
-    """Sample one member of the family (and training overrides) from an Optuna trial.
-
-    Conditional structure: first the member (the universal family or a preset region); for the
-    family, n only for random measures (and n ≥ 2 with the variance form), the adaptive flag
-    only for random measures, φ's blocks per output, ψ among those whose input size matches
-    φ's output count (with the variance form, φ = (p, p²) for one sampled p, so that ψ is the
-    variance of p(D)). A universal member that would reward sharpness is repaired
-    (:func:`~metasam.family.monotone.repair_penalty`) and the trial's ``repaired`` attribute
-    says how.
-    """
-    members = search["members"]
-    member = members[0] if len(members) == 1 else trial.suggest_categorical("member", members)
-    train = {key: _suggest(trial, key, search[key]) for key in ("lr", "weight_decay")
-             if key in search}
-    if member != "universal":
-        box = None
-        if member in search.get("box", {}) and _box_draw(trial) < search.get("box_p", 0.0):
-            box = search["box"][member]
-        spec = sample_region(member, search["region"], search["guard"], trial, box)
-    else:
-        spec, note = repair_penalty(_sample_universal(search, trial))
-        if note and hasattr(trial, "set_user_attr"):
-            trial.set_user_attr(record.REPAIRED, note)
-    if search.get("schedule") is not None and not spec.is_plain:
-        spec = spec.replace(schedule=_sample_schedule(search["schedule"], trial))
-    return spec, train
-
-
-def _box_draw(trial: Any) -> float:
-    """A uniform draw fixed by the trial number: whether a trial samples within the boxes
-    learned from prior studies (``box_p``) or over the whole region."""
-    import random
-
-    return random.Random(1_000_003 * int(getattr(trial, "number", 0)) + 17).random()
-
-
-def _sample_schedule(space: dict[str, Any], trial: Any) -> dict[str, Any]:
-    """A schedule of the sharpness term: late-phase start and every-k (with LookSAM's reuse
-    where k > 1), each dimension only when the space gives it a range."""
-    out: dict[str, Any] = {}
-    if "start" in space:
-        out["start"] = _suggest(trial, "schedule_start", space["start"])
-    if "every" in space:
-        every = space["every"]
-        out["every"] = trial.suggest_int("schedule_every", int(every.low), int(every.high))
-        if out["every"] > 1 and len(space["reuse"]) > 1:
-            out["reuse"] = trial.suggest_categorical("schedule_reuse", space["reuse"])
-        elif out["every"] > 1:
-            out["reuse"] = space["reuse"][0]
-    return out
-
-
-def _sample_universal(search: dict[str, Any], trial: Any) -> SharpnessSpec:
-    kind = trial.suggest_categorical("measure", search["kinds"])
-    random_kind = kind in ("gaussian", "sphere", "box")
-    measure: dict[str, Any] = {"kind": kind}
-    if random_kind:
-        measure["scale"] = "global"
-        if len(search["adaptive"]) > 1:
-            measure["adaptive"] = trial.suggest_categorical("adaptive", search["adaptive"])
-        elif search["adaptive"][0]:
-            measure["adaptive"] = True
-    phi_space = search["phi"]
-    m = trial.suggest_categorical("phi_outputs", phi_space["outputs"])
-    # ψ among those that take m inputs; the variance form needs n ≥ 2 samples, which the
-    # deterministic ascent measures do not have, so they choose from the rest (or "sum").
-    choices = [p for p in search["psi"] if p[2] in (None, m)
-               and (random_kind or p[1]["fn"] != "variance")]
-    if not choices:
-        choices = [("sum", {"fn": "sum"}, None)]
-    name = f"psi_m{m}" if random_kind else f"psi_m{m}_ascent"
-    label = trial.suggest_categorical(name, [p[0] for p in choices])
-    psi = next(p[1] for p in choices if p[0] == label)
-    if psi["fn"] == "variance" and phi_space["kind"] == "polynomial" and m == 2:
-        (p,) = _sample_phi(phi_space, 1, trial)
-        phi = [p, {"fn": "polynomial", "coefficients": _square(p["coefficients"])}]
-    else:
-        phi = _sample_phi(phi_space, m, trial)
-    n = 1
-    if random_kind:
-        low, high = int(search["n"].low), int(search["n"].high)
-        if psi["fn"] == "variance":
-            n = trial.suggest_int("n_variance", max(2, low), max(2, high))
-        else:
-            n = trial.suggest_int("n", low, high)
-    spec = SharpnessSpec(phi=phi, psi=psi, measure=Measure.from_obj(measure), n=n,
-                         rho=_suggest(trial, "rho", search["rho"]),
-                         lam=_suggest(trial, "lam", search["lam"]), d_clip=search["d_clip"],
-                         lam_scale=search["lam_scale"], guard=search["guard"], name="universal")
-    return spec
-
-
-def _square(coefficients: list[float]) -> list[float]:
-    """The coefficients of p(t)² from those of p(t)."""
-    out = [0.0] * (2 * len(coefficients) - 1)
-    for i, a in enumerate(coefficients):
-        for j, b in enumerate(coefficients):
-            out[i + j] += a * b
-    return out
-
-
-def _sample_phi(space: dict[str, Any], m: int, trial: Any) -> list[dict[str, Any]]:
-    if space["kind"] == "polynomial":
-        blocks = []
-        for j in range(m):
-            degree = trial.suggest_int(f"phi{j}_degree", int(space["degree"].low),
-                                       int(space["degree"].high))
-            coefficients = [0.0] + [
-                _suggest(trial, f"phi{j}_c{k}", space["coefficients"])
-                for k in range(1, degree + 1)]
-            blocks.append({"fn": "polynomial", "coefficients": coefficients})
-        return blocks
-    width = trial.suggest_int("mlp_width", int(space["width"].low), int(space["width"].high))
-    activation = trial.suggest_categorical("mlp_activation", space["activation"])
-    scale = _suggest(trial, "mlp_input_scale", space["input_scale"])
-    w = space["weights"]
-    first = [[_suggest(trial, f"mlp_w1_{i}", w)] for i in range(width)]
-    first_bias = [_suggest(trial, f"mlp_b1_{i}", w) for i in range(width)]
-    second = [[_suggest(trial, f"mlp_w2_{j}_{i}", w) for i in range(width)] for j in range(m)]
-    second_bias = [0.0] * m
-    return [{"fn": "mlp", "weights": [first, second], "biases": [first_bias, second_bias],
-             "activation": activation, "input_scale": scale}]
-
-
-def describe_spec(spec: dict[str, Any]) -> str:
-    """A compact one-line summary of a spec dict for tables (a preset region's member reads
-    as the preset with its tuned fields)."""
-    s = SharpnessSpec.from_dict(spec)
-    if s.name in presets.NAMES:
-        return tuned_preset_name(s) + schedule_text(s)
-    phi = "+".join(_short_phi(b) for b in s.phi.to_obj())
-    psi = s.psi.to_obj()["fn"]
-    kind = s.measure.kind + ("*T" if s.measure.uses_weights and s.measure.is_random else "")
-    rel = " rel" if s.lam_scale == "relative" else ""
-    return (f"μ={kind} φ={phi} ψ={psi} n={s.n} ρ={s.rho:.3g} λ={s.lam:.3g}{rel}"
-            + schedule_text(s))
-
-
-def schedule_text(spec: SharpnessSpec) -> str:
-    """`` [from 31%, every 4, reuse]`` for a scheduled member, ``""`` otherwise."""
-    schedule = spec.schedule
-    if schedule is None:
-        return ""
-    parts = []
-    if schedule.start > 0:
-        parts.append(f"from {schedule.start:.0%}")
-    if schedule.every > 1:
-        parts.append(f"every {schedule.every}" + (" reuse" if schedule.reuse else ""))
-    if schedule.trigger is not None:
-        parts.append(f"trigger {schedule.trigger:g}")
-    return f" [{', '.join(parts)}]"
-
-
-def tuned_preset_name(spec: SharpnessSpec) -> str:
-    """``sam`` for a preset at its defaults, ``sam ρ=0.071`` for a member of its region."""
-    assert spec.name is not None
-    default = presets.get(spec.name)
-    changes = []
-    if spec.rho != default.rho:
-        changes.append(f"ρ={spec.rho:.3g}")
-    if spec.lam != default.lam:
-        changes.append(f"λ={spec.lam:.3g}")
-    if spec.phi != default.phi and spec.name == "tilted_sam":
-        changes.append(f"τ={spec.phi.to_obj()[0]['scale']:.3g}")
-    return " ".join([spec.name, *changes])
-
-
-def _short_phi(block: dict[str, Any]) -> str:
-    if block["fn"] == "polynomial":
-        terms = [f"{c:+.2g}t^{k}" for k, c in enumerate(block["coefficients"]) if c]
-        return "(" + "".join(terms) + ")" if terms else "0"
-    if block["fn"] == "mlp":
-        return f"mlp{len(block['biases'][0])}"
-    return block["fn"]

@@ -19,14 +19,14 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from metasam.errors import ConfigError
 from metasam.tuning import compat, record
-from metasam.tuning.compat import heartbeat_backend, stale_trial_ids, study_storage
+from metasam.tuning.compat import BaseHeartbeat, heartbeat_backend, stale_trial_ids, study_storage
+from metasam.tuning.protocol import Point
 from metasam.tuning.record import TrialRecord
-from metasam.tuning.space import Point
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # metasam drives Optuna through ask/tell and sends the heartbeats itself (see searcher.py).
@@ -89,8 +89,12 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
-class StorageError(ValueError):
+class StorageError(ConfigError):
     """The study's storage cannot be opened or used; the message is one line naming it."""
+
+
+class StudyNotFoundError(StorageError):
+    """The storage has no study of that name (``metasam tune`` has not run it yet)."""
 
 
 def describe_url(url: str) -> str:
@@ -105,8 +109,8 @@ def storage_failure(url: str, err: BaseException) -> StorageError:
     """A one-line :class:`StorageError` for a database error on ``url``."""
     orig = getattr(err, "orig", None) or err
     reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    return StorageError(f"{describe_url(url)}: the study storage failed ({reason}); allowed: an "
-                        "SQLite file in a writable folder, a reachable PostgreSQL server "
+    return StorageError(describe_url(url), f"the study storage failed ({reason})",
+                        "an SQLite file in a writable folder, a reachable PostgreSQL server "
                         "(postgresql://USER@HOST/DB), or journal:FILE")
 
 
@@ -131,9 +135,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None,
             return HeartbeatJournalStorage(url[len(JOURNAL):], heartbeat_interval,
                                            heartbeat_grace)
         except OSError as err:
-            raise StorageError(f"{describe_url(url)}: the study journal cannot be opened "
-                               f"({err.strerror}); allowed: journal:FILE in a writable "
-                               "folder") from None
+            raise StorageError(describe_url(url), "the study journal cannot be opened "
+                               f"({err.strerror})", "journal:FILE in a writable folder"
+                               ) from None
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several processes share the file: wait for locks instead of failing at once
@@ -173,13 +177,13 @@ def load_study(storage_url: str, name: str) -> optuna.Study:
     """An existing study; opening a storage file that is not there would create it empty."""
     path = storage_file(storage_url)
     if path is not None and not path.is_file():
-        raise ValueError(f"no study named {name!r}: {path} does not exist (run `metasam tune` "
-                         "first)")
+        raise StudyNotFoundError("", f"no study named {name!r}: {path} does not exist (run "
+                                 "`metasam tune` first)")
     try:
         return optuna.load_study(study_name=name, storage=open_storage(storage_url))
     except KeyError:
-        raise ValueError(f"no study named {name!r} in {storage_url} (run `metasam tune` "
-                         "first)") from None
+        raise StudyNotFoundError("", f"no study named {name!r} in {storage_url} (run "
+                                 "`metasam tune` first)") from None
 
 
 def sweep_stale(study: optuna.Study) -> int:
@@ -221,7 +225,7 @@ def requeue(study: optuna.Study, trial_id: int) -> bool:
     if not won:
         return False
     trial = storage.get_trial(trial_id)
-    keys = (record.POINT, record.SPEC, record.TRAIN)
+    keys = (record.POINT, record.LABEL, record.SPEC, record.TRAIN)
     attrs = {k: trial.user_attrs[k] for k in keys
              if k in trial.user_attrs and record.POINT in trial.user_attrs}
     attrs[record.RETRY_OF] = trial.number
@@ -290,10 +294,10 @@ def enqueue_points(study: optuna.Study, points: list[Point], target: int) -> int
     for point in points:
         if room <= 0:
             break
-        if point.label in present:
+        if point.label.key in present:
             continue
-        study.enqueue_trial({}, user_attrs=point.user_attrs())
-        present.add(point.label)
+        study.enqueue_trial({}, user_attrs=record.point_attrs(point))
+        present.add(point.label.key)
         room -= 1
         added += 1
     return added

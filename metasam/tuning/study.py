@@ -25,19 +25,27 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from metasam import _checks, _config
 from metasam.errors import ConfigError, ValidationError
 from metasam.training.config import TrainConfig
+from metasam.tuning.protocol import Point
 from metasam.tuning.space import SearchSpace
+from metasam.tuning.study_file import (
+    META_DEFAULTS,
+    METRICS,
+    Sampler,
+    StudyFile,
+    prior_file,
+)
 
-METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 COST_SCORE = "cost_score"
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+__all__ = ["COST_SCORE", "METRICS", "MetaSettings", "StudyConfig", "prior_file"]
 
 
 @dataclass
@@ -54,13 +62,13 @@ class StudyConfig:
     gpu: float = 0.0
     scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha"})
     storage: str = ""
-    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    sampler: Sampler = field(default_factory=Sampler)
     seed: int = 0
     heartbeat_interval: int = 10
     heartbeat_grace: int = 60
     confirm: dict[str, Any] = field(default_factory=lambda: {"top_k": 3, "seeds": 3})
     cost_weight: float = 0.0
-    meta: dict[str, Any] | None = None  # {"from": [paths], "k": K, "box": P} (absolute paths)
+    meta: MetaSettings | None = None
 
     @property
     def objective(self) -> str:
@@ -109,18 +117,19 @@ class StudyConfig:
                               f"{space.name!r} has {len(space.points)} points",
                               f"1 to {len(space.points)}")
         heartbeat = file.heartbeat
-        if heartbeat["grace"] < 2 * heartbeat["interval"]:
-            raise ConfigError("heartbeat.grace", f"out of range: {heartbeat['grace']}",
-                              f"[{2 * heartbeat['interval']}, inf)")
+        if heartbeat.grace < 2 * heartbeat.interval:
+            raise ConfigError("heartbeat.grace", f"out of range: {heartbeat.grace}",
+                              f"[{2 * heartbeat.interval}, inf)")
         return cls(name=file.name, path=path.resolve(), space=space,
                    train=train.replace(seed=file.seed), metric=metric, mode=mode,
                    trials=file.trials, concurrency=file.concurrency,
-                   cpu=file.resources["cpu"], gpu=file.resources["gpu"],
+                   cpu=file.resources.cpu, gpu=file.resources.gpu,
                    scheduler=_resolve_scheduler(file.scheduler, train.epochs),
                    storage=_read_storage(file.storage, path, file.name), sampler=file.sampler,
-                   seed=file.seed, heartbeat_interval=heartbeat["interval"],
-                   heartbeat_grace=heartbeat["grace"], confirm=file.confirm,
-                   cost_weight=file.cost["weight"], meta=_resolve_meta(file.meta, path))
+                   seed=file.seed, heartbeat_interval=heartbeat.interval,
+                   heartbeat_grace=heartbeat.grace,
+                   confirm=file.confirm,
+                   cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path))
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:
@@ -156,7 +165,7 @@ class StudyConfig:
             out["cost_weight"] = self.cost_weight
         return out
 
-    def check_definition(self, study: Any, record: bool = False) -> None:
+    def check_definition(self, study: optuna.Study, record: bool = False) -> None:
         """Refuse a study file whose definition differs from the one the storage holds for this
         study (its trials would be mixed with, or ranked as, something else); ``record`` stores
         it when the storage has none yet (a new study, or one made by an older version)."""
@@ -173,12 +182,13 @@ class StudyConfig:
         for key in sorted(set(flat_stored) | set(flat_mine)):
             old, new = flat_stored.get(key), flat_mine.get(key)
             if old != new:
-                raise ValueError(
-                    f"{self.path}: {key}: study {self.name!r} was created with {old!r}, this "
-                    f"file says {new!r}; a study's metric, mode and train cannot change (allowed: "
-                    f"{key}: {old!r}, or a new study: change `name:` or `storage:`)")
+                raise ConfigError(
+                    key, f"study {self.name!r} was created with {old!r}, this file says "
+                    f"{new!r}; a study's metric, mode and train cannot change",
+                    f"{key}: {old!r}, or a new study: change `name:` or `storage:`",
+                    str(self.path))
 
-    def load_study(self) -> Any:
+    def load_study(self) -> optuna.Study:
         """This study from its storage, checked against this file's definition."""
         from metasam.tuning.storage import load_study
 
@@ -186,7 +196,7 @@ class StudyConfig:
         self.check_definition(study)
         return study
 
-    def derived(self, suffix: str, points: list[Any], *, metric: str, mode: str,
+    def derived(self, suffix: str, points: list[Point], *, metric: str, mode: str,
                 train_changes: dict[str, Any], cost_weight: float | None = None
                 ) -> StudyConfig:
         """A points-only study ``NAME.SUFFIX`` in the same storage, every point at full budget
@@ -231,106 +241,23 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _section(name: str, data: Any, shape: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A mapping section of the study file: absent is empty; anything but a mapping, or a key
-    not in ``keys``, is an error naming the section and its ``shape``."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(name, f"expected {shape}")
-    _checks.known_keys(name, data, keys)
-    return data
+@dataclass(frozen=True)
+class MetaSettings:
+    """A study's ``meta`` section: start from what finished studies taught
+    (:mod:`metasam.meta`)."""
+
+    sources: tuple[str, ...]          # prior study files or knowledge files, resolved
+    k: int = META_DEFAULTS["k"]       # the zero-shot portfolio's size
+    box: float = META_DEFAULTS["box"]  # share of region trials within the winners' boxes
 
 
-def _check_resources(name: str, data: Any) -> dict[str, float]:
-    data = _section(name, data, "{cpu: N, gpu: F}", ("cpu", "gpu"))
-    return {"cpu": _checks.number(f"{name}.cpu", data.get("cpu", 1), low=0.0, low_open=True),
-            "gpu": _checks.number(f"{name}.gpu", data.get("gpu", 0), low=0.0)}
-
-
-def _check_heartbeat(name: str, data: Any) -> dict[str, int]:
-    data = _section(name, data, "{interval: S, grace: S}", ("interval", "grace"))
-    return {"interval": _checks.integer(f"{name}.interval", data.get("interval", 10), low=1),
-            "grace": _checks.integer(f"{name}.grace", data.get("grace", 60), low=1)}
-
-
-def _check_cost(name: str, data: Any) -> dict[str, float]:
-    """``cost: {weight: w}``: rank trials by metric − w·(passes per step) (plus, for a
-    minimized metric); absent or ``weight: 0``, by the metric alone."""
-    data = _section(name, data, "{weight: W}", ("weight",))
-    return {"weight": _checks.number(f"{name}.weight", data.get("weight", 0.0), low=0.0)}
-
-
-META_DEFAULTS = {"k": 3, "box": 0.5}
-PRIOR_SUFFIXES = (".yaml", ".yml", ".json")
-
-
-def _check_meta(name: str, data: Any) -> dict[str, Any]:
-    """``meta: {from: [PRIOR, ...], k: 3, box: 0.5}``: prior study files or knowledge files
-    (relative to the study file), the portfolio size, the share of region trials sampled within
-    the winners' boxes (0: none)."""
-    data = _section(name, data, "{from: [PRIOR.yaml or KNOWLEDGE.json, ...], k: K, box: P}",
-                    ("from", "k", "box"))
-    sources = data.get("from")
-    if isinstance(sources, str):
-        sources = [sources]
-    if not isinstance(sources, list) or not sources:
-        raise ConfigError(f"{name}.from", "expected a non-empty list of files",
-                          "study YAML files or knowledge JSON files")
-    return {"from": list(sources),
-            "k": _checks.integer(f"{name}.k", data.get("k", META_DEFAULTS["k"]), low=1),
-            "box": _checks.number(f"{name}.box", data.get("box", META_DEFAULTS["box"]),
-                                  low=0.0, high=1.0)}
-
-
-def _resolve_meta(meta: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
+def _resolve_meta(meta: dict[str, Any] | None, path: Path) -> MetaSettings | None:
     """The ``meta`` section with its files resolved against the study file's folder; a file
     that is not there is an error now, not when the study starts."""
     if meta is None:
         return None
-    return {**meta, "from": [prior_file(f"meta.from[{i}]", source, path.parent)
-                             for i, source in enumerate(meta["from"])]}
-
-
-def prior_file(field: str, source: Any, base: Path) -> str:
-    """A prior given as a file (``meta.from``, ``--meta``, ``metasam meta``): a study or
-    knowledge file, relative to ``base``, that exists; resolved."""
-    if not isinstance(source, str) or not source.endswith(PRIOR_SUFFIXES):
-        raise ConfigError(field, f"not a study or knowledge file: {source!r}",
-                          ", ".join(PRIOR_SUFFIXES))
-    resolved = (base / os.path.expanduser(source)).resolve()
-    if not resolved.is_file():
-        raise ConfigError(field, f"no such file: {resolved}")
-    return str(resolved)
-
-
-def _check_name(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(name, f"expected a non-empty string, got {value!r}")
-    if not _NAME.fullmatch(value):  # it names files: NAME.db, NAME.best.json
-        raise ConfigError(name, f"{value!r} is not a plain file name",
-                          "letters, digits, '.', '_', '-'")
-    return value
-
-
-def _check_search_space(name: str, value: Any) -> str:
-    if value is None:
-        raise ConfigError(name, "missing", "a path to a search-space YAML file")
-    return str(value)
-
-
-def _check_train(name: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(name, "expected a mapping of training fields")
-    for key in ("test", "checkpoint_dir", "spec", "preset", "seed"):
-        if key in value:
-            why = "is set by the study for each trial"
-            if key == "seed":
-                why += " (use the study's top-level seed field)"
-            raise ConfigError(f"{name}.{key}", why, "other TrainConfig fields")
-    return dict(value)
+    return MetaSettings(tuple(prior_file(f"meta.from[{i}]", source, path.parent)
+                              for i, source in enumerate(meta["from"])), meta["k"], meta["box"])
 
 
 def _space_path(value: str, path: Path) -> Path:
@@ -371,24 +298,6 @@ def _read_storage(value: Any, path: Path, name: str) -> str:
     return value
 
 
-def _check_scheduler(name: str, data: Any) -> dict[str, Any]:
-    if data is None:
-        data = {"type": "asha"}
-    if not isinstance(data, dict):
-        raise ConfigError(name, "expected {type: asha, ...} or {type: none}")
-    kind = _checks.choice(f"{name}.type", data.get("type", "asha"), ("asha", "none"))
-    if kind == "none":
-        _checks.known_keys(name, data, ("type",))
-        return {"type": "none"}
-    _checks.known_keys(name, data, ("type", "grace_period", "reduction_factor"))
-    factor = _checks.number(f"{name}.reduction_factor", data.get("reduction_factor", 3),
-                            low=1.0, low_open=True)
-    grace = data.get("grace_period", "auto")
-    if grace != "auto":
-        grace = _checks.integer(f"{name}.grace_period", grace, low=1)
-    return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
-
-
 def _resolve_scheduler(scheduler: dict[str, Any], epochs: int) -> dict[str, Any]:
     """ASHA's ``grace_period: auto`` for this budget, and a grace period within it."""
     if scheduler["type"] == "none":
@@ -402,66 +311,3 @@ def _resolve_scheduler(scheduler: dict[str, Any], epochs: int) -> dict[str, Any]
     return {**scheduler, "grace_period": grace}
 
 
-def _check_confirm(name: str, data: Any) -> dict[str, Any]:
-    """``confirm: {top_k: K, seeds: S}`` (default 3 and 3), or ``false`` to declare the best
-    single-seed trial the winner."""
-    if data is False or data is None:
-        return {"top_k": 0, "seeds": 0}
-    if data is True:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(name, f"expected {{top_k: K, seeds: S}} or false, got {data!r}")
-    _checks.known_keys(name, data, ("top_k", "seeds"))
-    top_k = _checks.integer(f"{name}.top_k", data.get("top_k", 3), low=0)
-    seeds = _checks.integer(f"{name}.seeds", data.get("seeds", 3), low=0 if top_k == 0 else 2)
-    return {"top_k": top_k, "seeds": seeds}
-
-
-def _check_sampler(name: str, data: Any) -> dict[str, Any]:
-    data = _section(name, data, "{type: tpe|random, startup_trials: N}",
-                    ("type", "startup_trials"))
-    kind = _checks.choice(f"{name}.type", data.get("type", "tpe"), ("tpe", "random"))
-    startup = _checks.integer(f"{name}.startup_trials", data.get("startup_trials", 10), low=0)
-    return {"type": kind, "startup_trials": startup}
-
-
-def _optional(check: Any) -> Any:
-    return lambda name, value: None if value is None else check(name, value)
-
-
-@dataclass
-class StudyFile:
-    """The fields of a study YAML file, each checked by its option as TrainConfig's are;
-    :meth:`StudyConfig.from_yaml` reads one and resolves what needs its folder or several
-    fields at once."""
-
-    name: str = _config.option(None, _check_name, "name in the storage and of files")
-    search_space: str = _config.option(None, _check_search_space,
-                                       "search-space YAML, relative to the study file")
-    train: dict[str, Any] = _config.option(None, _check_train, "TrainConfig fields",
-                                           factory=dict)
-    metric: str = _config.option("val_acc", _config.choice(*METRICS),
-                                 "a validation or training metric")
-    mode: str | None = _config.option(None, _optional(_config.choice("max", "min")),
-                                      "max or min (default: from the metric)")
-    trials: int = _config.option(20, _config.integer(1), "trials that reach a terminal state")
-    concurrency: int = _config.option(1, _config.integer(1), "trials at once")
-    resources: dict[str, float] = _config.option(None, _check_resources, "per trial",
-                                                 factory=dict)
-    scheduler: dict[str, Any] = _config.option(None, _check_scheduler, "ASHA or none",
-                                               factory=lambda: {"type": "asha"})
-    storage: str | None = _config.option(None, _config.text(optional=True), "Optuna storage")
-    sampler: dict[str, Any] = _config.option(None, _check_sampler, "tpe or random",
-                                             factory=lambda: {"type": "tpe"})
-    seed: int = _config.option(0, _config.integer(0), "seed of the study")
-    heartbeat: dict[str, int] = _config.option(None, _check_heartbeat, "seconds",
-                                               factory=dict)
-    confirm: dict[str, Any] = _config.option(None, _check_confirm, "finalists re-run",
-                                             factory=dict)
-    cost: dict[str, float] = _config.option(None, _check_cost, "weight of the passes per step",
-                                            factory=dict)
-    meta: dict[str, Any] | None = _config.option(None, _optional(_check_meta),
-                                                 "prior studies to start from")
-
-    def __post_init__(self) -> None:
-        _config.validate(self)

@@ -1,0 +1,212 @@
+"""The study file's schema: its fields and sections, each checked by its option (as
+:class:`~metasam.training.TrainConfig`'s are). :class:`~metasam.tuning.study.StudyConfig`
+reads a file through :class:`StudyFile` and resolves what needs the file's folder or several
+fields at once."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metasam import _checks, _config
+from metasam.errors import ConfigError
+
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+META_DEFAULTS = {"k": 3, "box": 0.5}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """``resources: {cpu: N, gpu: F}`` per trial; ``gpu`` may be a fraction (0.25: four trials
+    share a GPU)."""
+
+    cpu: float = _config.option(1.0, _config.number(0.0, low_open=True), "CPUs per trial")
+    gpu: float = _config.option(0.0, _config.number(0.0), "GPUs per trial (a fraction shares)")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """``heartbeat: {interval: S, grace: S}``: a trial silent for ``grace`` seconds is re-run."""
+
+    interval: int = _config.option(10, _config.integer(1), "seconds between heartbeats")
+    grace: int = _config.option(60, _config.integer(1), "seconds of silence before a re-run")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """``cost: {weight: w}``: rank trials by metric − w·(passes per step) (plus, for a
+    minimized metric); absent or ``weight: 0``, by the metric alone."""
+
+    weight: float = _config.option(0.0, _config.number(0.0), "weight of the passes per step")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """``sampler: {type: tpe|random, startup_trials: N}``."""
+
+    type: str = _config.option("tpe", _config.choice("tpe", "random"), "Optuna's sampler")
+    startup_trials: int = _config.option(10, _config.integer(0), "random trials before TPE")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
+
+
+def _check_confirm(name: str, data: Any) -> dict[str, Any]:
+    """``confirm: {top_k: K, seeds: S}`` (default 3 and 3), or ``false`` to declare the best
+    single-seed trial the winner."""
+    if data is False or data is None:
+        return {"top_k": 0, "seeds": 0}
+    if data is True:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, f"expected {{top_k: K, seeds: S}} or false, got {data!r}")
+    _checks.known_keys(name, data, ("top_k", "seeds"))
+    top_k = _checks.integer(f"{name}.top_k", data.get("top_k", 3), low=0)
+    seeds = _checks.integer(f"{name}.seeds", data.get("seeds", 3), low=0 if top_k == 0 else 2)
+    return {"top_k": top_k, "seeds": seeds}
+
+
+def _section(name: str, data: Any, shape: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A mapping section of the study file: absent is empty; anything but a mapping, or a key
+    not in ``keys``, is an error naming the section and its ``shape``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, f"expected {shape}")
+    _checks.known_keys(name, data, keys)
+    return data
+
+
+PRIOR_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _check_meta(name: str, data: Any) -> dict[str, Any]:
+    """``meta: {from: [PRIOR, ...], k: 3, box: 0.5}``: prior study files or knowledge files
+    (relative to the study file), the portfolio size, the share of region trials sampled within
+    the winners' boxes (0: none)."""
+    data = _section(name, data, "{from: [PRIOR.yaml or KNOWLEDGE.json, ...], k: K, box: P}",
+                    ("from", "k", "box"))
+    sources = data.get("from")
+    if isinstance(sources, str):
+        sources = [sources]
+    if not isinstance(sources, list) or not sources:
+        raise ConfigError(f"{name}.from", "expected a non-empty list of files",
+                          "study YAML files or knowledge JSON files")
+    return {"from": list(sources),
+            "k": _checks.integer(f"{name}.k", data.get("k", META_DEFAULTS["k"]), low=1),
+            "box": _checks.number(f"{name}.box", data.get("box", META_DEFAULTS["box"]),
+                                  low=0.0, high=1.0)}
+
+
+def prior_file(field: str, source: Any, base: Path) -> str:
+    """A prior given as a file (``meta.from``, ``--meta``, ``metasam meta``): a study or
+    knowledge file, relative to ``base``, that exists; resolved."""
+    if not isinstance(source, str) or not source.endswith(PRIOR_SUFFIXES):
+        raise ConfigError(field, f"not a study or knowledge file: {source!r}",
+                          ", ".join(PRIOR_SUFFIXES))
+    resolved = (base / os.path.expanduser(source)).resolve()
+    if not resolved.is_file():
+        raise ConfigError(field, f"no such file: {resolved}")
+    return str(resolved)
+
+
+def _check_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(name, f"expected a non-empty string, got {value!r}")
+    if not _NAME.fullmatch(value):  # it names files: NAME.db, NAME.best.json
+        raise ConfigError(name, f"{value!r} is not a plain file name",
+                          "letters, digits, '.', '_', '-'")
+    return value
+
+
+def _check_search_space(name: str, value: Any) -> str:
+    if value is None:
+        raise ConfigError(name, "missing", "a path to a search-space YAML file")
+    return str(value)
+
+
+def _check_train(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(name, "expected a mapping of training fields")
+    for key in ("test", "checkpoint_dir", "spec", "preset", "seed"):
+        if key in value:
+            why = "is set by the study for each trial"
+            if key == "seed":
+                why += " (use the study's top-level seed field)"
+            raise ConfigError(f"{name}.{key}", why, "other TrainConfig fields")
+    return dict(value)
+
+
+def _check_scheduler(name: str, data: Any) -> dict[str, Any]:
+    if data is None:
+        data = {"type": "asha"}
+    if not isinstance(data, dict):
+        raise ConfigError(name, "expected {type: asha, ...} or {type: none}")
+    kind = _checks.choice(f"{name}.type", data.get("type", "asha"), ("asha", "none"))
+    if kind == "none":
+        _checks.known_keys(name, data, ("type",))
+        return {"type": "none"}
+    _checks.known_keys(name, data, ("type", "grace_period", "reduction_factor"))
+    factor = _checks.number(f"{name}.reduction_factor", data.get("reduction_factor", 3),
+                            low=1.0, low_open=True)
+    grace = data.get("grace_period", "auto")
+    if grace != "auto":
+        grace = _checks.integer(f"{name}.grace_period", grace, low=1)
+    return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
+
+
+def _optional(check: Any) -> Any:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+@dataclass
+class StudyFile:
+    """The fields of a study YAML file, each checked by its option as TrainConfig's are;
+    :meth:`StudyConfig.from_yaml` reads one and resolves what needs its folder or several
+    fields at once."""
+
+    name: str = _config.option(None, _check_name, "name in the storage and of files")
+    search_space: str = _config.option(None, _check_search_space,
+                                       "search-space YAML, relative to the study file")
+    train: dict[str, Any] = _config.option(None, _check_train, "TrainConfig fields",
+                                           factory=dict)
+    metric: str = _config.option("val_acc", _config.choice(*METRICS),
+                                 "a validation or training metric")
+    mode: str | None = _config.option(None, _optional(_config.choice("max", "min")),
+                                      "max or min (default: from the metric)")
+    trials: int = _config.option(20, _config.integer(1), "trials that reach a terminal state")
+    concurrency: int = _config.option(1, _config.integer(1), "trials at once")
+    resources: Resources = _config.option(None, _config.section(Resources, "{cpu: N, gpu: F}"),
+                                          "per trial", factory=Resources)
+    scheduler: dict[str, Any] = _config.option(None, _check_scheduler, "ASHA or none",
+                                               factory=lambda: {"type": "asha"})
+    storage: str | None = _config.option(None, _config.text(optional=True), "Optuna storage")
+    sampler: Sampler = _config.option(None, _config.section(
+        Sampler, "{type: tpe|random, startup_trials: N}"), "tpe or random", factory=Sampler)
+    seed: int = _config.option(0, _config.integer(0), "seed of the study")
+    heartbeat: Heartbeat = _config.option(None, _config.section(
+        Heartbeat, "{interval: S, grace: S}"), "seconds", factory=Heartbeat)
+    confirm: dict[str, Any] = _config.option(None, _check_confirm, "finalists re-run",
+                                             factory=dict)
+    cost: Cost = _config.option(None, _config.section(Cost, "{weight: W}"),
+                                "weight of the passes per step", factory=Cost)
+    meta: dict[str, Any] | None = _config.option(None, _optional(_check_meta),
+                                                 "prior studies to start from")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)

@@ -1,0 +1,185 @@
+"""One owner of a study's workflow: tune → decide → verdict → export, resumable at every step.
+
+The command line (``metasam tune``, ``best``, ``trials``), the benchmark scripts and
+:func:`metasam.load_optimizer` all go through :class:`Study`; nothing else sequences the stages.
+
+Example::
+
+    from metasam import Study
+
+    study = Study.from_yaml("studies/digits-noisy.yaml")
+    outcome = study.run()              # tune, then the decision stage; resumes if interrupted
+    print("\\n".join(outcome.verdict.lines(study.config.objective)))
+    optimizer = study.load_optimizer(model.parameters(), model=model)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from torch import nn
+
+from metasam.errors import ConfigError
+from metasam.meta.knowledge import load_priors
+from metasam.meta.transfer import plan_transfer
+from metasam.optim.loading import load_optimizer as _load_export
+from metasam.optim.universal_sam import UniversalSAM
+from metasam.tuning import confirm
+from metasam.tuning.confirm import Verdict
+from metasam.tuning.export import best_optimizer
+from metasam.tuning.protocol import Point
+from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
+from metasam.tuning.sampling import RegionBoxes
+from metasam.tuning.storage import census, load_study, open_storage, open_study
+from metasam.tuning.study import MetaSettings, StudyConfig
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What :meth:`Study.run` reached: the tuning result, whether the decision stage finished,
+    and the verdict (``None`` when the study decides nothing: ``confirm: false``)."""
+
+    tuning: TuneResult
+    decided: bool
+    verdict: Verdict | None
+
+    @property
+    def complete(self) -> bool:
+        """Did every stage finish (else: run again to resume)?"""
+        return self.tuning.done and self.decided
+
+
+class Study:
+    """A tuning study and its whole workflow, backed by its storage (resumable, shareable).
+
+    ``config`` is the validated study file; ``address`` a Ray cluster to join (default: a local
+    one, or the cluster ``ray start`` recorded on this machine); ``verbose`` 0 (quiet), 1 (the
+    study's progress) or 2 (also Ray's own logs); ``log`` where the study's one-line notes go.
+    """
+
+    def __init__(self, config: StudyConfig, *, address: str | None = None, verbose: int = 1,
+                 log: TextIO | None = None) -> None:
+        self.config = config
+        self.address = address
+        self.verbose = verbose
+        self._log = log
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Study:
+        return cls(StudyConfig.from_yaml(path), **kwargs)
+
+    def _say(self, text: str) -> None:
+        print(text, file=self._log or sys.stderr, flush=True)
+
+    # --- the stages -------------------------------------------------------------------------
+
+    def tune(self, *, warm_start: StudyConfig | None = None, top_k: int = 3,
+             meta: MetaSettings | None = None) -> TuneResult:
+        """Run (or resume, or join) the search until the study has its finished trials.
+
+        ``warm_start`` evaluates the top ``top_k`` specs of another study first; ``meta``
+        (default: the study file's ``meta`` section) starts from prior studies: the zero-shot
+        portfolio first, and the preset regions sampled within the similar priors' boxes on a
+        share of the trials."""
+        config = self.config
+        config.check_data()
+        first: list[Point] = []
+        if warm_start is not None:
+            first += warm_start_points(warm_start, top_k)
+        meta = meta if meta is not None else config.meta
+        if meta is not None:
+            config, portfolio = self._meta_started(meta)
+            first += portfolio
+        return tune_study(config, address=self.address, first=first, verbose=self.verbose,
+                          check_data=False)
+
+    def _meta_started(self, meta: MetaSettings) -> tuple[StudyConfig, list[Point]]:
+        """The config sampling the preset regions within the similar priors' boxes on a share
+        ``meta.box`` of its trials, and the portfolio (for a study with no trials yet)."""
+        config = self.config
+        storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
+        study = open_study(storage, config.name, config.mode)
+        config.check_definition(study, record=True)
+        records = load_priors(list(meta.sources), "meta.from (or --meta)")
+        plan = plan_transfer(config, study, records, meta.k)
+        boxed = config.space.search is not None and bool(plan.boxes) and meta.box > 0
+        if boxed:
+            config = dataclasses.replace(config, space=dataclasses.replace(
+                config.space, boxes=RegionBoxes(plan.boxes, meta.box)))
+        # also with --quiet: what the study takes from its priors is a fact, not progress
+        tasks = sorted(plan.similarity)
+        text = (f"study {config.name}: learning from {len(tasks)} prior task(s); similar: "
+                f"{', '.join(plan.similar) or 'none'}; portfolio: "
+                f"{', '.join(p.label.method for p in plan.points) or 'none'}")
+        if boxed:
+            text += (f"; {meta.box:.0%} of region trials within the winners' boxes of "
+                     f"{', '.join(sorted(plan.boxes))}")
+        self._say(text)
+        new = not census(study).counted
+        return config, (plan.points if new else [])
+
+    def decide(self) -> bool:
+        """Run (or resume) the decision stage of a tuned study; ``True`` when it finished (or
+        the study decides nothing)."""
+        config = self.config
+        if config.confirm["top_k"]:
+            self._say(f"study {config.name}: confirming the finalists on "
+                      f"{config.confirm['seeds']} fresh seeds")
+        confirmation = confirm.run_confirmation(config, address=self.address,
+                                                verbose=self.verbose)
+        if confirmation is None:
+            return True
+        done = census(load_study(confirmation.storage, confirmation.name))
+        return done.finished >= confirmation.trials
+
+    def verdict(self) -> Verdict | None:
+        """The decision from the finished runs (``None`` before any finished)."""
+        return confirm.confirmed_verdict(self.config)
+
+    def run(self, **tune_options: Any) -> StudyOutcome:
+        """Tune, then decide: the whole workflow; the same call resumes an interrupted one."""
+        tuning = self.tune(**tune_options)
+        if not tuning.done:
+            return StudyOutcome(tuning, False, None)
+        decided = self.decide()
+        return StudyOutcome(tuning, decided, self.verdict() if decided else None)
+
+    # --- what users take away ----------------------------------------------------------------
+
+    def export(self, max_cost: float | None = None) -> dict[str, Any]:
+        """The winner as the JSON ``metasam best`` writes (see
+        :func:`metasam.tuning.export.best_optimizer`)."""
+        return best_optimizer(self.config, max_cost=max_cost)
+
+    def load_optimizer(self, params: Iterable[Any], *, model: nn.Module | None = None,
+                       seed: int | None = None, **overrides: Any) -> UniversalSAM:
+        """A ready :class:`~metasam.UniversalSAM` with the study's winner."""
+        return _load_export(self.export(), params, model=model, seed=seed, **overrides)
+
+
+def load_optimizer(source: str | os.PathLike[str] | dict[str, Any], params: Iterable[Any], *,
+                   model: nn.Module | None = None, seed: int | None = None,
+                   **overrides: Any) -> UniversalSAM:
+    """A ready :class:`~metasam.UniversalSAM` from a study's best optimizer, in one call.
+
+    ``source`` is the study's YAML (its winner is read from the storage, through
+    :class:`Study`), the JSON that ``metasam best`` wrote, or that JSON as a dict.
+    ``overrides`` change base-optimizer arguments (``lr=...``); UniversalSAM's own options
+    (``scaler``, ``max_grad_norm``, ``bn_stats``, ``on_nonfinite``, ``process_group``,
+    ``total_steps``) go to it. Example::
+
+        optimizer = metasam.load_optimizer("studies/digits-noisy.yaml", model.parameters(),
+                                           model=model)
+    """
+    if not isinstance(source, dict) and Path(source).suffix in (".yaml", ".yml"):
+        if not Path(source).is_file():
+            raise ConfigError("study", "file not found", "a study YAML", str(source))
+        return Study.from_yaml(source).load_optimizer(params, model=model, seed=seed,
+                                                      **overrides)
+    return _load_export(source, params, model=model, seed=seed, **overrides)
