@@ -1,4 +1,4 @@
-"""One owner of a study's workflow: tune → decide → verdict → export, resumable at every step.
+"""One owner of a study's workflow: tune → race → verdict → export, resumable at every step.
 
 The command line (``metasam tune``, ``best``, ``trials``), the benchmark scripts and
 :func:`metasam.load_optimizer` all go through :class:`Study`; nothing else sequences the stages.
@@ -30,20 +30,21 @@ from metasam.meta.knowledge import load_priors
 from metasam.meta.transfer import plan_transfer
 from metasam.optim.loading import load_optimizer as _load_export
 from metasam.optim.universal_sam import UniversalSAM
-from metasam.tuning import confirm
-from metasam.tuning.confirm import Verdict
+from metasam.tuning import decision
+from metasam.tuning.budget import StudyCost, study_cost
+from metasam.tuning.decision import Verdict
 from metasam.tuning.export import best_optimizer
 from metasam.tuning.protocol import Point
 from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
 from metasam.tuning.sampling import RegionBoxes
-from metasam.tuning.storage import census, load_study, open_storage, open_study
+from metasam.tuning.storage import census, open_storage, open_study
 from metasam.tuning.study import MetaSettings, StudyConfig
 
 
 @dataclass(frozen=True)
 class StudyOutcome:
-    """What :meth:`Study.run` reached: the tuning result, whether the decision stage finished,
-    and the verdict (``None`` when the study decides nothing: ``confirm: false``)."""
+    """What :meth:`Study.run` reached: the tuning result, whether the race finished, and the
+    verdict (``None`` when the study decides nothing: ``race: false``)."""
 
     tuning: TuneResult
     decided: bool
@@ -125,22 +126,23 @@ class Study:
         return config, (plan.points if new else [])
 
     def decide(self) -> bool:
-        """Run (or resume) the decision stage of a tuned study; ``True`` when it finished (or
-        the study decides nothing)."""
+        """Run (or resume) the race of a tuned study; ``True`` once it has ended (or when the
+        study decides nothing)."""
         config = self.config
-        if config.confirm["top_k"]:
-            self._say(f"study {config.name}: confirming the finalists on "
-                      f"{config.confirm['seeds']} fresh seeds")
-        confirmation = confirm.run_confirmation(config, address=self.address,
-                                                verbose=self.verbose)
-        if confirmation is None:
-            return True
-        done = census(load_study(confirmation.storage, confirmation.name))
-        return done.finished >= confirmation.trials
+        if config.race is not None:
+            candidates = decision.race_candidates(config)
+            self._say(f"study {config.name}: racing {len(candidates)} candidates over paired "
+                      f"instances (budget {config.race.budget} runs): "
+                      f"{', '.join(c.name for c in candidates)}")
+        return decision.run_race(config, address=self.address, verbose=self.verbose)
 
     def verdict(self) -> Verdict | None:
-        """The decision from the finished runs (``None`` before any finished)."""
-        return confirm.confirmed_verdict(self.config)
+        """The decision from the race's stored runs (``None`` before any finished)."""
+        return decision.race_verdict(self.config)
+
+    def cost(self) -> StudyCost:
+        """What the study cost so far, in full-run equivalents (tuning and race)."""
+        return study_cost(self.config, f"{self.config.name}.{decision.SUFFIX}")
 
     def run(self, **tune_options: Any) -> StudyOutcome:
         """Tune, then decide: the whole workflow; the same call resumes an interrupted one."""

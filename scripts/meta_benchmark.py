@@ -4,12 +4,12 @@ For each task of the search benchmark (its cold study must exist in ``--cold``, 
 ``scripts/search_benchmark.py``), a meta-started twin of the study — same space, budget and seed
 — learns from the *other* tasks' cold studies (``tune --meta``: the zero-shot portfolio first,
 the preset regions sampled within the prior winners' boxes on most trials), then runs its
-confirmation stage. Printed per task:
+race. Printed per task:
 
 - the cold study's final best validation value (full budget) and the trial count at which each
   study first reached it (the meta-started study within the same trial budget, or never);
 - test accuracy (train + validation, last epoch, 3 seeds as ``metasam compare``) of both
-  confirmed winners, and the one-sided Welch p-value that the cold winner is above the meta one.
+  winners (the races'), and the one-sided Welch p-value that the cold winner is above the meta one.
 
 The priors of each held-out task: the other held-out tasks' cold studies, the CIFAR task of
 the search benchmark, and three prior-only tasks (other noise levels and models, made here on
@@ -74,7 +74,7 @@ def first_reaching(study: Any, target: float) -> int | None:
 
 
 def winner_test_accuracy(config: Any, seeds: int) -> list[float]:
-    """The confirmed winner trained as `metasam compare` trains its best (train + validation,
+    """The race's winner trained as `metasam compare` trains its best (train + validation,
     seeds config.seed + s, test accuracy of the last epoch)."""
     from metasam.training import train
     from metasam.tuning.export import best_optimizer
@@ -112,7 +112,7 @@ def ensure_priors(args: argparse.Namespace) -> None:
 
 def cold_study(task: str, args: argparse.Namespace) -> Any:
     """The held-out task's cold study: the search benchmark's (seed 0), or for another
-    ``--seed`` one made here (tune + confirm) as ``TASK-sSEED``."""
+    ``--seed`` one made here (tune + race) as ``TASK-sSEED``."""
     from search_benchmark import TASKS as BENCHMARK_TASKS
     from search_benchmark import study_file
 

@@ -1,28 +1,28 @@
-"""Search benchmark: does tuning the family find more than the presets, on tasks where it matters?
+"""Search benchmark: does the study's decision hold up on test, with enough evidence to tell?
 
-For each task: ``metasam tune`` (the search, over ``universal-poly`` by default) → the
-confirmation stage → ``metasam compare --seeds S`` (the winner and the seven baselines at their
-official defaults, trained on train + validation, test accuracy at the last epoch). Prints, per
-task:
+For each task: ``metasam tune`` (the search over ``universal-poly`` by default, then the race of
+its finalists, every preset at its default and SGD over paired instances) → every method
+trained on train + validation and scored on test over ``--seeds`` paired seeds (≥ 10): the
+race's winner, the seven presets at their official defaults, and the best universal member and
+the best preset-region member the search found (by their tuning value). Prints, per task:
 
-- test accuracy (mean ± std over seeds) of SGD, SAM at its default, the best default preset on
-  *test* (an oracle no user has) and the tuned winner, with one-sided Welch p-values of the
-  winner against each;
-- the share of the study's trials that diverged, the share of searched (non-preset) trials that
-  reached the full budget, and the first trial whose validation value beat the best default
-  preset's;
-- how well the ranking at each epoch predicts the ranking at the last epoch (Spearman, over the
-  comparison runs, which all train to the end: an unselected sample), the multi-fidelity
-  measurement behind the ASHA defaults.
+- the study's cost in full-run equivalents (tuning + race) and the verdict's figures (paired
+  differences on validation with their 95% CI and the difference the race could detect at 80%
+  power);
+- on test, paired over seeds: the winner against SGD, SAM at its default and the best default
+  preset *on test* (an oracle no user has), and the best universal member against the best
+  preset-region member (does the φ-ψ family earn its place?), each as mean ± 95% CI with the
+  one-sided paired p-value;
+- the rank correlation of each epoch's test accuracy with the last epoch's over the test runs.
 
-Usage (about an hour on a 2-core CPU for the four default tasks)::
+Usage (hours on a 2-core CPU for the four default tasks; each task's stages are studies in
+``OUT/TASK.db``, so re-running resumes where it stopped and reuses what finished)::
 
     python scripts/search_benchmark.py --data-dir DIR --out results/search-benchmark \
         > benchmark.log 2>&1
 
-Every stage is a study in ``OUT/TASK.db`` (SQLite): re-running the command resumes where it
-stopped and reuses what finished. ``--tasks digits-noisy,mnist1d-noisy`` runs a subset; the
-figures land in ``OUT/benchmark.json`` and as a Markdown table on stdout.
+``--tasks digits-noisy,mnist1d-noisy`` runs a subset; the figures land in
+``OUT/benchmark.json`` and as Markdown tables on stdout.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import math
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,35 +40,38 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Tasks where the optimizer matters: label noise and/or limited data. Epochs shrunk to fit the
-# 2-core CPU budget; lr and schedule as in the shipped studies.
+# Tasks where the optimizer matters: label noise and/or limited data, with validation and test
+# sets that can resolve a few tenths of a point (MNIST-S: 6,000 training examples, validation
+# 15% = 900 per fold, test 10,000; MNIST-1D: 4,000 and 1,000 test; CIFAR-10-JPEG-S: 5,000, test
+# 10,000), and digits with label noise as the embedded demo (validation folds of 287, test 355:
+# it cannot resolve 0.3 points). Epochs fit the 2-core CPU; CIFAR gets enough for the small CNN
+# to learn. Budget per task: 24 tuning trials (about 21 full-run equivalents with ASHA) and a
+# race of at most 36 runs: at most 60 in all.
 TASKS: dict[str, dict[str, Any]] = {
     "digits-noisy": {"train": {"dataset": "digits", "label_noise": 0.2, "model": "cnn",
-                               "epochs": 10, "batch_size": 64, "lr": 0.05, "val_fraction": 0.2},
-                     "trials": 30},
+                               "epochs": 10, "batch_size": 64, "lr": 0.05, "val_fraction": 0.2}},
     "mnist-S-noisy": {"train": {"dataset": "mnist-S", "label_noise": 0.2, "model": "mlp",
                                 "epochs": 12, "batch_size": 128, "lr": 0.05,
-                                "val_fraction": 0.15},
-                      "trials": 30},
+                                "val_fraction": 0.15}},
     "mnist1d-noisy": {"train": {"dataset": "mnist1d", "label_noise": 0.2, "model": "cnn",
                                 "epochs": 15, "batch_size": 128, "lr": 0.05,
-                                "val_fraction": 0.15},
-                      "trials": 30},
-    "cifar10-jpeg-S": {"train": {"dataset": "cifar10-jpeg-S", "model": "cnn", "epochs": 5,
-                                 "batch_size": 128, "lr": 0.05, "val_fraction": 0.1},
-                       "trials": 16, "confirm": {"top_k": 2, "seeds": 3}},
+                                "val_fraction": 0.15}},
+    "cifar10-jpeg-S": {"train": {"dataset": "cifar10-jpeg-S", "model": "cnn", "epochs": 20,
+                                 "batch_size": 128, "lr": 0.05, "val_fraction": 0.1}},
 }
+TRIALS = 24
+RACE = {"top_k": 2, "budget": 36}
 
 
 def study_file(out: Path, name: str, task: dict[str, Any], space: Path, data_dir: str,
                seed: int, concurrency: int) -> Path:
     train = {"schedule": "cosine", "weight_decay": 5e-4, "data_dir": data_dir, **task["train"]}
     study = {"name": name, "search_space": str(space), "train": train, "metric": "val_acc",
-             "trials": task["trials"], "concurrency": concurrency,
+             "trials": task.get("trials", TRIALS), "concurrency": concurrency,
              "resources": {"cpu": 1, "gpu": 0},
              "scheduler": {"type": "asha", "grace_period": "auto", "reduction_factor": 3},
              "sampler": {"type": "tpe", "startup_trials": 10},
-             "confirm": task.get("confirm", {"top_k": 3, "seeds": 3}), "seed": seed}
+             "race": task.get("race", RACE), "seed": seed}
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
@@ -94,93 +96,88 @@ def rung_correlations(runs: dict[str, list[dict[str, Any]]], key: str) -> dict[i
     return {e + 1: spearman([s[e] for s in series], finals) for e in range(epochs - 1)}
 
 
-def per_epoch_correlations(trials: list[Any], last: int) -> dict[int, float]:
-    """Spearman between each epoch's intermediate value and the final value (the trial's value
-    at full budget), over full-budget trials."""
-    out = {}
-    for epoch in range(1, last):
-        pairs = [(t.intermediate_values.get(epoch), t.value) for t in trials]
-        pairs = [p for p in pairs if None not in p]
-        out[epoch] = spearman([a for a, _ in pairs], [b for _, b in pairs])
-    return out
-
-
-def confirmation_correlations(config: Any) -> dict[int, float]:
-    """The same over the confirmation runs: finalists × fresh seeds, all at full budget, every
-    epoch's validation value recorded (no selection by an early rung)."""
-    from optuna.trial import TrialState
-
-    from metasam.tuning.storage import StudyNotFoundError, load_study
-
-    try:
-        study = load_study(config.storage, f"{config.name}.confirm")
-    except StudyNotFoundError:
-        return {}
-    runs = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("full_budget")]
-    return per_epoch_correlations(runs, config.train.epochs)
-
-
-def study_figures(config: Any) -> dict[str, Any]:
+def test_methods(study: Any) -> dict[str, Any]:
+    """What is scored on test: the race's winner, the seven presets at their defaults, the best
+    universal member and the best preset-region member the search found (full budget, by
+    tuning value). Equal specs are trained once, under the first name."""
+    from metasam.tuning.compare import baseline_points
+    from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.record import TrialRecord
-    from metasam.tuning.storage import census, load_study
+    from metasam.tuning.storage import best_trials
 
-    study = load_study(config.storage, config.name)
-    trials = sorted(census(study).counted, key=lambda t: t.number)
-    records = {t.number: TrialRecord.of(t) for t in trials}
-    diverged = [t for t in trials if records[t.number].status is not None
-                and records[t.number].status.failed]
-    searched = [t for t in trials if not records[t.number].is_point]
-    searched_full = [t for t in searched if records[t.number].full_budget]
-    presets_full = [t for t in trials if records[t.number].is_point
-                    and records[t.number].full_budget and t.value is not None]
-    sign = 1 if config.mode == "max" else -1
-    best_preset = max((sign * t.value for t in presets_full), default=None)
-    first_beat = next((i + 1 for i, t in enumerate(trials)
-                       if not records[t.number].is_point and records[t.number].full_budget
-                       and best_preset is not None
-                       and sign * t.value > best_preset), None)
-    members = Counter(t.user_attrs.get("member", "?") for t in searched)
-    # rank correlation among the trials that reached the full budget, from the per-epoch
-    # validation values Optuna recorded (a selected sample: the presets and ASHA's survivors)
-    full = [t for t in trials if t.user_attrs.get("full_budget") and t.intermediate_values]
-    val_corr = per_epoch_correlations(full, config.train.epochs)
-    return {"trials": len(trials), "diverged": len(diverged),
-            "diverged_share": len(diverged) / max(1, len(trials)),
-            "searched": len(searched), "searched_full": len(searched_full),
-            "searched_full_share": len(searched_full) / max(1, len(searched)),
-            "first_trial_beating_best_preset_on_val": first_beat,
-            "searched_members": dict(members), "val_rank_corr_full_budget_trials": val_corr,
-            "val_rank_corr_confirmation_runs": confirmation_correlations(config),
-            "repaired": sum(1 for t in searched if t.user_attrs.get("repaired"))}
+    config = study.config
+    exported = study.export()
+    train_keys = ("lr", "weight_decay", "momentum")
+    methods: dict[str, Point] = {"winner": Point(
+        Label(Role.COMPARE, "winner", (exported["spec"] or {}).get("name")), exported["spec"],
+        {k: v for k, v in exported["base_optimizer"].items()
+         if k in train_keys and getattr(config.train, k) != v})}
+    methods.update(baseline_points(config, None))
+    trials = config.load_study()
+    ranked = best_trials(trials, config.mode, len(trials.trials))
+    searched = [TrialRecord.of(t) for t in ranked if not TrialRecord.of(t).is_point]
+    names: dict[str, str] = {}
+    for key, universal in (("best universal", True), ("best region", False)):
+        rec = next((r for r in searched if (r.member == "universal") == universal), None)
+        if rec is not None and rec.spec is not None:
+            methods[key] = Point(Label(Role.COMPARE, key, rec.spec.get("name"),
+                                       trial=rec.number), rec.spec, rec.train)
+            names[key] = rec.name
+    unique: dict[str, Point] = {}
+    aliases: dict[str, str] = {}
+    for name, point in methods.items():
+        key = json.dumps([point.spec, point.train], sort_keys=True)
+        first = next((n for n, p in unique.items()
+                      if json.dumps([p.spec, p.train], sort_keys=True) == key), None)
+        if first is None:
+            unique[name] = point
+        else:
+            aliases[name] = first
+    return {"points": unique, "aliases": aliases, "winner": exported["name"], "names": names}
 
 
-def test_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    from metasam.stats import Summary, welch_greater
+def paired(a: list[float], b: list[float]) -> dict[str, float]:
+    from metasam.stats import PairedDifference
 
-    acc = {m: [r["test_acc"] for r in rs] for m, rs in runs.items()}
-    baselines = [m for m in acc if m != "best"]
-    oracle = max(baselines, key=lambda m: Summary.of(acc[m]).mean)
-    winner = acc.get("best", [])
+    d = PairedDifference.of(a, b)
+    return {"mean": 100 * d.mean, "ci95": 100 * d.ci95, "p": d.p_greater, "n": d.n,
+            "p_improvement": d.p_improvement}
 
-    def row(values: list[float]) -> dict[str, Any]:
-        s = Summary.of(values)
-        return {"mean": s.mean, "std": s.std, "values": values}
 
-    return {"sgd": row(acc["sgd"]), "sam": row(acc["sam"]), "oracle": oracle,
-            "oracle_preset": row(acc[oracle]), "winner": row(winner),
-            "p_winner_gt_sgd": welch_greater(winner, acc["sgd"]),
-            "p_winner_gt_sam": welch_greater(winner, acc["sam"]),
-            "p_winner_gt_oracle": welch_greater(winner, acc[oracle]),
-            "p_oracle_gt_winner": welch_greater(acc[oracle], winner),
-            "all": {m: row(v) for m, v in acc.items()}}
+def test_figures(runs: dict[str, list[dict[str, Any]]], aliases: dict[str, str]
+                 ) -> dict[str, Any]:
+    """Paired over seeds: the winner against SGD, SAM and the best default preset on test;
+    the best universal member against the best region member."""
+    from metasam.stats import Summary
+
+    acc = {m: {r["seed"]: r["test_acc"] for r in rs} for m, rs in runs.items()}
+    for alias, name in aliases.items():
+        acc[alias] = acc[name]
+    seeds = sorted(set.intersection(*(set(v) for v in acc.values())))
+
+    def values(m: str) -> list[float]:
+        return [acc[m][s] for s in seeds]
+
+    presets_ = ["sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam"]
+    oracle = max(presets_, key=lambda m: sum(values(m)))
+    out: dict[str, Any] = {
+        "seeds": len(seeds), "oracle": oracle,
+        "mean": {m: 100 * Summary.of(values(m)).mean for m in acc},
+        "sd": {m: 100 * Summary.of(values(m)).std for m in acc},
+        "winner_vs_sgd": paired(values("winner"), values("sgd")),
+        "winner_vs_sam": paired(values("winner"), values("sam")),
+        "winner_vs_oracle": paired(values("winner"), values(oracle))}
+    if "best universal" in acc and "best region" in acc:
+        out["universal_vs_region"] = paired(values("best universal"), values("best region"))
+    return out
 
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam import Study
     from metasam.analysis.runs import collect
     from metasam.tuning import StudyConfig
-    from metasam.tuning.compare import run_compare
+    from metasam.tuning.compare import compare_config
+    from metasam.tuning.runner import tune_study
 
     path = study_file(args.out, name, TASKS[name], args.space, args.data_dir, args.seed,
                       args.concurrency)
@@ -191,47 +188,65 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.time()
     study.decide()
     t2 = time.time()
-    run_compare(config, seeds=args.seeds, verbose=0, sharpness_every=0)
+    verdict = study.verdict()
+    chosen = test_methods(study)
+    comparison = compare_config(config, args.seeds, chosen["points"], sharpness_every=0)
+    tune_study(comparison, verbose=0, record_history=True)
     t3 = time.time()
     runs = collect(config)
-    verdict = study.verdict()
-    return {"task": name, "train": config.train.to_dict(), "winner": study.export()[
-        "name"], "verdict": verdict.to_dict() if verdict else None,
-        "study": study_figures(config), "test": test_figures(runs),
-        "test_rank_corr_by_epoch": rung_correlations(runs, "test_acc"),
-        "seconds": {"tune": t1 - t0, "confirm": t2 - t1, "compare": t3 - t2}}
+    return {"task": name, "train": config.train.to_dict(), "winner": chosen["winner"],
+            "names": chosen["names"], "aliases": chosen["aliases"],
+            "verdict": verdict.to_dict(config.metric) if verdict else None,
+            "cost": study.cost().to_dict(), "test": test_figures(runs, chosen["aliases"]),
+            "test_rank_corr_by_epoch": rung_correlations(runs, "test_acc"),
+            "seconds": {"tune": t1 - t0, "race": t2 - t1, "test": t3 - t2}}
 
 
-def pct(row: dict[str, Any]) -> str:
-    return f"{100 * row['mean']:.2f} ± {100 * (0 if math.isnan(row['std']) else row['std']):.2f}"
+def ci(d: dict[str, float]) -> str:
+    return f"{d['mean']:+.2f} ± {d['ci95']:.2f} (p = {d['p']:.3f})"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| task | SGD | SAM (default) | best default preset on test (oracle) | tuned winner "
-             "| p(winner > SGD) | p(winner > SAM) | p(winner > oracle) | p(oracle > winner) "
-             "| diverged | searched at full budget | first trial beating best preset (val) |",
-             "|" + "---|" * 12]
+    lines = ["| task | winner | cost (FRE) | race: detectable vs best preset (val) | "
+             "test: winner − SGD | winner − SAM (default) | winner − best default preset "
+             "(oracle) | best universal − best region member |",
+             "|" + "---|" * 8]
     for r in results:
-        t, s = r["test"], r["study"]
+        t, v = r["test"], r["verdict"] or {}
+        against = v.get("against", {})
+        best = against.get("best_preset", {})
+        mde = (f"{best['detectable_80']:.2f} ({best['instances']} inst., vs {best['name']})"
+               if best and not best.get("is_winner") else "winner is a preset")
+        uni = t.get("universal_vs_region")
         lines.append(
-            f"| {r['task']} | {pct(t['sgd'])} | {pct(t['sam'])} | {t['oracle']}: "
-            f"{pct(t['oracle_preset'])} | {r['winner']}: {pct(t['winner'])} | "
-            f"{t['p_winner_gt_sgd']:.3f} | {t['p_winner_gt_sam']:.3f} | "
-            f"{t['p_winner_gt_oracle']:.3f} | {t['p_oracle_gt_winner']:.3f} | "
-            f"{s['diverged']}/{s['trials']} | {s['searched_full']}/{s['searched']} | "
-            f"{s['first_trial_beating_best_preset_on_val'] or 'never'} |")
+            f"| {r['task']} | {r['winner']} | {r['cost']['total']:.1f} | {mde} | "
+            f"{ci(t['winner_vs_sgd'])} | {ci(t['winner_vs_sam'])} | {t['oracle']}: "
+            f"{ci(t['winner_vs_oracle'])} | "
+            + (f"{r['names'].get('best universal')} − {r['names'].get('best region')}: "
+               f"{ci(uni)}" if uni else "—") + " |")
+    lines += ["", "Test accuracy (%), mean over the paired seeds:", ""]
+    for r in results:
+        t = r["test"]
+        lines.append(f"- {r['task']} ({t['seeds']} seeds): " + ", ".join(
+            f"{m} {t['mean'][m]:.2f} (sd {t['sd'][m]:.2f})" for m in sorted(t["mean"])))
+    lines += ["", "The race's verdicts (validation, paired over instances):", ""]
+    for r in results:
+        v = r["verdict"]
+        if not v:
+            continue
+        parts = []
+        for key, c in v["against"].items():
+            parts.append(f"{key} ({c['name']}): winner itself" if c.get("is_winner") else
+                         f"{key} ({c['name']}): {c['mean']:+.2f} ± {c['ci95']:.2f}, "
+                         f"p = {c['p_value']:.3f}, n = {c['instances']}, detectable "
+                         f"{c['detectable_80']:.2f}")
+        lines.append(f"- {r['task']}: {v['race']['runs']} runs, ended: {v['race']['end']}; "
+                     + "; ".join(parts))
     lines += ["", "Rank correlation (Spearman) of each epoch's test accuracy with the last "
-              "epoch's, over the comparison runs:", ""]
+              "epoch's, over the test runs:", ""]
     for r in results:
         corr = r["test_rank_corr_by_epoch"]
         lines.append(f"- {r['task']}: " + ", ".join(f"e{e}: {c:.2f}" for e, c in corr.items()))
-    for key, title in (("val_rank_corr_full_budget_trials", "the study's full-budget trials"),
-                       ("val_rank_corr_confirmation_runs", "the confirmation runs")):
-        lines += ["", f"Validation rank correlation with the last epoch among {title}:", ""]
-        for r in results:
-            corr = r["study"][key]
-            lines.append(f"- {r['task']}: " + ", ".join(f"e{e}: {c:.2f}"
-                                                        for e, c in corr.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -244,7 +259,7 @@ def main() -> int:
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" /
                         "universal-poly.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "search-benchmark")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the comparison runs")
+    parser.add_argument("--seeds", type=int, default=10, help="paired seeds of the test runs")
     parser.add_argument("--seed", type=int, default=0, help="the studies' seed")
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
@@ -260,7 +275,9 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+    # its own local instance (not a cluster another process started on this machine)
+    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False,
+             log_to_driver=False)
     results = []
     try:
         for name in names:

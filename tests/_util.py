@@ -109,7 +109,7 @@ def write_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int =
              "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
              "sampler": {"type": "tpe", "startup_trials": 3},
              "heartbeat": {"interval": 1, "grace": 4},
-             "confirm": extra.pop("confirm", False), **extra}
+             "race": extra.pop("race", False), **extra}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
     return path

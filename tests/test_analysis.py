@@ -147,7 +147,7 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     from _util import write_study
 
     path = write_study(tmp_path, name="pipeline", trials=5, epochs=3,
-                       confirm={"top_k": 1, "seeds": 2}, space={
+                       race={"top_k": 1, "budget": 6, "first": 2}, space={
         "presets": ["sgd", "sam"],
         "search": {"measure": {"kinds": ["gaussian"]},
                    "phi": {"polynomial": {"outputs": [1], "degree": [1, 1],
@@ -158,10 +158,18 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     path.write_text(yaml.safe_dump(study))
     assert main(["tune", str(path), "--address", ray_cluster, "--quiet"]) == 0
     closing = capsys.readouterr().out.strip().splitlines()
-    # tune's closing summary: the confirmed winner with its interval, then the one-line verdict
-    assert closing[-2].startswith("winner: ") and "95% CI, 2 seeds" in closing[-2]
-    assert closing[-1].startswith("verdict: against SGD: ")
-    assert "against the best preset" in closing[-1]
+    # tune's closing summary: the race's winner, its verdicts against SGD, SAM at its default
+    # and the best preset (paired differences with their power), then the study's cost
+    winner_line = next(i for i, line in enumerate(closing) if line.startswith("winner: "))
+    assert "over 2 instances" in closing[winner_line]
+    verdicts = closing[winner_line + 1:-1]
+    assert [v.split(" (")[0] for v in verdicts] == [
+        "verdict against SGD", "verdict against SAM at its default",
+        "verdict against the best preset"]
+    for v in verdicts:
+        assert "it is the winner itself" in v or ("shared instances" in v
+                                                  and "detectable at 80% power" in v)
+    assert closing[-1].startswith("cost: ") and "race 6.0 over 6 runs" in closing[-1]
     assert main(["compare", str(path), "--seeds", "2", "--address", ray_cluster, "--quiet",
                  "--sharpness-every", "3"]) == 0
     capsys.readouterr()
@@ -170,17 +178,34 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     markdown = (out / "report.md").read_text()
     for name in ("SGD", "SAM", "ASAM", "SSAM-F", "Trace-SAM", "Frob-SAM", "Det-SAM"):
         assert f"| {name} |" in markdown
-    # the search's row names what the confirmation stage chose
+    # the search's row names what the race chose
     from metasam.tuning import StudyConfig
     from metasam.tuning.export import best_optimizer
 
     winner = best_optimizer(StudyConfig.from_yaml(path))
-    assert winner["confirmed"] is not None and winner["confirmed"]["seeds"] == 2
+    assert winner["verdict"] is not None and winner["verdict"]["instances"] == 2
     assert f"| metasam (best found = {winner['name']}) |" in markdown
     assert (out / "report.tex").read_text().startswith(r"\begin{tabular}")
     for png in ("pipeline-test-accuracy.png", "pipeline-sharpness.png",
                 "pipeline-search-history.png"):
-        assert (out / png).stat().st_size > 20_000, png
+        assert (out / png).is_file(), png
+    # what the plots draw: every method's mean test accuracy per epoch over its 2 seeds, and
+    # every trial of the search
+    from metasam.analysis.plots import search_history_figure, test_accuracy_figure
+    from metasam.analysis.runs import collect
+
+    config = StudyConfig.from_yaml(path)
+    runs = collect(config)
+    lines = test_accuracy_figure(runs, "t", winner["name"]).axes[0].get_lines()
+    drawn = [line for line in lines if line.get_label().endswith("(n=2)")]
+    assert len(drawn) == len(runs) == 8
+    sgd_line = next(line for line in drawn if line.get_label() == "SGD (n=2)")
+    final = [r["history"][-1]["test_acc"] for r in runs["sgd"]]
+    assert sgd_line.get_ydata()[-1] == pytest.approx(100 * sum(final) / len(final))
+    history = search_history_figure(config.load_study(), "val_acc", "max").axes[0]
+    counts = [int(label.rpartition("(")[2].rstrip(")"))
+              for label in history.get_legend_handles_labels()[1] if label.endswith(")")]
+    assert sum(counts) == 5
     compute = (out / "compute.md").read_text()
     # the compute table speaks the reader's names, the winner's included
     assert "| digits | Frob-SAM | 3 |" in compute and "| digits | SGD | 1 |" in compute

@@ -167,7 +167,7 @@ def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
 
 def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) -> None:
     """A study file's meta section (a knowledge file; `--meta-k` overriding its k): the
-    portfolio runs before the reference points, and the confirmation runs only its finalists."""
+    portfolio runs before the reference points, and the race runs only its candidates."""
     import dataclasses
 
     from _util import write_study
@@ -188,7 +188,7 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) 
     write_knowledge([*records, extra], tmp_path / "kb.json")
     path = write_study(tmp_path / "new", name="new", trials=3, epochs=1, concurrency=1,
                        meta={"from": ["../kb.json"], "k": 2},
-                       confirm={"top_k": 1, "seeds": 2})
+                       race={"top_k": 1, "budget": 6, "first": 2})
     assert main(["tune", str(path), "--address", ray_cluster, "--quiet", "--meta-k", "1"]) == 0
     said = capsys.readouterr().err
     assert "learning from 2 prior task(s)" in said and "portfolio: b:frob_sam;" in said
@@ -202,9 +202,10 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) 
     assert [TrialRecord.of(t).label for t in trials[1:]] == [
         Label(Role.REFERENCE, name, preset=name) for name in ("sgd", "sam")]
     assert "metasam:descriptor" in load_study(target.storage, target.name).user_attrs
-    # the confirmation study learns nothing from priors: finalists × seeds, nothing else
-    confirm = load_study(target.storage, f"{target.name}.confirm").get_trials(deepcopy=False)
-    assert confirm and all(TrialRecord.of(t).label.role is Role.CONFIRM for t in confirm)
+    # the race learns nothing from priors: its candidates × instances, nothing else
+    race = load_study(target.storage, f"{target.name}.race").get_trials(deepcopy=False)
+    assert race and all(TrialRecord.of(t).label.role is Role.RACE for t in race)
+    assert {TrialRecord.of(t).label.trial for t in race} == {0, 1, 2}
 
 
 def test_boxed_sampling_keeps_the_full_space_reachable() -> None:

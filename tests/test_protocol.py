@@ -17,9 +17,9 @@ def test_labels_round_trip_and_their_keys_are_unique():
               Label(Role.POINT, "frob_sam lam=0.01", preset="frob_sam"),
               Label(Role.WARM, "other#3", preset="sam"),
               Label(Role.META, "b:frob_sam", preset="frob_sam"),
-              Label(Role.CONFIRM, "sam ρ=0.1", preset="sam", trial=3, instance=1),
-              Label(Role.CONFIRM, "sam ρ=0.1", preset="sam", trial=3, instance=2),
-              Label(Role.CONFIRM, "sam", preset="sam", trial=1, instance=1),
+              Label(Role.RACE, "sam ρ=0.1", preset="sam", trial=3, instance=1),
+              Label(Role.RACE, "sam ρ=0.1", preset="sam", trial=3, instance=2),
+              Label(Role.RACE, "sam", preset="sam", trial=1, instance=1),
               Label(Role.COMPARE, "best", instance=0)]
     for label in labels:
         assert Label.from_dict(json.loads(json.dumps(label.to_dict()))) == label

@@ -1,10 +1,11 @@
 """The search's parts that decide what it can find: penalty-only spaces (checked through the
 implied measure), relative λ, the guard, preset regions, trial-seeded samplers and the
-confirmation stage that replaces a lucky winner. No Ray: fast."""
+race that replaces a lucky winner. No Ray: fast."""
 
 from __future__ import annotations
 
 import json
+import random
 
 import optuna
 import pytest
@@ -225,7 +226,7 @@ def test_trial_seeded_sampler_reproduces_a_study_across_runs_and_resumes() -> No
     assert _sampled_params(1) != first
 
 
-# --- the confirmation stage -------------------------------------------------------------------
+# --- the race ----------------------------------------------------------------------------------
 
 def _add(study: optuna.Study, value: float, **attrs) -> None:
     attrs = {"full_budget": True, "status": "completed", "epochs": 3, **attrs}
@@ -236,15 +237,35 @@ def _point(label: str, spec: SharpnessSpec) -> dict:
     return record.point_attrs(Point(Label(Role.REFERENCE, label, preset=label), spec.to_dict()))
 
 
-def test_confirmation_replaces_a_winner_that_was_first_only_by_a_lucky_seed(tmp_path) -> None:
+def _run_race_offline(config, values) -> None:
+    """Play a study's race without Ray: each round's runs are added to the race's study with
+    ``values(candidate, instance)``, as Ray Tune would have recorded them."""
+    from metasam.tuning import decision
+    from metasam.tuning.storage import open_storage, open_study
+
+    candidates = decision.race_candidates(config)
+    by_id = {c.id: c for c in candidates}
+    race_study = open_study(open_storage(config.storage), f"{config.name}.race", config.mode)
+    while True:
+        race = decision.new_race(config, candidates)
+        decision._replay(race, candidates, decision._stored_runs(config))
+        batch = race.next_round()
+        if not batch:
+            return
+        for cid, instance in batch:
+            owner = by_id[cid]
+            point = Point(owner.run_label(instance), owner.spec,
+                          {**owner.train, **decision.instance_train(config, instance)})
+            _add(race_study, values(owner, instance), **record.point_attrs(point))
+
+
+def _lucky_study(tmp_path, **race):
     from _util import write_study
 
     from metasam.tuning import StudyConfig
-    from metasam.tuning.confirm import Pick, confirmation_config, confirmed_verdict, finalists
-    from metasam.tuning.export import best_optimizer
     from metasam.tuning.storage import open_storage, open_study
 
-    config = StudyConfig.from_yaml(write_study(tmp_path, confirm={"top_k": 2, "seeds": 3}))
+    config = StudyConfig.from_yaml(write_study(tmp_path, race={"top_k": 2, **race}))
     study = open_study(open_storage(config.storage), config.name, config.mode)
     lucky = SharpnessSpec(measure="sphere", n=2, rho=0.2, lam=1.5, lam_scale="relative",
                           name="universal")
@@ -255,65 +276,121 @@ def test_confirmation_replaces_a_winner_that_was_first_only_by_a_lucky_seed(tmp_
     _add(study, 0.86, spec=json.dumps(steady.to_dict()), train="{}", member="sam")   # 3
     _add(study, 0.95, spec=json.dumps(lucky.to_dict()), train="{}",
          full_budget=False)                                                    # 4: stopped
-    # single-seed view: the lucky trial wins
-    assert best_optimizer(config)["trial"] == 2 and best_optimizer(config)["confirmed"] is None
-    chosen = finalists(config)
-    assert [(f.trial, f.pick) for f in chosen] == [(2, Pick.TOP), (3, Pick.TOP),
-                                                   (1, Pick.PRESET), (0, Pick.SGD)]
-    assert chosen[1].name == "sam ρ=0.1" and chosen[2].name == "sam"
-    confirmation = confirmation_config(config, chosen)
-    assert confirmation.trials == 4 * 3 and confirmation.train.test == "none"
-    assert {p.train["seed"] for p in confirmation.space.points} == {1, 2, 3}  # fresh seeds
-    runs = {2: [0.80, 0.81, 0.79], 3: [0.86, 0.87, 0.865], 1: [0.82, 0.83, 0.81],
-            0: [0.80, 0.79, 0.805]}
-    confirm_study = open_study(open_storage(config.storage), confirmation.name, config.mode)
-    for point in confirmation.space.points:
-        label = point.label
-        assert label.role is Role.CONFIRM
-        _add(confirm_study, runs[label.trial][label.instance - 1], **record.point_attrs(point))
-    verdict = confirmed_verdict(config)
-    assert verdict.winner.finalist.trial == 3 and verdict.winner.finalist.name == "sam ρ=0.1"
-    assert verdict.best_preset.finalist.name == "sam"
-    assert verdict.beats_sgd and verdict.beats_best_preset
+    return config, steady
+
+
+def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_path) -> None:
+    from metasam.tuning import decision
+    from metasam.tuning.export import best_optimizer
+
+    config, steady = _lucky_study(tmp_path)
+    # single-instance view: the lucky trial wins
+    assert best_optimizer(config)["trial"] == 2 and best_optimizer(config)["verdict"] is None
+    candidates = decision.race_candidates(config)
+    assert [(c.trial, c.pick) for c in candidates] == [
+        (2, decision.Pick.TOP), (3, decision.Pick.TOP), (0, decision.Pick.PRESET),
+        (1, decision.Pick.PRESET)]
+    assert candidates[1].name == "sam ρ=0.1" and candidates[3].name == "sam"
+    # instances: fresh seeds and the folds of a stratified 10-fold split (val_fraction 0.1),
+    # then of the next repeat
+    assert config.train.val_fraction == 0.1
+    assert [decision.instance_train(config, i) for i in (0, 9, 10)] == [
+        {"seed": 1, "val_seed": 1, "val_fold": 0}, {"seed": 10, "val_seed": 1, "val_fold": 9},
+        {"seed": 11, "val_seed": 2, "val_fold": 0}]
+    means = {2: 0.80, 3: 0.86, 0: 0.80, 1: 0.82}
+    rng = random.Random(0)
+    effects = [rng.gauss(0, 0.01) for _ in range(40)]  # instance difficulty, shared by all
+
+    def values(owner, instance):
+        return means[owner.trial] + effects[instance] + rng.gauss(0, 0.004)
+
+    _run_race_offline(config, values)
+    verdict = decision.race_verdict(config)
+    assert verdict.winner.candidate.trial == 3 and verdict.winner.candidate.name == "sam ρ=0.1"
+    assert verdict.end is decision.RaceEnd.ONE_LEFT
+    assert verdict.beats_sgd and verdict.against["sam"].confident
+    sgd = verdict.against["sgd"].difference
+    assert sgd.mean == pytest.approx(0.06, abs=0.01) and sgd.p_improvement == 1.0
+    assert sgd.n == len(verdict.against["sgd"].other.values)  # every instance SGD ran
     exported = best_optimizer(config)
     assert exported["trial"] == 3 and exported["name"] == "sam ρ=0.1"
     assert exported["spec"] == steady.to_dict()
-    assert exported["confirmed"]["values"] == runs[3]
+    figures = exported["verdict"]["against"]["sgd"]
+    assert figures["mean"] == pytest.approx(100 * sgd.mean) and figures["confident"]
+    assert figures["detectable_80"] == pytest.approx(100 * sgd.detectable)
+    assert exported["cost"]["race_runs"] == verdict.runs
     lines = verdict.lines(config.metric)
-    assert "winner: sam ρ=0.1" in lines[-2] and "beats it with confidence" in lines[-1]
+    assert lines[-4].startswith("winner: sam ρ=0.1")
+    assert lines[-3].startswith("verdict against SGD (sgd: +6.")
+    assert "beats it with confidence" in lines[-3] and "detectable at 80% power" in lines[-3]
 
 
-def test_confirmation_names_sgd_when_nothing_beats_it(tmp_path) -> None:
-    from metasam.tuning.confirm import Finalist, Pick, Standing, verdict_of
+def test_a_resumed_race_asks_only_for_what_is_missing(tmp_path) -> None:
+    """The race is replayed from its stored runs: interrupted after its opening batch, it asks
+    for the next round, not for the opening again."""
+    from metasam.tuning import decision
 
-    def standing(trial, name, pick, values):
-        return Standing(Finalist(trial, name, Pick(pick), None, {}), values)
+    config, _ = _lucky_study(tmp_path, first=3)
+    candidates = decision.race_candidates(config)
+    race = decision.new_race(config, candidates)
+    opening = race.next_round()
+    assert len(opening) == 3 * len(candidates)
+    race_study_values = {(c, i): 0.8 + 0.01 * k for k, (c, i) in enumerate(opening)}
+    from metasam.tuning.storage import open_storage, open_study
 
-    verdict = verdict_of([standing(1, "sam", "preset", [0.80, 0.81, 0.80]),
-                          standing(0, "sgd", "sgd", [0.82, 0.83, 0.82]),
-                          standing(5, "universal #5", "top", [0.79, 0.80, 0.81])], "max")
-    assert verdict.winner.finalist.name == "sgd" and not verdict.beats_sgd
-    assert "it is the winner itself" in verdict.confidence_line()
-    # min metrics: lower is better
-    verdict = verdict_of([standing(1, "sam", "preset", [0.30, 0.31, 0.30]),
-                          standing(0, "sgd", "sgd", [0.40, 0.41, 0.42])], "min")
-    assert verdict.winner.finalist.name == "sam" and verdict.beats_sgd
+    stored = open_study(open_storage(config.storage), f"{config.name}.race", config.mode)
+    by_id = {c.id: c for c in candidates}
+    for (cid, instance), value in race_study_values.items():
+        owner = by_id[cid]
+        point = Point(owner.run_label(instance), owner.spec, {})
+        _add(stored, value, **record.point_attrs(point))
+    again = decision.new_race(config, candidates)
+    decision._replay(again, candidates, decision._stored_runs(config))
+    assert all(i == 3 for _, i in again.next_round())
 
 
-def test_study_confirm_and_auto_grace_fields(tmp_path) -> None:
+def test_the_verdict_names_sgd_when_nothing_beats_it() -> None:
+    from metasam.tuning.decision import Candidate, Pick, verdict_of
+    from metasam.tuning.racing import Race
+
+    cands = [Candidate("universal #5", Pick.TOP, {"name": "universal"}, trial=5),
+             Candidate("sgd", Pick.PRESET, presets.sgd().to_dict(), trial=0),
+             Candidate("sam", Pick.PRESET, presets.sam().to_dict(), trial=1)]
+    for mode, values in (("max", {"t5": [0.79, 0.80, 0.81], "t0": [0.82, 0.83, 0.82],
+                                  "t1": [0.80, 0.81, 0.80]}),
+                         ("min", {"t5": [0.40, 0.41, 0.42], "t0": [0.50, 0.52, 0.51],
+                                  "t1": [0.30, 0.31, 0.30]})):
+        race = Race([c.id for c in cands], mode=mode, first=3, instances=3)
+        for cid, vs in values.items():
+            for i, v in enumerate(vs):
+                race.record(cid, i, v)
+        verdict = verdict_of(race, cands, mode)
+        if mode == "max":
+            assert verdict.winner.candidate.name == "sgd" and not verdict.beats_sgd
+            assert "it is the winner itself" in "\n".join(verdict.lines("val_acc"))
+            assert verdict.against["sgd"].difference is None
+        else:  # lower is better: SAM wins, and beats SGD
+            assert verdict.winner.candidate.name == "sam" and verdict.beats_sgd
+
+
+def test_study_race_and_auto_grace_fields(tmp_path) -> None:
     from _util import write_study
 
     from metasam.errors import ConfigError
     from metasam.tuning import StudyConfig
 
-    path = write_study(tmp_path, epochs=10, confirm=False,
+    path = write_study(tmp_path, epochs=10, race=False,
                        scheduler={"type": "asha", "grace_period": "auto",
                                   "reduction_factor": 3})
     config = StudyConfig.from_yaml(path)
-    assert config.confirm == {"top_k": 0, "seeds": 0}
+    assert config.race is None
     assert config.scheduler["grace_period"] == 8  # one rung, at three quarters
-    path = write_study(tmp_path, confirm={"top_k": 2, "seeds": 1})
-    with pytest.raises(ConfigError, match="confirm.seeds"):
+    path = write_study(tmp_path, race={"top_k": 2, "first": 1})
+    with pytest.raises(ConfigError, match="race.first"):
+        StudyConfig.from_yaml(path)
+    path = write_study(tmp_path, confirm={"top_k": 2, "seeds": 3})  # the former stage
+    with pytest.raises(ConfigError, match="confirm: the confirmation stage was replaced by the "
+                                          "race"):
         StudyConfig.from_yaml(path)
 
 

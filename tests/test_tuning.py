@@ -150,7 +150,9 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
     listing = json.loads(capsys.readouterr().out)
     rows = listing["trials"]
     assert len([r for r in rows if r["counted"]]) == 7
-    assert listing["confirmed"] is None  # confirm: false in this study
+    assert listing["verdict"] is None  # race: false in this study
+    assert listing["cost"]["tuning_trials"] == 7 and listing["cost"]["race_runs"] == 0
+    assert 0 < listing["cost"]["tuning"] <= 7
     for row in rows:  # each trial's full spec (a dict that loads), its summary and training
         if row["spec"] is not None:
             from metasam import SharpnessSpec

@@ -102,7 +102,7 @@ def run_tune(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     if not outcome.decided:
-        print(f"study {config.name}: confirmation stopped before the end; run the same "
+        print(f"study {config.name}: the race stopped before the end; run the same "
               "command again to resume", file=sys.stderr)
         return 130
     _print_verdict(study)
@@ -110,15 +110,17 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def _print_verdict(study: Study, file: TextIO | None = None) -> None:
-    """The confirmed winner and the one-line verdict, or what the study's best is without."""
+    """The race's winner and its verdicts, or what the study's best is without; then the
+    study's cost."""
     verdict = study.verdict()
     config = study.config
     if verdict is None:
-        print(f"study {config.name}: no confirmation runs (confirm: false, or none finished): "
-              "the best trial is a single-seed result", file=file)
-        return
-    for line in verdict.lines(config.objective):
-        print(line, file=file)
+        print(f"study {config.name}: no race runs (race: false, or none finished): the best "
+              "trial is a single-instance result", file=file)
+    else:
+        for line in verdict.lines(config.metric):
+            print(line, file=file)
+    print(study.cost().line(), file=file)
 
 
 def run_best(args: argparse.Namespace) -> int:
@@ -180,7 +182,8 @@ def run_trials(args: argparse.Namespace) -> int:
     if args.json:
         verdict = workflow.verdict()
         print(json.dumps({"trials": rows,
-                          "confirmed": verdict.to_dict() if verdict is not None else None,
+                          "verdict": verdict.to_dict(config.metric) if verdict else None,
+                          "cost": workflow.cost().to_dict(),
                           "front": [vars(p) for p in front]}))
         return 0
     width = max([5] + [len(str(r["label"])) for r in rows])  # labels are never cut

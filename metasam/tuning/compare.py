@@ -66,7 +66,7 @@ def tune_baselines(config: StudyConfig, address: str | None, verbose: int) -> di
 
 
 def best_point(config: StudyConfig) -> Point:
-    """The study's winner (confirmed when the confirmation runs exist) as a point."""
+    """The study's winner (the race's, once its runs exist) as a point."""
     data = best_optimizer(config)
     label = Label(Role.COMPARE, f"best (trial {data['trial']}: {data['name']})",
                   preset=(data["spec"] or {}).get("name"), trial=data["trial"])

@@ -8,8 +8,9 @@ from typing import Any
 from metasam.errors import ConfigError
 from metasam.optim.loading import FORMAT
 from metasam.training.trainer import base_of
-from metasam.tuning.confirm import confirmed_verdict
+from metasam.tuning.budget import study_cost
 from metasam.tuning.cost import pareto_front, pick
+from metasam.tuning.decision import SUFFIX, race_verdict
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.storage import best_trials, trial_spec, trial_train
 from metasam.tuning.study import StudyConfig
@@ -19,14 +20,14 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
     """The study's winner as an exportable dict: the spec, the base optimizer and its schedule,
     and where it came from.
 
-    The winner is the confirmation stage's (best mean over fresh seeds, see
-    :mod:`metasam.tuning.confirm`) once its runs exist, with its mean, confidence interval and
-    tests under ``confirmed``; before that (or with ``confirm: false``) the best single-seed
-    trial at full budget, marked ``confirmed: null``. With ``max_cost`` it is the best trial of
-    the Pareto front of the metric against gradient evaluations that costs at most that many
-    (:mod:`metasam.tuning.cost`), under ``front`` the whole front."""
+    The winner is the race's (:mod:`metasam.tuning.decision`) once its runs exist, with its
+    paired differences against SGD, SAM at its default and the best preset under ``verdict``;
+    before that (or with ``race: false``) the best single-seed trial at full budget, marked
+    ``verdict: null``. ``cost`` is the study's cost in full-run equivalents. With ``max_cost``
+    it is the best trial of the Pareto front of the metric against gradient evaluations that
+    costs at most that many (:mod:`metasam.tuning.cost`), under ``front`` the whole front."""
     study = config.load_study()
-    verdict = confirmed_verdict(config, study) if max_cost is None else None
+    verdict = race_verdict(config, study) if max_cost is None else None
     front = None
     if max_cost is not None:
         front = pareto_front(study, config.metric, config.mode)
@@ -35,10 +36,10 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
         spec, overrides, number = trial_spec(trial), trial_train(trial), trial.number
         name, value = TrialRecord.of(trial).name, chosen.value
     elif verdict is not None:
-        f = verdict.winner.finalist
-        spec, overrides, number, name = f.spec, f.train, f.trial, f.name
-        value: float | None = verdict.winner.summary.mean
-        trial = study.trials[number] if number >= 0 else None
+        winner = verdict.winner.candidate
+        spec, overrides, number, name = winner.spec, winner.train, winner.trial, winner.name
+        value: float | None = verdict.winner.mean()
+        trial = study.trials[number] if number is not None else None
     else:
         best = best_trials(study, config.mode, 1)
         if not best:
@@ -63,7 +64,8 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
         "epochs": rec.epochs if rec and rec.epochs is not None else train.epochs,
         "passes_per_step": rec.passes_per_step if rec else None,
         "dataset": train.dataset, "model": train.model,
-        "confirmed": verdict.to_dict() if verdict is not None else None,
+        "verdict": verdict.to_dict(config.metric) if verdict is not None else None,
+        "cost": study_cost(config, f"{config.name}.{SUFFIX}").to_dict(),
         **({"max_cost": max_cost, "grad_evals": rec.result("grad_evals") if rec else None,
             "front": [vars(p) for p in front]} if front is not None else {}),
     }

@@ -1,16 +1,16 @@
 """The study protocol: what a trial *is*, what it *returned*, and what a study *concluded*.
 
-Every layer above this module (the searcher, the storage, the confirmation and racing stages,
+Every layer above this module (the searcher, the storage, the race of the decision stage,
 the export, the meta-learning, the CLI) reads and writes these types; nothing above parses a
 label or a status back out of a string. Optuna's user attributes and Ray Tune's trial configs
 are the two places where these types become plain data (:meth:`Label.to_dict` /
 :meth:`Label.from_dict`, :class:`Status` values), behind :mod:`metasam.tuning.record`.
 
-    >>> label = Label(Role.CONFIRM, "sam ρ=0.1", trial=12, instance=2)
+    >>> label = Label(Role.RACE, "sam ρ=0.1", trial=12, instance=2)
     >>> Label.from_dict(label.to_dict()) == label
     True
     >>> label.key
-    'confirm:t12/i2'
+    'race:t12/i2'
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Role(str, Enum):
     POINT = "point"            # a fixed point of the space (a grid entry)
     WARM = "warm"              # the top trial of another study (tune --warm-start)
     META = "meta"              # a prior task's winner from the zero-shot portfolio
-    CONFIRM = "confirm"        # a finalist re-run on one instance (the race)
+    RACE = "race"              # a candidate of the race on one instance
     COMPARE = "compare"        # a method of `metasam compare`, one seed, scored on test
 
     @property
@@ -53,8 +53,8 @@ class Label:
     role: Role
     method: str = ""
     preset: str | None = None
-    trial: int | None = None      # the study trial a CONFIRM run re-runs
-    instance: int | None = None   # the instance index of CONFIRM / COMPARE runs
+    trial: int | None = None      # the study trial a RACE run re-runs
+    instance: int | None = None   # the instance index of RACE / COMPARE runs
 
     @property
     def key(self) -> str:

@@ -3,7 +3,7 @@ user-attribute names.
 
 Written by the searcher (at the start and at the end of a trial), the storage (interruptions,
 retries, surplus trials, enqueued points) and the search space (repairs); read by the storage's
-census, the confirmation stage, the export, the comparison, the plots and the CLI.
+census, the race, the export, the comparison, the plots and the CLI.
 """
 
 from __future__ import annotations

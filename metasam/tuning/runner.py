@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -9,6 +10,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +184,23 @@ def listening(address: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None = None, verbose: int = 1) -> Iterator[None]:
+    """Ray for several :func:`tune_study` calls in a row (the rounds of a race): started once
+    here unless it already runs, shut down at the end if it was started here."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=_ray_address(address), include_dashboard=False, log_to_driver=verbose > 1,
+             configure_logging=True, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @dataclass(frozen=True)
 class TuneResult:
     """What one :func:`tune_study` call did: where the study stands, how many trials this call
@@ -258,12 +277,11 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
                              cost_weight=config.cost_weight,
                              record_history=record_history),
         {"cpu": config.cpu, "gpu": config.gpu})
-    started_ray = False
-    if not ray.is_initialized():
+    started_ray = not ray.is_initialized()
+    if started_ray:
         ray.init(address=_ray_address(address), include_dashboard=False,
                  log_to_driver=verbose > 1,
                  configure_logging=True, logging_level=logging.WARNING)
-        started_ray = True
     try:
         # a cluster this process did not start itself may still be adding nodes
         _check_resources(config, joined=bool(address or os.environ.get("RAY_ADDRESS"))

@@ -9,7 +9,8 @@
     concurrency: 2
     resources: {cpu: 1, gpu: 0}         # per trial; gpu may be a fraction (0.25: 4 per GPU)
     scheduler: {type: asha, grace_period: auto, reduction_factor: 3}   # auto: 1 rung at 75%
-    confirm: {top_k: 3, seeds: 3}       # re-run the finalists on fresh seeds (false: off)
+    race: {top_k: 2, budget: 36}        # the decision: finalists, presets and SGD race over
+                                        # paired instances (false: off; see decision.py)
     storage: null                       # default sqlite:///<this folder>/<name>.db; or
                                         # postgresql://..., or journal:FILE (Optuna's file
                                         # journal, for a shared filesystem; relative to here)
@@ -39,6 +40,7 @@ from metasam.tuning.space import SearchSpace
 from metasam.tuning.study_file import (
     META_DEFAULTS,
     METRICS,
+    RaceSettings,
     Sampler,
     StudyFile,
     prior_file,
@@ -66,7 +68,7 @@ class StudyConfig:
     seed: int = 0
     heartbeat_interval: int = 10
     heartbeat_grace: int = 60
-    confirm: dict[str, Any] = field(default_factory=lambda: {"top_k": 3, "seeds": 3})
+    race: RaceSettings | None = field(default_factory=RaceSettings)
     cost_weight: float = 0.0
     meta: MetaSettings | None = None
 
@@ -128,7 +130,7 @@ class StudyConfig:
                    storage=_read_storage(file.storage, path, file.name), sampler=file.sampler,
                    seed=file.seed, heartbeat_interval=heartbeat.interval,
                    heartbeat_grace=heartbeat.grace,
-                   confirm=file.confirm,
+                   race=None if file.confirm is False else file.race,
                    cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path))
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
@@ -200,7 +202,7 @@ class StudyConfig:
                 train_changes: dict[str, Any], cost_weight: float | None = None
                 ) -> StudyConfig:
         """A points-only study ``NAME.SUFFIX`` in the same storage, every point at full budget
-        (the confirmation runs, the comparison runs, tuned baselines); it learns nothing from
+        (the race's runs, the comparison runs, tuned baselines); it learns nothing from
         prior studies (no ``meta``): it runs exactly its points."""
         import dataclasses
 
@@ -208,7 +210,7 @@ class StudyConfig:
         return dataclasses.replace(
             self, name=f"{self.name}.{suffix}", space=space,
             train=self.train.replace(**train_changes), metric=metric, mode=mode,
-            trials=len(points), scheduler={"type": "none"}, confirm={"top_k": 0, "seeds": 0},
+            trials=len(points), scheduler={"type": "none"}, race=None,
             cost_weight=self.cost_weight if cost_weight is None else cost_weight, meta=None)
 
     def check_data(self) -> None:

@@ -64,19 +64,43 @@ class Sampler:
         _config.validate(self)
 
 
-def _check_confirm(name: str, data: Any) -> dict[str, Any]:
-    """``confirm: {top_k: K, seeds: S}`` (default 3 and 3), or ``false`` to declare the best
-    single-seed trial the winner."""
-    if data is False or data is None:
-        return {"top_k": 0, "seeds": 0}
-    if data is True:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(name, f"expected {{top_k: K, seeds: S}} or false, got {data!r}")
-    _checks.known_keys(name, data, ("top_k", "seeds"))
-    top_k = _checks.integer(f"{name}.top_k", data.get("top_k", 3), low=0)
-    seeds = _checks.integer(f"{name}.seeds", data.get("seeds", 3), low=0 if top_k == 0 else 2)
-    return {"top_k": top_k, "seeds": seeds}
+@dataclass(frozen=True)
+class RaceSettings:
+    """``race: {top_k: K, budget: B, first: F, instances: N, alpha: A}`` (or ``false``): the
+    decision stage (:mod:`metasam.tuning.decision`). The top ``top_k`` trials at full budget,
+    every reference preset at its default and SGD race over paired instances (a training seed
+    and a validation fold each); ``budget`` caps its runs in full-run equivalents."""
+
+    top_k: int = _config.option(2, _config.integer(1), "top trials at full budget that race")
+    budget: int = _config.option(36, _config.integer(2), "the race's runs, at most")
+    first: int = _config.option(3, _config.integer(2), "instances before the first test")
+    instances: int = _config.option(30, _config.integer(2), "instances at most")
+    alpha: float = _config.option(0.05, _config.number(0.0, 0.5, low_open=True),
+                                  "level of the elimination tests and of the verdicts")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
+        if self.first > self.instances:
+            raise ConfigError("first", f"{self.first} is above instances ({self.instances})",
+                              f"1 to {self.instances}")
+
+
+def _check_race(name: str, data: Any) -> RaceSettings | None:
+    if data is False:
+        return None
+    if data is True or data is None:
+        return RaceSettings()
+    return _config.section(RaceSettings, "{top_k: K, budget: B, first: F, instances: N, "
+                           "alpha: A} or false")(name, data)
+
+
+def _check_confirm(name: str, data: Any) -> None:
+    """The confirmation stage is gone: ``confirm: false`` still turns the decision off (see
+    StudyFile), anything else says what replaced it."""
+    if data is None or data is False:
+        return data
+    raise ConfigError(name, "the confirmation stage was replaced by the race",
+                      "race: {top_k: K, budget: B} (or confirm: false / race: false)")
 
 
 def _section(name: str, data: Any, shape: str, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -201,8 +225,9 @@ class StudyFile:
     seed: int = _config.option(0, _config.integer(0), "seed of the study")
     heartbeat: Heartbeat = _config.option(None, _config.section(
         Heartbeat, "{interval: S, grace: S}"), "seconds", factory=Heartbeat)
-    confirm: dict[str, Any] = _config.option(None, _check_confirm, "finalists re-run",
-                                             factory=dict)
+    race: RaceSettings | None = _config.option(True, _check_race, "the decision stage",
+                                               factory=RaceSettings)
+    confirm: Any = _config.option(None, _check_confirm, "replaced by race")
     cost: Cost = _config.option(None, _config.section(Cost, "{weight: W}"),
                                 "weight of the passes per step", factory=Cost)
     meta: dict[str, Any] | None = _config.option(None, _optional(_check_meta),

@@ -1,0 +1,168 @@
+"""The race and its statistics: on synthetic objectives with known means and noise, against
+scipy, and the instances it runs on (stratified folds that are disjoint and cover the pool)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from metasam.stats import (
+    PairedDifference,
+    detectable_difference,
+    friedman,
+    friedman_conover,
+    holm,
+    paired_greater,
+)
+from metasam.tuning.racing import Race, RaceEnd, simulate
+
+# --- the paired statistics match scipy ---------------------------------------------------------
+
+
+def test_paired_difference_matches_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.8, 0.01, 12)
+    b = a - 0.004 + rng.normal(0, 0.005, 12)
+    d = PairedDifference.of(list(a), list(b))
+    diff = a - b
+    assert d.mean == pytest.approx(diff.mean(), abs=1e-15)
+    assert d.sd == pytest.approx(diff.std(ddof=1), rel=1e-12)
+    low, high = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+    assert d.ci95 == pytest.approx((high - low) / 2, rel=1e-10)
+    assert d.p_greater == pytest.approx(stats.ttest_rel(a, b, alternative="greater").pvalue,
+                                        rel=1e-10)
+    assert d.p_improvement == pytest.approx(np.mean(diff > 0))
+    assert paired_greater([1.0, 2.0], [0.0, 1.0]) == 0.0  # every difference +1: no spread
+
+
+def test_the_detectable_difference_is_detected_with_80_percent_power():
+    """Ground truth: the exact power of the one-sided paired t-test (noncentral t)."""
+    for n, sd in ((4, 0.5), (10, 0.4), (25, 1.0)):
+        mde = detectable_difference(sd, n)
+        critical = stats.t.ppf(0.95, n - 1)
+        power = stats.nct.sf(critical, n - 1, mde / (sd / math.sqrt(n)))
+        assert 0.78 <= power <= 0.84, (n, power)  # the usual formula's approximation
+    assert math.isnan(detectable_difference(0.5, 1))
+
+
+def test_friedman_matches_scipy_and_conover_finds_the_planted_worst():
+    rng = np.random.default_rng(1)
+    table = rng.normal(0, 1, (8, 5))
+    table[:, 4] -= 3.0  # a clearly worse candidate
+    t, p = friedman(table.tolist())
+    ref = stats.friedmanchisquare(*table.T)
+    assert t == pytest.approx(ref.statistic, rel=1e-10) and p == pytest.approx(ref.pvalue)
+    assert friedman_conover(table.tolist()) == [False, False, False, False, True]
+    # ties within an instance get the mean rank (Friedman's tie correction)
+    tied = [[1.0, 1.0, 0.0], [2.0, 1.0, 1.0], [3.0, 3.0, 1.0]]
+    ref = stats.friedmanchisquare(*np.array(tied).T)
+    assert friedman(tied)[0] == pytest.approx(ref.statistic, rel=1e-10)
+
+
+def test_holm_matches_its_definition():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.2, math.nan]) == pytest.approx([0.2, math.nan], nan_ok=True)
+
+
+# --- the race on synthetic objectives ---------------------------------------------------------
+
+def test_the_race_names_the_winner_3_sd_ahead_in_at_least_95_of_100_races():
+    right = sum(simulate([3.0, 0.0, 0.0, 0.0, 0.0, 0.0], 1.0, seed=seed, first=3, instances=30,
+                         budget=200).winner() == "c0" for seed in range(100))
+    assert right >= 95
+
+
+def test_the_race_drops_a_planted_worse_candidate_and_keeps_a_planted_better_one():
+    kept = dropped = 0
+    for seed in range(50):
+        race = simulate([1.0, 0.0, 0.0, -4.0], 1.0, seed=seed, first=3, instances=15,
+                        budget=100)
+        kept += "c0" not in race.dropped
+        dropped += "c3" in race.dropped
+        # the worse one goes within a few tests of the opening instances
+        assert len(race.scores["c3"]) <= 6
+    assert kept >= 48 and dropped == 50
+
+
+def test_the_race_stops_early_when_the_gap_is_large():
+    race = simulate([10.0, 0.0, 0.0, 0.0, 0.0], 1.0, seed=3, first=3, instances=30, budget=200)
+    assert race.end() is RaceEnd.ONE_LEFT and race.winner() == "c0"
+    # Friedman's omnibus test needs a few instances when one candidate stands out among equal
+    # ones (the others' ranks are noise): decided by the fifth instance
+    assert race.runs <= 5 * 5
+    close = simulate([0.05, 0.0, 0.0, 0.0, 0.0], 1.0, seed=3, first=3, instances=30,
+                     budget=200)
+    assert close.runs > 3 * race.runs  # a small gap takes far more runs
+
+
+def test_the_race_respects_its_budget_and_minimizes_too():
+    for seed in range(10):
+        race = simulate([0.0, 0.0, 0.0], 1.0, seed=seed, first=3, instances=50, budget=20)
+        assert race.runs <= 20
+        assert race.end() in (RaceEnd.BUDGET, RaceEnd.ONE_LEFT)
+        if race.end() is RaceEnd.BUDGET:  # the next round would not have fitted
+            assert race.runs + len(race.alive) > 20
+    low = simulate([0.0, 3.0, 3.0], 1.0, seed=0, mode="min", first=3, instances=30,
+                   budget=100)
+    assert low.winner() == "c0"
+
+
+def test_a_resumed_race_replays_the_same_decisions():
+    """The race is a function of its recorded runs: a fresh Race fed the same runs takes the
+    same eliminations, in the same order, as the one that ran them."""
+    live = simulate([0.6, 0.3, 0.0, 0.0, -0.5], 1.0, seed=7, first=3, instances=20, budget=90)
+    replay = Race(list(live.candidates), first=3, instances=20, budget=90)
+    for c, values in live.scores.items():
+        for i, v in values.items():
+            replay.record(c, i, v)
+    assert replay.next_round() == [] and replay.dropped == live.dropped
+    assert replay.winner() == live.winner()
+
+
+def test_a_diverged_run_counts_as_the_worst_value():
+    race = Race(["a", "b", "c"], first=2, instances=5, budget=30)
+    for i in range(2):
+        race.record("a", i, 0.9)
+        race.record("b", i, 0.8 + 0.01 * i)
+        race.record("c", i, math.nan)  # diverged
+    assert race.scores["c"] == {0: -math.inf, 1: -math.inf}
+    assert race.p_worse("c", "a", 2) == 0.0
+
+
+def test_the_opening_rounds_come_as_one_batch():
+    race = Race(["a", "b", "c"], first=3, instances=10, budget=100)
+    assert race.next_round() == [(c, i) for i in range(3) for c in "abc"]
+    race = Race(["a", "b", "c"], first=3, instances=10, budget=7)  # only 2 instances fit
+    assert race.next_round() == [(c, i) for i in range(2) for c in "abc"]
+
+
+# --- the instances ------------------------------------------------------------------------------
+
+def test_fold_splits_are_disjoint_stratified_and_cover_the_pool():
+    from metasam.data.arrays import ArrayData
+    from metasam.data.variants import fold_count, stratified_fold
+
+    rng = random.Random(0)
+    y = torch.tensor([rng.randrange(4) for _ in range(203)])
+    data = ArrayData(torch.arange(203, dtype=torch.float32).reshape(-1, 1, 1), y, 4, (0.0,), (1.0,))
+    k = fold_count(0.2)
+    assert k == 5 and fold_count(0.15) == 7 and fold_count(0.1) == 10
+    folds = [stratified_fold(data, k, f, seed=3) for f in range(k)]
+    seen: list[int] = []
+    for train, val in folds:
+        ids = val.x.flatten().long().tolist()
+        assert len(train) + len(val) == 203
+        assert not set(ids) & set(train.x.flatten().long().tolist())
+        seen += ids
+        for c in range(4):  # each class split as evenly as it can be
+            count = int((val.y == c).sum())
+            total = int((y == c).sum())
+            assert total // k <= count <= -(-total // k)
+    assert sorted(seen) == list(range(203))  # disjoint, and together the whole pool
+    other = stratified_fold(data, k, 0, seed=4)[1].x.flatten().long().tolist()
+    assert other != folds[0][1].x.flatten().long().tolist()  # another repeat, another split
