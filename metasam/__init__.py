@@ -11,6 +11,7 @@ Public API::
 import sys
 from typing import Any
 
+from metasam._version import __version__
 from metasam.errors import NonFiniteStepError, SpecError, ValidationError
 from metasam.family import Measure, SharpnessSpec, presets
 from metasam.optim import StepInfo, UniversalSAM
@@ -19,7 +20,6 @@ from metasam.optim import StepInfo, UniversalSAM
 # stays the short public name.
 sys.modules.setdefault("metasam.presets", presets)
 
-__version__ = "0.1.0"
 
 __all__ = ["Measure", "NonFiniteStepError", "SharpnessSpec", "SpecError", "StepInfo", "Study",
            "UniversalSAM", "ValidationError", "load_optimizer", "presets", "__version__"]

@@ -160,3 +160,16 @@ def finished_trials(config) -> int:
         return 0
 
 
+
+
+# --- the by-hand cluster recipe (docs/cluster.md) ---------------------------------------------
+
+def by_hand_recipe() -> list[list[str]]:
+    """The commands of docs/cluster.md's by-hand recipe, split into words (comments dropped)."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
+    block = text.split("<!-- by-hand -->", 1)[1].split("<!-- /by-hand -->", 1)[0]
+    lines = [line.strip() for line in block.splitlines()]
+    return [shlex.split(line) for line in lines
+            if line and not line.startswith(("#", "```"))]

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -71,6 +72,44 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def ray_start(*args: str) -> int:
+    """``ray start ARGS`` in a process group of its own (returns the group id: stopping it stops
+    that node alone, never another Ray on the machine)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    if "--disable-usage-stats" not in args:
+        args = (*args, "--disable-usage-stats")
+    starter = subprocess.Popen([ray_bin, "start", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    _, err = starter.communicate(timeout=120)
+    if starter.returncode != 0:
+        raise RuntimeError(f"ray start failed: {err.decode()[-2000:]}")
+    return starter.pid  # the session leader's pid is the group id its daemons kept
+
+
+def stop_group(group: int, signals: tuple = ()) -> None:
+    """Stop a process group: SIGTERM, then SIGKILL after a grace period (or the given
+    (signal, seconds) steps)."""
+    import signal
+    import time
+
+    for sig, wait in signals or ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        if not _group_alive(group):
+            return
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole test session (``ray start --head`` on loopback), started in a
@@ -78,46 +117,36 @@ def ray_cluster(tmp_path_factory):
     other Ray on the machine, e.g. a study or a benchmark running beside the tests. It also
     puts back the file where ``ray start`` records "the current cluster" (a later ``ray.init()``
     without an address would try to join the stopped one)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    with ray_head(num_cpus=2) as address:
+        yield address
 
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int, *extra: str, args_for=None):
+    """A Ray head on loopback for the duration of the block; afterwards the current-cluster
+    record is put back as it was. ``args_for(port)``, if given, are the whole ``ray start``
+    arguments (a recipe's), in place of the defaults."""
     from metasam.tuning.compat import ray_current_cluster_file
     from metasam.tuning.runner import listening
 
-    ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     address_file = ray_current_cluster_file()
     assert address_file is not None, "this Ray keeps no current-cluster record where expected"
     previous = address_file.read_text() if address_file.is_file() else None
-    starter = subprocess.Popen(
-        [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    _, err = starter.communicate(timeout=120)
-    if starter.returncode != 0:
-        raise RuntimeError(f"ray start failed: {err.decode()[-2000:]}")
+    args = args_for(port) if args_for is not None else [
+        "--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+        "--num-gpus=0", "--include-dashboard=false", *extra]
+    group = ray_start(*args)
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    yield f"127.0.0.1:{port}"
-    group = starter.pid  # the session leader's pid is the group id its daemons kept
-    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        if not _group_alive(group):
-            break
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while _group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    if address_file.is_file() and address_file.read_text().strip().endswith(f":{port}"):
-        if previous is None or not listening(previous.strip()):
-            address_file.unlink()  # nothing to put back, or a head that has stopped since
-        else:
-            address_file.write_text(previous)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_group(group)
+        if address_file.is_file() and address_file.read_text().strip().endswith(f":{port}"):
+            if previous is None or not listening(previous.strip()):
+                address_file.unlink()  # nothing to put back, or a head that has stopped since
+            else:
+                address_file.write_text(previous)
 
 
 @pytest.fixture(scope="session")

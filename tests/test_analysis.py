@@ -8,6 +8,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -306,3 +307,47 @@ def test_cost_plot_draws_the_methods_pareto_front() -> None:
     # SGD, then the best of the 200-pass methods (the winner); Frob-SAM costs more for less
     assert list(front.get_xdata()) == [100, 200]
     assert [round(y, 2) for y in front.get_ydata()] == [90.1, 95.1]
+
+
+def test_search_history_keeps_every_trial_visible_beside_one_diverged_value() -> None:
+    import optuna
+
+    from metasam.analysis.plots import search_history_figure
+
+    study = optuna.create_study(direction="minimize")
+    losses = [0.62, 0.58, 0.60, 0.55, 12.3, 0.57, 0.61]  # trial 4 diverged to 12.3
+    for number, value in enumerate(losses):
+        trial = study.ask()
+        label = "sgd" if number == 0 else "search"
+        for key, attr in (("label", label), ("epochs", 9), ("full_budget", True)):
+            trial.set_user_attr(key, attr)
+        study.tell(trial, value)
+    ax = search_history_figure(study, "val_loss", "min").axes[0]
+    low, high = ax.get_ylim()
+    # the scale fits the six ordinary values, which stay apart (0.55–0.62 spans most of it)
+    assert low < 0.55 and 0.62 < high < 1.0
+    assert (0.62 - 0.55) / (high - low) > 0.6
+    # the diverged value sits at the top edge, marked and labelled with its value
+    assert "12.3" in [t.get_text() for t in ax.texts]
+    edge = [c for c in ax.collections if c.get_offsets().shape[0] == 1
+            and c.get_offsets()[0][0] == 4]
+    assert edge and edge[0].get_offsets()[0][1] == pytest.approx(0.62)
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_accuracy_bands_stay_within_100_and_epochs_are_whole_numbers() -> None:
+    from metasam.analysis.plots import test_accuracy_figure
+
+    def runs(final: float, spread: float) -> list[dict]:
+        return [{"history": [{"epoch": e, "test_acc": min(1.0, final - 0.3 / e + spread * s)}
+                             for e in range(1, 9)]} for s in (-1, 0, 1)]
+
+    fig = test_accuracy_figure({"sgd": runs(0.985, 0.02), "sam": runs(0.99, 0.015)}, "t")
+    full, zoom = fig.axes
+    for ax in (full, zoom):
+        for band in ax.collections:  # the ±std bands
+            ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+            assert ys.max() <= 100.0 + 1e-9
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert zoom.get_ylim()[1] <= 100.0 and full.get_ylim()[1] <= 100.0
+    assert zoom.get_xlim() == (6.0, 8.0)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "metasam"
 
 # Bottom to top: a unit may import units of lower layers (and itself), nothing else.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors",),
+    ("errors", "_version"),
     ("_checks", "stats"),
     ("_config", "_plotting"),
     ("family",),

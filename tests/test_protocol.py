@@ -113,3 +113,22 @@ def test_a_bug_is_an_internal_error_not_bad_input(monkeypatch, capsys, tmp_path)
     assert len(written) == 1 and "an index went wrong" in written[0].read_text()
     assert err[1] == ("metasam trials: error: s.yaml: trials: out of range: 0; allowed: whole "
                       "numbers ≥ 1")
+
+
+def test_a_placement_says_where_a_trial_ran():
+    import socket
+
+    import torch
+
+    import metasam
+    from metasam.tuning.placement import Placement
+
+    here = Placement.here(torch.device("cpu"))
+    assert (here.host, here.device, here.threads) == (socket.gethostname(), "cpu",
+                                                      torch.get_num_threads())
+    assert (here.torch, here.metasam) == (torch.__version__, metasam.__version__)
+    assert Placement.from_dict(json.loads(json.dumps(here.to_dict()))) == here
+    on_a_node = Placement("gpu-7", "cuda:0", 8, "2.9", "0.1.0", node="a1b2c3d4e5f6",
+                          gpu="NVIDIA H200", gpu_ids=["3"])
+    assert on_a_node.where == "gpu-7/a1b2c3d4/NVIDIA H200"
+    assert here.where.startswith(socket.gethostname() + "/") and here.where.endswith("/cpu")

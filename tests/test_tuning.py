@@ -163,6 +163,26 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
     table = capsys.readouterr().out
     for label in {r["label"] for r in rows}:  # long labels are not cut
         assert f" {label} " in table, label
+    # where each trial ran: this host, the CPU, one thread (resources: cpu 1), the versions
+    import socket
+
+    import metasam
+
+    finished = [r for r in rows if r["counted"] and r["state"] in ("COMPLETE", "FAIL")]
+    for row in finished:
+        placed = row["placement"]
+        assert placed is not None, row["number"]
+        assert (placed["host"], placed["device"], placed["threads"]) == (
+            socket.gethostname(), "cpu", 1)
+        assert placed["torch"] == torch.__version__ and placed["metasam"] == metasam.__version__
+        assert placed["node"]  # a Ray node id
+    assert best["placement"] == next(r["placement"] for r in rows
+                                     if r["number"] == best["trial"])
+    assert main(["trials", str(path), "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert f"{socket.gethostname()}/{finished[0]['placement']['node'][:8]}/cpu" in wide
+    assert "where" in wide.splitlines()[0]
+    assert "where" not in table.splitlines()[0]  # one host: not shown without --wide
 
     # load_optimizer reproduces the trial's optimizer exactly: same update on a fixed batch
     from metasam.training import TrainConfig, Trial

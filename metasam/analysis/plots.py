@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from metasam._plotting import pyplot, save_figure
 from metasam.analysis.tables import METHOD_NAMES, METHOD_ORDER, method_name
@@ -57,23 +58,27 @@ def test_accuracy_figure(runs: dict[str, list[dict[str, Any]]], title: str,
                                      "alpha": 0.75}
         else:
             style = {"lw": 1.5, "zorder": 3}
+        # an accuracy lies in [0, 100]: so does its band
+        lower = np.clip(100 * (mean - std), 0.0, 100.0)
+        upper = np.clip(100 * (mean + std), 0.0, 100.0)
         for ax in (full, zoom):
             line, = ax.plot(epochs, 100 * mean, label=label if ax is full else None, **style)
-            ax.fill_between(epochs, 100 * (mean - std), 100 * (mean + std),
-                            color=line.get_color(), alpha=0.12, zorder=0)
+            ax.fill_between(epochs, lower, upper, color=line.get_color(), alpha=0.12, zorder=0)
         tail = epochs >= start
         if tail.any():
-            low = min(low, float(np.min(100 * (mean - std)[tail])))
-            high = max(high, float(np.max(100 * (mean + std)[tail])))
+            low = min(low, float(np.min(lower[tail])))
+            high = max(high, float(np.max(upper[tail])))
     for ax in (full, zoom):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
     full.set_ylabel("test accuracy (%), mean ± std over seeds")
     full.set_title("all epochs")
     if math.isfinite(low) and last > start:
         pad = max(0.1, 0.08 * (high - low))
         zoom.set_xlim(start, last)
-        zoom.set_ylim(low - pad, high + pad)
+        zoom.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+    full.set_ylim(top=min(100.0, full.get_ylim()[1]))
     zoom.set_title(f"epochs {start}–{last} (zoomed)")
     full.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
@@ -180,6 +185,18 @@ def plot_search(study: Any, metric: str, mode: str, history_path: Path,
     return out
 
 
+def fit_range(values: list[float], fences: float = 3.0) -> tuple[float, float]:
+    """The range of the values within ``fences`` interquartile ranges of the quartiles (Tukey's
+    far-out fences): one diverged value does not set the scale for all the others."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return 0.0, 1.0
+    q1, q3 = np.percentile(finite, [25, 75])
+    spread = q3 - q1
+    kept = [v for v in finite if q1 - fences * spread <= v <= q3 + fences * spread] or finite
+    return float(kept[0]), float(kept[-1])
+
+
 def search_history_figure(study: Any, metric: str, mode: str) -> Any:
     """Every counted trial by number: reference points and searched trials, the budget each
     value was reached at (full, or ASHA-stopped at epoch e), failed trials along the bottom
@@ -201,19 +218,36 @@ def search_history_figure(study: Any, metric: str, mode: str) -> Any:
                                                     lambda r: not r.is_point
                                                     and not r.full_budget),
     }
+    # the y-range fits the bulk of the values; a diverged or wild value is drawn at the edge
+    # (a triangle pointing off the plot) with its value written beside it
+    low, high = fit_range([float(t.value) for t in done])
+
+    def shown(value: float) -> float:
+        return min(max(value, low), high)
+
     for name, (marker, color, filled, belongs) in groups.items():
         members = [t for t in done if belongs(TrialRecord.of(t))]
         if not members:
             continue
-        ax.scatter([t.number for t in members], [t.value for t in members], marker=marker,
+        inside = [t for t in members if low <= t.value <= high]
+        ax.scatter([t.number for t in inside], [t.value for t in inside], marker=marker,
                    s=36, label=f"{name} ({len(members)})", zorder=3, edgecolors=color,
                    facecolors=color if filled else "none")
+        for t in members:
+            if low <= t.value <= high:
+                continue
+            edge = "^" if t.value > high else "v"
+            ax.scatter([t.number], [shown(t.value)], marker=edge, s=60, color=color, zorder=4,
+                       clip_on=False)
+            ax.annotate(f"{t.value:.3g}", (t.number, shown(t.value)),
+                        textcoords="offset points", xytext=(5, -3 if edge == "^" else 3),
+                        fontsize=7, color=color)
         if not filled:
             for t in members:
                 epochs = TrialRecord.of(t).epochs
-                ax.annotate(str(epochs if epochs is not None else "?"), (t.number, t.value),
-                            textcoords="offset points", xytext=(4, 3), fontsize=7,
-                            color=color)
+                ax.annotate(str(epochs if epochs is not None else "?"),
+                            (t.number, shown(t.value)), textcoords="offset points",
+                            xytext=(4, 3), fontsize=7, color=color)
     full = sorted((t for t in done if TrialRecord.of(t).full_budget), key=lambda t: t.number)
     if full:
         pick = max if mode == "max" else min
@@ -222,7 +256,12 @@ def search_history_figure(study: Any, metric: str, mode: str) -> Any:
             best = t.value if best is None else pick(best, t.value)
             xs.append(t.number)
             ys.append(best)
-        ax.step(xs, ys, where="post", color="black", lw=1.2, label="best at full budget so far")
+        ax.step(xs, [shown(y) for y in ys], where="post", color="black", lw=1.2,
+                label="best at full budget so far")
+    if done:
+        pad = 0.06 * (high - low) if high > low else max(abs(high) * 0.05, 0.01)
+        ax.set_ylim(low - pad, high + pad)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     failed = [t for t in trials if t.state == TrialState.FAIL]
     if failed:
         y = ax.get_ylim()[0]

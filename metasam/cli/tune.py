@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     trials = sub.add_parser("trials", help="list a study's trials")
     trials.add_argument("study", metavar="STUDY.yaml")
     trials.add_argument("--json", action="store_true")
+    trials.add_argument("--wide", action="store_true",
+                        help="show where each trial ran (host/device; shown anyway when more "
+                        "than one host took part)")
     trials.set_defaults(run=run_trials)
 
 
@@ -178,7 +181,9 @@ def run_trials(args: argparse.Namespace) -> int:
             "status": rec.status.value if rec.status else None, "reason": rec.reason,
             "passes": rec.passes_per_step, "interrupted": rec.interrupted,
             "member": rec.member, "repaired": rec.repaired,
-            "spec": spec, "summary": describe_spec(spec) if spec else "", "train": rec.train})
+            "spec": spec, "summary": describe_spec(spec) if spec else "", "train": rec.train,
+            "placement": rec.placement.to_dict() if rec.placement else None,
+            "where": rec.placement.where if rec.placement else ""})
     if args.json:
         verdict = workflow.verdict()
         print(json.dumps({"trials": rows,
@@ -187,16 +192,26 @@ def run_trials(args: argparse.Namespace) -> int:
                           "front": [vars(p) for p in front]}))
         return 0
     width = max([5] + [len(str(r["label"])) for r in rows])  # labels are never cut
+    # where each trial ran: shown when more than one host or Ray node took part, or with --wide
+    hosts = {r["placement"]["host"] for r in rows if r["placement"]}
+    nodes = {(r["placement"]["host"], r["placement"]["node"]) for r in rows if r["placement"]}
+    wide = args.wide or len(nodes) > 1
+    where_width = max([5] + [len(r["where"]) for r in rows]) if wide else 0
+    where_head = f"{'where':<{where_width}} " if wide else ""
     print(f"{'#':>4} {'state':<9} {'label':<{width}} {config.objective:>9} {'ep':>3} "
-          f"{'full':>4} "
-          f"{'passes':>6}  spec / reason")
+          f"{'full':>4} {'passes':>6}  {where_head}spec / reason")
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
         note = "interrupted, re-run" if r["interrupted"] else (
             "surplus" if not r["counted"] else (r["reason"] or r["summary"]))
+        where = f"{r['where']:<{where_width}} " if wide else ""
         print(f"{r['number']:>4} {r['state']:<9} {str(r['label']):<{width}} {value:>9} "
               f"{r['epochs'] if r['epochs'] is not None else '':>3} "
-              f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {note}")
+              f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {where}{note}")
+    if len(nodes) > 1:
+        print(f"ran on {len(nodes)} Ray node(s) on {len(hosts)} host(s): "
+              + ", ".join(f"{host}/{(node or '?')[:8]}" for host, node in sorted(
+                  nodes, key=lambda n: (n[0], n[1] or ""))))
     print(census(study).describe(config.trials))
     if front:
         _print_front(config, [vars(p) for p in front])

@@ -64,6 +64,7 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
         "epochs": rec.epochs if rec and rec.epochs is not None else train.epochs,
         "passes_per_step": rec.passes_per_step if rec else None,
         "dataset": train.dataset, "model": train.model,
+        "placement": rec.placement.to_dict() if rec and rec.placement else None,
         "verdict": verdict.to_dict(config.metric) if verdict is not None else None,
         "cost": study_cost(config, f"{config.name}.{SUFFIX}").to_dict(),
         **({"max_cost": max_cost, "grad_evals": rec.result("grad_evals") if rec else None,

@@ -140,7 +140,7 @@ class TrialOutcome:
 
 
 RESULT_KEYS = ("passes_per_step", "grad_evals", "wall_time", "history", "test_acc",
-               "test_loss", "val_acc", "val_loss")  # copied from the trial's final result
+               "test_loss", "val_acc", "val_loss", "placement")  # copied from the last result
 
 
 @dataclass(frozen=True)

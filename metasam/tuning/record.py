@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from metasam.family import presets
 from metasam.tuning.naming import describe_spec
+from metasam.tuning.placement import Placement
 from metasam.tuning.protocol import RESULT_KEYS, SEARCH, Label, Point, Status, TrialOutcome
 
 # The user attributes, by meaning.
@@ -34,6 +35,7 @@ INTERRUPTED = "interrupted"  # its worker died; it was re-enqueued
 SURPLUS = "surplus"          # asked for after the study was full; never run
 RETRY_OF = "retry_of"        # the number of the interrupted trial it re-runs
 HISTORY = "history"          # per-epoch metrics, JSON (comparison runs)
+PLACEMENT = "placement"      # where it ran (host, Ray node, device, threads, versions), JSON
 
 
 def _attr(key: str, doc: str) -> Any:
@@ -113,6 +115,14 @@ class TrialRecord:
     def train(self) -> dict[str, Any]:
         text = self._get(TRAIN)
         return json.loads(text) if text else {}
+
+    @property
+    def placement(self) -> Placement | None:
+        """Where it ran (``None`` before its first report, or for a study made before
+        placements were recorded)."""
+        text = self._get(PLACEMENT)
+        data = json.loads(text) if isinstance(text, str) else None
+        return Placement.from_dict(data) if data and "host" in data else None
 
     @property
     def history(self) -> list[dict[str, Any]]:

@@ -18,8 +18,9 @@ import optuna
 
 from metasam.errors import ConfigError
 from metasam.tuning.cost import cost_score
+from metasam.tuning.placement import Placement
 from metasam.tuning.protocol import Label, Point, Role, Status
-from metasam.tuning.record import TrialRecord
+from metasam.tuning.record import PLACEMENT, TrialRecord
 from metasam.tuning.storage import (
     Census,
     census,
@@ -45,6 +46,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
     from ray import tune
 
     from metasam.training import TrainConfig, train
+    from metasam.training.trainer import resolve_device
 
     objective = COST_SCORE if cost_weight > 0 else metric
     worst = -math.inf if mode == "max" else math.inf
@@ -57,6 +59,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
     epochs = cfg.epochs
     passes = cfg.resolved_spec().passes
     history: list[dict[str, Any]] = []
+    try:
+        where = json.dumps(Placement.here(resolve_device(cfg.device)).to_dict())
+    except Exception as err:  # the device is not there: the training reports it below
+        where = json.dumps({"error": str(err)})
 
     def report(metrics: dict[str, Any]) -> None:
         history.append(metrics)
@@ -65,18 +71,19 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
             if status is Status.COMPLETED and record_history else {}
         if cost_weight > 0 and metric in metrics:
             extra[COST_SCORE] = cost_score(metrics, metric, mode, cost_weight)
-        tune.report({**metrics, "status": status.value, "passes_per_step": passes, **extra})
+        tune.report({**metrics, "status": status.value, "passes_per_step": passes,
+                     PLACEMENT: where, **extra})
 
     try:
         result = train(cfg, report=report)
     except Exception as err:  # recorded as a failed trial with its reason; the study goes on
         tune.report({objective: worst, "epoch": 0, "status": Status.FAILED.value,
-                     "reason": f"{type(err).__name__}: {err}"})
+                     "reason": f"{type(err).__name__}: {err}", PLACEMENT: where})
         return
     if Status(result["status"]) is Status.DIVERGED:
         tune.report({objective: worst, "epoch": result["epochs"],
                      "status": Status.DIVERGED.value,
-                     "reason": result["reason"], "passes_per_step": passes,
+                     "reason": result["reason"], "passes_per_step": passes, PLACEMENT: where,
                      "grad_evals": result.get("grad_evals", 0)})
 
 

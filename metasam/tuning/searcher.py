@@ -9,7 +9,9 @@ RDB or journal storage) and adds what a resumable, shared study needs:
 - it sends heartbeats for its running trials from a thread, and re-runs the trials of workers
   that went silent;
 - it records each trial's budget (epochs reached, full or ASHA-stopped), status and reason, and
-  tells Optuna FAIL (not COMPLETE) for diverged or crashed trials.
+  tells Optuna FAIL (not COMPLETE) for diverged or crashed trials;
+- a trial whose Ray worker died (its node lost, its process killed) is re-run once, as an
+  interrupted trial.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class StudySearcher(Searcher):
         self.worker = worker or uuid.uuid4().hex[:12]
         self.heartbeat_interval = heartbeat_interval
         self._active: dict[str, int] = {}  # Ray trial id -> Optuna trial id
+        self._placed: set[str] = set()      # Ray trials whose placement is recorded
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -160,6 +163,11 @@ class StudySearcher(Searcher):
                                          for t in counted[:position])
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = search_trials(self.inner).get(trial_id)
+        if ot_trial is not None and record.PLACEMENT in result and trial_id not in self._placed:
+            # where it runs, from its first report on (a slow or failing node shows early)
+            ot_trial.set_user_attr(record.PLACEMENT, result[record.PLACEMENT])
+            self._placed.add(trial_id)
         if (trial_id in search_trials(self.inner) and self.metric in result
                 and result.get("status") in (Status.RUNNING.value, Status.COMPLETED.value)):
             self.inner.on_trial_result(trial_id, result)  # intermediate values, per epoch
@@ -171,6 +179,17 @@ class StudySearcher(Searcher):
             self._active.pop(trial_id, None)
         if ot_trial is None:
             return
+        if error and ot_trial.user_attrs.get(record.RETRY_OF) is None:
+            # The trainable catches every error of the training itself (a failed trial with
+            # its reason); an error here means its process died under it — its node was lost,
+            # it was killed, it ran out of memory. Like a silent worker's trial it is re-run,
+            # once: a retry that dies too is recorded as failed.
+            ot_trial.set_user_attr(record.REASON, "its Ray worker died (node lost or process "
+                                   "killed); re-run")
+            if requeue(self.study, compat.trial_id(ot_trial)):
+                del search_trials(self.inner)[trial_id]
+                self._placed.discard(trial_id)
+                return
         result = result or {}
         outcome = TrialOutcome.of_result(result, self.epochs, error)
         for key, value in record.outcome_attrs(outcome).items():
