@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -189,24 +190,27 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
         owner = next((c for c in candidates if c.owns(rec.label)), None)
         if owner is not None and rec.label.instance is not None and rec.counts:
             ask(owner, rec.label.instance)
+    first = True
+    told: set[str] = set()
     with ray_session(address, verbose):
         while True:
             race = new_race(config, candidates)
             _replay(race, candidates, _stored_runs(config))
             batch = race.next_round()
+            new = [by_id[c].name for c in race.dropped if c not in told]
+            if new and verbose:
+                told |= set(race.dropped)
+                print(f"study {config.name}: race after {race.tested} instances: dropped "
+                      f"{', '.join(new)}; {len(race.alive)} left", file=sys.stderr, flush=True)
             if not batch:
                 return True
             for cid, instance in batch:
                 ask(by_id[cid], instance)
             result = tune_study(race_config(config, list(asked.values())), address=address,
-                                verbose=verbose, check_data=False)
+                                verbose=verbose, check_data=False, announce=first)
+            first = False
             if not result.done:
                 return False
-
-
-def race_runs(config: StudyConfig) -> int:
-    """How many runs the race has stored (finished or not)."""
-    return sum(TrialRecord.of(t).counts for t in _stored_runs(config))
 
 
 # --- the verdict ------------------------------------------------------------------------------

@@ -228,11 +228,12 @@ class TuneResult:
 def tune_study(config: StudyConfig, *, address: str | None = None,
                first: list[Point] | None = None,
                verbose: int = 1, check_data: bool = True,
-               record_history: bool = False) -> TuneResult:
+               record_history: bool = False, announce: bool = True) -> TuneResult:
     """Run (or resume, or join) a study until it has ``config.trials`` finished trials.
 
     ``first`` are points to evaluate before the space's own (a warm start, a meta-learned
-    portfolio); like every point they are enqueued once per study."""
+    portfolio); like every point they are enqueued once per study. ``announce`` says so when it
+    resumes a study (off for the rounds of a race, which grow one study)."""
     if check_data:
         config.check_data()
     storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
@@ -243,7 +244,7 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     before = census(study)
     if not before.waiting and len(before.counted) >= config.trials and not before.running:
         return TuneResult(config.name, before, target=config.trials)
-    if before.finished or before.interrupted:  # also with --quiet: not progress, a fact
+    if announce and (before.finished or before.interrupted):  # also with --quiet: a fact
         print(f"study {config.name}: resuming: {_resume_summary(study, before)}",
               file=sys.stderr, flush=True)
 
