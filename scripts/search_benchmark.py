@@ -153,22 +153,26 @@ def test_figures(runs: dict[str, list[dict[str, Any]]], aliases: dict[str, str]
     acc = {m: {r["seed"]: r["test_acc"] for r in rs} for m, rs in runs.items()}
     for alias, name in aliases.items():
         acc[alias] = acc[name]
-    seeds = sorted(set.intersection(*(set(v) for v in acc.values())))
+
+    def pair(a: str, b: str) -> dict[str, float]:
+        seeds = sorted(set(acc[a]) & set(acc[b]))  # a diverged run has no test accuracy
+        return paired([acc[a][s] for s in seeds], [acc[b][s] for s in seeds])
 
     def values(m: str) -> list[float]:
-        return [acc[m][s] for s in seeds]
+        return [acc[m][s] for s in sorted(acc[m])]
 
     presets_ = ["sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam"]
-    oracle = max(presets_, key=lambda m: sum(values(m)))
+    oracle = max(presets_, key=lambda m: Summary.of(values(m)).mean)
     out: dict[str, Any] = {
-        "seeds": len(seeds), "oracle": oracle,
+        "seeds": max(len(v) for v in acc.values()), "oracle": oracle,
+        "runs": {m: len(acc[m]) for m in acc},
         "mean": {m: 100 * Summary.of(values(m)).mean for m in acc},
         "sd": {m: 100 * Summary.of(values(m)).std for m in acc},
-        "winner_vs_sgd": paired(values("winner"), values("sgd")),
-        "winner_vs_sam": paired(values("winner"), values("sam")),
-        "winner_vs_oracle": paired(values("winner"), values(oracle))}
+        "winner_vs_sgd": pair("winner", "sgd"),
+        "winner_vs_sam": pair("winner", "sam"),
+        "winner_vs_oracle": pair("winner", oracle)}
     if "best universal" in acc and "best region" in acc:
-        out["universal_vs_region"] = paired(values("best universal"), values("best region"))
+        out["universal_vs_region"] = pair("best universal", "best region")
     return out
 
 
@@ -228,7 +232,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for r in results:
         t = r["test"]
         lines.append(f"- {r['task']} ({t['seeds']} seeds): " + ", ".join(
-            f"{m} {t['mean'][m]:.2f} (sd {t['sd'][m]:.2f})" for m in sorted(t["mean"])))
+            f"{m} {t['mean'][m]:.2f} (sd {t['sd'][m]:.2f}"
+            + (f", {t['runs'][m]} runs: the others diverged" if t["runs"][m] < t["seeds"]
+               else "") + ")" for m in sorted(t["mean"])))
     lines += ["", "The race's verdicts (validation, paired over instances):", ""]
     for r in results:
         v = r["verdict"]
