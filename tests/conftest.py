@@ -110,6 +110,35 @@ def stop_group(group: int, signals: tuple = ()) -> None:
             time.sleep(0.2)
 
 
+def kill_node(group: int) -> None:
+    """Kill a Ray node the way a lost machine goes: SIGKILL to every process of its group (the
+    raylet and its daemons) and to all their descendants (the worker processes running trials,
+    which Ray starts in groups of their own)."""
+    import signal
+    from pathlib import Path
+
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], groups[pid] = int(fields[1]), int(fields[2])
+    doomed = {pid for pid, g in groups.items() if g == group}
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in doomed} - doomed
+        grew = bool(children)
+        doomed |= children
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One Ray head for the whole test session (``ray start --head`` on loopback), started in a

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -22,7 +21,7 @@ from _util import (
     wait_for,
     write_study,
 )
-from conftest import ray_head, ray_start, stop_group
+from conftest import kill_node, ray_head, ray_start, stop_group
 
 from metasam.tuning import StudyConfig
 from metasam.tuning.record import TrialRecord
@@ -62,13 +61,17 @@ def _nodes_of(config: StudyConfig) -> set[str]:
         config.storage, config.name)).counted if TrialRecord.of(t).placement}
 
 
-def _running_on(config: StudyConfig, node: str) -> bool:
+def _running_on(config: StudyConfig, node: str, left: int) -> bool:
+    """Does a trial run on ``node`` with at least ``left`` epochs to go (so that it is still
+    running when the node is killed a moment later)?"""
     try:
         study = load_study(config.storage, config.name)
     except StudyNotFoundError:
         return False
     return any(t.state.name == "RUNNING" and TrialRecord.of(t).placement is not None
-               and TrialRecord.of(t).placement.node == node for t in study.trials)
+               and TrialRecord.of(t).placement.node == node
+               and len(t.intermediate_values) <= config.train.epochs - left
+               for t in study.trials)
 
 
 def test_a_study_on_two_nodes_survives_losing_one(tmp_path, request) -> None:
@@ -104,16 +107,16 @@ def test_a_study_on_two_nodes_survives_losing_one(tmp_path, request) -> None:
             assert worker_node[:8] in listing.stdout
 
             # 2. the journal file; the worker node is killed while it runs a trial
-            second = write_study(tmp_path / "b", name="lose-a-node", trials=5, epochs=8,
+            second = write_study(tmp_path / "b", name="lose-a-node", trials=5, epochs=20,
                                  concurrency=2, storage="journal:lose-a-node.log")
             config = StudyConfig.from_yaml(second)
             run = subprocess.Popen(metasam_cli("tune", str(second), "--address", address,
                                                "--quiet"), env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
             try:
-                wait_for(lambda: _running_on(config, worker_node), DEADLINE_PROCESS,
+                wait_for(lambda: _running_on(config, worker_node, left=10), DEADLINE_PROCESS,
                          "a trial running on the worker node")
-                stop_group(worker, ((signal.SIGKILL, 10.0),))
+                kill_node(worker)
                 out, _ = run.communicate(timeout=DEADLINE_PROCESS)
             finally:
                 if run.poll() is None:
@@ -126,7 +129,10 @@ def test_a_study_on_two_nodes_survives_losing_one(tmp_path, request) -> None:
     assert state.interrupted >= 1 and state.failed == 0
     study = load_study(config.storage, config.name)
     lost = [TrialRecord.of(t) for t in study.trials if TrialRecord.of(t).interrupted]
-    assert all(r.placement is not None and r.placement.node == worker_node for r in lost)
+    # the trial the worker was running; also any trial Ray placed on it before it noticed the
+    # node was gone (those never reported, so they have no placement)
+    assert any(r.placement is not None and r.placement.node == worker_node for r in lost)
+    assert all(r.placement is None or r.placement.node == worker_node for r in lost)
     retries = {TrialRecord.of(t).retry_of for t in state.counted} - {None}
     assert retries == {r.number for r in lost}
     assert "interrupted and re-run" in state.describe(config.trials)

@@ -482,3 +482,23 @@ def test_a_stale_ray_cluster_record_starts_a_local_instance(tmp_path, monkeypatc
     assert _ray_address("10.0.0.1:6379") == "10.0.0.1:6379"  # an explicit address is kept
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
     assert _ray_address(None) is None  # Ray reads $RAY_ADDRESS itself
+
+
+def test_a_requeued_configuration_counts_its_retries(tmp_path) -> None:
+    """What caps the re-runs of a trial whose Ray worker died (searcher.MAX_RETRIES)."""
+    from metasam.tuning import record
+    from metasam.tuning.compat import trial_id
+    from metasam.tuning.protocol import Label, Point, Role
+    from metasam.tuning.storage import open_storage, open_study, requeue
+
+    study = open_study(open_storage(f"sqlite:///{tmp_path / 's.db'}"), "s", "max")
+    point = Point(Label(Role.REFERENCE, "sam", preset="sam"), {"name": "sam"})
+    study.enqueue_trial({}, user_attrs=record.point_attrs(point))
+    for expected in (1, 2):
+        trial = study.ask()
+        assert requeue(study, trial_id(trial))
+        retry = study.get_trials(deepcopy=False)[-1]
+        assert retry.state.name == "WAITING"
+        assert retry.user_attrs[record.RETRIES] == expected
+        assert retry.user_attrs[record.RETRY_OF] == trial.number
+        assert TrialRecord.of(retry).label == point.label  # the same configuration

@@ -34,6 +34,7 @@ REASON = "reason"            # why it stopped or failed
 INTERRUPTED = "interrupted"  # its worker died; it was re-enqueued
 SURPLUS = "surplus"          # asked for after the study was full; never run
 RETRY_OF = "retry_of"        # the number of the interrupted trial it re-runs
+RETRIES = "retries"          # how many times its configuration was re-run before it
 HISTORY = "history"          # per-epoch metrics, JSON (comparison runs)
 PLACEMENT = "placement"      # where it ran (host, Ray node, device, threads, versions), JSON
 

@@ -10,8 +10,8 @@ RDB or journal storage) and adds what a resumable, shared study needs:
   that went silent;
 - it records each trial's budget (epochs reached, full or ASHA-stopped), status and reason, and
   tells Optuna FAIL (not COMPLETE) for diverged or crashed trials;
-- a trial whose Ray worker died (its node lost, its process killed) is re-run once, as an
-  interrupted trial.
+- a trial whose Ray worker died (its node lost, its process killed) is re-run as an
+  interrupted trial, up to twice per configuration.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from metasam.tuning.space import SearchSpace
 from metasam.tuning.storage import census, requeue, sweep_stale
 
 logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 2  # re-runs of a configuration whose Ray worker died
 
 
 class StudySearcher(Searcher):
@@ -179,11 +181,12 @@ class StudySearcher(Searcher):
             self._active.pop(trial_id, None)
         if ot_trial is None:
             return
-        if error and ot_trial.user_attrs.get(record.RETRY_OF) is None:
+        if error and int(ot_trial.user_attrs.get(record.RETRIES, 0)) < MAX_RETRIES:
             # The trainable catches every error of the training itself (a failed trial with
-            # its reason); an error here means its process died under it — its node was lost,
-            # it was killed, it ran out of memory. Like a silent worker's trial it is re-run,
-            # once: a retry that dies too is recorded as failed.
+            # its reason); an error here means its process died under it — its node was lost
+            # (also a trial Ray placed on the node before it noticed), it was killed, it ran
+            # out of memory. Like a silent worker's trial it is re-run, up to MAX_RETRIES times
+            # per configuration; one that dies again then is recorded as failed.
             ot_trial.set_user_attr(record.REASON, "its Ray worker died (node lost or process "
                                    "killed); re-run")
             if requeue(self.study, compat.trial_id(ot_trial)):

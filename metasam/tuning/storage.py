@@ -229,6 +229,7 @@ def requeue(study: optuna.Study, trial_id: int) -> bool:
     attrs = {k: trial.user_attrs[k] for k in keys
              if k in trial.user_attrs and record.POINT in trial.user_attrs}
     attrs[record.RETRY_OF] = trial.number
+    attrs[record.RETRIES] = int(trial.user_attrs.get(record.RETRIES, 0)) + 1
     study.enqueue_trial(trial.params, user_attrs=attrs)
     return True
 
