@@ -128,13 +128,8 @@ class Study:
     def decide(self) -> bool:
         """Run (or resume) the race of a tuned study; ``True`` once it has ended (or when the
         study decides nothing)."""
-        config = self.config
-        if config.race is not None:
-            candidates = decision.race_candidates(config)
-            self._say(f"study {config.name}: racing {len(candidates)} candidates over paired "
-                      f"instances (budget {config.race.budget} runs): "
-                      f"{', '.join(c.name for c in candidates)}")
-        return decision.run_race(config, address=self.address, verbose=self.verbose)
+        return decision.run_race(self.config, address=self.address, verbose=self.verbose,
+                                 say=self._say)
 
     def verdict(self) -> Verdict | None:
         """The decision from the race's stored runs (``None`` before any finished)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -68,7 +69,6 @@ class Candidate:
     spec: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
     trial: int | None = None
-    tuning_value: float | None = None
 
     @property
     def preset(self) -> str | None:
@@ -118,12 +118,12 @@ def race_candidates(config: StudyConfig, study: optuna.Study | None = None) -> l
             continue
         if sum(c.pick is Pick.TOP for c in out) >= settings.top_k:
             break
-        add(Candidate(rec.name, Pick.TOP, rec.spec, rec.train, t.number, t.value))
+        add(Candidate(rec.name, Pick.TOP, rec.spec, rec.train, t.number))
     references = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if TrialRecord.of(t).label.is_reference() and TrialRecord.of(t).counts]
     for t in sorted(references, key=lambda t: t.number):
         rec = TrialRecord.of(t)
-        add(Candidate(rec.name, Pick.PRESET, rec.spec or {}, rec.train, t.number, t.value))
+        add(Candidate(rec.name, Pick.PRESET, rec.spec or {}, rec.train, t.number))
     for name in REFERENCES:
         if not any(c.preset == name for c in out):
             add(Candidate(name, Pick.PRESET, presets.get(name).to_dict()))
@@ -142,6 +142,14 @@ def _stored_runs(config: StudyConfig) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def _owner(candidates: list[Candidate], label: Label) -> Candidate | None:
+    """The candidate a stored run belongs to (``None``: a former candidate's, or not a race
+    run)."""
+    if label.instance is None:
+        return None
+    return next((c for c in candidates if c.owns(label)), None)
+
+
 def _replay(race: Race, candidates: list[Candidate],
             runs: list[optuna.trial.FrozenTrial]) -> None:
     """Record the stored runs that finished (a failed or diverged run as the worst value)."""
@@ -149,8 +157,8 @@ def _replay(race: Race, candidates: list[Candidate],
         rec = TrialRecord.of(t)
         if not rec.counts or t.state not in (TrialState.COMPLETE, TrialState.FAIL):
             continue
-        owner = next((c for c in candidates if c.owns(rec.label)), None)
-        if owner is None or rec.label.instance is None:
+        owner = _owner(candidates, rec.label)
+        if owner is None:
             continue  # a run of a former candidate (the study grew): not in this race
         value = float(t.value) if t.state == TrialState.COMPLETE and t.value is not None \
             else math.nan
@@ -167,16 +175,21 @@ def new_race(config: StudyConfig, candidates: list[Candidate]) -> Race:
                 anchors=anchors)
 
 
-def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 1) -> bool:
+def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 1,
+             say: Callable[[str], None] | None = None) -> bool:
     """Run (or resume) the race of a tuned study, round by round; ``True`` once it has ended
     (or when the study decides nothing: ``race: false``, no full-budget trial), ``False`` when
-    it was interrupted (run again to resume)."""
+    it was interrupted (run again to resume). ``say`` gets the line naming the candidates
+    (default: standard error)."""
     if config.race is None:
         return True
     study = config.load_study()
     if not best_trials(study, config.mode, 1):
         return True
     candidates = race_candidates(config, study)
+    (say or _to_stderr)(f"study {config.name}: racing {len(candidates)} candidates over paired "
+                        f"instances (budget {config.race.budget} runs): "
+                        f"{', '.join(c.name for c in candidates)}")
     by_id = {c.id: c for c in candidates}
     asked: dict[str, Point] = {}
 
@@ -187,8 +200,8 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
 
     for t in _stored_runs(config):  # what earlier rounds asked, finished or not
         rec = TrialRecord.of(t)
-        owner = next((c for c in candidates if c.owns(rec.label)), None)
-        if owner is not None and rec.label.instance is not None and rec.counts:
+        owner = _owner(candidates, rec.label)
+        if owner is not None and rec.counts:
             ask(owner, rec.label.instance)
     first = True
     told: set[str] = set()
@@ -213,6 +226,10 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
                 return False
 
 
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 # --- the verdict ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -225,9 +242,9 @@ class Standing:
     dropped_after: int | None
 
     def mean(self, upto: int | None = None) -> float:
-        keys = sorted(self.values)[:upto] if upto is not None else sorted(self.values)
-        finite = [self.values[i] for i in keys]
-        return sum(finite) / len(finite) if finite else math.nan
+        """Its mean over its first ``upto`` instances (default: all of them)."""
+        values = [self.values[i] for i in sorted(self.values)[:upto]]
+        return sum(values) / len(values) if values else math.nan
 
 
 @dataclass(frozen=True)

@@ -286,31 +286,26 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
                              record_history=record_history),
         {"cpu": config.cpu, "gpu": config.gpu})
     started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=_ray_address(address), include_dashboard=False,
-                 log_to_driver=verbose > 1,
-                 configure_logging=True, logging_level=logging.WARNING)
-    try:
-        # a cluster this process did not start itself may still be adding nodes
-        _check_resources(config, joined=bool(address or os.environ.get("RAY_ADDRESS"))
-                         or not started_ray)
-        reporter = StudyReporter(study, config.name, config.trials, config.metric,
-                                 config.train.epochs)
-        quiet_ray_hints()
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),
-                scheduler=scheduler, num_samples=-1, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"{config.name}-{worker}", storage_path=str(config.ray_dir),
-                verbose=verbose, progress_reporter=reporter if verbose else None,
-                failure_config=tune.FailureConfig(max_failures=0)))
-        tuner.fit()
-    finally:
-        released = searcher.close()
-        if started_ray:
-            ray.shutdown()
+    with ray_session(address, verbose):
+        try:
+            # a cluster this process did not start itself may still be adding nodes
+            _check_resources(config, joined=bool(address or os.environ.get("RAY_ADDRESS"))
+                             or not started_ray)
+            reporter = StudyReporter(study, config.name, config.trials, config.metric,
+                                     config.train.epochs)
+            quiet_ray_hints()
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),
+                    scheduler=scheduler, num_samples=-1, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=f"{config.name}-{worker}", storage_path=str(config.ray_dir),
+                    verbose=verbose, progress_reporter=reporter if verbose else None,
+                    failure_config=tune.FailureConfig(max_failures=0)))
+            tuner.fit()
+        finally:
+            released = searcher.close()
     after = census(study)
     return TuneResult(config.name, after, after.finished - before.finished, released,
                       target=config.trials)
