@@ -7,8 +7,19 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from scipy import stats
+
+
+@lru_cache(maxsize=4096)
+def _range_quantile(level: float, k: int, df: int) -> float:
+    return float(stats.studentized_range.ppf(level, k, df))
+
+
+@lru_cache(maxsize=4096)
+def _t_quantile(level: float, df: float) -> float:
+    return float(stats.t.ppf(level, df))
 
 
 @dataclass(frozen=True)
@@ -59,11 +70,16 @@ class PairedDifference:
     """``a − b`` over the instances both were evaluated on (common random numbers).
 
     ``mean`` and ``ci95`` (half-width of the two-sided Student-t interval) are in the metric's
-    units; ``p_greater`` is the one-sided paired t-test's p-value for mean(a − b) > 0;
-    ``p_improvement`` the share of instances where a beats b (ties count half: Bouthillier et
-    al. 2021's probability of outperforming); ``detectable`` the smallest true difference a
-    one-sided paired t-test at ``alpha`` would detect with 80% power at this ``n`` and this
-    spread of the differences (``nan`` for fewer than two instances).
+    units; ``p_greater`` is the one-sided p-value for mean(a − b) > 0; ``p_improvement`` the
+    share of instances where a beats b (ties count half: Bouthillier et al. 2021's probability
+    of outperforming); ``detectable`` the smallest true difference the one-sided test at
+    ``alpha`` detects with probability ``power`` at this ``n`` and this spread of the
+    differences (``nan`` for fewer than two instances).
+
+    With ``overlap`` = n_val/n_train > 0 the test is the corrected resampled t-test (Nadeau &
+    Bengio 2003) for instances whose training sets overlap: the variance of the mean is
+    sd²·(1/n + overlap) instead of sd²/n (overlapping training sets correlate the instances'
+    differences); with 0 it is the paired t-test.
     """
 
     mean: float
@@ -73,10 +89,11 @@ class PairedDifference:
     p_greater: float
     p_improvement: float
     detectable: float
+    overlap: float = 0.0
 
     @classmethod
     def of(cls, a: Sequence[float], b: Sequence[float], alpha: float = 0.05,
-           power: float = 0.8) -> PairedDifference:
+           power: float = 0.8, overlap: float = 0.0) -> PairedDifference:
         if len(a) != len(b):
             raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
         d = [x - y for x, y in zip(a, b, strict=True)]
@@ -84,30 +101,29 @@ class PairedDifference:
         n = len(d)
         wins = sum(1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in d)
         p_imp = wins / n if n else math.nan
-        return cls(s.mean, s.ci_halfwidth(), s.std, n, paired_greater(a, b), p_imp,
-                   detectable_difference(s.std, n, alpha, power))
+        if n < 2:
+            return cls(s.mean, math.nan, s.std, n, math.nan, p_imp, math.nan, overlap)
+        se = s.std * math.sqrt(1.0 / n + overlap)
+        if se == 0:  # every difference the same
+            p = 0.0 if s.mean > 0 else 1.0
+        else:
+            p = float(stats.t.sf(s.mean / se, n - 1))
+        return cls(s.mean, _t_quantile(0.975, n - 1) * se, s.std, n, p, p_imp,
+                   detectable_difference(s.std, n, alpha, power, overlap), overlap)
 
 
-def paired_greater(a: Sequence[float], b: Sequence[float]) -> float:
-    """One-sided p-value of the paired t-test for mean(a − b) > 0 (``nan`` for fewer than two
-    pairs). Differences that are all equal give 0 (all positive) or 1 (otherwise)."""
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    if len(d) < 2:
-        return math.nan
-    if max(d) == min(d):
-        return 0.0 if d[0] > 0 else 1.0
-    return float(stats.ttest_rel(a, b, alternative="greater").pvalue)
-
-
-def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8,
+                          overlap: float = 0.0) -> float:
     """The smallest true mean difference a one-sided paired t-test at level ``alpha`` detects
     with probability ``power`` over ``n`` pairs whose differences spread with standard deviation
-    ``sd``: (t_{1−α, n−1} + t_{power, n−1})·sd/√n (the noncentral-t power approximated by the
-    central t, as in the usual sample-size formula)."""
+    ``sd``: (t_{1−α, n−1} + t_{power, n−1})·sd·√(1/n + overlap) (the noncentral-t power
+    approximated by the central t, as in the usual sample-size formula; ``overlap`` as in
+    :class:`PairedDifference`)."""
     if n < 2 or math.isnan(sd):
         return math.nan
     df = n - 1
-    return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
+    return (_t_quantile(1 - alpha, df) + _t_quantile(power, df)) * sd * math.sqrt(
+        1.0 / n + overlap)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -156,11 +172,25 @@ def friedman(table: Sequence[Sequence[float]]) -> tuple[float, float]:
     return float(t), float(stats.chi2.sf(t, k - 1))
 
 
-def friedman_conover(table: Sequence[Sequence[float]], alpha: float = 0.05) -> list[bool]:
-    """Which candidates (columns) are significantly worse than the best one (the smallest rank
-    sum): Friedman's test at ``alpha``, then, if it rejects, Conover's post-hoc comparison of
-    rank sums, |R_j − R_best| > t_{1−α/2,(n−1)(k−1)}·√(2(n·A − ΣR²)/((n−1)(k−1))) with A the sum
-    of squared ranks (Conover 1999; the rule irace's F-race uses). Larger values are better."""
+# --- selection and verdicts that hold their stated error rates --------------------------------
+
+def spent_alpha(alpha: float, fraction: float) -> float:
+    """The level spent by information ``fraction`` (0 to 1) of a sequence of looks, by the
+    Pocock-type spending function α·ln(1 + (e − 1)·t) (Lan & DeMets 1983). Testing look l at
+    level spent(t_l) − spent(t_{l−1}) keeps the chance of *any* false rejection over all looks
+    at or below ``alpha`` by the union bound, however the looks fall."""
+    t = min(1.0, max(0.0, fraction))
+    return alpha * math.log1p((math.e - 1.0) * t)
+
+
+def friedman_drop(table: Sequence[Sequence[float]], alpha: float) -> list[bool]:
+    """Which candidates (columns) are significantly worse than the best one, with the
+    family-wise error of the whole test at ``alpha``: Friedman's omnibus test at ``alpha``,
+    then rank-sum differences against the best candidate judged by Tukey's studentized range
+    (k candidates, (n−1)(k−1) degrees of freedom) over Conover's rank variance — the range
+    covers every pair at once, so comparing with the data-chosen best is corrected for
+    (Conover's Student-t quantile of the pairwise test is not). Larger values are
+    better."""
     n, k = len(table), len(table[0])
     if n < 2 or k < 2:
         return [False] * k
@@ -171,8 +201,20 @@ def friedman_conover(table: Sequence[Sequence[float]], alpha: float = 0.05) -> l
     sums = [sum(r[j] for r in ranks) for j in range(k)]
     a = sum(v * v for r in ranks for v in r)
     best = min(sums)
-    spread = 2 * (n * a - sum(s * s for s in sums)) / ((n - 1) * (k - 1))
+    df = (n - 1) * (k - 1)
+    spread = (n * a - sum(s * s for s in sums)) / df
     if spread <= 0:  # the same order on every instance
         return [s > best for s in sums]
-    critical = float(stats.t.ppf(1 - alpha / 2, (n - 1) * (k - 1))) * math.sqrt(spread)
+    critical = _range_quantile(1.0 - alpha, k, df) * math.sqrt(spread)
     return [s - best > critical for s in sums]
+
+
+def paired_two_sided(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test of mean(a − b) = 0 (``nan`` below two pairs;
+    differences that are all equal give 0 unless they are all 0)."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    if len(d) < 2:
+        return math.nan
+    if max(d) == min(d):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(stats.ttest_rel(a, b).pvalue)

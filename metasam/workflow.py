@@ -126,18 +126,21 @@ class Study:
         return config, (plan.points if new else [])
 
     def decide(self) -> bool:
-        """Run (or resume) the race of a tuned study; ``True`` once it has ended (or when the
-        study decides nothing)."""
-        return decision.run_race(self.config, address=self.address, verbose=self.verbose,
-                                 say=self._say)
+        """Run (or resume) the decision of a tuned study — the race, then the confirmation of
+        its winner on fresh instances; ``True`` once both have ended (or when the study decides
+        nothing)."""
+        options = {"address": self.address, "verbose": self.verbose, "say": self._say}
+        return decision.run_race(self.config, **options) and \
+            decision.run_confirmation(self.config, **options)
 
     def verdict(self) -> Verdict | None:
-        """The decision from the race's stored runs (``None`` before any finished)."""
+        """The decision from the stored race and confirmation runs (``None`` before any race
+        run finished)."""
         return decision.race_verdict(self.config)
 
     def cost(self) -> StudyCost:
-        """What the study cost so far, in full-run equivalents (tuning and race)."""
-        return study_cost(self.config, f"{self.config.name}.{decision.SUFFIX}")
+        """What the study cost so far, in full-run equivalents (tuning, race, confirmation)."""
+        return study_cost(self.config)
 
     def run(self, **tune_options: Any) -> StudyOutcome:
         """Tune, then decide: the whole workflow; the same call resumes an interrupted one."""

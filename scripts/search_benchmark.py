@@ -6,9 +6,9 @@ trained on train + validation and scored on test over ``--seeds`` paired seeds (
 race's winner, the seven presets at their official defaults, and the best universal member and
 the best preset-region member the search found (by their tuning value). Prints, per task:
 
-- the study's cost in full-run equivalents (tuning + race) and the verdict's figures (paired
-  differences on validation with their 95% CI and the difference the race could detect at 80%
-  power);
+- the study's cost in full-run equivalents (tuning + race + confirmation) and the verdict's
+  figures (paired differences on the confirmation's fresh validation instances with their 95%
+  CI, Holm-adjusted p-values and the detectable difference);
 - on test, paired over seeds: the winner against SGD, SAM at its default and the best default
   preset *on test* (an oracle no user has), and the best universal member against the best
   preset-region member (does the φ-ψ family earn its place?), each as mean ± 95% CI with the
@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 15% = 900 per fold, test 10,000; MNIST-1D: 4,000 and 1,000 test; CIFAR-10-JPEG-S: 5,000, test
 # 10,000), and digits with label noise as the embedded demo (validation folds of 287, test 355:
 # it cannot resolve 0.3 points). Epochs fit the 2-core CPU; CIFAR gets enough for the small CNN
-# to learn. Budget per task: 24 tuning trials (about 21 full-run equivalents with ASHA) and a
-# race of at most 36 runs: at most 60 in all.
+# to learn. Budget per task: 24 tuning trials (about 21 full-run equivalents with ASHA), a
+# race of at most 36 runs and a confirmation of at most 40 (the library's defaults).
 TASKS: dict[str, dict[str, Any]] = {
     "digits-noisy": {"train": {"dataset": "digits", "label_noise": 0.2, "model": "cnn",
                                "epochs": 10, "batch_size": 64, "lr": 0.05, "val_fraction": 0.2}},
@@ -211,16 +211,16 @@ def ci(d: dict[str, float]) -> str:
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| task | winner | cost (FRE) | race: detectable vs best preset (val) | "
+    lines = ["| task | winner | cost (FRE) | verdict vs SGD / SAM / best preset (Holm) | "
              "test: winner − SGD | winner − SAM (default) | winner − best default preset "
              "(oracle) | best universal − best region member |",
              "|" + "---|" * 8]
     for r in results:
         t, v = r["test"], r["verdict"] or {}
         against = v.get("against", {})
-        best = against.get("best_preset", {})
-        mde = (f"{best['detectable_80']:.2f} ({best['instances']} inst., vs {best['name']})"
-               if best and not best.get("is_winner") else "winner is a preset")
+        mde = " / ".join(
+            f"{'beats' if c['confident'] else 'n.s.'} (p_Holm {c['p_holm']:.2f})"
+            if c.get("complete") else "—" for c in against.values()) or "—"
         uni = t.get("universal_vs_region")
         lines.append(
             f"| {r['task']} | {r['winner']} | {r['cost']['total']:.1f} | {mde} | "
@@ -235,19 +235,21 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"{m} {t['mean'][m]:.2f} (sd {t['sd'][m]:.2f}"
             + (f", {t['runs'][m]} runs: the others diverged" if t["runs"][m] < t["seeds"]
                else "") + ")" for m in sorted(t["mean"])))
-    lines += ["", "The race's verdicts (validation, paired over instances):", ""]
+    lines += ["", "The verdicts (validation, on the confirmation's fresh instances):", ""]
     for r in results:
         v = r["verdict"]
         if not v:
             continue
         parts = []
         for key, c in v["against"].items():
-            parts.append(f"{key} ({c['name']}): winner itself" if c.get("is_winner") else
+            parts.append(f"{key} ({c['name']}): not run" if not c.get("complete") else
                          f"{key} ({c['name']}): {c['mean']:+.2f} ± {c['ci95']:.2f}, "
-                         f"p = {c['p_value']:.3f}, n = {c['instances']}, detectable "
-                         f"{c['detectable_80']:.2f}")
-        lines.append(f"- {r['task']}: {v['race']['runs']} runs, ended: {v['race']['end']}; "
-                     + "; ".join(parts))
+                         f"p = {c['p_value']:.3f}, Holm {c['p_holm']:.3f}, n = "
+                         f"{c['instances']}, detectable {c['detectable']:.2f}")
+        plan = v.get("confirmation") or {}
+        lines.append(f"- {r['task']}: race {v['race']['runs']} runs, ended: "
+                     f"{v['race']['end']}; confirmation {plan.get('instances')} instances of "
+                     f"{plan.get('fold')} examples; " + "; ".join(parts))
     lines += ["", "Rank correlation (Spearman) of each epoch's test accuracy with the last "
               "epoch's, over the test runs:", ""]
     for r in results:

@@ -148,7 +148,8 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     from _util import write_study
 
     path = write_study(tmp_path, name="pipeline", trials=5, epochs=3,
-                       race={"top_k": 1, "budget": 6, "first": 2}, space={
+                       race={"top_k": 1, "budget": 6, "first": 2, "confirm_budget": 8},
+                       space={
         "presets": ["sgd", "sam"],
         "search": {"measure": {"kinds": ["gaussian"]},
                    "phi": {"polynomial": {"outputs": [1], "degree": [1, 1],
@@ -159,18 +160,19 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     path.write_text(yaml.safe_dump(study))
     assert main(["tune", str(path), "--address", ray_cluster, "--quiet"]) == 0
     closing = capsys.readouterr().out.strip().splitlines()
-    # tune's closing summary: the race's winner, its verdicts against SGD, SAM at its default
-    # and the best preset (paired differences with their power), then the study's cost
+    # tune's closing summary: the race's winner, the confirmation (4 fresh instances: 8 runs
+    # of the winner and the one it is compared with), the verdicts — each on the fresh
+    # instances, Holm-adjusted — what "with confidence" means, then the study's cost
     winner_line = next(i for i, line in enumerate(closing) if line.startswith("winner: "))
-    assert "over 2 instances" in closing[winner_line]
-    verdicts = closing[winner_line + 1:-1]
-    assert [v.split(" (")[0] for v in verdicts] == [
-        "verdict against SGD", "verdict against SAM at its default",
-        "verdict against the best preset"]
-    for v in verdicts:
-        assert "it is the winner itself" in v or ("shared instances" in v
-                                                  and "detectable at 80% power" in v)
+    assert "over 2 race instances" in closing[winner_line]
+    assert any(line.startswith("confirmation: 4 fresh instances") for line in closing)
+    verdicts = [line for line in closing if line.startswith("verdict ")]
+    assert len(verdicts) == 1 and verdicts[0].split(" (")[0] in (
+        "verdict against SGD", "verdict against SAM at its default")
+    assert "4 fresh instances" in verdicts[0] and "Holm-adjusted over 1" in verdicts[0]
+    assert closing[-2].startswith("'with confidence': the chance that any of these 1 verdicts")
     assert closing[-1].startswith("cost: ") and "race 6.0 over 6 runs" in closing[-1]
+    assert "confirmation 8.0 over 8 runs" in closing[-1]
     assert main(["compare", str(path), "--seeds", "2", "--address", ray_cluster, "--quiet",
                  "--sharpness-every", "3"]) == 0
     capsys.readouterr()

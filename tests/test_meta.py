@@ -188,7 +188,7 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) 
     write_knowledge([*records, extra], tmp_path / "kb.json")
     path = write_study(tmp_path / "new", name="new", trials=3, epochs=1, concurrency=1,
                        meta={"from": ["../kb.json"], "k": 2},
-                       race={"top_k": 1, "budget": 6, "first": 2})
+                       race={"top_k": 1, "budget": 6, "first": 2, "confirm_budget": 0})
     assert main(["tune", str(path), "--address", ray_cluster, "--quiet", "--meta-k", "1"]) == 0
     said = capsys.readouterr().err
     assert "learning from 2 prior task(s)" in said and "portfolio: b:frob_sam;" in said

@@ -259,6 +259,23 @@ def _run_race_offline(config, values) -> None:
             _add(race_study, values(owner, instance), **record.point_attrs(point))
 
 
+def _run_confirmation_offline(config, values) -> None:
+    """Play a study's confirmation without Ray, as :func:`_run_race_offline` its race."""
+    from metasam.tuning import decision
+    from metasam.tuning.storage import open_storage, open_study
+
+    chosen = decision.selection(config)
+    assert chosen.plan is not None, "the race has not ended"
+    owners = {c.run_label(0, Role.VERDICT).method: c for c in
+              (chosen.winner, *chosen.compared.values())}
+    verdict_study = open_study(open_storage(config.storage), f"{config.name}.verdict",
+                               config.mode)
+    for point in decision.confirmation_points(config, chosen):
+        owner = owners[point.label.method]
+        _add(verdict_study, values(owner, 100 + point.label.instance),
+             **record.point_attrs(point))
+
+
 def _lucky_study(tmp_path, **race):
     from _util import write_study
 
@@ -291,15 +308,16 @@ def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_
         (2, decision.Pick.TOP), (3, decision.Pick.TOP), (0, decision.Pick.PRESET),
         (1, decision.Pick.PRESET)]
     assert candidates[1].name == "sam ρ=0.1" and candidates[3].name == "sam"
-    # instances: fresh seeds and the folds of a stratified 10-fold split (val_fraction 0.1),
-    # then of the next repeat
-    assert config.train.val_fraction == 0.1
-    assert [decision.instance_train(config, i) for i in (0, 9, 10)] == [
-        {"seed": 1, "val_seed": 1, "val_fold": 0}, {"seed": 10, "val_seed": 1, "val_fold": 9},
-        {"seed": 11, "val_seed": 2, "val_fold": 0}]
+    # instances: fresh seeds and the folds of a stratified 7-fold split of the pool's rest
+    # (val_fraction 0.1 of the pool, 30% held back for the verdict), then of the next repeat
+    assert config.train.val_fraction == 0.1 and config.train.holdout == 0.3
+    assert [decision.instance_train(config, i) for i in (0, 6, 7)] == [
+        {"seed": 1, "val_seed": 1, "val_fold": 0, "val_folds": 7},
+        {"seed": 7, "val_seed": 1, "val_fold": 6, "val_folds": 7},
+        {"seed": 8, "val_seed": 2, "val_fold": 0, "val_folds": 7}]
     means = {2: 0.80, 3: 0.86, 0: 0.80, 1: 0.82}
     rng = random.Random(0)
-    effects = [rng.gauss(0, 0.01) for _ in range(40)]  # instance difficulty, shared by all
+    effects = [rng.gauss(0, 0.01) for _ in range(200)]  # instance difficulty, shared by all
 
     def values(owner, instance):
         return means[owner.trial] + effects[instance] + rng.gauss(0, 0.004)
@@ -308,21 +326,36 @@ def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_
     verdict = decision.race_verdict(config)
     assert verdict.winner.candidate.trial == 3 and verdict.winner.candidate.name == "sam ρ=0.1"
     assert verdict.end is decision.RaceEnd.ONE_LEFT
+    assert not verdict.complete and not verdict.beats_sgd  # no claim before the confirmation
+    _run_confirmation_offline(config, values)
+    verdict = decision.race_verdict(config)
+    plan = verdict.plan
+    assert verdict.complete and plan.instances >= 4
+    assert plan.capped == (plan.predicted > plan.detect)  # the budget (13 rounds of 3) binds
     assert verdict.beats_sgd and verdict.against["sam"].confident
-    sgd = verdict.against["sgd"].difference
-    assert sgd.mean == pytest.approx(0.06, abs=0.01) and sgd.p_improvement == 1.0
-    assert sgd.n == len(verdict.against["sgd"].other.values)  # every instance SGD ran
+    sgd = verdict.against["sgd"].test
+    assert sgd.family == 2  # SGD and SAM: the space has no other preset
+    assert sgd.difference.mean == pytest.approx(0.06, abs=0.01)
+    assert sgd.difference.p_improvement == 1.0 and sgd.difference.n == plan.instances
+    assert sgd.difference.overlap == pytest.approx(
+        plan.fold / (decision.data_sizes(config).pool - plan.fold))
     exported = best_optimizer(config)
     assert exported["trial"] == 3 and exported["name"] == "sam ρ=0.1"
     assert exported["spec"] == steady.to_dict()
+    assert exported["value"] == pytest.approx(verdict.winner.confirmed_mean())
     figures = exported["verdict"]["against"]["sgd"]
-    assert figures["mean"] == pytest.approx(100 * sgd.mean) and figures["confident"]
-    assert figures["detectable_80"] == pytest.approx(100 * sgd.detectable)
+    assert figures["mean"] == pytest.approx(100 * sgd.difference.mean) and figures["confident"]
+    assert figures["p_holm"] == pytest.approx(sgd.p_adjusted)
+    assert "played no part in choosing the winner" in exported["verdict"]["meaning"]
     assert exported["cost"]["race_runs"] == verdict.runs
+    assert exported["cost"]["confirmation_runs"] == 3 * plan.instances
     lines = verdict.lines(config.metric)
-    assert lines[-4].startswith("winner: sam ρ=0.1")
-    assert lines[-3].startswith("verdict against SGD (sgd: +6.")
-    assert "beats it with confidence" in lines[-3] and "detectable at 80% power" in lines[-3]
+    winner_line = next(i for i, line in enumerate(lines) if line.startswith("winner: "))
+    assert lines[winner_line].startswith("winner: sam ρ=0.1")
+    sgd_line = next(line for line in lines if line.startswith("verdict against SGD"))
+    assert sgd_line.startswith("verdict against SGD (sgd: +6.")
+    assert "beats it with confidence" in sgd_line and "Holm-adjusted over 2" in sgd_line
+    assert lines[-1].startswith("'with confidence': the chance that any of these 2 verdicts")
 
 
 def test_a_resumed_race_asks_only_for_what_is_missing(tmp_path) -> None:
@@ -350,25 +383,36 @@ def test_a_resumed_race_asks_only_for_what_is_missing(tmp_path) -> None:
 
 
 def test_the_verdict_names_sgd_when_nothing_beats_it() -> None:
-    from metasam.tuning.decision import Candidate, Pick, verdict_of
+    from metasam.tuning.decision import Candidate, Pick, Selection, verdict_of
     from metasam.tuning.racing import Race
+    from metasam.tuning.verdict import Plan
 
     cands = [Candidate("universal #5", Pick.TOP, {"name": "universal"}, trial=5),
              Candidate("sgd", Pick.PRESET, presets.sgd().to_dict(), trial=0),
              Candidate("sam", Pick.PRESET, presets.sam().to_dict(), trial=1)]
-    for mode, values in (("max", {"t5": [0.79, 0.80, 0.81], "t0": [0.82, 0.83, 0.82],
-                                  "t1": [0.80, 0.81, 0.80]}),
-                         ("min", {"t5": [0.40, 0.41, 0.42], "t0": [0.50, 0.52, 0.51],
-                                  "t1": [0.30, 0.31, 0.30]})):
-        race = Race([c.id for c in cands], mode=mode, first=3, instances=3)
+    by_id = {c.id: c for c in cands}
+    plan = Plan(4, 50, 0.04, 0.01, 0.02, 0.01, 0.8, True)
+    for mode, values, confirmed in (
+            ("max", {"t5": [0.79, 0.80, 0.81], "t0": [0.82, 0.83, 0.82],
+                     "t1": [0.80, 0.81, 0.80]},
+             {"t0": [0.82, 0.84, 0.83, 0.82], "t1": [0.81, 0.83, 0.82, 0.80]}),
+            ("min", {"t5": [0.40, 0.41, 0.42], "t0": [0.50, 0.52, 0.51],
+                     "t1": [0.30, 0.31, 0.30]},
+             {"t1": [0.30, 0.31, 0.30, 0.32], "t0": [0.50, 0.52, 0.51, 0.50]})):
+        race = Race([c.id for c in cands], mode=mode, first=3, instances=3,
+                    anchors=frozenset({"t0", "t1"}))
         for cid, vs in values.items():
             for i, v in enumerate(vs):
                 race.record(cid, i, v)
-        verdict = verdict_of(race, cands, mode)
+        race.next_round()
+        winner = by_id[race.winner()]
+        compared = {"sam": by_id["t1"]} if winner.id == "t0" else {"sgd": by_id["t0"]}
+        verdict = verdict_of(Selection(cands, race, winner, compared, plan),
+                             {c: dict(enumerate(v)) for c, v in confirmed.items()}, mode)
         if mode == "max":
             assert verdict.winner.candidate.name == "sgd" and not verdict.beats_sgd
-            assert "it is the winner itself" in "\n".join(verdict.lines("val_acc"))
-            assert verdict.against["sgd"].difference is None
+            assert "sgd" not in verdict.against and verdict.complete
+            assert "SGD at its default is the winner" in "\n".join(verdict.lines("val_acc"))
         else:  # lower is better: SAM wins, and beats SGD
             assert verdict.winner.candidate.name == "sam" and verdict.beats_sgd
 

@@ -84,14 +84,20 @@ def prepare_splits(name: str, *, data_dir: str | os.PathLike[str] | None = None,
                    subset_mode: str = "first", subset_seed: int = 0,
                    label_noise: float = 0.0, noise_seed: int = 0,
                    val_fraction: float = 0.1, val_seed: int = 0,
-                   val_fold: int | None = None) -> Splits:
+                   val_fold: int | None = None, val_folds: int | None = None,
+                   holdout: float = 0.0, holdout_seed: int = 0, val_scope: str = "rest"
+                   ) -> Splits:
     """Train / validation / test with the variants applied in this order: subset, label noise
     (on the training pool, so validation labels are as noisy as training labels), then the
     validation split. The test set is never altered.
 
     With ``val_fold`` the validation split is that fold of the stratified k-fold split of the
     pool seeded ``val_seed``, k = round(1/val_fraction) (the instances of a study's race);
-    without, a stratified random ``val_fraction`` of each class."""
+    without, a stratified random ``val_fraction`` of each class. With ``holdout`` > 0 a
+    seeded stratified share of the pool is held back for a study's verdict: validation
+    examples come from the rest, or with ``val_scope="holdout"`` from a fold of the held-back
+    part (:func:`metasam.data.variants.split_with_holdout`); training is always the pool
+    without the validation examples."""
     base, implied = parse_name(name)
     subset = implied.get("subset", subset) if subset is None else subset
     label_noise = label_noise or implied.get("label_noise", 0.0)
@@ -103,9 +109,18 @@ def prepare_splits(name: str, *, data_dir: str | os.PathLike[str] | None = None,
     if label_noise > 0:
         train, flipped = variants.corrupt_labels(train, label_noise, noise_seed)
         description.update(label_noise=label_noise, flipped=int(flipped.numel()))
-    if val_fold is not None and val_fraction > 0:
-        train, val = variants.stratified_fold(train, variants.fold_count(val_fraction),
-                                              val_fold, val_seed)
+    description.update(pool=len(train))
+    if holdout > 0 and val_fraction > 0:
+        description.update(holdout=len(variants.held_back(train, holdout, holdout_seed)[1]),
+                           val_scope=val_scope)
+        train, val = variants.split_with_holdout(
+            train, holdout=holdout, holdout_seed=holdout_seed, val_fraction=val_fraction,
+            val_seed=val_seed, val_fold=val_fold, val_folds=val_folds, scope=val_scope)
+        if val_fold is not None:
+            description.update(val_fold=val_fold)
+    elif val_fold is not None and val_fraction > 0:
+        train, val = variants.stratified_fold(train, val_folds or variants.fold_count(
+            val_fraction), val_fold, val_seed)
         description.update(val_fold=val_fold)
     else:
         train, val = variants.split_validation(train, val_fraction, val_seed)

@@ -57,6 +57,39 @@ def corrupt_labels(data: ArrayData, rate: float, seed: int = 0) -> tuple[ArrayDa
     return data.with_labels(y), torch.sort(flipped).values
 
 
+def _stratified_draw(data: ArrayData, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of a seeded draw of ⌊fraction·N_c⌋ examples of each class c."""
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(data.num_classes):
+        members = torch.nonzero(data.y == c).flatten()
+        take = int(fraction * members.numel())
+        chosen.append(members[torch.randperm(members.numel(), generator=gen)[:take]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def _fold_index(data: ArrayData, folds: int, fold: int, seed: int) -> Tensor:
+    """Sorted indices of fold ``fold`` of the seeded, class-stratified ``folds``-fold split."""
+    if folds < 2:
+        raise ValueError(f"folds: expected at least 2, got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold: expected 0 to {folds - 1}, got {fold}")
+    gen = torch.Generator().manual_seed(seed)
+    val = []
+    for c in range(data.num_classes):
+        members = torch.nonzero(data.y == c).flatten()
+        shuffled = members[torch.randperm(members.numel(), generator=gen)]
+        val.append(torch.tensor_split(shuffled, folds)[fold])
+    return torch.sort(torch.cat(val)).values
+
+
+def _apart(data: ArrayData, val_index: Tensor) -> tuple[ArrayData, ArrayData]:
+    """(the pool without ``val_index``, the examples at ``val_index``)."""
+    mask = torch.ones(len(data), dtype=torch.bool)
+    mask[val_index] = False
+    return data.subset(torch.nonzero(mask).flatten()), data.subset(val_index)
+
+
 def split_validation(data: ArrayData, fraction: float, seed: int = 0
                      ) -> tuple[ArrayData, ArrayData | None]:
     """A seeded, class-stratified validation split of ⌊fraction·N_c⌋ examples per class."""
@@ -64,16 +97,7 @@ def split_validation(data: ArrayData, fraction: float, seed: int = 0
         return data, None
     if fraction >= 1.0:
         raise ValueError(f"val_fraction must be below 1, got {fraction}")
-    gen = torch.Generator().manual_seed(seed)
-    val = []
-    for c in range(data.num_classes):
-        members = torch.nonzero(data.y == c).flatten()
-        take = int(fraction * members.numel())
-        val.append(members[torch.randperm(members.numel(), generator=gen)[:take]])
-    val_index = torch.sort(torch.cat(val)).values
-    mask = torch.ones(len(data), dtype=torch.bool)
-    mask[val_index] = False
-    return data.subset(torch.nonzero(mask).flatten()), data.subset(val_index)
+    return _apart(data, _stratified_draw(data, fraction, seed))
 
 
 def fold_count(fraction: float) -> int:
@@ -87,17 +111,48 @@ def stratified_fold(data: ArrayData, folds: int, fold: int, seed: int = 0
     folds, this fold). For one ``seed`` the folds are disjoint and together cover the pool;
     each holds ⌊N_c/k⌋ or ⌈N_c/k⌉ examples of each class c. A repeat of the k-fold split is
     another ``seed``."""
-    if folds < 2:
-        raise ValueError(f"folds: expected at least 2, got {folds}")
-    if not 0 <= fold < folds:
-        raise ValueError(f"fold: expected 0 to {folds - 1}, got {fold}")
-    gen = torch.Generator().manual_seed(seed)
-    val = []
-    for c in range(data.num_classes):
-        members = torch.nonzero(data.y == c).flatten()
-        shuffled = members[torch.randperm(members.numel(), generator=gen)]
-        val.append(torch.tensor_split(shuffled, folds)[fold])
-    val_index = torch.sort(torch.cat(val)).values
+    return _apart(data, _fold_index(data, folds, fold, seed))
+
+
+VAL_SCOPES = ("rest", "holdout")
+
+
+def held_back(data: ArrayData, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(the rest, the held-back part) of a pool, as sorted indices: a seeded, class-stratified
+    ⌊fraction·N_c⌋ examples of each class c held back for a study's verdict."""
+    hold = _stratified_draw(data, fraction, seed)
     mask = torch.ones(len(data), dtype=torch.bool)
-    mask[val_index] = False
-    return data.subset(torch.nonzero(mask).flatten()), data.subset(val_index)
+    mask[hold] = False
+    return torch.nonzero(mask).flatten(), hold
+
+
+def split_with_holdout(data: ArrayData, *, holdout: float, holdout_seed: int,
+                       val_fraction: float, val_seed: int, val_fold: int | None = None,
+                       val_folds: int | None = None, scope: str = "rest"
+                       ) -> tuple[ArrayData, ArrayData]:
+    """Train and validation when a share ``holdout`` of the pool is held back (see
+    :func:`held_back`): the validation examples come from the rest (``scope="rest"``: the
+    tuning trials' split of val_fraction·N examples, or with ``val_fold`` that fold of the
+    rest's k-fold split, k = ``val_folds`` or round((1 − holdout)/val_fraction)) or, with
+    ``scope="holdout"``, fold ``val_fold`` of the held-back part's ``val_folds``-fold split
+    (the verdict's instances). Training is the whole pool without the validation examples."""
+    if scope not in VAL_SCOPES:
+        raise ValueError(f"val_scope: unknown value {scope!r}; allowed: {', '.join(VAL_SCOPES)}")
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    if val_fraction >= 1.0 - holdout:
+        raise ValueError(f"val_fraction {val_fraction} leaves no training data beside holdout "
+                         f"{holdout}: their sum must be below 1")
+    rest, hold = held_back(data, holdout, holdout_seed)
+    part = rest if scope == "rest" else hold
+    pool = data.subset(part)
+    if scope == "holdout":
+        if val_fold is None or val_folds is None:
+            raise ValueError("val_scope holdout needs val_fold and val_folds")
+        local = _fold_index(pool, val_folds, val_fold, val_seed)
+    elif val_fold is not None:
+        k = val_folds or fold_count(val_fraction / (1.0 - holdout))
+        local = _fold_index(pool, k, val_fold, val_seed)
+    else:
+        local = _stratified_draw(pool, val_fraction / (1.0 - holdout), val_seed)
+    return _apart(data, torch.sort(part[local]).values)

@@ -126,6 +126,16 @@ class TrainConfig:
     val_fold: int | None = option(None, _config.integer(0, optional=True),
                                   "validation = this fold of the stratified k-fold split "
                                   "seeded val_seed, k = round(1/val_fraction)")
+    val_folds: int | None = option(None, _config.integer(2, optional=True),
+                                   "k of the k-fold split val_fold picks from (default from "
+                                   "val_fraction)")
+    holdout: float = option(0.0, _config.number(0.0, 0.9),
+                            "share of the pool held back for a study's verdict: validation "
+                            "examples come from the rest (val_scope: rest) or from it "
+                            "(val_scope: holdout); 0: none")
+    holdout_seed: int = option(0, _config.integer(0), "seed of the held-back share")
+    val_scope: str = option("rest", _config.choice("rest", "holdout"),
+                            "where validation examples come from when holdout > 0")
     augment: str = option("auto", _augment, "augmentation (auto: crop+flip for CIFAR, crop "
                           "for SVHN, none otherwise)")
     # model and optimization
@@ -190,6 +200,15 @@ class TrainConfig:
         _config.validate(self)
         if self.bf16 and self.fp16:
             raise ConfigError("fp16", "bf16 and fp16 both asked for", "one of them")
+        if self.holdout > 0 and self.val_fraction > 0 and \
+                self.val_fraction + self.holdout >= 1.0:
+            raise ConfigError("holdout", f"{self.holdout} with val_fraction "
+                              f"{self.val_fraction} leaves no training data",
+                              f"[0, {1.0 - self.val_fraction:.2f})")
+        if self.val_scope == "holdout" and (self.holdout <= 0 or self.val_fold is None
+                                            or self.val_folds is None):
+            raise ConfigError("val_scope", "holdout needs holdout > 0, val_fold and val_folds",
+                              "rest, or holdout with those three set")
         if self.milestones and max(self.milestones) >= self.epochs + 1:
             raise ConfigError("milestones", f"epoch {max(self.milestones)} is past the "
                               f"{self.epochs} epochs", f"epochs 1 to {self.epochs}")

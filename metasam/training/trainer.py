@@ -62,7 +62,9 @@ def splits_of(config: TrainConfig) -> Splits:
         config.dataset, data_dir=config.data_dir, download=config.download,
         subset=config.subset, subset_mode=config.subset_mode, subset_seed=config.subset_seed,
         label_noise=config.label_noise, noise_seed=config.noise_seed,
-        val_fraction=config.val_fraction, val_seed=config.val_seed, val_fold=config.val_fold)
+        val_fraction=config.val_fraction, val_seed=config.val_seed, val_fold=config.val_fold,
+        val_folds=config.val_folds, holdout=config.holdout, holdout_seed=config.holdout_seed,
+        val_scope=config.val_scope)
 
 
 def precision_of(config: TrainConfig) -> str:

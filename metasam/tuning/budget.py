@@ -1,6 +1,7 @@
 """What a study cost, in full-run equivalents: one unit is one training run of the study's full
 budget (all epochs). A tuning trial counts the epochs it reached over the budget (an ASHA-stopped
-trial at 8 of 10 epochs is 0.8, a diverged one what it ran); each race run is one full run."""
+trial at 8 of 10 epochs is 0.8, a diverged one what it ran); a race or confirmation run counts
+its epochs the same way (one that finished is one full run)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,24 @@ from metasam.tuning.study import StudyConfig
 class StudyCost:
     tuning: float        # full-run equivalents of the search's trials
     tuning_trials: int
-    race: float          # full-run equivalents of the decision stage's runs
+    race: float          # full-run equivalents of the race's runs
     race_runs: int
+    confirmation: float = 0.0    # ... of the confirmation's runs
+    confirmation_runs: int = 0
 
     @property
     def total(self) -> float:
-        return self.tuning + self.race
+        return self.tuning + self.race + self.confirmation
 
     def line(self) -> str:
         return (f"cost: {self.total:.1f} full-run equivalents (tuning {self.tuning:.1f} over "
-                f"{self.tuning_trials} trials, race {self.race:.1f} over {self.race_runs} runs)")
+                f"{self.tuning_trials} trials, race {self.race:.1f} over {self.race_runs} runs, "
+                f"confirmation {self.confirmation:.1f} over {self.confirmation_runs} runs)")
 
     def to_dict(self) -> dict[str, float]:
         return {"total": self.total, "tuning": self.tuning, "tuning_trials": self.tuning_trials,
-                "race": self.race, "race_runs": self.race_runs}
+                "race": self.race, "race_runs": self.race_runs,
+                "confirmation": self.confirmation, "confirmation_runs": self.confirmation_runs}
 
 
 def full_run_equivalents(study: optuna.Study, epochs: int) -> tuple[float, int]:
@@ -46,14 +51,16 @@ def full_run_equivalents(study: optuna.Study, epochs: int) -> tuple[float, int]:
     return total, n
 
 
-def study_cost(config: StudyConfig, race_name: str | None = None) -> StudyCost:
-    """The cost of a study and of its race (``race_name``: its study in the same storage)."""
+def study_cost(config: StudyConfig) -> StudyCost:
+    """The cost of a study, its race (``NAME.race``) and its confirmation (``NAME.verdict``)."""
     epochs = config.train.epochs
     tuning, trials = full_run_equivalents(load_study(config.storage, config.name), epochs)
-    race, runs = 0.0, 0
-    if race_name is not None:
+    parts = []
+    for suffix in ("race", "verdict"):
         try:
-            race, runs = full_run_equivalents(load_study(config.storage, race_name), epochs)
+            parts.append(full_run_equivalents(load_study(config.storage,
+                                                         f"{config.name}.{suffix}"), epochs))
         except StudyNotFoundError:
-            pass
-    return StudyCost(tuning, trials, race, runs)
+            parts.append((0.0, 0))
+    (race, runs), (confirmation, confirmation_runs) = parts
+    return StudyCost(tuning, trials, race, runs, confirmation, confirmation_runs)

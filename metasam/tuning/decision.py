@@ -1,26 +1,33 @@
-"""The decision stage of a study: its finalists race over paired instances, and the verdict
-states each difference with its confidence interval and its power.
+"""The decision stage of a study: its finalists race over paired instances (selection), then
+the winner is confirmed on fresh instances (the verdict), its comparisons corrected together.
 
 After the search, the candidates are the top ``race.top_k`` trials at full budget, *every*
 reference preset of the space at its default, and SGD and SAM at their defaults (added when the
-space lacks them). They race (:mod:`metasam.tuning.racing`) over instances: instance i trains
-with seed ``seed + 1 + i`` and validates on fold ``i mod k`` of the stratified k-fold split of
-the training pool seeded ``seed + 1 + i div k`` (k = round(1/val_fraction): folds as large as
-the study's validation split). Every candidate sees the same instances, so every comparison is
-paired; the tuning run's own split and seed are not among them (its selection luck does not
-count). The runs are a points-only study ``NAME.race`` in the study's own storage, run through
-Ray Tune like any study (parallel within a round, resumable: a race replays its stored runs).
+space lacks them). A share ``race.holdout`` of the training pool is held back (stratified,
+seeded by the study's seed): the tuning trials validate on a split of the rest, and so does the
+race. Race instance i trains with seed ``seed + 1 + i`` and validates on fold ``i mod k`` of
+the stratified k-fold split of the rest seeded ``seed + 1 + i div k`` (k =
+round((1 − holdout)/val_fraction): folds as large as the tuning split). Every candidate sees the
+same instances, so every comparison is paired; SGD and SAM run every instance but take no part
+in the eliminations (:mod:`metasam.tuning.racing`). The runs are a points-only study
+``NAME.race`` in the study's own storage, run through Ray Tune like any study (parallel within
+a round, resumable: a race replays its stored runs).
 
-The verdict compares the winner with SGD, SAM at its default and the best preset (the preset
-that lasted longest in the race, then by mean): the paired difference over their shared
-instances, mean ± 95% CI in metric points, the probability of improvement (the share of
-instances the winner won), the one-sided paired t-test, and the smallest difference the race
-could have detected with 80% power at that level.
+Then the confirmation (:mod:`metasam.tuning.verdict`): the race's winner, SGD, SAM at its
+default and the best other preset (the one that lasted longest in the race, then by mean) run
+on J fresh instances — seeds no earlier run used, validation on fold j of a J-fold split of the
+held-back share, training on the pool without that fold — J sized from the race's spread to
+reach ``race.detect`` at ``race.power`` within ``race.confirm_budget`` runs, fixed before the
+first confirmation run. They are the points-only study ``NAME.verdict``. The verdict states
+each difference with its 95% interval by the corrected resampled t-test, its one-sided p-value
+and the Holm-adjusted p-value over the family; "with confidence" means the chance that *any* of
+the verdict's claims is wrong is at most ``race.alpha``.
 
 Example::
 
     config = StudyConfig.from_yaml("studies/digits-noisy.yaml")
     run_race(config)                           # after `metasam tune`; resumes if interrupted
+    run_confirmation(config)
     print("\\n".join(race_verdict(config).lines(config.objective)))
 """
 
@@ -30,8 +37,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -39,7 +45,8 @@ from optuna.trial import TrialState
 
 from metasam.data.variants import fold_count
 from metasam.family import presets
-from metasam.stats import PairedDifference
+from metasam.tuning.candidate import Candidate, Pick
+from metasam.tuning.outcome import Comparison, Standing, Verdict
 from metasam.tuning.protocol import Label, Point, Role
 from metasam.tuning.racing import Race, RaceEnd
 from metasam.tuning.record import TrialRecord
@@ -47,54 +54,46 @@ from metasam.tuning.runner import ray_session, tune_study
 from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
 from metasam.tuning.study import StudyConfig
 from metasam.tuning.study_file import RaceSettings
+from metasam.tuning.verdict import (
+    Plan,
+    Sizes,
+    comparisons_of,
+    confirm,
+    plan_confirmation,
+    race_spread,
+)
 
 SUFFIX = "race"
+CONFIRM_SUFFIX = "verdict"
 REFERENCES = ("sgd", "sam")  # always race: the verdict compares the winner with both
+_CONFIRM_FOLD_SEED = 7919    # offset of the seed of the held-back share's J-fold split
 
 
-class Pick(str, Enum):
-    """Why a candidate races."""
-
-    TOP = "top"            # one of the top-k full-budget trials of the search
-    PRESET = "preset"      # a reference preset at its default
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A member in the race: a trial of the study (``trial``), or a preset at its default the
-    space lacks (``trial`` None)."""
-
-    name: str
-    pick: Pick
-    spec: dict[str, Any]
-    train: dict[str, Any] = field(default_factory=dict)
-    trial: int | None = None
-
-    @property
-    def preset(self) -> str | None:
-        """The preset it is at its default (``None`` for a searched member)."""
-        return self.spec.get("name") if self.pick is Pick.PRESET else None
-
-    @property
-    def id(self) -> str:
-        """Its identity in the race and in its runs' labels (written, never parsed)."""
-        return f"t{self.trial}" if self.trial is not None else f"preset:{self.preset}"
-
-    def run_label(self, instance: int) -> Label:
-        return Label(Role.RACE, self.name, self.spec.get("name"), self.trial, instance)
-
-    def owns(self, label: Label) -> bool:
-        """Is ``label`` one of this candidate's runs?"""
-        if self.trial is not None:
-            return label.trial == self.trial
-        return label.trial is None and label.preset == self.preset
+def race_folds(config: StudyConfig) -> int:
+    """The k of the race's k-fold splits of the pool's rest: folds about as large as the
+    tuning trials' validation split."""
+    train = config.train
+    if train.holdout > 0:
+        return fold_count(train.val_fraction / (1.0 - train.holdout))
+    return fold_count(train.val_fraction)
 
 
 def instance_train(config: StudyConfig, instance: int) -> dict[str, Any]:
-    """The training overrides of instance ``instance``: its seed and its validation fold."""
-    k = fold_count(config.train.val_fraction)
+    """The training overrides of race instance ``instance``: its seed and its validation fold
+    (of the pool's rest)."""
+    k = race_folds(config)
     return {"seed": config.seed + 1 + instance, "val_seed": config.seed + 1 + instance // k,
-            "val_fold": instance % k}
+            "val_fold": instance % k, "val_folds": k}
+
+
+def confirm_train(config: StudyConfig, plan: Plan, instance: int) -> dict[str, Any]:
+    """The training overrides of confirmation instance ``instance`` of ``plan``: a seed no
+    tuning trial or race run used, and fold ``instance`` of the held-back share's
+    ``plan.instances``-fold split."""
+    settings = config.race or RaceSettings()
+    return {"seed": config.seed + 1 + settings.instances + instance,
+            "val_seed": config.seed + _CONFIRM_FOLD_SEED, "val_fold": instance,
+            "val_folds": plan.instances, "val_scope": "holdout"}
 
 
 def race_candidates(config: StudyConfig, study: optuna.Study | None = None) -> list[Candidate]:
@@ -130,14 +129,18 @@ def race_candidates(config: StudyConfig, study: optuna.Study | None = None) -> l
     return out
 
 
-def race_config(config: StudyConfig, points: list[Point]) -> StudyConfig:
-    return config.derived(SUFFIX, points, metric=config.metric, mode=config.mode,
+def _derived(config: StudyConfig, suffix: str, points: list[Point]) -> StudyConfig:
+    return config.derived(suffix, points, metric=config.metric, mode=config.mode,
                           train_changes={"test": "none"})
 
 
-def _stored_runs(config: StudyConfig) -> list[optuna.trial.FrozenTrial]:
+def race_config(config: StudyConfig, points: list[Point]) -> StudyConfig:
+    return _derived(config, SUFFIX, points)
+
+
+def _stored_runs(config: StudyConfig, suffix: str = SUFFIX) -> list[optuna.trial.FrozenTrial]:
     try:
-        return load_study(config.storage, f"{config.name}.{SUFFIX}").get_trials(deepcopy=False)
+        return load_study(config.storage, f"{config.name}.{suffix}").get_trials(deepcopy=False)
     except StudyNotFoundError:
         return []
 
@@ -150,9 +153,11 @@ def _owner(candidates: list[Candidate], label: Label) -> Candidate | None:
     return next((c for c in candidates if c.owns(label)), None)
 
 
-def _replay(race: Race, candidates: list[Candidate],
-            runs: list[optuna.trial.FrozenTrial]) -> None:
-    """Record the stored runs that finished (a failed or diverged run as the worst value)."""
+def _finished(candidates: list[Candidate], runs: list[optuna.trial.FrozenTrial]
+              ) -> list[tuple[Candidate, int, float]]:
+    """(candidate, instance, value) of the stored runs that finished (a failed or diverged run
+    as nan)."""
+    out = []
     for t in runs:
         rec = TrialRecord.of(t)
         if not rec.counts or t.state not in (TrialState.COMPLETE, TrialState.FAIL):
@@ -162,17 +167,32 @@ def _replay(race: Race, candidates: list[Candidate],
             continue  # a run of a former candidate (the study grew): not in this race
         value = float(t.value) if t.state == TrialState.COMPLETE and t.value is not None \
             else math.nan
-        race.record(owner.id, rec.label.instance, value)
+        out.append((owner, rec.label.instance, value))
+    return out
 
 
 def new_race(config: StudyConfig, candidates: list[Candidate]) -> Race:
-    """The race among ``candidates``, SGD and SAM at their defaults its anchors (never dropped:
-    the verdict compares the winner with them over every instance it ran)."""
+    """The race among ``candidates``, SGD and SAM at their defaults its anchors (they run every
+    instance and are never tested or dropped)."""
     settings = config.race or RaceSettings()
     anchors = frozenset(c.id for c in candidates if c.preset in REFERENCES)
     return Race([c.id for c in candidates], mode=config.mode, first=settings.first,
                 instances=settings.instances, budget=settings.budget, alpha=settings.alpha,
                 anchors=anchors)
+
+
+def _replay(race: Race, candidates: list[Candidate],
+            runs: list[optuna.trial.FrozenTrial]) -> None:
+    """Record the stored runs that finished (a failed or diverged run as the worst value)."""
+    for owner, instance, value in _finished(candidates, runs):
+        race.record(owner.id, instance, value)
+
+
+def _replayed(config: StudyConfig, candidates: list[Candidate]) -> Race:
+    race = new_race(config, candidates)
+    _replay(race, candidates, _stored_runs(config))
+    race.next_round()  # every elimination test the stored runs allow
+    return race
 
 
 def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 1,
@@ -181,10 +201,8 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
     (or when the study decides nothing: ``race: false``, no full-budget trial), ``False`` when
     it was interrupted (run again to resume). ``say`` gets the line naming the candidates
     (default: standard error)."""
-    if config.race is None:
-        return True
-    study = config.load_study()
-    if not best_trials(study, config.mode, 1):
+    study = _deciding(config)
+    if study is None:
         return True
     candidates = race_candidates(config, study)
     (say or _to_stderr)(f"study {config.name}: racing {len(candidates)} candidates over paired "
@@ -226,151 +244,121 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
                 return False
 
 
+def _deciding(config: StudyConfig) -> optuna.Study | None:
+    """The tuned study, if it decides anything (a race and a full-budget trial)."""
+    if config.race is None:
+        return None
+    study = config.load_study()
+    return study if best_trials(study, config.mode, 1) else None
+
+
 def _to_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-# --- the verdict ------------------------------------------------------------------------------
+# --- the confirmation ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Standing:
-    """A candidate's runs in the race, by instance, and when it dropped out (None: it
-    survived)."""
+class Selection:
+    """What the race chose, what the verdict compares it with, and the confirmation's plan
+    (``None`` until the race has ended)."""
 
-    candidate: Candidate
-    values: dict[int, float]
-    dropped_after: int | None
-
-    def mean(self, upto: int | None = None) -> float:
-        """Its mean over its first ``upto`` instances (default: all of them)."""
-        values = [self.values[i] for i in sorted(self.values)[:upto]]
-        return sum(values) / len(values) if values else math.nan
+    candidates: list[Candidate]
+    race: Race
+    winner: Candidate | None
+    compared: dict[str, Candidate]     # "sgd", "sam", "best_preset" -> candidate
+    plan: Plan | None
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """The winner against one other candidate over their shared instances (in the metric's
-    direction: positive means the winner is better)."""
+def data_sizes(config: StudyConfig) -> Sizes:
+    """The pool, its held-back share and a race fold, in examples (from the data)."""
+    from metasam.training.trainer import splits_of
 
-    other: Standing
-    difference: PairedDifference | None   # None: the other is the winner itself
-    alpha: float
-
-    @property
-    def confident(self) -> bool:
-        d = self.difference
-        return d is not None and not math.isnan(d.p_greater) and d.p_greater < self.alpha
-
-    def to_dict(self, scale: float) -> dict[str, Any]:
-        d = self.difference
-        base: dict[str, Any] = {"name": self.other.candidate.name}
-        if d is None:
-            return {**base, "is_winner": True}
-        return {**base, "is_winner": False, "mean": d.mean * scale, "ci95": d.ci95 * scale,
-                "instances": d.n, "p_improvement": d.p_improvement, "p_value": d.p_greater,
-                "detectable_80": d.detectable * scale, "confident": self.confident}
-
-    def text(self, scale: float, unit: str) -> str:
-        d = self.difference
-        name = self.other.candidate.name
-        if d is None:
-            return f"{name}: it is the winner itself"
-        ci = "" if math.isnan(d.ci95) else f" ± {d.ci95 * scale:.2f}"
-        p = "nan" if math.isnan(d.p_greater) else f"{d.p_greater:.3f}"
-        mde = "n/a" if math.isnan(d.detectable) else f"{d.detectable * scale:.2f}{unit}"
-        verdict = "beats it with confidence" if self.confident else "not with confidence"
-        return (f"{name}: {d.mean * scale:+.2f}{ci}{unit} (95% CI, {d.n} shared instances), "
-                f"P(improvement) {d.p_improvement:.2f}, p = {p}: {verdict}; detectable at 80% "
-                f"power: {mde}")
+    info = splits_of(config.train.replace(**instance_train(config, 0))).description
+    return Sizes(int(info.get("pool", 0)), int(info.get("holdout", 0)), int(info.get("val", 0)))
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The race's winner and how it stands against SGD, SAM at its default and the best
-    preset."""
+def selection(config: StudyConfig, study: optuna.Study | None = None) -> Selection:
+    """The race replayed from its stored runs and, once it has ended, the confirmation's plan
+    (a function of the race's runs and the data: a resumed study plans the same)."""
+    settings = config.race or RaceSettings()
+    candidates = race_candidates(config, study)
+    race = _replayed(config, candidates)
+    if race.end() is RaceEnd.RUNNING or not any(race.scores[c.id] for c in candidates):
+        return Selection(candidates, race, None, {}, None)
+    by_id = {c.id: c for c in candidates}
+    winner = by_id[race.winner()]
+    ids = {p: next((c.id for c in candidates if c.preset == p), None) for p in REFERENCES}
+    pool = [c.id for c in candidates if c.pick is Pick.PRESET]
+    compared = {k: by_id[c] for k, c in comparisons_of(race, winner.id, ids["sgd"], ids["sam"],
+                                                        pool).items()}
+    plan = plan_confirmation(
+        race_spread(race, winner.id, [c.id for c in compared.values()]), data_sizes(config),
+        comparisons=len(compared), per_instance=len(compared) + 1,
+        budget=settings.confirm_budget, detect=settings.detect, power=settings.power,
+        alpha=settings.alpha)
+    return Selection(candidates, race, winner, compared, plan)
 
-    winner: Standing
-    standings: list[Standing]          # the survivors first (by mean), then by when they left
-    against: dict[str, Comparison]     # "sgd", "sam", "best_preset"
-    end: RaceEnd
-    runs: int
-    mode: str
-    alpha: float
 
-    @property
-    def beats_sgd(self) -> bool:
-        return "sgd" in self.against and self.against["sgd"].confident
+def confirmation_points(config: StudyConfig, chosen: Selection) -> list[Point]:
+    assert chosen.winner is not None and chosen.plan is not None
+    return [Point(c.run_label(j, Role.VERDICT), c.spec,
+                  {**c.train, **confirm_train(config, chosen.plan, j)})
+            for j in range(chosen.plan.instances)
+            for c in (chosen.winner, *chosen.compared.values())]
 
-    @property
-    def beats_best_preset(self) -> bool:
-        return "best_preset" in self.against and self.against["best_preset"].confident
 
-    @staticmethod
-    def scale_of(metric: str) -> tuple[float, str]:
-        return (100.0, " points") if metric.endswith("acc") else (1.0, "")
+def run_confirmation(config: StudyConfig, *, address: str | None = None, verbose: int = 1,
+                     say: Callable[[str], None] | None = None) -> bool:
+    """Run (or resume) the confirmation of an ended race; ``True`` once it has finished (or
+    when there is nothing to confirm)."""
+    study = _deciding(config)
+    if study is None:
+        return True
+    chosen = selection(config, study)
+    if chosen.plan is None or chosen.winner is None or chosen.plan.instances < 2:
+        return True
+    points = confirmation_points(config, chosen)
+    plan = chosen.plan
+    (say or _to_stderr)(
+        f"study {config.name}: confirming {chosen.winner.name} against "
+        f"{', '.join(c.name for c in chosen.compared.values())} on {plan.instances} fresh "
+        f"instances ({len(points)} runs; validation folds of {plan.fold} held-back examples)")
+    with ray_session(address, verbose):
+        result = tune_study(_derived(config, CONFIRM_SUFFIX, points), address=address,
+                            verbose=verbose, check_data=False, announce=True)
+    return result.done
 
-    def to_dict(self, metric: str = "val_acc") -> dict[str, Any]:
-        scale, _ = self.scale_of(metric)
-        w = self.winner
-        return {"winner": w.candidate.name, "trial": w.candidate.trial,
-                "mean": w.mean(), "instances": len(w.values), "values": [
-                    w.values[i] for i in sorted(w.values)],
-                "race": {"end": self.end.value, "runs": self.runs, "alpha": self.alpha,
-                         "standings": [{"name": s.candidate.name, "mean": s.mean(),
-                                        "instances": len(s.values),
-                                        "dropped_after": s.dropped_after}
-                                       for s in self.standings]},
-                "against": {k: c.to_dict(scale) for k, c in self.against.items()},
-                "units": "metric points" if scale == 100.0 else "metric units",
-                "beats_sgd": self.beats_sgd, "beats_best_preset": self.beats_best_preset}
 
-    def lines(self, metric: str) -> list[str]:
-        scale, unit = self.scale_of(metric)
-        shown = "%" if scale == 100.0 else ""
-        n = len(self.winner.values)
-        opening = min(len(st.values) for st in self.standings)
-        out = [f"race ({metric}{' ' + shown if shown else ''}; an instance = a training seed and "
-               f"a validation fold; {len(self.standings)} candidates, {self.runs} runs; ended: "
-               f"{self.end.value}):",
-               f"  {'':<40} {'first ' + str(opening):>8}  {'all its instances':<24}"]
-        for st in self.standings:
-            mark = "  <- winner" if st is self.winner else ""
-            left = (f"dropped after {st.dropped_after}" if st.dropped_after is not None
-                    else f"{len(st.values)} instances")
-            out.append(f"  {st.candidate.name:<40} {st.mean(opening) * scale:8.2f}  "
-                       f"{st.mean() * scale:6.2f} ({left}){mark}")
-        out.append(f"winner: {self.winner.candidate.name}, {metric} "
-                   f"{self.winner.mean() * scale:.2f}{shown} over {n} instances")
-        names = {"sgd": "against SGD", "sam": "against SAM at its default",
-                 "best_preset": "against the best preset"}
-        for key, comparison in self.against.items():
-            out.append(f"verdict {names[key]} ({comparison.text(scale, unit)})")
-        return out
-
+# --- the verdict ----------------------------------------------------------------------------
 
 def race_verdict(config: StudyConfig, study: optuna.Study | None = None) -> Verdict | None:
-    """The verdict from the stored race (``None`` before any run finished, or with
-    ``race: false``)."""
-    if config.race is None:
+    """The verdict from the stored race and confirmation (``None`` before any race run
+    finished, or with ``race: false``)."""
+    if config.race is None or not _stored_runs(config):
         return None
-    runs = _stored_runs(config)
-    if not runs:
+    chosen = selection(config, study)
+    if not any(chosen.race.scores[c.id] for c in chosen.candidates):
         return None
-    candidates = race_candidates(config, study)
-    race = new_race(config, candidates)
-    _replay(race, candidates, runs)
-    race.next_round()  # the last elimination test on what is stored
-    if not any(race.scores[c.id] for c in candidates):
-        return None
-    return verdict_of(race, candidates, config.mode)
+    confirmed: dict[str, dict[int, float]] = {}
+    if chosen.plan is not None and chosen.winner is not None:
+        involved = [chosen.winner, *chosen.compared.values()]
+        for owner, instance, value in _finished(involved, _stored_runs(config, CONFIRM_SUFFIX)):
+            if instance < chosen.plan.instances:
+                confirmed.setdefault(owner.id, {})[instance] = value
+    return verdict_of(chosen, confirmed, config.mode)
 
 
-def verdict_of(race: Race, candidates: list[Candidate], mode: str) -> Verdict:
-    """The verdict of a race among ``candidates`` (in the race's order)."""
-    standings = [Standing(c, dict(race.scores[c.id]), race.dropped.get(c.id))
-                 for c in candidates if race.scores[c.id]]
+def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: str) -> Verdict:
+    """The verdict of a selection (``chosen``) and the confirmation runs stored so far
+    (candidate id -> instance -> value)."""
+    race = chosen.race
+    standings = [Standing(c, dict(race.scores[c.id]), race.dropped.get(c.id),
+                          dict(confirmed.get(c.id, {})))
+                 for c in chosen.candidates if race.scores[c.id]]
     by_id = {st.candidate.id: st for st in standings}
-    winner = by_id[race.winner()] if race.winner() in by_id else standings[0]
+    winner_id = chosen.winner.id if chosen.winner is not None else race.winner()
+    winner = by_id.get(winner_id, standings[0])
     sign = 1.0 if mode == "max" else -1.0
 
     def key(st: Standing) -> tuple[float, float]:
@@ -379,25 +367,16 @@ def verdict_of(race: Race, candidates: list[Candidate], mode: str) -> Verdict:
         return (-lasted, -sign * st.mean())
 
     standings = sorted(standings, key=key)
-
-    def compare(other: Standing | None) -> Comparison | None:
-        if other is None:
-            return None
-        if other is winner:
-            return Comparison(other, None, race.alpha)
-        shared = sorted(set(winner.values) & set(other.values))
-        a = [sign * winner.values[i] for i in shared]
-        b = [sign * other.values[i] for i in shared]
-        finite = [(x, y) for x, y in zip(a, b, strict=True)
-                  if math.isfinite(x) and math.isfinite(y)]
-        diff = PairedDifference.of([x for x, _ in finite], [y for _, y in finite],
-                                   alpha=race.alpha)
-        return Comparison(other, diff, race.alpha)
-
-    presets_ = [st for st in standings if st.candidate.pick is Pick.PRESET]
-    sgd = next((st for st in presets_ if st.candidate.preset == "sgd"), None)
-    sam = next((st for st in presets_ if st.candidate.preset == "sam"), None)
-    best_preset = next((st for st in presets_ if st.candidate.preset != "sgd"), None)
-    against = {k: c for k, c in (("sgd", compare(sgd)), ("sam", compare(sam)),
-                                 ("best_preset", compare(best_preset))) if c is not None}
-    return Verdict(winner, standings, against, race.end(), race.runs, mode, race.alpha)
+    plan = chosen.plan
+    against: dict[str, Comparison] = {}
+    if plan is not None:
+        others = {k: by_id[c.id] for k, c in chosen.compared.items() if c.id in by_id}
+        complete = [j for j in range(plan.instances)
+                    if j in winner.confirmed and all(j in o.confirmed for o in others.values())]
+        done = len(complete) == plan.instances and plan.instances >= 2
+        tests = confirm([sign * winner.confirmed[j] for j in complete],
+                        {k: [sign * o.confirmed[j] for j in complete] for k, o in others.items()},
+                        overlap=plan.overlap, alpha=race.alpha,
+                        power=plan.power) if done else {}
+        against = {k: Comparison(o, tests.get(k)) for k, o in others.items()}
+    return Verdict(winner, standings, against, plan, race.end(), race.runs, mode, race.alpha)

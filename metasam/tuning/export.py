@@ -10,7 +10,7 @@ from metasam.optim.loading import FORMAT
 from metasam.training.trainer import base_of
 from metasam.tuning.budget import study_cost
 from metasam.tuning.cost import pareto_front, pick
-from metasam.tuning.decision import SUFFIX, race_verdict
+from metasam.tuning.decision import race_verdict
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.storage import best_trials, trial_spec, trial_train
 from metasam.tuning.study import StudyConfig
@@ -20,8 +20,11 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
     """The study's winner as an exportable dict: the spec, the base optimizer and its schedule,
     and where it came from.
 
-    The winner is the race's (:mod:`metasam.tuning.decision`) once its runs exist, with its
-    paired differences against SGD, SAM at its default and the best preset under ``verdict``;
+    The winner is the race's (:mod:`metasam.tuning.decision`) once its runs exist, ``value``
+    its mean on the confirmation's fresh instances once they ran (else its race mean, which
+    the selection biased upwards), with its verdict against SGD, SAM at its default and the
+    best other preset under ``verdict`` (``verdict.meaning`` says what "with confidence"
+    means: a family-wise error on instances that did not select the winner);
     before that (or with ``race: false``) the best single-seed trial at full budget, marked
     ``verdict: null``. ``cost`` is the study's cost in full-run equivalents. With ``max_cost``
     it is the best trial of the Pareto front of the metric against gradient evaluations that
@@ -38,7 +41,7 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
     elif verdict is not None:
         winner = verdict.winner.candidate
         spec, overrides, number, name = winner.spec, winner.train, winner.trial, winner.name
-        value: float | None = verdict.winner.mean()
+        value: float | None = verdict.value
         trial = study.trials[number] if number is not None else None
     else:
         best = best_trials(study, config.mode, 1)
@@ -66,7 +69,7 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
         "dataset": train.dataset, "model": train.model,
         "placement": rec.placement.to_dict() if rec and rec.placement else None,
         "verdict": verdict.to_dict(config.metric) if verdict is not None else None,
-        "cost": study_cost(config, f"{config.name}.{SUFFIX}").to_dict(),
+        "cost": study_cost(config).to_dict(),
         **({"max_cost": max_cost, "grad_evals": rec.result("grad_evals") if rec else None,
             "front": [vars(p) for p in front]} if front is not None else {}),
     }

@@ -31,6 +31,7 @@ class Role(str, Enum):
     WARM = "warm"              # the top trial of another study (tune --warm-start)
     META = "meta"              # a prior task's winner from the zero-shot portfolio
     RACE = "race"              # a candidate of the race on one instance
+    VERDICT = "verdict"        # the winner or one it is compared with, on a fresh instance
     COMPARE = "compare"        # a method of `metasam compare`, one seed, scored on test
 
     @property

@@ -1,19 +1,33 @@
-"""Racing candidates over paired instances (F-Race, Birattari et al. 2002; irace's rule).
+"""Racing candidates over paired instances: the selection half of a study's decision (F-Race,
+Birattari et al. 2002; irace's rule), with error rates that hold over the whole race.
 
 A race decides among a few candidates whose scores are noisy: every round evaluates the
 surviving candidates on the next instance (a training seed and a validation fold: common random
-numbers, so every comparison is paired). Once ``first`` instances are in, each round tests:
+numbers, so every comparison is paired). *Anchors* (SGD and SAM at their defaults in a study)
+run on every instance — the decision's sizing and the verdict need them — but take no part in
+the elimination tests: a clearly worse anchor must not open the omnibus gate through which
+equal candidates would then be dropped. Among the other survivors (the *contenders*), once
+``first`` instances are in, each round tests:
 
-- with three or more survivors, Friedman's test over the instances (ranks within each
-  instance: robust to a diverged run, and its post-hoc comparisons pool the rank variance of
-  all candidates, so they have power after a few instances); when it rejects, every candidate
-  whose rank sum is worse than the best one's by more than Conover's critical difference drops
-  out;
-- with two, the one-sided paired t-test of the trailing candidate against the leader.
+- with three or more contenders, Friedman's test over the instances (ranks within each
+  instance: robust to a diverged run); when it rejects, every contender whose rank sum is
+  worse than the best one's by more than Tukey's studentized-range critical difference drops
+  out (:func:`metasam.stats.friedman_drop`: the comparisons with the data-chosen best are
+  corrected together);
+- with two, the two-sided paired t-test (irace's rule); the worse one drops when it rejects.
 
-The race ends when one candidate remains, when the instances run out, or when the next round
-would overrun the budget (in runs). The winner is the survivor with the best mean over the
-instances the survivors share.
+Each look n (after n instances) tests at the level that the spending function
+:func:`metasam.stats.spent_alpha` assigns to it over the most instances the race can reach
+(its *horizon*), so the chance that a race drops *any* candidate no worse than the others,
+over all its looks, stays at ``alpha`` — a race that tests after every instance would otherwise
+spend ``alpha`` at every look.
+
+The race ends when at most one contender remains (after the opening instances), when the
+instances run out, or when the next round would overrun the budget (in runs). It does *not*
+stop because the leader looks significantly better than something: the race selects, and the
+verdict is decided afterwards on instances that played no part in the selection
+(:mod:`metasam.tuning.verdict`). The winner is the survivor, anchors included, with the best
+mean over the instances the survivors share.
 
 This module is pure bookkeeping: it says what to run next and reads what was run (from the
 study's storage, by :mod:`metasam.tuning.decision`); it runs nothing itself, so a race resumes
@@ -32,14 +46,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from metasam.stats import PairedDifference, friedman_conover
+from metasam.stats import friedman_drop, paired_two_sided, spent_alpha
 
 
 class RaceEnd(str, Enum):
     """Why a race stopped (or that it goes on)."""
 
     RUNNING = "running"
-    ONE_LEFT = "one candidate left"      # and its advantage over the anchors is settled
+    ONE_LEFT = "one contender left"
     INSTANCES = "all instances used"
     BUDGET = "racing budget spent"
 
@@ -49,7 +63,9 @@ class Race:
     """The state of a race among ``candidates`` (hashable ids), maximizing or minimizing.
 
     ``first``: instances every candidate runs before the first test; ``instances``: the most
-    instances; ``budget``: the most runs in all; ``alpha``: the level of the elimination tests.
+    instances; ``budget``: the most runs in all; ``alpha``: the chance, over the whole race,
+    of dropping any contender that is no worse than the rest; ``anchors``: candidates that run
+    every instance and are never tested or dropped.
     """
 
     candidates: Sequence[str]
@@ -58,7 +74,7 @@ class Race:
     instances: int = 20
     budget: int = 60
     alpha: float = 0.05
-    anchors: frozenset[str] = frozenset()   # never dropped (see the module's docstring)
+    anchors: frozenset[str] = frozenset()
     scores: dict[str, dict[int, float]] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)   # candidate -> instances it had
     tested: int = 0      # instances after which the last elimination test ran
@@ -78,6 +94,11 @@ class Race:
     @property
     def alive(self) -> list[str]:
         return [c for c in self.candidates if c not in self.dropped]
+
+    @property
+    def contenders(self) -> list[str]:
+        """The survivors the elimination tests compare: every one but the anchors."""
+        return [c for c in self.alive if c not in self.anchors]
 
     @property
     def runs(self) -> int:
@@ -105,8 +126,8 @@ class Race:
         return sum(values) / len(values)
 
     def leader(self, upto: int | None = None) -> str:
-        """The survivor with the best mean over the first ``upto`` instances (ties: the
-        earlier candidate)."""
+        """The survivor (anchors included) with the best mean over the first ``upto``
+        instances (ties: the earlier candidate)."""
         upto = self.done_instances() if upto is None else upto
         alive = self.alive
         if upto == 0:
@@ -116,13 +137,31 @@ class Race:
 
     # --- the decision rule ----------------------------------------------------------------
 
+    @property
+    def horizon(self) -> int:
+        """The most instances this race can reach: every round after the opening ones runs
+        the anchors and at least two contenders (with fewer the race has ended)."""
+        k, a = len(self.candidates), len(self.anchors)
+        after = max(0, self.budget - self.first * k) // (a + 2)
+        return max(self.first, min(self.instances, self.first + after))
+
+    def level(self, n: int) -> float:
+        """The level of the elimination test after ``n`` instances: what the spending
+        function assigns to the look at n over the horizon (the looks' levels add up to at most
+        ``alpha``)."""
+        h = self.horizon
+        if n > h:
+            return 0.0
+        spent = spent_alpha(self.alpha, n / h)
+        return spent if n <= self.first else spent - spent_alpha(self.alpha, (n - 1) / h)
+
     def advance(self) -> list[str]:
         """Run every elimination test the recorded runs allow, in order of instance count —
         the test after ``first`` instances, then one after each further instance — each on
         the instances up to that count; returns the candidates dropped. A resumed race
         replays its stored runs through the same sequence of tests, so it decides the same."""
         out: list[str] = []
-        while len(self.alive) >= 2:
+        while len(self.contenders) >= 2:
             m = max(self.first, self.tested + 1)
             if m > self.done_instances():
                 break
@@ -131,57 +170,39 @@ class Race:
         return out
 
     def _test(self, n: int) -> list[str]:
-        alive = self.alive
-        if len(self.contenders) < 2:
-            return []  # decided: only the verdict's runs go on
-        if len(alive) == 2:
-            best = self.leader(n)
-            other = next(c for c in alive if c != best)
-            out = [other] if self.p_worse(other, best, n) < self.alpha else []
+        contenders = self.contenders
+        level = self.level(n)
+        if level <= 0.0:
+            return []
+        s = self.sign()
+        if len(contenders) == 2:
+            a, b = contenders
+            out = self._two_left(a, b, n, level)
         else:
-            s = self.sign()
-            table = [[s * self.scores[c][i] for c in alive] for i in range(n)]
-            worse = friedman_conover(table, self.alpha)
-            out = [c for c, w in zip(alive, worse, strict=True) if w]
-        out = [c for c in out if c not in self.anchors]
+            table = [[s * self.scores[c][i] for c in contenders] for i in range(n)]
+            worse = friedman_drop(table, level)
+            out = [c for c, w in zip(contenders, worse, strict=True) if w]
         for c in out:
             self.dropped[c] = n
         return out
 
-    @property
-    def contenders(self) -> list[str]:
-        """The survivors that can still win: the non-anchors, and an anchor that leads."""
-        alive = self.alive
-        leader = self.leader() if alive else None
-        return [c for c in alive if c not in self.anchors or c == leader]
-
-    def settled(self) -> bool:
-        """Is the leader significantly better than every anchor it leads (one-sided paired
-        t-test over the instances they share)?"""
-        n = self.done_instances()
-        if n < 2:
-            return False
-        best = self.leader(n)
-        return all(self.p_worse(a, best, n) < self.alpha for a in self.alive
-                   if a in self.anchors and a != best)
-
-    def p_worse(self, candidate: str, than: str, upto: int) -> float:
-        """One-sided paired p-value that ``candidate`` is worse than ``than`` over the first
-        ``upto`` instances."""
+    def _two_left(self, a: str, b: str, n: int, level: float) -> list[str]:
+        """The two-sided paired t-test of two contenders over the first ``n`` instances: the
+        worse one, if it rejects at ``level`` (a diverged run only on one side decides)."""
         s = self.sign()
-        a = [s * self.scores[than][i] for i in range(upto)]
-        b = [s * self.scores[candidate][i] for i in range(upto)]
-        if any(math.isinf(v) for v in a + b):
-            # a diverged run: worse than any finite value, whatever the spread
-            finite_a = all(math.isfinite(v) for v in a)
-            return 0.0 if finite_a and any(v == -math.inf for v in b) else 1.0
-        return PairedDifference.of(a, b).p_greater
+        xa = [s * self.scores[a][i] for i in range(n)]
+        xb = [s * self.scores[b][i] for i in range(n)]
+        bad_a, bad_b = any(math.isinf(v) for v in xa), any(math.isinf(v) for v in xb)
+        if bad_a or bad_b:
+            return [a] if bad_a and not bad_b else [b] if bad_b and not bad_a else []
+        if not paired_two_sided(xa, xb) < level:
+            return []
+        return [b] if sum(xa) > sum(xb) else [a]
 
     def end(self) -> RaceEnd:
-        if len(self.alive) == 1 or (len(self.contenders) == 1
-                                    and self.done_instances() >= self.first and self.settled()):
-            return RaceEnd.ONE_LEFT
         n = self.done_instances()
+        if len(self.contenders) <= 1 and n >= min(self.first, self.instances):
+            return RaceEnd.ONE_LEFT
         if n >= self.instances:
             return RaceEnd.INSTANCES
         if self.runs + len(self.alive) > self.budget:
@@ -210,10 +231,11 @@ class Race:
 def simulate(means: Sequence[float], noise: float, *, seed: int, mode: str = "max",
              **race_options: Any) -> Race:
     """Run a race on a synthetic objective: candidate i scores ``means[i]`` plus Gaussian noise
-    of standard deviation ``noise`` on each instance, with a shared instance effect (common
-    random numbers: each instance is easier or harder for everyone); the candidates are named
-    ``c0``, ``c1``, ... (``anchors`` among ``race_options`` names them so). For the tests and
-    ``scripts/race_simulation.py``."""
+    of standard deviation ``noise`` on each instance, with a shared instance effect of the same
+    spread (common random numbers: each instance is easier or harder for everyone); the
+    candidates are named ``c0``, ``c1``, ... (``anchors`` among ``race_options`` names them
+    so). For the tests; the whole decision stage is simulated by
+    :func:`metasam.tuning.verdict.simulate_decision`."""
     import random
 
     rng = random.Random(seed)

@@ -118,19 +118,21 @@ class StudyConfig:
             raise ConfigError("trials", f"{file.trials} trials but the points-only space "
                               f"{space.name!r} has {len(space.points)} points",
                               f"1 to {len(space.points)}")
+        race = None if file.confirm is False else file.race
         heartbeat = file.heartbeat
         if heartbeat.grace < 2 * heartbeat.interval:
             raise ConfigError("heartbeat.grace", f"out of range: {heartbeat.grace}",
                               f"[{2 * heartbeat.interval}, inf)")
         return cls(name=file.name, path=path.resolve(), space=space,
-                   train=train.replace(seed=file.seed), metric=metric, mode=mode,
+                   train=train.replace(seed=file.seed, **_held_back(race, train, file.seed)),
+                   metric=metric, mode=mode,
                    trials=file.trials, concurrency=file.concurrency,
                    cpu=file.resources.cpu, gpu=file.resources.gpu,
                    scheduler=_resolve_scheduler(file.scheduler, train.epochs),
                    storage=_read_storage(file.storage, path, file.name), sampler=file.sampler,
                    seed=file.seed, heartbeat_interval=heartbeat.interval,
                    heartbeat_grace=heartbeat.grace,
-                   race=None if file.confirm is False else file.race,
+                   race=race,
                    cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path))
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
@@ -228,6 +230,18 @@ class StudyConfig:
         from metasam.data import default_data_dir
 
         return str(Path(self.train.data_dir or default_data_dir()).resolve())
+
+
+def _held_back(race: RaceSettings | None, train: TrainConfig, seed: int) -> dict[str, Any]:
+    """The train fields that hold back the verdict's share of the pool (a study that races),
+    seeded by the study's seed; checked against the validation split."""
+    if race is None or train.val_fraction == 0:
+        return {}
+    if train.val_fraction + race.holdout >= 1.0:
+        raise ConfigError("race.holdout", f"{race.holdout} with train.val_fraction "
+                          f"{train.val_fraction} leaves no training data",
+                          f"[0.05, {1.0 - train.val_fraction:.2f})")
+    return {"holdout": race.holdout, "holdout_seed": seed}
 
 
 DEFINITION_ATTR = "metasam:definition"

@@ -66,17 +66,31 @@ class Sampler:
 
 @dataclass(frozen=True)
 class RaceSettings:
-    """``race: {top_k: K, budget: B, first: F, instances: N, alpha: A}`` (or ``false``): the
-    decision stage (:mod:`metasam.tuning.decision`). The top ``top_k`` trials at full budget,
-    every reference preset at its default and SGD race over paired instances (a training seed
-    and a validation fold each); ``budget`` caps its runs in full-run equivalents."""
+    """``race: {top_k, budget, first, instances, alpha, holdout, confirm_budget, detect, power}``
+    (or ``false``): the decision stage (:mod:`metasam.tuning.decision`). The top ``top_k``
+    trials at full budget, every reference preset at its default, SGD and SAM race over paired
+    instances (a training seed and a validation fold of the pool's rest each; ``budget`` runs
+    at most); the winner is then confirmed against SGD, SAM and the best other preset on fresh
+    instances whose validation folds come from the ``holdout`` share of the pool that no tuning
+    trial or race run validated on, as many as reach a detectable difference ``detect``
+    (metric units) at ``power``, ``confirm_budget`` runs at most; ``alpha`` is the family-wise
+    error of the race's eliminations and, separately, of the verdicts."""
 
     top_k: int = _config.option(2, _config.integer(1), "top trials at full budget that race")
     budget: int = _config.option(36, _config.integer(2), "the race's runs, at most")
     first: int = _config.option(3, _config.integer(2), "instances before the first test")
     instances: int = _config.option(30, _config.integer(2), "instances at most")
     alpha: float = _config.option(0.05, _config.number(0.0, 0.5, low_open=True),
-                                  "level of the elimination tests and of the verdicts")
+                                  "family-wise error of the eliminations and of the verdicts")
+    holdout: float = _config.option(0.3, _config.number(0.05, 0.8),
+                                    "share of the pool held back for the verdict's validation")
+    confirm_budget: int = _config.option(40, _config.integer(0),
+                                         "the confirmation's runs, at most (0: no verdict)")
+    detect: float = _config.option(0.01, _config.number(0.0, low_open=True),
+                                   "the difference the confirmation is sized to detect, in "
+                                   "metric units (0.01 = 1 point of accuracy)")
+    power: float = _config.option(0.8, _config.number(0.5, 0.999),
+                                  "the power the confirmation is sized for")
 
     def __post_init__(self) -> None:
         _config.validate(self)
@@ -91,7 +105,8 @@ def _check_race(name: str, data: Any) -> RaceSettings | None:
     if data is True or data is None:
         return RaceSettings()
     return _config.section(RaceSettings, "{top_k: K, budget: B, first: F, instances: N, "
-                           "alpha: A} or false")(name, data)
+                           "alpha: A, holdout: H, confirm_budget: C, detect: D, power: P} "
+                           "or false")(name, data)
 
 
 def _check_confirm(name: str, data: Any) -> None:

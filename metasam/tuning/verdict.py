@@ -1,0 +1,238 @@
+"""The verdict half of a study's decision: the race's winner confirmed on fresh instances, its
+comparisons corrected together.
+
+The race (:mod:`metasam.tuning.racing`) *selects*; what it selected is then tested on evidence
+that played no part in any selection, so "beats X with confidence" holds at its stated rate:
+
+- **Fresh instances.** Confirmation instance j trains with a seed no tuning trial or race run
+  used and validates on fold j of a J-fold stratified split of the *held-back pool*: a share of
+  the training pool (``race.holdout``) whose examples no tuning trial and no race run ever
+  validated on. The folds are disjoint: no validation example counts twice.
+- **Sized before it starts.** J comes from the race's spread of paired differences between the
+  winner and what it is compared with, scaled to the confirmation's fold size (a paired
+  accuracy difference measured on m examples spreads like 1/√m, from the examples drawn and
+  from the seed alike), as the smallest J whose detectable difference reaches ``race.detect``
+  at ``race.power``, capped by ``race.confirm_budget`` runs and by folds of at least
+  ``MIN_FOLD`` examples. J is fixed before any confirmation run: no optional stopping.
+- **Dependence.** The instances' training sets (the pool without one fold) overlap, so each
+  difference is tested by the corrected resampled t-test (Nadeau & Bengio 2003): variance
+  × (1/J + n_val/n_train) in place of 1/J.
+- **Multiplicity.** The comparisons (SGD, SAM at its default, the best other preset) are one
+  family: their one-sided p-values are Holm-adjusted together, so the chance of *any* false
+  "beats it with confidence" is at most ``alpha``.
+
+:func:`simulate_decision` runs this whole stage — race, sizing, confirmation, verdict — on a
+synthetic objective through the same functions a study uses; ``scripts/verdict_calibration.py``
+and the test suite measure its error rates with it.
+
+    >>> tests = confirm([0.82, 0.84, 0.80, 0.83], {"sgd": [0.80, 0.81, 0.80, 0.80]})
+    >>> round(tests["sgd"].difference.mean, 3), tests["sgd"].confident
+    (0.02, True)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from metasam.stats import PairedDifference, detectable_difference, holm
+from metasam.tuning.racing import Race, simulate
+
+MIN_FOLD = 20      # validation examples per confirmation instance, at least
+LEAST = 4          # confirmation instances, at least (a t-test with 3 degrees of freedom)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What the data allow: examples in the training ``pool``, of them ``holdout`` held back
+    for the verdict, and ``race_fold`` validation examples per race instance."""
+
+    pool: int
+    holdout: int
+    race_fold: int
+
+    def fold(self, instances: int) -> int:
+        """Validation examples of one confirmation instance among ``instances``."""
+        return self.holdout // max(1, instances)
+
+    def overlap(self, instances: int) -> float:
+        """n_val / n_train of a confirmation instance (Nadeau & Bengio's correction)."""
+        fold = self.fold(instances)
+        return fold / max(1, self.pool - fold)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many confirmation instances, and why."""
+
+    instances: int
+    fold: int              # validation examples per instance
+    overlap: float         # n_val / n_train
+    spread: float          # the race's paired spread it was sized from (nan: none)
+    predicted: float       # detectable difference predicted at ``power`` (nan: unknown)
+    detect: float          # the detectable difference asked for
+    power: float
+    capped: bool           # the budget or the fold size stopped it short of ``detect``
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instances": self.instances, "fold": self.fold, "overlap": self.overlap,
+                "spread": self.spread, "predicted_detectable": self.predicted,
+                "detect": self.detect, "power": self.power, "capped": self.capped}
+
+
+def plan_confirmation(spread: float, sizes: Sizes, *, comparisons: int, per_instance: int,
+                      budget: int, detect: float, power: float, alpha: float) -> Plan:
+    """The smallest number of confirmation instances whose predicted detectable difference
+    (one-sided, at Holm's strictest level ``alpha / comparisons``, at ``power``) is at most
+    ``detect``; else the most that ``budget`` runs (``per_instance`` a round) and folds of
+    ``MIN_FOLD`` examples allow. ``spread`` is the race's standard deviation of paired
+    differences per instance on ``sizes.race_fold`` examples (nan: unknown, take the most)."""
+    most = min(budget // max(1, per_instance), sizes.holdout // MIN_FOLD)
+    level = alpha / max(1, comparisons)
+
+    def predicted(j: int) -> float:
+        if math.isnan(spread):
+            return math.nan
+        sd = spread * math.sqrt(sizes.race_fold / max(1, sizes.fold(j)))
+        return detectable_difference(sd, j, level, power, sizes.overlap(j))
+
+    if most < 2:
+        j = max(0, most)
+        return Plan(j, sizes.fold(j) if j else 0, sizes.overlap(j) if j else 0.0, spread,
+                    math.nan, detect, power, True)
+    chosen = most
+    for j in range(min(LEAST, most), most + 1):
+        value = predicted(j)
+        if not math.isnan(value) and value <= detect:
+            chosen = j
+            break
+    value = predicted(chosen)
+    return Plan(chosen, sizes.fold(chosen), sizes.overlap(chosen), spread, value, detect,
+                power, not (value <= detect))
+
+
+def race_spread(race: Race, winner: str, others: Sequence[str]) -> float:
+    """The largest standard deviation of the paired differences between the winner and each of
+    ``others`` over the race instances they share (finite runs only; nan when none has two)."""
+    out = math.nan
+    for other in others:
+        shared = sorted(set(race.scores[winner]) & set(race.scores[other]))
+        d = [race.scores[winner][i] - race.scores[other][i] for i in shared
+             if math.isfinite(race.scores[winner][i]) and math.isfinite(race.scores[other][i])]
+        if len(d) >= 2:
+            mean = sum(d) / len(d)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+            out = sd if math.isnan(out) else max(out, sd)
+    return out
+
+
+@dataclass(frozen=True)
+class Test:
+    """One comparison of the verdict: the winner minus ``other`` on the confirmation instances
+    (positive: the winner is better), its raw one-sided p-value in ``difference`` and the
+    Holm-adjusted one over the whole family in ``p_adjusted``."""
+
+    other: str
+    difference: PairedDifference
+    p_adjusted: float
+    family: int            # comparisons corrected together
+    alpha: float
+
+    @property
+    def confident(self) -> bool:
+        return not math.isnan(self.p_adjusted) and self.p_adjusted < self.alpha
+
+
+def confirm(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
+            overlap: float = 0.0, alpha: float = 0.05, power: float = 0.8) -> dict[str, Test]:
+    """The verdict's tests: the winner's values against each of ``others`` (same instances, in
+    the same order; larger is better), the corrected resampled t-test with ``overlap`` =
+    n_val/n_train, Holm-adjusted together. Non-finite pairs (a diverged run) are left out of
+    that comparison."""
+    diffs: dict[str, PairedDifference] = {}
+    for name, values in others.items():
+        pairs = [(a, b) for a, b in zip(winner, values, strict=True)
+                 if math.isfinite(a) and math.isfinite(b)]
+        diffs[name] = PairedDifference.of([a for a, _ in pairs], [b for _, b in pairs],
+                                          alpha, power, overlap)
+    names = list(diffs)
+    adjusted = holm([diffs[n].p_greater for n in names])
+    family = sum(not math.isnan(diffs[n].p_greater) for n in names)
+    return {n: Test(n, diffs[n], p, family, alpha) for n, p in zip(names, adjusted, strict=True)}
+
+
+def best_other(race: Race, winner: str, pool: Sequence[str]) -> str | None:
+    """The candidate of ``pool`` (not the winner) that lasted longest in the race, then by its
+    mean over its instances: the "best preset" a verdict compares with."""
+    rest = [c for c in pool if c != winner and race.scores[c]]
+    if not rest:
+        return None
+    s = race.sign()
+
+    def key(c: str) -> tuple[float, float]:
+        lasted = math.inf if c not in race.dropped else race.dropped[c]
+        values = list(race.scores[c].values())
+        return (lasted, s * sum(values) / len(values))
+
+    return max(rest, key=key)
+
+
+# --- the whole stage on a synthetic objective -------------------------------------------------
+
+@dataclass(frozen=True)
+class SimulatedDecision:
+    """One simulated study's decision: the race, the plan, and the verdict's tests by key."""
+
+    race: Race
+    winner: str
+    plan: Plan
+    tests: dict[str, Test]      # key ("sgd", "sam", "best_preset") -> its test
+    compared: dict[str, str]    # key -> the candidate compared with
+
+
+def simulate_decision(means: Sequence[float], noise: float, *, seed: int, sgd: str, sam: str,
+                      presets: Sequence[str], sizes: Sizes, detect: float, power: float = 0.8,
+                      confirm_budget: int = 40, alpha: float = 0.05,
+                      **race_options: Any) -> SimulatedDecision:
+    """A study's decision stage on a synthetic objective: candidate ``c{i}`` scores
+    ``means[i]`` plus a shared instance effect and its own Gaussian noise, both of spread
+    ``noise`` on a race instance and ``noise·√(race_fold / fold)`` on a confirmation instance
+    of ``fold`` validation examples. SGD and SAM (``sgd``, ``sam``) are the race's anchors;
+    ``presets`` the candidates a "best preset" is chosen from. Race, sizing, confirmation and
+    verdict are the functions a study runs."""
+    race = simulate(means, noise, seed=seed, anchors=frozenset({sgd, sam}), alpha=alpha,
+                    **race_options)
+    rng = random.Random(f"{seed}/confirmation")
+    index = {c: i for i, c in enumerate(race.candidates)}
+    winner = race.winner()
+    compared = comparisons_of(race, winner, sgd, sam, presets)
+    plan = plan_confirmation(race_spread(race, winner, list(compared.values())), sizes,
+                             comparisons=len(compared), per_instance=len(compared) + 1,
+                             budget=confirm_budget, detect=detect, power=power, alpha=alpha)
+    scale = noise * math.sqrt(sizes.race_fold / max(1, plan.fold))
+    runs: dict[str, list[float]] = {c: [] for c in (winner, *compared.values())}
+    for _ in range(plan.instances):
+        effect = rng.gauss(0.0, scale)
+        for c in runs:
+            runs[c].append(race.sign() * (means[index[c]] + effect + rng.gauss(0.0, scale)))
+    tests = confirm(runs[winner], {k: runs[c] for k, c in compared.items()},
+                    overlap=plan.overlap, alpha=alpha, power=power) if plan.instances else {}
+    return SimulatedDecision(race, winner, plan, tests, compared)
+
+
+def comparisons_of(race: Race, winner: str, sgd: str | None, sam: str | None,
+                   presets: Sequence[str]) -> dict[str, str]:
+    """What the verdict compares the winner with: SGD, SAM at its default and the best other
+    preset (:func:`best_other` over ``presets``, SGD and SAM excluded), each once and never
+    the winner itself."""
+    out: dict[str, str] = {}
+    for key, c in (("sgd", sgd), ("sam", sam)):
+        if c is not None and c != winner and c not in out.values():
+            out[key] = c
+    best = best_other(race, winner, [p for p in presets if p not in (sgd, sam)])
+    if best is not None:
+        out["best_preset"] = best
+    return out
