@@ -259,8 +259,9 @@ def _run_race_offline(config, values) -> None:
             _add(race_study, values(owner, instance), **record.point_attrs(point))
 
 
-def _run_confirmation_offline(config, values) -> None:
-    """Play a study's confirmation without Ray, as :func:`_run_race_offline` its race."""
+def _run_confirmation_offline(config, values, runs: slice = slice(None)) -> None:
+    """Play a study's confirmation without Ray, as :func:`_run_race_offline` its race
+    (``runs``: which of its points, in order)."""
     from metasam.tuning import decision
     from metasam.tuning.storage import open_storage, open_study
 
@@ -270,7 +271,7 @@ def _run_confirmation_offline(config, values) -> None:
               (chosen.winner, *chosen.compared.values())}
     verdict_study = open_study(open_storage(config.storage), f"{config.name}.verdict",
                                config.mode)
-    for point in decision.confirmation_points(config, chosen):
+    for point in decision.confirmation_points(config, chosen)[runs]:
         owner = owners[point.label.method]
         _add(verdict_study, values(owner, 100 + point.label.instance),
              **record.point_attrs(point))
@@ -327,9 +328,14 @@ def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_
     assert verdict.winner.candidate.trial == 3 and verdict.winner.candidate.name == "sam ρ=0.1"
     assert verdict.end is decision.RaceEnd.ONE_LEFT
     assert not verdict.complete and not verdict.beats_sgd  # no claim before the confirmation
-    _run_confirmation_offline(config, values)
+    planned = verdict.plan
+    _run_confirmation_offline(config, values, slice(0, 5))   # interrupted: no claim either
+    verdict = decision.race_verdict(config)
+    assert not verdict.complete and not verdict.beats_sgd and verdict.plan == planned
+    _run_confirmation_offline(config, values, slice(5, None))  # resumed
     verdict = decision.race_verdict(config)
     plan = verdict.plan
+    assert plan == planned  # sized once, from the race alone
     assert verdict.complete and plan.instances >= 4
     assert plan.capped == (plan.predicted > plan.detect)  # the budget (13 rounds of 3) binds
     assert verdict.beats_sgd and verdict.against["sam"].confident
@@ -352,6 +358,9 @@ def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_
     lines = verdict.lines(config.metric)
     winner_line = next(i for i, line in enumerate(lines) if line.startswith("winner: "))
     assert lines[winner_line].startswith("winner: sam ρ=0.1")
+    plan_line = next(line for line in lines if line.startswith("confirmation: "))
+    need = plan.fold * plan.instances * (plan.predicted / plan.detect) ** 2
+    assert f"about {need:,.0f} held-back validation examples would reach 1.00 points" in plan_line
     sgd_line = next(line for line in lines if line.startswith("verdict against SGD"))
     assert sgd_line.startswith("verdict against SGD (sgd: +6.")
     assert "beats it with confidence" in sgd_line and "Holm-adjusted over 2" in sgd_line

@@ -38,6 +38,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import optuna
@@ -271,10 +272,18 @@ class Selection:
 
 
 def data_sizes(config: StudyConfig) -> Sizes:
-    """The pool, its held-back share and a race fold, in examples (from the data)."""
+    """The pool, its held-back share and a race fold, in examples (from the data, read once
+    per process and training setup)."""
+    train = config.train.replace(**instance_train(config, 0))
+    return _sizes(json.dumps(train.to_dict(), sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=16)
+def _sizes(train_json: str) -> Sizes:
+    from metasam.training.config import TrainConfig
     from metasam.training.trainer import splits_of
 
-    info = splits_of(config.train.replace(**instance_train(config, 0))).description
+    info = splits_of(TrainConfig.coerce(json.loads(train_json))).description
     return Sizes(int(info.get("pool", 0)), int(info.get("holdout", 0)), int(info.get("val", 0)))
 
 

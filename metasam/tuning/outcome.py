@@ -56,7 +56,8 @@ class Comparison:
             return {**base, "confident": False, "complete": False}
         d = t.difference
         return {**base, "complete": True, "mean": d.mean * scale, "ci95": d.ci95 * scale,
-                "instances": d.n, "p_improvement": d.p_improvement, "p_value": d.p_greater,
+                "sd": d.sd * scale, "instances": d.n, "p_improvement": d.p_improvement,
+                "p_value": d.p_greater,
                 "p_holm": t.p_adjusted, "family": t.family, "overlap": d.overlap,
                 "detectable": d.detectable * scale, "confident": self.confident}
 
@@ -169,7 +170,14 @@ class Verdict:
             return out
         reach = ("" if math.isnan(plan.predicted) else
                  f", predicted {plan.predicted * scale:.2f}{unit}")
-        why = "; capped by race.confirm_budget or the fold size" if plan.capped else ""
+        why = ""
+        if plan.capped:
+            why = "; capped by race.confirm_budget or the fold size"
+            if not math.isnan(plan.predicted) and plan.predicted > 0:
+                # the detectable difference falls like 1/√(held-back examples)
+                need = plan.fold * plan.instances * (plan.predicted / plan.detect) ** 2
+                why += (f" (about {need:,.0f} held-back validation examples would reach "
+                        f"{plan.detect * scale:.2f}{unit}; race.holdout sets the share)")
         out.append(f"confirmation: {plan.instances} fresh instances (new seeds; disjoint "
                    f"validation folds of {plan.fold} held-back examples), sized to detect "
                    f"{plan.detect * scale:.2f}{unit} at {plan.power:.0%} power{reach}{why}")

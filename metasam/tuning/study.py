@@ -9,8 +9,11 @@
     concurrency: 2
     resources: {cpu: 1, gpu: 0}         # per trial; gpu may be a fraction (0.25: 4 per GPU)
     scheduler: {type: asha, grace_period: auto, reduction_factor: 3}   # auto: 1 rung at 75%
-    race: {top_k: 2, budget: 36}        # the decision: finalists, presets and SGD race over
-                                        # paired instances (false: off; see decision.py)
+    race: {top_k: 2, budget: 36}        # the decision: finalists, presets, SGD and SAM race
+                                        # over paired instances, then the winner is confirmed
+                                        # on fresh held-back instances (holdout: 0.3,
+                                        # confirm_budget: 40, detect: 0.01, power: 0.8;
+                                        # false: off; see decision.py)
     storage: null                       # default sqlite:///<this folder>/<name>.db; or
                                         # postgresql://..., or journal:FILE (Optuna's file
                                         # journal, for a shared filesystem; relative to here)
