@@ -4,9 +4,11 @@ two-pass SAM written here, on the same model and batch, interleaved in one proce
     python scripts/bench_optimizer.py                     # CPU, small CNN
     python scripts/bench_optimizer.py --device cuda --model resnet18 --batch 128
 
-Prints one line per method: median step time, ratio to SGD, the target ratio 1.1·(n + 1), and for
-``sam`` the ratio to the plain SAM (target ≤ 1.05). Absolute times mean little on a shared CPU;
-the ratios are what to compare.
+Prints one line per method: median step time, ratio to SGD, the target ratio 1.1·(n + 1), the
+aten operators and host reads of tensor values of one steady-state step
+(:class:`metasam.optim.counting.OpCounter`: on a GPU, the proxies of kernel launches and host
+syncs), and for ``sam`` the ratio to the plain SAM (target ≤ 1.05; ops ≤ 1.15×, ``sgd`` ≤
+1.10× plain SGD). Absolute times mean little on a shared CPU; the ratios are what to compare.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metasam import UniversalSAM, presets
+from metasam.optim.counting import OpCounter, PlainSAM, PlainSGD
 
 
 def small_cnn(classes: int = 10) -> nn.Module:
@@ -47,41 +50,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-class PlainSGD:
-    passes = 1
-
-    def __init__(self, model: nn.Module, lr: float) -> None:
-        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-
-    def step(self, closure) -> None:
-        closure()
-        self.opt.step()
-
-
-class PlainSAM:
-    """Two-pass SAM as usually written (ascent g/‖g‖, exact restore from a copy)."""
-
-    passes = 2
-
-    def __init__(self, model: nn.Module, lr: float, rho: float = 0.05) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.SGD(self.params, lr=lr, momentum=0.9)
-        self.rho = rho
-
-    @torch.no_grad()
-    def step(self, closure) -> None:
-        with torch.enable_grad():
-            closure()
-        grads = [p.grad for p in self.params]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        old = [p.detach().clone() for p in self.params]
-        torch._foreach_add_(self.params, torch._foreach_mul(grads, self.rho / (norm + 1e-12)))
-        with torch.enable_grad():
-            closure()
-        torch._foreach_copy_(self.params, old)
-        self.opt.step()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -106,8 +74,8 @@ def main() -> None:
         loss.backward()
         return loss
 
-    methods: dict[str, object] = {"plain-sgd": PlainSGD(model, 1e-4),
-                                  "plain-sam": PlainSAM(model, 1e-4)}
+    methods: dict[str, object] = {"plain-sgd": PlainSGD(model.parameters(), 1e-4),
+                                  "plain-sam": PlainSAM(model.parameters(), 1e-4)}
     for name in args.presets.split(","):
         opt = UniversalSAM(model.parameters(), torch.optim.SGD, name, model=model, lr=1e-4,
                            momentum=0.9, seed=0)
@@ -117,8 +85,12 @@ def main() -> None:
         methods[name] = opt
 
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for opt in methods.values():  # warm-up
+    counts: dict[str, OpCounter] = {}
+    for name, opt in methods.items():  # warm-up, then one counted steady-state step
         opt.step(closure)  # type: ignore[attr-defined]
+        opt.step(closure)  # type: ignore[attr-defined]
+        with OpCounter() as counts[name]:
+            opt.step(closure)  # type: ignore[attr-defined]
     order = list(methods.items())
     shuffler = random.Random(0)
     for _ in range(args.rounds):
@@ -135,7 +107,8 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"device={device} model={args.model} params={params} batch={args.batch} "
           f"rounds={args.rounds}x{args.steps} steps (medians, interleaved)")
-    print(f"{'method':<11} {'passes':>6} {'ms/step':>9} {'vs SGD':>7} {'target':>7}  verdict")
+    print(f"{'method':<11} {'passes':>6} {'ms/step':>9} {'vs SGD':>7} {'target':>7}  verdict"
+          f"  {'aten ops':>8} {'host reads':>10}")
     sgd = median["plain-sgd"]
     for name, opt in methods.items():
         passes = opt.passes  # type: ignore[attr-defined]
@@ -143,11 +116,17 @@ def main() -> None:
         target = 1.1 * passes
         verdict = "ok" if ratio <= target else "SLOW"
         print(f"{name:<11} {passes:>6} {median[name] * 1e3:>9.2f} {ratio:>7.2f} {target:>7.2f}"
-              f"  {verdict}")
+              f"  {verdict:<7}  {counts[name].ops:>8} {counts[name].host_reads:>10}")
     if "sam" in median:
         ratio = median["sam"] / median["plain-sam"]
         print(f"sam / plain-sam = {ratio:.3f} (target ≤ 1.05: "
               f"{'ok' if ratio <= 1.05 else 'SLOW'})")
+    for name, plain, target in (("sam", "plain-sam", 1.15), ("sgd", "plain-sgd", 1.10)):
+        if name in counts:
+            ratio = counts[name].ops / counts[plain].ops
+            print(f"aten ops {name} / {plain} = {ratio:.3f} (target ≤ {target:.2f}: "
+                  f"{'ok' if ratio <= target else 'OVER'}); host reads per step: "
+                  f"{counts[name].host_reads} (where: {dict(counts[name].reads_at)})")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ class RunningStatsGuard:
         self.model = model
         self._saved: dict[int, tuple[nn.Module, list[Tensor | None]]] = {}
         self._hook: torch.utils.hooks.RemovableHandle | None = None
+        # with a model: the buffers guarded and their snapshots, kept between uses (one
+        # foreach copy each way, no new tensors per use)
+        self._live: list[Tensor] = []
+        self._copies: list[Tensor] = []
+        self._key: tuple[int, ...] = ()
 
     def _snapshot(self, module: nn.Module) -> None:
         if id(module) in self._saved:
@@ -45,10 +50,18 @@ class RunningStatsGuard:
     def __enter__(self) -> RunningStatsGuard:
         self._saved.clear()
         if self.model is not None:
-            for module in self.model.modules():
-                if _tracks_stats(module):
-                    self._snapshot(module)
+            live = [getattr(m, name) for m in self.model.modules() if _tracks_stats(m)
+                    for name in _BUFFERS if getattr(m, name) is not None]
+            key = tuple(id(t) for t in live)
+            if key != self._key:
+                self._live, self._key = live, key
+                self._copies = [torch.empty_like(t) for t in live]
+            if live:
+                with torch.no_grad():
+                    torch._foreach_copy_(self._copies, live)
         else:
+            self._live, self._key, self._copies = [], (), []
+
             def hook(module: nn.Module, args: object) -> None:
                 if _tracks_stats(module):
                     self._snapshot(module)
@@ -62,6 +75,8 @@ class RunningStatsGuard:
             self._hook.remove()
             self._hook = None
         with torch.no_grad():
+            if self.model is not None and self._live:
+                torch._foreach_copy_(self._live, self._copies)
             for module, values in self._saved.values():
                 for name, value in zip(_BUFFERS, values, strict=True):
                     if value is not None:

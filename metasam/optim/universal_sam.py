@@ -218,6 +218,8 @@ class UniversalSAM(torch.optim.Optimizer):
         self._pending_generator_states: dict[str, Tensor] = {}
         self._buffers: dict[tuple[int, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
         self._g0_coefficient = self._constant_g0_coefficient()
+        self._bn_guard = RunningStatsGuard(model)
+        self._x0: tuple[tuple[int, ...], list[Tensor]] = ((), [])   # the weights at x, kept
 
     # --- public helpers ---------------------------------------------------------------------
 
@@ -329,7 +331,9 @@ class UniversalSAM(torch.optim.Optimizer):
 
     def _begin_step(self) -> None:
         self.steps += 1
-        self.zero_grad(set_to_none=True)
+        for group in self.param_groups:  # zero_grad(set_to_none=True), minus its profiler op
+            for p in group["params"]:
+                p.grad = None
         # Every pass's gradients carry the scaler's factor until _finish unscales the result
         # (exactly: the factor is a power of two); only the norm's ε needs it meanwhile.
         self._scale = self.scaler.get_scale() if self.scaler is not None else 1.0
@@ -357,12 +361,12 @@ class UniversalSAM(torch.optim.Optimizer):
         spec, params, perturbed = self.spec, first.params, first.perturbed
         n, rho = spec.n, spec.rho
         sdtype = scalar_dtype(first.loss.device)
-        x0 = [p.detach().clone() for p in perturbed]
+        x0 = self._weights_at_x(perturbed)
         direction = None if spec.measure.is_random else self._ascent_direction(
             perturbed, first.perturbed_norms)
         probes = _Probes(raw_mode=n - 1 <= spec.phi.dim)
         checks = first.checks
-        guard = RunningStatsGuard(self.model) if self.bn_stats == "freeze" else None
+        guard = self._bn_guard if self.bn_stats == "freeze" else None
         try:
             if guard is not None:
                 guard.__enter__()
@@ -415,7 +419,7 @@ class UniversalSAM(torch.optim.Optimizer):
         checks += [Check("sharpness surrogate", "ψ(mean φ(D))", surrogate.value),
                    Check("sharpness surrogate", "weights", surrogate.weights)]
         host = self._fetch(checks, [surrogate.weights, surrogate.psi_grad,
-                                    surrogate.value.reshape(1), d])
+                                    surrogate.value.reshape(()), d])
         if host is None:
             return
         weights, psi_grad = host[0], host[1]
@@ -517,12 +521,25 @@ class UniversalSAM(torch.optim.Optimizer):
         weights = spec.surrogate(zero).weights.tolist()
         return 1.0 - spec.weight_scale(weights) * sum(weights)
 
+    def _weights_at_x(self, perturbed: list[Tensor]) -> list[Tensor]:
+        """A copy of the weights before the perturbed passes, into buffers kept between steps
+        (one foreach copy, no new tensors per step)."""
+        key = tuple(id(p) for p in perturbed)
+        if self._x0[0] != key:
+            self._x0 = (key, [torch.empty_like(p) for p in perturbed])
+        buffers = self._x0[1]
+        torch._foreach_copy_(buffers, perturbed)
+        return buffers
+
     def _call(self, closure: Callable[[], Tensor | float]) -> Tensor:
         self._step_passes += 1
         self.grad_evals += 1
         with torch.enable_grad():
             loss = closure()
-        return self._sync.mean(torch.as_tensor(loss).detach().reshape(()))
+        value = torch.as_tensor(loss)
+        if value.requires_grad:
+            value = value.detach()
+        return self._sync.mean(value if value.dim() == 0 else value.reshape(()))
 
     def _generator(self, device: torch.device, dtype: torch.dtype, index: int) -> torch.Generator:
         key = f"{device}|{dtype}"
@@ -591,24 +608,30 @@ class UniversalSAM(torch.optim.Optimizer):
 
     def _fetch(self, checks: list[Check],
                extra: list[Tensor]) -> list[list[float]] | None:
-        """One device→host transfer: every check's finiteness plus ``extra`` values.
+        """One device→host transfer of every check's value and the ``extra`` values (scalars
+        stacked, vectors concatenated: two or three operators in all); the checks' finiteness
+        is judged on the host.
 
         Returns ``extra`` as lists of floats, or ``None`` after handling a non-finite check."""
+        items = [t for _, _, t in checks] + list(extra)
         device = extra[0].device
-        flags = torch.stack([torch.isfinite(t).all().to(device) for _, _, t in checks]
-                            ) if checks else torch.ones(0, dtype=torch.bool, device=device)
-        sizes = [e.numel() for e in extra]
-        packed = torch.cat([flags.to(torch.float64).reshape(-1)] +
-                           [e.reshape(-1).to(device, torch.float64) for e in extra]).tolist()
-        for ok, (pass_name, what, value) in zip(packed, checks, strict=False):
-            if not ok:
+        scalars = [i for i, t in enumerate(items) if t.dim() == 0]
+        vectors = [i for i, t in enumerate(items) if t.dim() != 0]
+        parts = [torch.stack([items[i] for i in scalars]).to(device)] if scalars else []
+        parts += [items[i].reshape(-1).to(device) for i in vectors]
+        host = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()
+        values: dict[int, list[float]] = {}
+        for position, i in enumerate(scalars):
+            values[i] = [host[position]]
+        start = len(scalars)
+        for i in vectors:
+            values[i] = host[start:start + items[i].numel()]
+            start += items[i].numel()
+        for k, (pass_name, what, value) in enumerate(checks):
+            if not all(math.isfinite(v) for v in values[k]):
                 self._fail(pass_name, what, value)
                 return None
-        out, start = [], len(checks)
-        for size in sizes:
-            out.append(packed[start:start + size])
-            start += size
-        return out
+        return [values[len(checks) + j] for j in range(len(extra))]
 
     def _finish(self, params: list[Tensor], loss0: Tensor,
                 checks: list[Check], norm: Tensor, info: StepInfo,
@@ -618,9 +641,9 @@ class UniversalSAM(torch.optim.Optimizer):
         ``norm`` is the combined gradient's norm as computed, i.e. still scaled under fp16."""
         if self.scaler is not None:
             norm = self._unscale(params, checks, norm)
-        extra = [norm.reshape(1), loss0.reshape(1)]
+        extra = [norm, loss0]
         if guard_factor is not None:
-            extra.append(guard_factor.reshape(2))
+            extra.append(guard_factor)
         host = self._fetch(checks + [Check("combined gradient", "gradient", norm)], extra)
         if host is None:
             return
@@ -732,15 +755,27 @@ def combine_gradients(final: list[Tensor], g0: list[Tensor] | None, beta: list[f
 
 
 def _total(norms: list[Tensor], device: torch.device) -> Tensor:
+    """The global norm (float64, on ``device``) from per-tensor norms: one stack and one copy
+    per device and dtype, not one copy per tensor."""
     if not norms:
         return torch.zeros((), device=device)
-    return torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for n in norms:
+        groups.setdefault((n.device, n.dtype), []).append(n)
+    parts = [torch.stack(g).to(device, torch.float64) for g in groups.values()]
+    return torch.linalg.vector_norm(parts[0] if len(parts) == 1 else torch.cat(parts))
 
 
 def _per_device(scalar: Tensor, like: list[Tensor]) -> list[Tensor]:
     """``scalar`` once per tensor of ``like``, copied once per device and dtype."""
     copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-    return [copies.setdefault((t.device, t.dtype), scalar.to(t.device, t.dtype)) for t in like]
+    out = []
+    for t in like:
+        key = (t.device, t.dtype)
+        if key not in copies:
+            copies[key] = scalar.to(t.device, t.dtype)
+        out.append(copies[key])
+    return out
 
 
 def _short(value: Tensor) -> str:

@@ -150,14 +150,16 @@ def confirm(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
             overlap: float = 0.0, alpha: float = 0.05, power: float = 0.8) -> dict[str, Test]:
     """The verdict's tests: the winner's values against each of ``others`` (same instances, in
     the same order; larger is better), the corrected resampled t-test with ``overlap`` =
-    n_val/n_train, Holm-adjusted together. Non-finite pairs (a diverged run) are left out of
-    that comparison."""
+    n_val/n_train, Holm-adjusted together; each one's detectable difference is at Holm's
+    strictest level α/m, as the plan's prediction. Non-finite pairs (a diverged run) are left
+    out of that comparison."""
     diffs: dict[str, PairedDifference] = {}
+    strictest = alpha / max(1, len(others))  # Holm's first level
     for name, values in others.items():
         pairs = [(a, b) for a, b in zip(winner, values, strict=True)
                  if math.isfinite(a) and math.isfinite(b)]
         diffs[name] = PairedDifference.of([a for a, _ in pairs], [b for _, b in pairs],
-                                          alpha, power, overlap)
+                                          strictest, power, overlap)
     names = list(diffs)
     adjusted = holm([diffs[n].p_greater for n in names])
     family = sum(not math.isnan(diffs[n].p_greater) for n in names)
