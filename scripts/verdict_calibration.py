@@ -4,7 +4,7 @@ Race (selection among contenders, SGD and SAM as anchors), the confirmation's si
 race's spread, the confirmation on fresh instances and the Holm-corrected verdict: the
 functions a study runs (:func:`metasam.tuning.verdict.simulate_decision`), on candidates with
 known means. The noise model is the default study's (digits-noisy): nine candidates, per-run
-noise of σ = 0.6 points and a shared instance effect of the same spread on a race fold of 338
+noise of σ = 0.6 points and a shared instance effect of the same spread on a race fold of 342
 validation examples, both shrinking like 1/√examples on the confirmation's smaller folds of the
 428 held-back examples.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from metasam.tuning.verdict import Sizes, simulate_decision
 
 SIGMA = 0.6
-DIGITS = Sizes(pool=1442, holdout=428, race_fold=338)
+DIGITS = Sizes(pool=1442, holdout=428, race_fold=342)
 
 
 def options(budget: int, confirm_budget: int, power: float, sizes: Sizes) -> dict:

@@ -23,7 +23,7 @@ from metasam.tuning.verdict import (
 
 # the default study as a synthetic objective: digits' pool, its held-back share and a race
 # fold (examples), per-run noise of 0.6 points on a race fold, SGD c2 and SAM c3 the anchors
-DIGITS = Sizes(pool=1442, holdout=428, race_fold=338)
+DIGITS = Sizes(pool=1442, holdout=428, race_fold=342)
 DEFAULT = dict(noise=0.6, sgd="c2", sam="c3", presets=[f"c{i}" for i in range(3, 9)],
                sizes=DIGITS, detect=1.0, power=0.95, confirm_budget=40, first=3,
                instances=30, budget=60)
