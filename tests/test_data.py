@@ -244,3 +244,35 @@ def test_loader_covers_a_seeded_permutation_and_resumes() -> None:
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
     x, _ = next(iter(DeviceLoader(data, 100, shuffle=False)))
     torch.testing.assert_close(x, (data.x.float() / 255 - 0.5) / 0.25)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_cuda_loader_draws_on_the_device_and_resumes() -> None:
+    """On a GPU the augmentation's draws come from a CUDA generator (no host→device copy per
+    batch); its state travels with the loader's, so a restored loader repeats the epoch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    data = ArrayData(x, torch.arange(64) % 10, 10, (0.5,) * 3, (0.25,) * 3, 255.0, "toy")
+    a = DeviceLoader(data, 16, device="cuda", augment="crop_flip", seed=3)
+    assert a.augment_generator.device.type == "cuda"
+    list(a)
+    state = a.state_dict()
+    assert "augment_generator" in state
+    b = DeviceLoader(data, 16, device="cuda", augment="crop_flip", seed=99)
+    b.load_state_dict(state)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
+
+
+def test_the_loader_builds_its_normalization_once() -> None:
+    """The mean and std tensors are made when the loader is, not per batch: an epoch makes
+    no new tensor from a Python list (the constants' ``tensor`` calls would show as ops)."""
+    from metasam.optim.counting import OpCounter
+
+    data = toy(100)
+    loader = DeviceLoader(data, 25, seed=0)
+    with OpCounter() as count:
+        batches = list(loader)
+    assert len(batches) == 4 and "lift_fresh" not in count.by_op
+    assert count.by_op["div"] == 2 * 4 and count.by_op["sub"] == 4
+    x, _ = next(iter(DeviceLoader(data, 100, shuffle=False)))
+    torch.testing.assert_close(x, data.normalize(data.x))

@@ -46,11 +46,19 @@ class ArrayData:
     def with_labels(self, y: Tensor) -> ArrayData:
         return replace(self, y=y)
 
-    def normalize(self, x: Tensor) -> Tensor:
-        """Model input from a batch of raw ``x`` (on any device)."""
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        mean = torch.tensor(self.mean, device=x.device, dtype=torch.float32).reshape(shape)
-        std = torch.tensor(self.std, device=x.device, dtype=torch.float32).reshape(shape)
+    def constants(self, device: torch.device | str, ndim: int) -> tuple[Tensor, Tensor]:
+        """The normalization's mean and std as float32 tensors on ``device``, shaped to
+        broadcast over a batch of ``ndim`` dimensions (build once, pass to
+        :meth:`normalize`)."""
+        shape = (1, -1) + (1,) * (ndim - 2)
+        mean = torch.tensor(self.mean, device=device, dtype=torch.float32).reshape(shape)
+        std = torch.tensor(self.std, device=device, dtype=torch.float32).reshape(shape)
+        return mean, std
+
+    def normalize(self, x: Tensor, constants: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Model input from a batch of raw ``x`` (on any device); ``constants`` from
+        :meth:`constants` saves building them per batch."""
+        mean, std = constants if constants is not None else self.constants(x.device, x.ndim)
         return (x.float() / self.scale - mean) / std
 
 
