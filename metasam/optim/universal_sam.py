@@ -255,7 +255,10 @@ class UniversalSAM(torch.optim.Optimizer):
         masks = top_fraction_mask(scores, self.spec.measure.sparsity)
         for p, mask in zip(params, masks, strict=True):
             self.state[p]["fisher_mask"] = mask
-        kept = sum(int(m.sum()) for m in masks)
+        if not masks:
+            return 0.0
+        # one host read for the whole mask, not one per tensor
+        kept = int(torch.stack([m.sum() for m in masks]).sum())
         return kept / max(1, sum(m.numel() for m in masks))
 
     def state_dict(self) -> dict[str, Any]:
