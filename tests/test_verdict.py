@@ -109,11 +109,11 @@ def test_held_back_validation_never_meets_the_selection():
     selection = split_with_holdout(data, val_seed=1, **common)[1]
     assert not ids(selection) & hold_ids and len(selection) >= 0.19 * n
     for fold in range(3):   # k = round(0.7 / 0.2) = 3 folds of the rest
-        train, val = split_with_holdout(data, val_seed=2, val_fold=fold, **common)
+        train, val, _ = split_with_holdout(data, val_seed=2, val_fold=fold, **common)
         assert not ids(val) & hold_ids and len(train) + len(val) == n
     seen: list[int] = []
     for fold in range(7):
-        train, val = split_with_holdout(data, val_seed=9, val_fold=fold, val_folds=7,
+        train, val, _ = split_with_holdout(data, val_seed=9, val_fold=fold, val_folds=7,
                                         scope="holdout", **common)
         assert ids(val) <= hold_ids and ids(train) == set(range(n)) - ids(val)
         seen += sorted(ids(val))

@@ -111,11 +111,10 @@ def prepare_splits(name: str, *, data_dir: str | os.PathLike[str] | None = None,
         description.update(label_noise=label_noise, flipped=int(flipped.numel()))
     description.update(pool=len(train))
     if holdout > 0 and val_fraction > 0:
-        description.update(holdout=len(variants.held_back(train, holdout, holdout_seed)[1]),
-                           val_scope=val_scope)
-        train, val = variants.split_with_holdout(
+        train, val, held = variants.split_with_holdout(
             train, holdout=holdout, holdout_seed=holdout_seed, val_fraction=val_fraction,
             val_seed=val_seed, val_fold=val_fold, val_folds=val_folds, scope=val_scope)
+        description.update(holdout=held, val_scope=val_scope)
         if val_fold is not None:
             description.update(val_fold=val_fold)
     elif val_fold is not None and val_fraction > 0:

@@ -100,9 +100,11 @@ def split_validation(data: ArrayData, fraction: float, seed: int = 0
     return _apart(data, _stratified_draw(data, fraction, seed))
 
 
-def fold_count(fraction: float) -> int:
-    """The k of the k-fold splits whose folds are about a ``fraction`` of the pool."""
-    return max(2, round(1.0 / fraction))
+def fold_count(fraction: float, holdout: float = 0.0) -> int:
+    """The k of the k-fold splits whose folds are about a ``fraction`` of the pool — of the
+    pool's rest when a share ``holdout`` is held back (:func:`held_back`)."""
+    share = fraction / (1.0 - holdout) if holdout else fraction
+    return max(2, round(1.0 / share))
 
 
 def stratified_fold(data: ArrayData, folds: int, fold: int, seed: int = 0
@@ -129,13 +131,14 @@ def held_back(data: ArrayData, fraction: float, seed: int) -> tuple[Tensor, Tens
 def split_with_holdout(data: ArrayData, *, holdout: float, holdout_seed: int,
                        val_fraction: float, val_seed: int, val_fold: int | None = None,
                        val_folds: int | None = None, scope: str = "rest"
-                       ) -> tuple[ArrayData, ArrayData]:
+                       ) -> tuple[ArrayData, ArrayData, int]:
     """Train and validation when a share ``holdout`` of the pool is held back (see
     :func:`held_back`): the validation examples come from the rest (``scope="rest"``: the
     tuning trials' split of val_fraction·N examples, or with ``val_fold`` that fold of the
-    rest's k-fold split, k = ``val_folds`` or round((1 − holdout)/val_fraction)) or, with
+    rest's k-fold split, k = ``val_folds`` or :func:`fold_count`) or, with
     ``scope="holdout"``, fold ``val_fold`` of the held-back part's ``val_folds``-fold split
-    (the verdict's instances). Training is the whole pool without the validation examples."""
+    (the verdict's instances). Training is the whole pool without the validation examples.
+    Returns (train, validation, the number of examples held back)."""
     if scope not in VAL_SCOPES:
         raise ValueError(f"val_scope: unknown value {scope!r}; allowed: {', '.join(VAL_SCOPES)}")
     if not 0.0 < holdout < 1.0:
@@ -151,8 +154,8 @@ def split_with_holdout(data: ArrayData, *, holdout: float, holdout_seed: int,
             raise ValueError("val_scope holdout needs val_fold and val_folds")
         local = _fold_index(pool, val_folds, val_fold, val_seed)
     elif val_fold is not None:
-        k = val_folds or fold_count(val_fraction / (1.0 - holdout))
+        k = val_folds or fold_count(val_fraction, holdout)
         local = _fold_index(pool, k, val_fold, val_seed)
     else:
         local = _stratified_draw(pool, val_fraction / (1.0 - holdout), val_seed)
-    return _apart(data, torch.sort(part[local]).values)
+    return (*_apart(data, torch.sort(part[local]).values), int(hold.numel()))

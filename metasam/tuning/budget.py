@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.storage import StudyNotFoundError, census, load_study
 from metasam.tuning.study import StudyConfig
@@ -56,7 +57,7 @@ def study_cost(config: StudyConfig) -> StudyCost:
     epochs = config.train.epochs
     tuning, trials = full_run_equivalents(load_study(config.storage, config.name), epochs)
     parts = []
-    for suffix in ("race", "verdict"):
+    for suffix in (RACE_SUFFIX, CONFIRM_SUFFIX):
         try:
             parts.append(full_run_equivalents(load_study(config.storage,
                                                          f"{config.name}.{suffix}"), epochs))

@@ -48,7 +48,7 @@ from metasam.data.variants import fold_count
 from metasam.family import presets
 from metasam.tuning.candidate import Candidate, Pick
 from metasam.tuning.outcome import Comparison, Standing, Verdict
-from metasam.tuning.protocol import Label, Point, Role
+from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
 from metasam.tuning.racing import Race, RaceEnd
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import ray_session, tune_study
@@ -64,8 +64,7 @@ from metasam.tuning.verdict import (
     race_spread,
 )
 
-SUFFIX = "race"
-CONFIRM_SUFFIX = "verdict"
+SUFFIX = RACE_SUFFIX
 REFERENCES = ("sgd", "sam")  # always race: the verdict compares the winner with both
 _CONFIRM_FOLD_SEED = 7919    # offset of the seed of the held-back share's J-fold split
 
@@ -73,10 +72,7 @@ _CONFIRM_FOLD_SEED = 7919    # offset of the seed of the held-back share's J-fol
 def race_folds(config: StudyConfig) -> int:
     """The k of the race's k-fold splits of the pool's rest: folds about as large as the
     tuning trials' validation split."""
-    train = config.train
-    if train.holdout > 0:
-        return fold_count(train.val_fraction / (1.0 - train.holdout))
-    return fold_count(train.val_fraction)
+    return fold_count(config.train.val_fraction, config.train.holdout)
 
 
 def instance_train(config: StudyConfig, instance: int) -> dict[str, Any]:
@@ -189,10 +185,12 @@ def _replay(race: Race, candidates: list[Candidate],
         race.record(owner.id, instance, value)
 
 
-def _replayed(config: StudyConfig, candidates: list[Candidate]) -> Race:
+def _replayed(config: StudyConfig, candidates: list[Candidate],
+              runs: list[optuna.trial.FrozenTrial] | None = None) -> Race:
+    """The race with the stored runs (``runs``, read from the storage if not given) recorded;
+    its ``next_round`` runs every elimination test they allow."""
     race = new_race(config, candidates)
-    _replay(race, candidates, _stored_runs(config))
-    race.next_round()  # every elimination test the stored runs allow
+    _replay(race, candidates, _stored_runs(config) if runs is None else runs)
     return race
 
 
@@ -226,8 +224,7 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
     told: set[str] = set()
     with ray_session(address, verbose):
         while True:
-            race = new_race(config, candidates)
-            _replay(race, candidates, _stored_runs(config))
+            race = _replayed(config, candidates)
             batch = race.next_round()
             new = [by_id[c].name for c in race.dropped if c not in told]
             if new and verbose:
@@ -287,12 +284,15 @@ def _sizes(train_json: str) -> Sizes:
     return Sizes(int(info.get("pool", 0)), int(info.get("holdout", 0)), int(info.get("val", 0)))
 
 
-def selection(config: StudyConfig, study: optuna.Study | None = None) -> Selection:
-    """The race replayed from its stored runs and, once it has ended, the confirmation's plan
-    (a function of the race's runs and the data: a resumed study plans the same)."""
+def selection(config: StudyConfig, study: optuna.Study | None = None,
+              runs: list[optuna.trial.FrozenTrial] | None = None) -> Selection:
+    """The race replayed from its stored runs (``runs``: already read) and, once it has
+    ended, the confirmation's plan (a function of the race's runs and the data: a resumed
+    study plans the same)."""
     settings = config.race or RaceSettings()
     candidates = race_candidates(config, study)
-    race = _replayed(config, candidates)
+    race = _replayed(config, candidates, runs)
+    race.next_round()  # every elimination test the stored runs allow
     if race.end() is RaceEnd.RUNNING or not any(race.scores[c.id] for c in candidates):
         return Selection(candidates, race, None, {}, None)
     by_id = {c.id: c for c in candidates}
@@ -344,9 +344,10 @@ def run_confirmation(config: StudyConfig, *, address: str | None = None, verbose
 def race_verdict(config: StudyConfig, study: optuna.Study | None = None) -> Verdict | None:
     """The verdict from the stored race and confirmation (``None`` before any race run
     finished, or with ``race: false``)."""
-    if config.race is None or not _stored_runs(config):
+    runs = _stored_runs(config) if config.race is not None else []
+    if not runs:
         return None
-    chosen = selection(config, study)
+    chosen = selection(config, study, runs)
     if not any(chosen.race.scores[c.id] for c in chosen.candidates):
         return None
     confirmed: dict[str, dict[int, float]] = {}
@@ -369,13 +370,8 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
     winner_id = chosen.winner.id if chosen.winner is not None else race.winner()
     winner = by_id.get(winner_id, standings[0])
     sign = 1.0 if mode == "max" else -1.0
-
-    def key(st: Standing) -> tuple[float, float]:
-        # survivors first, then by how long they lasted; within, by mean
-        lasted = math.inf if st.dropped_after is None else st.dropped_after
-        return (-lasted, -sign * st.mean())
-
-    standings = sorted(standings, key=key)
+    # survivors first, then by how long they lasted; within, by mean (stable for ties)
+    standings = sorted(standings, key=lambda st: race.standing(st.candidate.id), reverse=True)
     plan = chosen.plan
     against: dict[str, Comparison] = {}
     if plan is not None:

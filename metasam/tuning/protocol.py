@@ -20,6 +20,9 @@ from enum import Enum
 from typing import Any
 
 SEARCH_KEY = "search"
+# the derived studies of a study's decision, in its storage: NAME.race and NAME.verdict
+RACE_SUFFIX = "race"
+CONFIRM_SUFFIX = "verdict"
 
 
 class Role(str, Enum):

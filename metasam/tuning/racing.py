@@ -125,6 +125,14 @@ class Race:
         values = [self.scores[candidate][i] for i in range(upto)]
         return sum(values) / len(values)
 
+    def standing(self, candidate: str) -> tuple[float, float]:
+        """How ``candidate`` stands after the race, larger is better: how many instances it
+        lasted (inf: it survived), then its mean over its instances in the metric's
+        direction."""
+        values = list(self.scores[candidate].values())
+        lasted = math.inf if candidate not in self.dropped else self.dropped[candidate]
+        return (lasted, self.sign() * sum(values) / len(values))
+
     def leader(self, upto: int | None = None) -> str:
         """The survivor (anchors included) with the best mean over the first ``upto``
         instances (ties: the earlier candidate)."""

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metasam.stats import PairedDifference, detectable_difference, holm
+from metasam.stats import PairedDifference, Summary, detectable_difference, holm
 from metasam.tuning.racing import Race, simulate
 
 MIN_FOLD = 20      # validation examples per confirmation instance, at least
@@ -123,8 +123,7 @@ def race_spread(race: Race, winner: str, others: Sequence[str]) -> float:
         d = [race.scores[winner][i] - race.scores[other][i] for i in shared
              if math.isfinite(race.scores[winner][i]) and math.isfinite(race.scores[other][i])]
         if len(d) >= 2:
-            mean = sum(d) / len(d)
-            sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+            sd = Summary.of(d).std
             out = sd if math.isnan(out) else max(out, sd)
     return out
 
@@ -170,16 +169,7 @@ def best_other(race: Race, winner: str, pool: Sequence[str]) -> str | None:
     """The candidate of ``pool`` (not the winner) that lasted longest in the race, then by its
     mean over its instances: the "best preset" a verdict compares with."""
     rest = [c for c in pool if c != winner and race.scores[c]]
-    if not rest:
-        return None
-    s = race.sign()
-
-    def key(c: str) -> tuple[float, float]:
-        lasted = math.inf if c not in race.dropped else race.dropped[c]
-        values = list(race.scores[c].values())
-        return (lasted, s * sum(values) / len(values))
-
-    return max(rest, key=key)
+    return max(rest, key=race.standing) if rest else None
 
 
 # --- the whole stage on a synthetic objective -------------------------------------------------
