@@ -14,6 +14,7 @@ the family's typical spectrum — the measure's characteristic scale.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,3 +275,39 @@ def explanation_figure(result: Explanation) -> Any:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def over_training(spec: SharpnessSpec) -> list[dict[str, Any]]:
+    """A spec whose parameters vary, stretch by stretch: ``from``, ``to``, ρ and λ at the
+    stretch's start and end (a ramp moves between them), whether the term is off there, and
+    ``measures`` — the index of the stretch whose (φ, ψ) it measures with (a new one where φ's or
+    ψ's phase changes; :func:`explain` each of those to see what it measures)."""
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for start, end, member in spec.over_training():
+        finish = spec.at(max(start, end - 1e-12)) if spec.vary is not None else member
+        key = json.dumps([member.phi.to_obj(), member.psi.to_obj()])
+        entry: dict[str, Any] = {"from": start, "to": end, "off": member.is_plain}
+        if not member.is_plain:
+            entry.update(rho=[member.rho, finish.rho], lam=[member.lam, finish.lam],
+                         measures=seen.setdefault(key, len(out)))
+        out.append(entry)
+    return out
+
+
+def over_training_lines(spec: SharpnessSpec) -> list[str]:
+    """:func:`over_training` as one line per stretch, for the command line."""
+    lines = []
+    for entry in over_training(spec):
+        span = f"{100 * entry['from']:.0f}–{100 * entry['to']:.0f}% of training"
+        if entry["off"]:
+            lines.append(f"{span}: no sharpness term (plain steps)")
+            continue
+        values = []
+        for key, symbol in (("rho", "ρ"), ("lam", "λ")):
+            a, b = entry[key]
+            values.append(f"{symbol} = {a:.4g}" if math.isclose(a, b, rel_tol=1e-9)
+                          else f"{symbol} {a:.4g} → {b:.4g}")
+        lines.append(f"{span}: {', '.join(values)}; measures as stretch "
+                     f"{entry['measures'] + 1}")
+    return lines

@@ -109,24 +109,53 @@ def load_spec(text: str) -> Any:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from metasam.analysis.explain import explain, plot_explanation
+    from metasam.analysis.explain import (
+        explain,
+        over_training,
+        over_training_lines,
+        plot_explanation,
+    )
 
     spec = load_spec(args.spec)
-    result = explain(spec, dim=args.dim, count=args.spectra, scale=args.scale)
+    stretches = over_training(spec)
+    # one explanation per distinct (φ, ψ) the spec trains with; ρ and λ set only its strength
+    measured = [i for i, e in enumerate(stretches) if e.get("measures") == i]
     stem = (spec.name or "spec").replace(" ", "-")
-    plot = Path(args.plot) if args.plot else Path(f"explain-{stem}.png")
-    plot_explanation(result, plot)
+    results = []
+    for k, index in enumerate(measured or [0]):
+        member = spec.at(stretches[index]["from"]) if measured else spec
+        if member.is_plain:
+            member = spec.replace(vary=None)
+        result = explain(member, dim=args.dim, count=args.spectra, scale=args.scale)
+        suffix = f"-stretch{index + 1}" if len(measured) > 1 else ""
+        plot = Path(args.plot) if args.plot and k == 0 else Path(
+            f"{Path(args.plot).with_suffix('') if args.plot else 'explain-' + stem}"
+            f"{suffix}.png")
+        plot_explanation(result, plot)
+        results.append((index, result, plot))
     if args.json:
-        print(json.dumps({"spec": spec.to_dict(), "dim": result.dim, "scale": result.scale,
-                          "spearman": result.correlations, "closest": result.closest,
-                          "scaling_exponent": result.scaling_exponent,
-                          "reshape_log_ratio": result.reshape_trend,
-                          "invariance_change": result.invariance_change,
-                          "scale_invariant": result.scale_invariant,
-                          "summary": result.sentences(), "plot": str(plot)}))
+        out = [{"stretch": index + 1, "dim": result.dim, "scale": result.scale,
+                "spearman": result.correlations, "closest": result.closest,
+                "scaling_exponent": result.scaling_exponent,
+                "reshape_log_ratio": result.reshape_trend,
+                "invariance_change": result.invariance_change,
+                "scale_invariant": result.scale_invariant,
+                "summary": result.sentences(), "plot": str(plot)}
+               for index, result, plot in results]
+        body = {"spec": spec.to_dict(), **{k: v for k, v in out[0].items() if k != "stretch"}}
+        if spec.vary is not None:
+            body.update(over_training=stretches, stretches=out)
+        print(json.dumps(body))
         return 0
     print(spec.describe())
-    for sentence in result.sentences():
-        print(f"- {sentence}")
-    print(f"plot: {plot}")
+    if spec.vary is not None:
+        print("over training:")
+        for line in over_training_lines(spec):
+            print(f"  {line}")
+    for index, result, plot in results:
+        if len(results) > 1:
+            print(f"stretch {index + 1} measures:")
+        for sentence in result.sentences():
+            print(f"- {sentence}")
+        print(f"plot: {plot}")
     return 0

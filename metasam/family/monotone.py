@@ -112,3 +112,15 @@ def repair_penalty(spec: SharpnessSpec) -> tuple[SharpnessSpec, str | None]:
     n = spec.n
     return spec.replace(phi="identity", psi="identity", n=n), (
         "φ, ψ replaced by the trace measure's (S fell when an eigenvalue rose)")
+
+
+def check_over_training(spec: SharpnessSpec, **options: Any) -> list[tuple[float, PenaltyCheck]]:
+    """:func:`check_penalty` of every member a spec trains with: ``(from, check)`` per stretch
+    of training between ``spec.vary``'s breakpoints (one entry without ``vary``). ρ and λ do
+    not change whether a member is a penalty; φ's and ψ's phases do. A stretch without the
+    term (λ or ρ at 0) passes."""
+    out = []
+    for start, _, member in spec.over_training():
+        check = PenaltyCheck(True, 0.0) if member.is_plain else check_penalty(member, **options)
+        out.append((start, check))
+    return out

@@ -19,6 +19,7 @@ from metasam.family.measures import Measure
 from metasam.family.phi import Phi
 from metasam.family.psi import Psi
 from metasam.family.schedule import Schedule
+from metasam.family.trajectory import Trajectories
 
 FORMAT = "metasam.sharpness_spec/1"
 
@@ -45,14 +46,12 @@ def register_preset(make: Callable[..., SharpnessSpec]) -> Callable[..., Sharpne
 def _structure(spec: SharpnessSpec) -> tuple[Any, ...]:
     """What makes a member that member: μ's kind, φ's functions (not their parameters: a
     preset region tunes Tilted SAM's τ), ψ, and whether it has a sharpness term at all."""
-    phi = spec.phi.to_obj()
-    blocks = phi if isinstance(phi, list) else [phi]
-    fns = tuple(b["fn"] if isinstance(b, dict) else b for b in blocks)
+    fns = tuple(_functions(spec.phi))
     return spec.measure.kind, fns, json.dumps(spec.psi.to_obj(), sort_keys=True), spec.lam > 0
 
 
 _KEYS = ("format", "name", "phi", "psi", "measure", "n", "rho", "lam", "d_clip", "lam_scale",
-         "guard", "schedule")
+         "guard", "schedule", "vary")
 LAM_SCALES = ("absolute", "relative")
 
 
@@ -84,6 +83,11 @@ class SharpnessSpec:
     ‖c‖ ≤ guard·‖g0‖ when it is longer, so that no member can wreck training unnoticed
     (``StepInfo.guard_factor`` records the scaling, 1.0 when inactive).
 
+    ``vary`` (optional): parameters that change over training — ρ and λ as ramps or phases,
+    φ's and ψ's coefficients as phases (:mod:`metasam.family.trajectory`); :meth:`at` is the
+    member in effect at a fraction of training, and the optimizer needs ``total_steps``. The
+    spec's own fields of a varied parameter are set to its value at the end of training.
+
     Fields accept plain values and are validated: ``phi`` a name, dict or list of them,
     ``psi`` a name or dict, ``measure`` a kind or dict.
 
@@ -105,6 +109,7 @@ class SharpnessSpec:
     lam_scale: str = "absolute"
     guard: float | None = None
     schedule: Schedule | Any = None
+    vary: Trajectories | Any = None
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +140,39 @@ class SharpnessSpec:
         if getattr(self.psi, "name", None) == "variance" and self.n < 2:
             raise SpecError("n", f"the variance form of ψ needs n ≥ 2 samples, got {self.n}",
                             "integers ≥ 2")
+        vary = Trajectories.from_obj(self.vary)
+        set_(self, "vary", vary)
+        if vary is not None:
+            # the fields of a varied parameter hold its value at the end of training (ρ and λ:
+            # where that is not 0), so that the spec reads as the member training ends with
+            for key, value in vary.values_at(1.0).items():
+                if key == "phi":
+                    set_(self, key, Phi.from_obj(value))
+                elif key == "psi":
+                    set_(self, key, Psi.from_obj(value))
+                elif value > 0.0:
+                    set_(self, key, value)
+            if self.lam == 0.0:
+                raise SpecError("vary", "a member without a sharpness term (λ = 0) has nothing "
+                                "to vary", "a spec with λ > 0 (vary.lam may start at 0)")
+            for progress in vary.breakpoints():
+                self._check_phase(progress)
+
+    def _check_phase(self, progress: float) -> None:
+        """The member at ``progress`` is a valid spec of the same structure (φ's and ψ's
+        functions, μ, n) as this one."""
+        try:
+            member = self.at(progress)
+        except SpecError as err:
+            raise SpecError(f"vary (at {progress:g} of training): {err.field}", err.problem,
+                            err.allowed) from None
+        if member.is_plain:
+            return
+        for part in ("phi", "psi"):
+            if _functions(getattr(member, part)) != _functions(getattr(self, part)):
+                raise SpecError(f"vary.{part}", f"the phase at {progress:g} of training changes "
+                                f"{part}'s functions", f"the spec's own {part} functions with "
+                                "other coefficients")
 
     # --- the surrogate -------------------------------------------------------------------------
 
@@ -178,6 +216,37 @@ class SharpnessSpec:
         weights = (self.phi.derivative(d) @ psi_grad.unsqueeze(-1)).squeeze(-1)
         return Surrogate(self.psi(a, n), weights, psi_grad)
 
+    # --- over training ------------------------------------------------------------------------
+
+    def at(self, progress: float) -> SharpnessSpec:
+        """The member in effect at ``progress`` (a fraction of training in [0, 1]): ``vary``'s
+        values substituted, without ``vary``; where ρ or λ is 0, the plain member (λ = 0).
+        Without ``vary``, the spec itself.
+
+        Example::
+
+            >>> from metasam import presets
+            >>> spec = presets.sam(vary={"rho": {"ramp": [0.0, 0.2]}})
+            >>> spec.at(0.5).rho, spec.at(0.0).is_plain
+            (0.1, True)
+        """
+        if self.vary is None:
+            return self
+        values = self.vary.values_at(progress)
+        if values.get("rho", self.rho) == 0.0 or values.get("lam", self.lam) == 0.0:
+            values.pop("rho", None)
+            values["lam"] = 0.0
+        return replace(self, vary=None, **values)
+
+    def over_training(self) -> list[tuple[float, float, SharpnessSpec]]:
+        """``(from, to, member)`` for each stretch of training between ``vary``'s breakpoints,
+        the member as at its start (a ramp moves on within the stretch); ``[(0, 1, self)]``
+        without ``vary``."""
+        if self.vary is None:
+            return [(0.0, 1.0, self)]
+        points = self.vary.breakpoints() + [1.0]
+        return [(a, b, self.at(a)) for a, b in zip(points[:-1], points[1:], strict=True)]
+
     # --- what the bias measures ----------------------------------------------------------------
 
     def implied_measure(self, hessian: Tensor | Any, *, weights: Tensor | Any | None = None,
@@ -217,6 +286,8 @@ class SharpnessSpec:
             out["guard"] = self.guard
         if self.schedule is not None:
             out["schedule"] = self.schedule.to_obj()
+        if self.vary is not None:
+            out["vary"] = self.vary.to_obj()
         return out
 
     @classmethod
@@ -302,7 +373,15 @@ class SharpnessSpec:
         return (f"{label}φ={self.phi.to_obj()} ψ={self.psi.to_obj()} μ={self.measure.to_obj()} "
                 f"n={self.n} ρ={self.rho:g} λ={self.lam:g}"
                 + (" (relative)" if self.lam_scale == "relative" else "")
-                + (f" guard={self.guard:g}" if self.guard is not None else ""))
+                + (f" guard={self.guard:g}" if self.guard is not None else "")
+                + (f" vary={json.dumps(self.vary.to_obj())}" if self.vary is not None else ""))
+
+
+def _functions(part: Phi | Psi) -> list[str]:
+    """φ's or ψ's function names, without their parameters."""
+    obj = part.to_obj()
+    blocks = obj if isinstance(obj, list) else [obj]
+    return [b["fn"] if isinstance(b, dict) else b for b in blocks]
 
 
 def _float64_supported(device: torch.device) -> bool:

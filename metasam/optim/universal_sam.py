@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -116,7 +117,8 @@ class UniversalSAM(torch.optim.Optimizer):
             one rank, ``None`` never synchronize, or a process group.
         scaler: a ``torch.amp.GradScaler`` for fp16 mixed precision (see below).
         total_steps: the number of steps training will take; needed by a spec whose
-            ``schedule`` starts the sharpness term after a fraction of training.
+            ``schedule`` starts the sharpness term after a fraction of training, or whose
+            parameters ``vary`` over training (step k, from 0, is at progress k/total_steps).
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ...).
 
     Example::
@@ -201,6 +203,10 @@ class UniversalSAM(torch.optim.Optimizer):
             raise ValueError("total_steps: the spec's schedule starts the sharpness term at "
                              f"{self.spec.schedule.start:g} of training; allowed: "
                              "UniversalSAM(..., total_steps=epochs * steps_per_epoch)")
+        if self.spec.vary is not None and total_steps is None:
+            raise ValueError("total_steps: the spec's parameters vary over training "
+                             f"({', '.join(self.spec.vary.names)}); allowed: "
+                             "UniversalSAM(..., total_steps=epochs * steps_per_epoch)")
         self.total_steps = total_steps
         self._trigger_stats: tuple[float, float] | None = None  # EMA of ‖g0‖² and its variance
         self._scale = 1.0  # the scaler's loss scale during the current step
@@ -217,7 +223,10 @@ class UniversalSAM(torch.optim.Optimizer):
         self._generators: dict[str, torch.Generator] = {}
         self._pending_generator_states: dict[str, Tensor] = {}
         self._buffers: dict[tuple[int, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
-        self._g0_coefficient = self._constant_g0_coefficient()
+        self._constant_weights: dict[str, list[float]] = {}
+        self._active = self.spec   # the member this step makes (spec.at(progress) with vary)
+        self._active_values: dict[str, Any] | None = None
+        self._g0_coefficient = self._constant_g0_coefficient(self.spec)
         self._bn_guard = RunningStatsGuard(model)
         self._x0: tuple[tuple[int, ...], list[Tensor]] = ((), [])   # the weights at x, kept
 
@@ -315,15 +324,15 @@ class UniversalSAM(torch.optim.Optimizer):
                             "forward and backward on one batch and returns the loss")
         self._begin_step()
         first = self._unperturbed_pass(closure)
-        if self.spec.is_plain or not first.perturbed:
+        if self._active.is_plain or not first.perturbed:
             self._finish(first.params, first.loss, first.loss_check, first.grad_norm,
                          StepInfo(self.steps, 0.0, self._step_passes))
             return first.loss
-        schedule = self.spec.schedule
+        schedule = self._active.schedule
         if schedule is not None and not self._term_applies(schedule, first):
             self._plain_step(first, reuse=schedule.reuse)
             return first.loss
-        keep_g0 = (self._g0_coefficient != 0.0 or self.spec.guard is not None
+        keep_g0 = (self._g0_coefficient != 0.0 or self._active.guard is not None
                    or (schedule is not None and schedule.reuse))
         g0 = [p.grad.clone() for p in first.params] if keep_g0 else None
         probes = self._perturbed_passes(closure, first)
@@ -334,6 +343,8 @@ class UniversalSAM(torch.optim.Optimizer):
 
     def _begin_step(self) -> None:
         self.steps += 1
+        if self.spec.vary is not None:
+            self._enter_member()
         for group in self.param_groups:  # zero_grad(set_to_none=True), minus its profiler op
             for p in group["params"]:
                 p.grad = None
@@ -361,7 +372,7 @@ class UniversalSAM(torch.optim.Optimizer):
         """The passes at x + ρv_i, i = 1..n (weights restored after each). All but the last
         pass's gradient are kept: raw when n − 1 ≤ m, else folded into m buffers
         Σ_i φ_j'(D_i)·g_i; the last one stays in ``.grad``."""
-        spec, params, perturbed = self.spec, first.params, first.perturbed
+        spec, params, perturbed = self._active, first.params, first.perturbed
         n, rho = spec.n, spec.rho
         sdtype = scalar_dtype(first.loss.device)
         x0 = self._weights_at_x(perturbed)
@@ -413,7 +424,7 @@ class UniversalSAM(torch.optim.Optimizer):
                            g0: list[Tensor] | None) -> None:
         """D_i, the surrogate's weights, the combined gradient g0 + c·Σ w_i(g_i − g0) (built in
         ``.grad``), the guard, and the base optimizer's step on it."""
-        spec, params, loss0 = self.spec, first.params, first.loss
+        spec, params, loss0 = self._active, first.params, first.loss
         n, rho = spec.n, spec.rho
         sdtype = scalar_dtype(loss0.device)
         checks = first.checks
@@ -515,13 +526,26 @@ class UniversalSAM(torch.optim.Optimizer):
         return [p for g in self.param_groups if g["perturb"] for p in g["params"]
                 if p.requires_grad]
 
-    def _constant_g0_coefficient(self) -> float | None:
-        """1 − λ·w when every weight w is the same constant (SAM: 0, so g0 needs no copy)."""
-        spec = self.spec
+    def _enter_member(self) -> None:
+        """The member of this step, ``spec.at(progress)`` for a spec whose parameters vary
+        (the same object while the values stay the same), and its g0 coefficient."""
+        progress = (self.steps - 1) / self.total_steps  # type: ignore[operator]
+        values = self.spec.vary.values_at(progress)  # type: ignore[union-attr]
+        if values != self._active_values:
+            self._active_values = values
+            self._active = self.spec.at(progress)
+            self._g0_coefficient = self._constant_g0_coefficient(self._active)
+
+    def _constant_g0_coefficient(self, spec: SharpnessSpec) -> float | None:
+        """1 − λ·w when every weight w is the same constant (SAM: 0, so g0 needs no copy); the
+        weights are computed once per (φ, ψ, n)."""
         if spec.is_plain or not spec.constant_weights:
             return None
-        zero = torch.zeros(spec.n, dtype=torch.float64)
-        weights = spec.surrogate(zero).weights.tolist()
+        key = json.dumps([spec.phi.to_obj(), spec.psi.to_obj(), spec.n])
+        if key not in self._constant_weights:
+            zero = torch.zeros(spec.n, dtype=torch.float64)
+            self._constant_weights[key] = spec.surrogate(zero).weights.tolist()
+        weights = self._constant_weights[key]
         return 1.0 - spec.weight_scale(weights) * sum(weights)
 
     def _weights_at_x(self, perturbed: list[Tensor]) -> list[Tensor]:
