@@ -113,6 +113,12 @@ def test_methods(study: Any) -> dict[str, Any]:
         {k: v for k, v in exported["base_optimizer"].items()
          if k in train_keys and getattr(config.train, k) != v})}
     methods.update(baseline_points(config, None))
+    # the space's own points beyond the presets (e.g. a ramp a user put there): on test too
+    for point in config.space.points:
+        if point.label.role is Role.POINT:
+            methods[point.label.method] = Point(Label(Role.COMPARE, point.label.method,
+                                                      point.spec.get("name")),
+                                                point.spec, point.train)
     trials = config.load_study()
     ranked = best_trials(trials, config.mode, len(trials.trials))
     searched = [TrialRecord.of(t) for t in ranked if not TrialRecord.of(t).is_point]

@@ -552,3 +552,49 @@ def test_the_schedule_is_a_search_dimension() -> None:
 
     with pytest.raises(ValidationError, match="search.schedule.start"):
         SearchSpace.from_dict({"search": {"members": ["sam"], "schedule": {"start": [0.5, 1.0]}}})
+
+
+def test_ramps_of_rho_and_lambda_are_search_dimensions() -> None:
+    """A sampled ramp ends at the member's sampled value and starts at a sampled fraction of
+    it; optional ramps are sometimes absent; a point may carry a whole trajectory."""
+    from metasam.errors import ValidationError
+    from metasam.family.trajectory import Ramp
+    from metasam.tuning.regions import REGIONS
+
+    space = SearchSpace.from_dict({
+        "points": [{"preset": "sam", "vary": {"rho": {"ramp": [0.0, 0.2]}}}],
+        "search": {"members": ["sam", "frob_sam"],
+                   "ramp": {"rho": {"start": [0.0, 0.5], "shape": ["linear", "cosine"],
+                                    "optional": True},
+                            "lam": {"start": [0.25, 1.0]}}}})
+    (point,) = space.points
+    assert point.label.method == "sam (ρ 0→0.2)"
+    assert SharpnessSpec.from_dict(point.spec).at(0.5).rho == pytest.approx(0.1)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        spec = SharpnessSpec.from_dict(space.sample(trial)["spec"])
+        params = trial.params
+        low, high = REGIONS[spec.name].ranges(4.0)["rho"]
+        assert low <= spec.rho <= high        # the sampled value is where the ramp ends
+        assert spec.vary is not None and "lam" in spec.vary.names
+        lam = spec.vary["lam"]
+        assert isinstance(lam, Ramp) and lam.end == spec.lam
+        assert lam.start == pytest.approx(params["ramp_lam_start"] * spec.lam)
+        if params["ramp_rho"]:
+            rho = spec.vary["rho"]
+            assert rho.shape == params["ramp_rho_shape"]
+            assert rho.start == pytest.approx(params["ramp_rho_start"] * spec.rho)
+            assert rho.start <= 0.5 * rho.end
+            seen.add(rho.shape)
+        else:
+            assert "rho" not in spec.vary.names
+            seen.add("fixed")
+        study.tell(trial, 0.0)
+    assert seen == {"linear", "cosine", "fixed"}
+    for bad, field in (({"rho": {"start": [0.0, 1.5]}}, "search.ramp.rho.start"),
+                       ({"n": {"start": [0.0, 1.0]}}, "search.ramp"),
+                       ({"lam": {"shape": ["step"]}}, "search.ramp.lam.shape")):
+        with pytest.raises(ValidationError, match=field.replace(".", r"\.")):
+            SearchSpace.from_dict({"search": {"members": ["sam"], "ramp": bad}})

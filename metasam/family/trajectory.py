@@ -141,6 +141,18 @@ class Trajectories:
     def key(self) -> str:
         return json.dumps(self.to_obj(), sort_keys=True)
 
+    def label(self) -> str:
+        """A short name for tables: ``ρ 0→0.2``, ``λ 0.5→1 cos``, ``φ 3 phases``."""
+        symbols = {"rho": "ρ", "lam": "λ", "phi": "φ", "psi": "ψ"}
+        parts = []
+        for name, t in self.items:
+            if isinstance(t, Ramp):
+                parts.append(f"{symbols[name]} {t.start:.3g}→{t.end:.3g}"
+                             + (" cos" if t.shape == "cosine" else ""))
+            else:
+                parts.append(f"{symbols[name]} {len(t.steps)} phases")
+        return ", ".join(parts)
+
 
 def _fraction(field: str, value: Any, *, closed_high: bool = False) -> float:
     return _checks.number(field, value, low=0.0, high=1.0, high_open=not closed_high)

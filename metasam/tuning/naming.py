@@ -26,10 +26,12 @@ def describe_spec(spec: dict[str, Any]) -> str:
 
 
 def schedule_text(spec: SharpnessSpec) -> str:
-    """`` [from 31%, every 4, reuse]`` for a scheduled member, ``""`` otherwise."""
+    """`` [from 31%, every 4, reuse]`` for a scheduled member, `` (ρ 0→0.2)`` for one whose
+    parameters vary over training, ``""`` otherwise."""
+    vary = f" ({spec.vary.label()})" if spec.vary is not None else ""
     schedule = spec.schedule
     if schedule is None:
-        return ""
+        return vary
     parts = []
     if schedule.start > 0:
         parts.append(f"from {schedule.start:.0%}")
@@ -37,7 +39,7 @@ def schedule_text(spec: SharpnessSpec) -> str:
         parts.append(f"every {schedule.every}" + (" reuse" if schedule.reuse else ""))
     if schedule.trigger is not None:
         parts.append(f"trigger {schedule.trigger:g}")
-    return f" [{', '.join(parts)}]"
+    return f" [{', '.join(parts)}]" + vary
 
 
 def tuned_preset_name(spec: SharpnessSpec) -> str:

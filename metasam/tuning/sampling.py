@@ -1,6 +1,7 @@
 """Sampling a member of a search space, define-by-run on an Optuna trial: the preset regions
 (within learned boxes on a share of the trials), the universal family (φ, ψ, μ, ρ, λ, n; every
-member checked and repaired into a sharpness penalty) and the schedule of the sharpness term.
+member checked and repaired into a sharpness penalty), the schedule of the sharpness term and
+ramps of ρ and λ over training.
 :class:`~metasam.tuning.space.SearchSpace` reads and validates the space; this module draws
 from it."""
 
@@ -64,7 +65,27 @@ def sample_search(search: dict[str, Any], trial: Any, boxes: RegionBoxes | None 
             trial.set_user_attr(record.REPAIRED, note)
     if search.get("schedule") is not None and not spec.is_plain:
         spec = spec.replace(schedule=_sample_schedule(search["schedule"], trial))
+    if search.get("ramp") is not None and not spec.is_plain:
+        vary = _sample_ramp(search["ramp"], spec, trial)
+        if vary:
+            spec = spec.replace(vary=vary)
     return spec, train
+
+
+def _sample_ramp(space: dict[str, Any], spec: SharpnessSpec, trial: Any) -> dict[str, Any]:
+    """Ramps of ρ and λ that end at the member's sampled values: per ramped field, whether to
+    ramp (when optional), the start as a fraction of the end, and the shape."""
+    vary: dict[str, Any] = {}
+    for key, dims in space.items():
+        if dims["optional"] and not trial.suggest_categorical(f"ramp_{key}", [True, False]):
+            continue
+        end = getattr(spec, key)
+        start = _suggest(trial, f"ramp_{key}_start", dims["start"])
+        shapes = dims["shape"]
+        shape = shapes[0] if len(shapes) == 1 else trial.suggest_categorical(
+            f"ramp_{key}_shape", shapes)
+        vary[key] = {"ramp": [start * end, end], "shape": shape}
+    return vary
 
 
 def _box_draw(trial: Any) -> float:

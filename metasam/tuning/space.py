@@ -22,12 +22,20 @@ A space file has up to three parts::
       lr: [0.01, 0.2]           # optional: the base optimizer's lr (log-uniform)
       weight_decay: [1e-5, 1e-3]  # optional (log-uniform)
       d_clip: 50                # optional guard: |D| clipped before φ (see SharpnessSpec)
+      ramp:                     # optional: ρ and λ that move over training (SharpnessSpec.vary)
+        rho: {start: [0.0, 1.0], shape: [linear, cosine], optional: true}
+        lam: {start: [0.0, 1.0]}
 
 ``members`` (default ``[universal]``) lists what a sampled trial may be: ``universal``, the
 parameterized family below, or a preset region (:mod:`metasam.tuning.regions`): the preset with
 its ρ (and λ) tuned around its default. Every sampled universal member is checked through its
 implied measure (:mod:`metasam.family.monotone`) and repaired if it would reward sharpness; the
 repair is recorded in the trial's ``repaired`` attribute.
+
+A ``ramp`` makes the sampled ρ (or λ) the value training *ends* with and samples where it
+starts, as a fraction of that end (``start``: 0 rises from no term, 1 is constant), and the
+ramp's shape; with ``optional: true`` a trial first chooses whether to ramp at all. Points may
+give a whole trajectory: ``{preset: sam, vary: {rho: {ramp: [0.0, 0.2]}}}``.
 
 Points carry their whole spec (and training overrides) in the trial's user attributes, so the
 same machinery serves presets, grids and warm starts from another study.
@@ -48,6 +56,7 @@ from metasam.family import presets
 from metasam.family.measures import KINDS
 from metasam.family.psi import Psi
 from metasam.family.spec import LAM_SCALES
+from metasam.family.trajectory import RAMPED, SHAPES
 from metasam.tuning import record
 from metasam.tuning.protocol import SEARCH, Label, Point, Role
 from metasam.tuning.regions import MEMBERS
@@ -56,7 +65,7 @@ from metasam.tuning.sampling import Range, RegionBoxes, sample_search
 # every kind but SSAM's, whose Fisher mask the search does not tune (SSAM is a preset region)
 SEARCH_KINDS = tuple(k for k in KINDS if k != "sparse_ascent")
 TRAIN_KEYS = ("lr", "weight_decay", "momentum")
-SPEC_KEYS = ("rho", "lam", "n", "d_clip")
+SPEC_KEYS = ("rho", "lam", "n", "d_clip", "vary")
 MEASURE_KEYS = ("scale", "half_width", "adaptive", "eta", "sparsity", "fisher_samples",
                 "refresh_epochs")
 ACTIVATIONS = ("tanh", "softplus", "sigmoid")
@@ -160,7 +169,9 @@ def _read_point(entry: Any) -> list[Point]:
             spec = presets.get(name, **spec_changes)
         except SpecError as err:
             raise ConfigError(err.field, err.problem, err.allowed) from None
-        method = name + "".join(f" {k}={v}" for k, v in values.items())
+        method = name + "".join(f" {k}={v}" for k, v in values.items() if k != "vary")
+        if spec.vary is not None:
+            method += f" ({spec.vary.label()})"
         points.append(Point(Label(Role.POINT, method, preset=name), spec.to_dict(), train))
     return points
 
@@ -202,7 +213,7 @@ def _read_search(data: Any) -> dict[str, Any]:
     :class:`SearchSection` (as TrainConfig's are), then the fields that go together."""
     section = _config.from_mapping(SearchSection, data, prefix="search")
     common = {"members": section.members, "region": section.region, "guard": section.guard,
-              "schedule": section.schedule}
+              "schedule": section.schedule, "ramp": section.ramp}
     common.update({key: getattr(section, key) for key in ("lr", "weight_decay")
                    if getattr(section, key) is not None})
     universal_only = ("measure", "phi", "psi", "rho", "lam", "n", "d_clip")
@@ -247,6 +258,37 @@ def _check_schedule(name: str, value: Any) -> dict[str, Any] | None:
     if not isinstance(reuse, list) or not reuse:
         raise ConfigError("search.schedule.reuse", "expected a list", "[false], [false, true]")
     out["reuse"] = [_checks.boolean("search.schedule.reuse", r) for r in reuse]
+    return out
+
+
+def _check_ramp(name: str, value: Any) -> dict[str, Any] | None:
+    """``ramp: {rho: {start: [low, high], shape: [linear, cosine], optional: false}, lam:
+    ...}`` — ρ and λ from a sampled fraction of their sampled end value (docs/family.md §3.5)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError("search.ramp", "expected {rho: {start: [low, high]}, lam: ...}",
+                          "rho, lam")
+    _checks.known_keys("search.ramp", value, RAMPED)
+    out: dict[str, Any] = {}
+    for key, body in value.items():
+        where = f"search.ramp.{key}"
+        if not isinstance(body, dict):
+            raise ConfigError(where, "expected {start: [low, high], shape: [...], optional: "
+                              "...}")
+        _checks.known_keys(where, body, ("start", "shape", "optional"))
+        start = _range(f"{where}.start", body.get("start", [0.0, 1.0]), log=False)
+        if start.low < 0 or start.high > 1:
+            raise ConfigError(f"{where}.start", f"[{start.low}, {start.high}] leaves [0, 1]",
+                              "fractions of the end value in [0, 1]")
+        shapes = body.get("shape", ["linear"])
+        if not isinstance(shapes, list) or not shapes:
+            raise ConfigError(f"{where}.shape", "expected a list", SHAPES)
+        for shape in shapes:
+            _checks.choice(f"{where}.shape", shape, SHAPES)
+        out[key] = {"start": start, "shape": shapes,
+                    "optional": _checks.boolean(f"{where}.optional",
+                                                body.get("optional", False))}
     return out
 
 
@@ -318,6 +360,8 @@ class SearchSection:
     d_clip: float | None = _config.option(None, _positive, "|D| clipped at this value")
     schedule: dict[str, Any] | None = _config.option(None, _check_schedule,
                                                       "start, every, reuse ranges")
+    ramp: dict[str, Any] | None = _config.option(None, _check_ramp,
+                                                 "rho, lam: {start, shape, optional}")
 
     def __post_init__(self) -> None:
         _config.validate(self)
