@@ -90,6 +90,8 @@ class Study:
         share of the trials."""
         config = self.config
         config.check_data()
+        if config.population is not None:
+            return self._population()
         first: list[Point] = []
         if warm_start is not None:
             first += warm_start_points(warm_start, top_k)
@@ -99,6 +101,16 @@ class Study:
             first += portfolio
         return tune_study(config, address=self.address, first=first, verbose=self.verbose,
                           check_data=False)
+
+    def _population(self) -> TuneResult:
+        """A PBT study (``search: {type: pbt}``): the population, then its members as trials."""
+        from metasam.tuning.population import run_population
+
+        config = self.config
+        done = run_population(config, address=self.address, verbose=self.verbose)
+        study = open_study(open_storage(config.storage, config.heartbeat_interval,
+                                        config.heartbeat_grace), config.name, config.mode)
+        return TuneResult(config.name, census(study), done.runs, 0, target=config.target)
 
     def _meta_started(self, meta: MetaSettings) -> tuple[StudyConfig, list[Point]]:
         """The config sampling the preset regions within the similar priors' boxes on a share

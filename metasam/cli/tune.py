@@ -93,12 +93,12 @@ def run_tune(args: argparse.Namespace) -> int:
     config.check_data()
     # the storage first: a broken one fails in one line, before anything is printed
     config.check_definition(open_study(open_storage(config.storage), config.name, config.mode))
-    print(f"study {config.name}: {config.trials} trials, space {config.space.name}, "
-          f"storage {config.storage}", file=sys.stderr)
+    print(f"study {config.name}: {config.headline()}, storage {config.storage}",
+          file=sys.stderr)
     study = Study(config, address=args.address, verbose=0 if args.quiet else 1)
     outcome = study.run(warm_start=warm, top_k=args.top_k, meta=meta)
     state = outcome.tuning.census
-    print(f"study {config.name}: {state.describe(config.trials)}")
+    print(f"study {config.name}: {state.describe(config.target)}")
     if not outcome.tuning.done:
         print(f"study {config.name}: stopped before the end ({outcome.tuning.released} "
               "unfinished trials given back); run the same command again to resume",
@@ -212,7 +212,7 @@ def run_trials(args: argparse.Namespace) -> int:
         print(f"ran on {len(nodes)} Ray node(s) on {len(hosts)} host(s): "
               + ", ".join(f"{host}/{(node or '?')[:8]}" for host, node in sorted(
                   nodes, key=lambda n: (n[0], n[1] or ""))))
-    print(census(study).describe(config.trials))
+    print(census(study).describe(config.target))
     if front:
         _print_front(config, [vars(p) for p in front])
     _print_verdict(workflow)

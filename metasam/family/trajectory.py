@@ -149,6 +149,9 @@ class Trajectories:
             if isinstance(t, Ramp):
                 parts.append(f"{symbols[name]} {t.start:.3g}→{t.end:.3g}"
                              + (" cos" if t.shape == "cosine" else ""))
+            elif all(isinstance(v, float) for _, v in t.steps):
+                parts.append(f"{symbols[name]} {t.steps[0][1]:.3g}" + "".join(
+                    f", {at:.0%}: {v:.3g}" for at, v in t.steps[1:]))
             else:
                 parts.append(f"{symbols[name]} {len(t.steps)} phases")
         return ", ".join(parts)

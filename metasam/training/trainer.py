@@ -147,10 +147,16 @@ class Trial:
                 "scheduler": self.scheduler.state_dict(), "loader": self.loader.state_dict(),
                 "rng": rng_state()}
 
-    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint", *,
+                        new_spec: bool = False) -> None:
+        """Restore a run's whole state (weights, optimizer and scheduler state, loader position,
+        RNGs, history). The checkpoint must come from the same config; with ``new_spec`` its
+        spec may differ (a population member continuing another's state with new parameters:
+        the same member's structure, its parameters varying from here on)."""
         saved = state["config"]
+        allowed = EXECUTION_FIELDS | ({"spec", "preset"} if new_spec else set())
         for key, value in self.config.to_dict().items():
-            if key not in EXECUTION_FIELDS and saved.get(key) != value:
+            if key not in allowed and saved.get(key) != value:
                 raise ConfigError(key, f"made with {key}={saved.get(key)!r}, this run has "
                                   f"{key}={value!r}", "another checkpoint_dir or the same "
                                   "config", source)
@@ -301,8 +307,17 @@ def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = No
     resumed = trial.try_resume()
     if ready is not None:
         ready(trial)
+    status, reason = run_epochs(trial, config.epochs, report)
+    return _summary(trial, status, reason, resumed)
+
+
+def run_epochs(trial: Trial, until: int, report: Report | None = None
+               ) -> tuple[str, str | None]:
+    """Train ``trial`` epoch by epoch up to epoch ``until`` (evaluating, checkpointing and
+    reporting as :func:`train` describes); returns (status, reason)."""
+    config = trial.config
     status, reason = "completed", None
-    while trial.epoch < config.epochs:
+    while trial.epoch < until:
         start = time.perf_counter()
         try:
             metrics = trial.train_epoch()
@@ -331,7 +346,7 @@ def train(config: TrainConfig | dict[str, Any] | str, report: Report | None = No
         if report is not None and report(dict(metrics)) and not last:
             status, reason = "stopped", f"stopped by the caller after epoch {trial.epoch}"
             break
-    return _summary(trial, status, reason, resumed)
+    return status, reason
 
 
 def _summary(trial: Trial, status: str, reason: str | None, resumed: bool) -> dict[str, Any]:

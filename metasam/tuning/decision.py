@@ -120,6 +120,10 @@ def race_candidates(config: StudyConfig, study: optuna.Study | None = None) -> l
     for t in sorted(references, key=lambda t: t.number):
         rec = TrialRecord.of(t)
         add(Candidate(rec.name, Pick.PRESET, rec.spec or {}, rec.train, t.number))
+    if config.population is not None:  # a population runs no presets: they race at defaults
+        for point in config.space.points:
+            if point.label.is_reference():
+                add(Candidate(point.label.method, Pick.PRESET, point.spec, point.train))
     for name in REFERENCES:
         if not any(c.preset == name for c in out):
             add(Candidate(name, Pick.PRESET, presets.get(name).to_dict()))

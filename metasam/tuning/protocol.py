@@ -36,6 +36,7 @@ class Role(str, Enum):
     RACE = "race"              # a candidate of the race on one instance
     VERDICT = "verdict"        # the winner or one it is compared with, on a fresh instance
     COMPARE = "compare"        # a method of `metasam compare`, one seed, scored on test
+    POPULATION = "population"  # a member of a population-based study (PBT): its schedule
 
     @property
     def sampled(self) -> bool:

@@ -2,6 +2,8 @@
 
     name: digits-quick                  # name in the storage and of files (default: file name)
     search_space: ../search_spaces/universal-poly.yaml   # relative to this file
+    search: {type: pbt, population: 8, interval: 2}      # optional: population-based training
+                                        # in place of the sampler (see population.py)
     train: {dataset: digits, model: cnn, epochs: 8}     # TrainConfig fields shared by all trials
     metric: val_acc                     # a validation or training metric, never a test one
     mode: max                           # optional: max for accuracies, min for losses
@@ -43,6 +45,7 @@ from metasam.tuning.space import SearchSpace
 from metasam.tuning.study_file import (
     META_DEFAULTS,
     METRICS,
+    PopulationSettings,
     RaceSettings,
     Sampler,
     StudyFile,
@@ -74,12 +77,26 @@ class StudyConfig:
     race: RaceSettings | None = field(default_factory=RaceSettings)
     cost_weight: float = 0.0
     meta: MetaSettings | None = None
+    population: PopulationSettings | None = None
 
     @property
     def objective(self) -> str:
         """What Optuna and ASHA rank trials by: the metric, or with ``cost: {weight: w}`` the
         cost-aware score (see :func:`metasam.tuning.cost.cost_score`)."""
         return COST_SCORE if self.cost_weight > 0 else self.metric
+
+    @property
+    def target(self) -> int:
+        """The trials the study ends with: ``trials``, or a population's members."""
+        return self.population.population if self.population is not None else self.trials
+
+    def headline(self) -> str:
+        """What the study runs, in a few words (``24 trials, space universal-poly``)."""
+        if self.population is None:
+            return f"{self.trials} trials, space {self.space.name}"
+        p = self.population
+        return (f"population of {p.population} (PBT: exploit every {p.interval} epochs over "
+                f"{self.train.epochs}), members in {', '.join(p.members)}")
 
     @property
     def folder(self) -> Path:
@@ -117,7 +134,7 @@ class StudyConfig:
         mode = file.mode or direction
         if mode != direction:
             raise ConfigError("mode", f"{mode!r} would {mode}imize {metric}", direction)
-        if space.search is None and file.trials > len(space.points):
+        if space.search is None and file.search is None and file.trials > len(space.points):
             raise ConfigError("trials", f"{file.trials} trials but the points-only space "
                               f"{space.name!r} has {len(space.points)} points",
                               f"1 to {len(space.points)}")
@@ -136,7 +153,8 @@ class StudyConfig:
                    seed=file.seed, heartbeat_interval=heartbeat.interval,
                    heartbeat_grace=heartbeat.grace,
                    race=race,
-                   cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path))
+                   cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path),
+                   population=file.search)
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:
@@ -170,6 +188,11 @@ class StudyConfig:
         out = {"metric": self.metric, "mode": self.mode, "train": train}
         if self.cost_weight > 0:
             out["cost_weight"] = self.cost_weight
+        if self.population is not None:  # its trials are a population's members
+            import dataclasses
+
+            out["search"] = {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in dataclasses.asdict(self.population).items()}
         return out
 
     def check_definition(self, study: optuna.Study, record: bool = False) -> None:
@@ -216,7 +239,8 @@ class StudyConfig:
             self, name=f"{self.name}.{suffix}", space=space,
             train=self.train.replace(**train_changes), metric=metric, mode=mode,
             trials=len(points), scheduler={"type": "none"}, race=None,
-            cost_weight=self.cost_weight if cost_weight is None else cost_weight, meta=None)
+            cost_weight=self.cost_weight if cost_weight is None else cost_weight, meta=None,
+            population=None)
 
     def check_data(self) -> None:
         """Load the dataset once: a missing one fails here, before Ray starts."""

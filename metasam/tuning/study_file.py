@@ -99,6 +99,63 @@ class RaceSettings:
                               f"1 to {self.instances}")
 
 
+@dataclass(frozen=True)
+class PopulationSettings:
+    """``search: {type: pbt, population: P, interval: E, quantile: Q, resample: R, factors:
+    [down, up], members: [sam, ssam]}``: population-based training
+    (:mod:`metasam.tuning.population`). ``population`` members start in the preset regions of
+    ``members`` (spread over them in turn); every ``interval`` epochs the bottom ``quantile``
+    of the members copy the whole state of a random member of the top ``quantile`` and
+    explore: each region field (ρ, and λ where the region has it) is resampled from the region
+    with probability ``resample``, else multiplied by one of ``factors`` (kept in the region).
+    The best member's parameter history is its schedule (a spec with ``vary`` phases)."""
+
+    type: str = _config.option("pbt", _config.choice("pbt", "standard"),
+                               "pbt, or standard (Optuna's sampler and ASHA)")
+    population: int = _config.option(8, _config.integer(2), "members trained side by side")
+    interval: int = _config.option(2, _config.integer(1), "epochs between exploit steps")
+    quantile: float = _config.option(0.25, _config.number(0.0, 0.5, low_open=True),
+                                     "share of the members that copy and that are copied")
+    resample: float = _config.option(0.25, _config.number(0.0, 1.0),
+                                     "probability of resampling a field when exploring")
+    factors: tuple[float, float] = _config.option(
+        (0.8, 1.25), lambda n, v: _factors(n, v), "[down, up]: factors of a perturbation")
+    members: tuple[str, ...] = _config.option(("sam", "ssam"), lambda n, v: _members(n, v),
+                                              "preset regions the members start in")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
+
+
+def _factors(name: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(name, f"expected [down, up], got {value!r}", "[0.8, 1.25]")
+    down = _checks.number(f"{name}[0]", value[0], low=0.0, high=1.0, low_open=True,
+                          high_open=True)
+    up = _checks.number(f"{name}[1]", value[1], low=1.0, low_open=True)
+    return down, up
+
+
+def _members(name: str, value: Any) -> tuple[str, ...]:
+    from metasam.tuning.regions import REGIONS
+
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(name, f"expected a list of preset regions, got {value!r}",
+                          ", ".join(REGIONS))
+    return tuple(_checks.choice(name, v, tuple(REGIONS)) for v in value)
+
+
+def _check_search(name: str, data: Any) -> PopulationSettings | None:
+    if data is None:
+        return None
+    settings = _config.section(PopulationSettings, "{type: pbt, population: P, interval: E, "
+                               "quantile: Q, resample: R, factors: [down, up], members: "
+                               "[...]}")(name, data)
+    return None if settings.type == "standard" else settings
+
+
 def _check_race(name: str, data: Any) -> RaceSettings | None:
     if data is False:
         return None
@@ -247,6 +304,8 @@ class StudyFile:
                                 "weight of the passes per step", factory=Cost)
     meta: dict[str, Any] | None = _config.option(None, _optional(_check_meta),
                                                  "prior studies to start from")
+    search: PopulationSettings | None = _config.option(None, _check_search,
+                                                       "standard (default) or pbt")
 
     def __post_init__(self) -> None:
         _config.validate(self)
