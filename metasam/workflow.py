@@ -106,10 +106,16 @@ class Study:
         """A PBT study (``search: {type: pbt}``): the population, then its members as trials."""
         from metasam.tuning.population import run_population
 
+        from metasam.analysis.plots import plot_population
+
         config = self.config
         done = run_population(config, address=self.address, verbose=self.verbose)
         study = open_study(open_storage(config.storage, config.heartbeat_interval,
                                         config.heartbeat_grace), config.name, config.mode)
+        figure = plot_population(study, config.train.epochs, config.metric, config.mode,
+                                 config.folder / f"{config.name}.pbt.png", config.name)
+        if figure is not None and self.verbose:
+            self._say(f"study {config.name}: members' schedules and curves: {figure}")
         return TuneResult(config.name, census(study), done.runs, 0, target=config.target)
 
     def _meta_started(self, meta: MetaSettings) -> tuple[StudyConfig, list[Point]]:

@@ -275,3 +275,76 @@ def search_history_figure(study: Any, metric: str, mode: str) -> Any:
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+def population_members(study: Any, metric: str) -> list[dict[str, Any]]:
+    """A PBT study's members (its trials with a ``pbt_member`` attribute): index, final value,
+    spec, exploit events and the per-epoch ``metric`` of its lineage."""
+    import json
+
+    from metasam.tuning.record import TrialRecord
+
+    out = []
+    for t in study.trials:
+        if "pbt_member" not in t.user_attrs:
+            continue
+        rec = TrialRecord.of(t)
+        out.append({"member": t.user_attrs["pbt_member"], "value": t.value, "spec": rec.spec,
+                    "events": json.loads(t.user_attrs.get("pbt_events", "[]")),
+                    "history": [{"epoch": h["epoch"], metric: h.get(metric)}
+                                for h in rec.history]})
+    return sorted(out, key=lambda m: m["member"])
+
+
+def population_figure(members: list[dict[str, Any]], epochs: int, metric: str, mode: str,
+                      title: str, axes: Any = None) -> Any:
+    """Each member's ρ (and λ, where it varies) over training — step lines of its phases, the
+    best member bold — above its lineage's ``metric`` per epoch (an exploited member's curve
+    is its donor's before the copy)."""
+    from metasam.family.spec import SharpnessSpec
+
+    plt = pyplot()
+    fig = None
+    if axes is None:
+        fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.4), dpi=120)
+    top, bottom = axes
+    scored = [m for m in members if m["value"] is not None]
+    pick = max if mode == "max" else min
+    best = pick(scored, key=lambda m: m["value"])["member"] if scored else None
+    xs = np.linspace(0.0, float(epochs), 201)
+    for m in members:
+        spec = SharpnessSpec.from_dict(m["spec"])
+        at = [spec.at(min(x / epochs, 1.0)) for x in xs]
+        rho = [0.0 if s.is_plain else s.rho for s in at]
+        bold = m["member"] == best
+        style = {"lw": 2.6 if bold else 1.0, "alpha": 1.0 if bold else 0.65}
+        if bold:
+            style["color"] = "black"
+        label = f"member {m['member']} ({spec.name})" + (" — best" if bold else "")
+        line = top.plot(xs, rho, drawstyle="steps-post", label=label, **style)[0]
+        for e in m["events"]:
+            top.axvline(e["at"] * epochs, color=line.get_color(), ls=":", lw=0.8, alpha=0.6)
+        history = [h for h in m["history"] if h.get(metric) is not None]
+        scale = 100.0 if metric.endswith("acc") else 1.0
+        bottom.plot([h["epoch"] for h in history], [scale * h[metric] for h in history],
+                    **style)
+    top.set_title(f"{title}: ρ of each member (dotted: its exploit steps)")
+    top.set_xlabel("epoch")
+    top.set_ylabel("ρ")
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=6)
+    bottom.set_xlabel("epoch")
+    bottom.set_ylabel(f"{metric}{' (%)' if metric.endswith('acc') else ''} of its lineage")
+    bottom.grid(True, alpha=0.3)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else axes
+
+
+def plot_population(study: Any, epochs: int, metric: str, mode: str, path: Path,
+                    title: str) -> Path | None:
+    """:func:`population_figure` of a PBT study, saved as PNG (``None`` without members)."""
+    members = population_members(study, metric)
+    if not members:
+        return None
+    return save_figure(population_figure(members, epochs, metric, mode, title), path)

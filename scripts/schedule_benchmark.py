@@ -1,0 +1,268 @@
+"""Schedule benchmark: do biases that change over training beat the best fixed ones, and at what
+price?
+
+For each task of the search benchmark (digits-noisy, MNIST-1D-noisy, MNIST-S-noisy), a PBT study
+(``search: {type: pbt}``: 8 members started in SAM's and SSAM-F's regions, exploit every ~1/5 of
+training, no race) finds a schedule; then, trained from scratch on train + validation and scored
+on test over ``--seeds`` paired seeds (the search benchmark's seeds, so its runs are reproduced):
+
+- ``pbt``: the best member's schedule (its ρ history as phases), replayed from scratch;
+- ``winner``: the standard study's race winner on that task (docs/data/search-benchmark.json);
+- the seven presets at their official defaults (the best of them on test is the oracle);
+- ``sam ramp``: SAM with ρ rising linearly 0 → 0.2 (the first probe's schedule);
+- ``ramp winner``: the winner of a standard study over ``search_spaces/ramps.yaml`` where
+  ``scripts/search_benchmark.py --space search_spaces/ramps.yaml --out RAMPS`` has finished
+  that task (``--ramps RAMPS``).
+
+Prints per task the paired differences (mean ± 95% CI over seeds, one-sided p) and each
+method's cost in full-run equivalents; writes ``OUT/benchmark.json`` and the schedules found
+as ``OUT/schedules.png``. Resumable: every stage is a study in ``OUT/TASK.db``.
+
+Usage (about an hour on a 2-core CPU for the three tasks)::
+
+    python scripts/schedule_benchmark.py --data-dir DIR --out results/schedule-benchmark \\
+        --ramps results/ramp-benchmark > schedule.log 2>&1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from search_benchmark import TASKS, ci, paired  # noqa: E402
+
+SCHEDULE_TASKS = ("digits-noisy", "mnist1d-noisy", "mnist-S-noisy")
+POPULATION = {"type": "pbt", "population": 8, "members": ["sam", "ssam"], "quantile": 0.25,
+              "resample": 0.25}
+# the standard study's winners (docs/data/search-benchmark.json; digits' ρ as recorded there)
+WINNERS = {"digits-noisy": {"name": "ssam", "rho": 0.222}, "mnist1d-noisy": {"name": "ssam"},
+           "mnist-S-noisy": {"name": "trace_sam"}}
+SAM_RAMP = {"name": "sam", "vary": {"rho": {"ramp": [0.0, 0.2]}}}
+PRESETS = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam")
+
+
+def study_file(out: Path, name: str, task: dict[str, Any], data_dir: str, seed: int,
+               concurrency: int) -> Path:
+    train = {"schedule": "cosine", "weight_decay": 5e-4, "data_dir": data_dir, **task["train"]}
+    interval = max(1, train["epochs"] // 5)
+    study = {"name": f"{name}-pbt", "search_space": str(ROOT / "search_spaces" /
+                                                        "presets.yaml"),
+             "search": {**POPULATION, "interval": interval}, "train": train,
+             "metric": "val_acc", "concurrency": concurrency, "resources": {"cpu": 1, "gpu": 0},
+             "race": False, "seed": seed}
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def ramp_winner(ramps: Path | None, task: str) -> dict[str, Any] | None:
+    """The race winner's spec of a finished ramp-space search benchmark on ``task``."""
+    if ramps is None or not (ramps / f"{task}.yaml").is_file():
+        return None
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.export import best_optimizer
+
+    try:
+        return best_optimizer(StudyConfig.from_yaml(ramps / f"{task}.yaml"))["spec"]
+    except Exception as err:  # not finished: no race winner yet
+        print(f"{task}: no ramp winner ({err})", file=sys.stderr)
+        return None
+
+
+def members_of(config: Any) -> list[dict[str, Any]]:
+    """Each member's final value, spec, ρ history and exploit events."""
+    from metasam.tuning.record import TrialRecord
+
+    out = []
+    for t in config.load_study().trials:
+        rec = TrialRecord.of(t)
+        out.append({"member": t.user_attrs.get("pbt_member"), "value": t.value,
+                    "spec": rec.spec, "events": json.loads(t.user_attrs.get("pbt_events", "[]")),
+                    "history": [{"epoch": h["epoch"], "val_acc": h.get("val_acc")}
+                                for h in rec.history]})
+    return sorted(out, key=lambda m: m["member"])
+
+
+def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from metasam.analysis.runs import collect
+    from metasam.family.spec import SharpnessSpec
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.compare import compare_config
+    from metasam.tuning.protocol import Label, Point, Role
+    from metasam.tuning.runner import tune_study
+    from metasam.workflow import Study
+
+    config = StudyConfig.from_yaml(study_file(args.out, name, TASKS[name], args.data_dir,
+                                              args.seed, args.concurrency))
+    t0 = time.time()
+    Study(config, verbose=1).tune()
+    t1 = time.time()
+    members = members_of(config)
+    best = max((m for m in members if m["value"] is not None), key=lambda m: m["value"])
+    specs: dict[str, dict[str, Any]] = {
+        "pbt": best["spec"],
+        "winner": SharpnessSpec.from_dict(WINNERS[name]).to_dict(),
+        **{p: SharpnessSpec.from_dict({"name": p}).to_dict() for p in PRESETS},
+        "sam ramp": SharpnessSpec.from_dict(SAM_RAMP).to_dict()}
+    ramp = ramp_winner(args.ramps, name)
+    if ramp is not None:
+        specs["ramp winner"] = ramp
+    aliases: dict[str, str] = {}
+    methods: dict[str, Point] = {}
+    for method, spec in specs.items():
+        same = next((m for m, p in methods.items() if p.spec == spec), None)
+        if same is not None:
+            aliases[method] = same
+            continue
+        methods[method] = Point(Label(Role.COMPARE, method, spec.get("name")), spec)
+    comparison = compare_config(config, args.seeds, methods, sharpness_every=0)
+    tune_study(comparison, verbose=0, record_history=True)
+    t2 = time.time()
+    runs = collect(config)
+    acc = {m: {r["seed"]: r["test_acc"] for r in rs} for m, rs in runs.items()}
+    for alias, original in aliases.items():
+        acc[alias] = acc[original]
+
+    def pair(a: str, b: str) -> dict[str, float] | None:
+        if a not in acc or b not in acc:
+            return None
+        seeds = sorted(set(acc[a]) & set(acc[b]))
+        return paired([acc[a][s] for s in seeds], [acc[b][s] for s in seeds])
+
+    def mean(m: str) -> float:
+        return 100 * sum(acc[m].values()) / len(acc[m])
+
+    oracle = max(PRESETS, key=mean)
+    figures = {f"pbt − {other}": pair("pbt", other)
+               for other in ("winner", "sam", oracle, "sam ramp")}
+    figures[f"pbt − {oracle}"] = pair("pbt", oracle)
+    if "ramp winner" in acc:
+        for other in ("winner", "sam", oracle):
+            figures[f"ramp winner − {other}"] = pair("ramp winner", other)
+    figures[f"sam ramp − {oracle}"] = pair("sam ramp", oracle)
+    cost = Study(config, verbose=0).cost().to_dict()
+    return {"task": name, "train": config.train.to_dict(), "oracle": oracle,
+            "pbt": {"best": best["member"], "spec": best["spec"], "members": members,
+                    "cost_fre": cost["tuning"],
+                    "exploits": sum(len(m["events"]) for m in members)},
+            "specs": specs, "aliases": aliases,
+            "mean": {m: mean(m) for m in acc}, "runs": {m: len(acc[m]) for m in acc},
+            "paired": figures, "seconds": {"pbt": t1 - t0, "test": t2 - t1}}
+
+
+def schedule_figure(results: list[dict[str, Any]], path: Path) -> None:
+    """ρ over training of every member (the best bold), per task; below, their validation
+    accuracy per epoch."""
+    from metasam._plotting import pyplot, save_figure
+    from metasam.family.spec import SharpnessSpec
+
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(results), figsize=(4.6 * len(results), 6.4), dpi=120,
+                             squeeze=False)
+    for col, r in enumerate(results):
+        top, bottom = axes[0][col], axes[1][col]
+        epochs = r["train"]["epochs"]
+        for m in r["pbt"]["members"]:
+            spec = SharpnessSpec.from_dict(m["spec"])
+            xs = [e / 100 * epochs for e in range(101)]
+            ys = [spec.at(min(x / epochs, 1.0)).rho if not spec.at(min(x / epochs, 1.0))
+                  .is_plain else 0.0 for x in xs]
+            best = m["member"] == r["pbt"]["best"]
+            label = f"member {m['member']} ({spec.name})" + (" — best" if best else "")
+            top.plot(xs, ys, lw=2.6 if best else 1.0, alpha=1.0 if best else 0.6,
+                     color="black" if best else None, label=label,
+                     drawstyle="steps-post")
+            bottom.plot([h["epoch"] for h in m["history"]],
+                        [100 * h["val_acc"] for h in m["history"]],
+                        lw=2.6 if best else 1.0, alpha=1.0 if best else 0.6,
+                        color="black" if best else None)
+        top.set_title(f"{r['task']}: ρ of each member")
+        top.set_xlabel("epoch")
+        top.set_ylabel("ρ")
+        top.set_yscale("log")
+        top.grid(True, alpha=0.3)
+        top.legend(fontsize=6)
+        bottom.set_xlabel("epoch")
+        bottom.set_ylabel("validation accuracy (%) of its lineage")
+        bottom.grid(True, alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["| task | PBT's schedule (best member) | PBT cost (FRE) | pbt − standard winner | "
+             "pbt − SAM (default) | pbt − best default preset (oracle) | pbt − SAM ρ 0→0.2 | "
+             "ramp winner − standard winner |", "|" + "---|" * 8]
+    from metasam.tuning.naming import describe_spec
+
+    def cell(f: dict[str, Any], key: str) -> str:
+        return ci(f[key]) if f.get(key) else "—"
+
+    for r in results:
+        f = r["paired"]
+        lines.append(f"| {r['task']} | {describe_spec(r['pbt']['spec'])} | "
+                     f"{r['pbt']['cost_fre']:.1f} ({r['pbt']['exploits']} exploits) | "
+                     f"{cell(f, 'pbt − winner')} | {cell(f, 'pbt − sam')} | {r['oracle']}: "
+                     f"{cell(f, 'pbt − ' + r['oracle'])} | {cell(f, 'pbt − sam ramp')} | "
+                     f"{cell(f, 'ramp winner − winner')} |")
+    lines += ["", "Test accuracy (%), mean over the paired seeds:", ""]
+    for r in results:
+        lines.append(f"- {r['task']}: " + ", ".join(
+            f"{m} {v:.2f}" for m, v in sorted(r["mean"].items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default=",".join(SCHEDULE_TASKS),
+                        help=f"comma-separated, from: {', '.join(SCHEDULE_TASKS)}")
+    parser.add_argument("--data-dir", default=os.environ.get("METASAM_DATA", "data"),
+                        help="folder with mnist.npz, mnist1d.npz")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "schedule-benchmark")
+    parser.add_argument("--ramps", type=Path, default=None,
+                        help="OUT of a search benchmark over search_spaces/ramps.yaml")
+    parser.add_argument("--seeds", type=int, default=10, help="paired seeds of the test runs")
+    parser.add_argument("--seed", type=int, default=0, help="the studies' seed")
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+    names = [n for n in args.tasks.split(",") if n]
+    unknown = [n for n in names if n not in SCHEDULE_TASKS]
+    if unknown:
+        print(f"schedule_benchmark: error: --tasks: unknown task {unknown[0]!r}; allowed: "
+              f"{', '.join(SCHEDULE_TASKS)}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data_dir = str(Path(args.data_dir).resolve())
+    args.ramps = args.ramps.resolve() if args.ramps else None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False,
+             log_to_driver=False)
+    results = []
+    try:
+        for name in names:
+            started = time.time()
+            results.append(run_task(name, args))
+            print(f"{name}: done in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+            (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
+            schedule_figure(results, args.out / "schedules.png")
+            print(markdown(results[-1:]), flush=True)
+    finally:
+        ray.shutdown()
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
