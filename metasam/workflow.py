@@ -104,9 +104,8 @@ class Study:
 
     def _population(self) -> TuneResult:
         """A PBT study (``search: {type: pbt}``): the population, then its members as trials."""
-        from metasam.tuning.population import run_population
-
         from metasam.analysis.plots import plot_population
+        from metasam.tuning.population import run_population
 
         config = self.config
         done = run_population(config, address=self.address, verbose=self.verbose)
