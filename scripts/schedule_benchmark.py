@@ -79,21 +79,8 @@ def ramp_winner(ramps: Path | None, task: str) -> dict[str, Any] | None:
         return None
 
 
-def members_of(config: Any) -> list[dict[str, Any]]:
-    """Each member's final value, spec, ρ history and exploit events."""
-    from metasam.tuning.record import TrialRecord
-
-    out = []
-    for t in config.load_study().trials:
-        rec = TrialRecord.of(t)
-        out.append({"member": t.user_attrs.get("pbt_member"), "value": t.value,
-                    "spec": rec.spec, "events": json.loads(t.user_attrs.get("pbt_events", "[]")),
-                    "history": [{"epoch": h["epoch"], "val_acc": h.get("val_acc")}
-                                for h in rec.history]})
-    return sorted(out, key=lambda m: m["member"])
-
-
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from metasam.analysis.plots import population_members
     from metasam.analysis.runs import collect
     from metasam.family.spec import SharpnessSpec
     from metasam.tuning import StudyConfig
@@ -107,7 +94,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     Study(config, verbose=1).tune()
     t1 = time.time()
-    members = members_of(config)
+    members = population_members(config.load_study(), "val_acc")
     best = max((m for m in members if m["value"] is not None), key=lambda m: m["value"])
     specs: dict[str, dict[str, Any]] = {
         "pbt": best["spec"],
@@ -161,40 +148,17 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def schedule_figure(results: list[dict[str, Any]], path: Path) -> None:
-    """ρ over training of every member (the best bold), per task; below, their validation
-    accuracy per epoch."""
+    """Per task: every member's ρ over training (the best bold) above its lineage's
+    validation accuracy (:func:`metasam.analysis.plots.population_figure`)."""
     from metasam._plotting import pyplot, save_figure
-    from metasam.family.spec import SharpnessSpec
+    from metasam.analysis.plots import population_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(2, len(results), figsize=(4.6 * len(results), 6.4), dpi=120,
+    fig, axes = plt.subplots(2, len(results), figsize=(4.8 * len(results), 6.6), dpi=120,
                              squeeze=False)
     for col, r in enumerate(results):
-        top, bottom = axes[0][col], axes[1][col]
-        epochs = r["train"]["epochs"]
-        for m in r["pbt"]["members"]:
-            spec = SharpnessSpec.from_dict(m["spec"])
-            xs = [e / 100 * epochs for e in range(101)]
-            ys = [spec.at(min(x / epochs, 1.0)).rho if not spec.at(min(x / epochs, 1.0))
-                  .is_plain else 0.0 for x in xs]
-            best = m["member"] == r["pbt"]["best"]
-            label = f"member {m['member']} ({spec.name})" + (" — best" if best else "")
-            top.plot(xs, ys, lw=2.6 if best else 1.0, alpha=1.0 if best else 0.6,
-                     color="black" if best else None, label=label,
-                     drawstyle="steps-post")
-            bottom.plot([h["epoch"] for h in m["history"]],
-                        [100 * h["val_acc"] for h in m["history"]],
-                        lw=2.6 if best else 1.0, alpha=1.0 if best else 0.6,
-                        color="black" if best else None)
-        top.set_title(f"{r['task']}: ρ of each member")
-        top.set_xlabel("epoch")
-        top.set_ylabel("ρ")
-        top.set_yscale("log")
-        top.grid(True, alpha=0.3)
-        top.legend(fontsize=6)
-        bottom.set_xlabel("epoch")
-        bottom.set_ylabel("validation accuracy (%) of its lineage")
-        bottom.grid(True, alpha=0.3)
+        population_figure(r["pbt"]["members"], r["train"]["epochs"], "val_acc", "max",
+                          r["task"], axes=(axes[0][col], axes[1][col]))
     fig.tight_layout()
     save_figure(fig, path)
 

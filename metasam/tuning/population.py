@@ -30,6 +30,7 @@ Cost: each member trains every epoch once (in its own slot), so the population c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -267,56 +268,87 @@ def run_population(config: StudyConfig, *, address: str | None = None, verbose: 
     members: list[Member] = []
     runs = exploits = 0
     started = time.monotonic()
-    for g, (first, until) in enumerate(gens):
-        plan = _attr(study, PLAN.format(g))
-        if plan is None:
-            if g == 0:
-                members = initial_members(settings, config.seed, width)
-            else:
-                results = {m.index: _attr(study, RESULT.format(g - 1, m.index)) for m in members}
-                members = exploit_and_explore(members, results, settings, g, first /
-                                              config.train.epochs, config.seed, width,
-                                              config.mode)
-            study.set_user_attr(PLAN.format(g), json.dumps([m.to_dict() for m in members]))
-        else:
-            members = [Member.from_dict(m) for m in plan]
-        moved = [m for m in members if m.events and m.events[-1]["generation"] == g]
-        exploits += len(moved)
-        for m in moved:
-            e = m.events[-1]
-            say(f"generation {g + 1}: member {m.index} copies member {e['from']} "
-                + ", ".join(f"{k} {e['old'][k]:.3g}→{e['new'][k]:.3g} ({e['ops'][k]})"
-                            for k in e["new"]))
-        pending = []
-        for m in members:
-            if _attr(study, RESULT.format(g, m.index)) is not None:
-                continue
-            out = pbt_dir(config) / f"g{g:03d}" / f"m{m.index:02d}"
-            done = out / "result.json"
-            if done.is_file():   # finished before this process was stopped: recorded now
-                study.set_user_attr(RESULT.format(g, m.index), done.read_text())
-                continue
-            pending.append({"member": m.index, "seed": m.seed, "spec": m.spec(guard).to_dict(),
-                            "start": m.start, "until": until, "out": str(out)})
-        if pending:
-            _run_generation(config, g, pending, base, address, verbose)
-            runs += len(pending)
-            for job in pending:
-                done = Path(job["out"]) / "result.json"
-                if not done.is_file():
-                    raise RuntimeError(f"member {job['member']} of generation {g + 1} left no "
-                                       "result (see the Ray logs); run `metasam tune` again to "
-                                       "resume")
-                study.set_user_attr(RESULT.format(g, job["member"]), done.read_text())
-        scores = [(_attr(study, RESULT.format(g, m.index)) or {}).get("score")
-                  for m in members]
-        finite = [s for s in scores if s is not None and math.isfinite(s)]
-        best = (max if config.mode == "max" else min)(finite) if finite else math.nan
-        say(f"generation {g + 1}/{len(gens)} (epochs {first + 1}-{until}): best "
-            f"{config.metric} {best:.4f}; {_elapsed(started)}")
+    with contextlib.ExitStack() as stack:
+        ray = _LazyRay(stack, address, verbose)
+        for g, (first, until) in enumerate(gens):
+            members, ran, moved = _generation(study, config, settings, g, first, until,
+                                              members, width, guard, base, say, ray)
+            runs, exploits = runs + ran, exploits + moved
+            scores = [(_attr(study, RESULT.format(g, m.index)) or {}).get("score")
+                      for m in members]
+            finite = [s for s in scores if s is not None and math.isfinite(s)]
+            best = (max if config.mode == "max" else min)(finite) if finite else math.nan
+            say(f"generation {g + 1}/{len(gens)} (epochs {first + 1}-{until}): best "
+                f"{config.metric} {best:.4f}; {_elapsed(started)}")
     _record_members(study, config, members, len(gens), guard)
     study.set_user_attr(DONE, True)
     return PopulationResult(len(gens), runs, exploits, [m.index for m in members])
+
+
+def _generation(study: optuna.Study, config: StudyConfig, settings: PopulationSettings, g: int,
+                first: int, until: int, members: list[Member], width: float,
+                guard: float | None, base: dict[str, Any], say: Any, ray: _LazyRay
+                ) -> tuple[list[Member], int, int]:
+    """Plan generation ``g`` (or read its stored plan), run its members that have no result,
+    record their results; returns (members, runs made, exploits)."""
+    plan = _attr(study, PLAN.format(g))
+    runs = 0
+    if plan is None:
+        if g == 0:
+            members = initial_members(settings, config.seed, width)
+        else:
+            results = {m.index: _attr(study, RESULT.format(g - 1, m.index)) for m in members}
+            members = exploit_and_explore(members, results, settings, g, first /
+                                          config.train.epochs, config.seed, width,
+                                          config.mode)
+        study.set_user_attr(PLAN.format(g), json.dumps([m.to_dict() for m in members]))
+    else:
+        members = [Member.from_dict(m) for m in plan]
+    moved = [m for m in members if m.events and m.events[-1]["generation"] == g]
+    for m in moved:
+        e = m.events[-1]
+        say(f"generation {g + 1}: member {m.index} copies member {e['from']} "
+            + ", ".join(f"{k} {e['old'][k]:.3g}→{e['new'][k]:.3g} ({e['ops'][k]})"
+                        for k in e["new"]))
+    pending = []
+    for m in members:
+        if _attr(study, RESULT.format(g, m.index)) is not None:
+            continue
+        out = pbt_dir(config) / f"g{g:03d}" / f"m{m.index:02d}"
+        done = out / "result.json"
+        if done.is_file():   # finished before this process was stopped: recorded now
+            study.set_user_attr(RESULT.format(g, m.index), done.read_text())
+            continue
+        pending.append({"member": m.index, "seed": m.seed, "spec": m.spec(guard).to_dict(),
+                        "start": m.start, "until": until, "out": str(out)})
+    if pending:
+        ray.start()
+        _run_generation(config, g, pending, base)
+        runs += len(pending)
+        for job in pending:
+            done = Path(job["out"]) / "result.json"
+            if not done.is_file():
+                raise RuntimeError(f"member {job['member']} of generation {g + 1} left no "
+                                   "result (see the Ray logs); run `metasam tune` again to "
+                                   "resume")
+            study.set_user_attr(RESULT.format(g, job["member"]), done.read_text())
+    return members, runs, len(moved)
+
+
+class _LazyRay:
+    """Ray for the population's runs, started with the first run that is needed (a resumed
+    study with nothing left to run never starts it), once."""
+
+    def __init__(self, stack: contextlib.ExitStack, address: str | None, verbose: int) -> None:
+        self.stack, self.address, self.verbose = stack, address, verbose
+        self.started = False
+
+    def start(self) -> None:
+        from metasam.tuning.runner import ray_session
+
+        if not self.started:
+            self.stack.enter_context(ray_session(self.address, self.verbose))
+            self.started = True
 
 
 def _elapsed(started: float) -> str:
@@ -325,12 +357,12 @@ def _elapsed(started: float) -> str:
 
 
 def _run_generation(config: StudyConfig, generation: int, jobs: list[dict[str, Any]],
-                    base: dict[str, Any], address: str | None, verbose: int) -> None:
+                    base: dict[str, Any]) -> None:
+    """One Ray Tune run of the generation's pending member runs (Ray already started)."""
     import os
     import uuid
 
     from metasam.tuning import compat
-    from metasam.tuning.runner import ray_session
 
     compat.check()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -342,17 +374,16 @@ def _run_generation(config: StudyConfig, generation: int, jobs: list[dict[str, A
     trainable = tune.with_resources(
         tune.with_parameters(run_member, base=base, metric=config.metric),
         {"cpu": config.cpu, "gpu": config.gpu})
-    with ray_session(address, verbose):
-        quiet_ray_hints()
-        tuner = tune.Tuner(
-            trainable, param_space={"job": tune.grid_search(jobs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=config.concurrency,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"{config.name}-pbt-g{generation}-{uuid.uuid4().hex[:8]}",
-                storage_path=str(config.ray_dir), verbose=0,
-                failure_config=tune.FailureConfig(max_failures=0)))
-        tuner.fit()
+    quiet_ray_hints()
+    tuner = tune.Tuner(
+        trainable, param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=config.concurrency,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{config.name}-pbt-g{generation}-{uuid.uuid4().hex[:8]}",
+            storage_path=str(config.ray_dir), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0)))
+    tuner.fit()
 
 
 def _record_members(study: optuna.Study, config: StudyConfig, members: list[Member],
