@@ -124,3 +124,27 @@ def test_every_phase_of_an_exported_schedule_is_checked_as_a_penalty() -> None:
     spec = SharpnessSpec(phi=good, n=2, vary={"phi": {"phases": [[0.0, good], [0.5, bad]]}})
     checks = check_over_training(spec)
     assert [(at, c.ok) for at, c in checks] == [(0.0, True), (0.5, False)]
+
+
+def test_the_trainer_and_load_optimizer_replay_a_varying_spec(tmp_path) -> None:
+    """`metasam train --spec` / ``train``: the trainer passes the run's length, so SAM whose ρ
+    rises from 0 makes its first step plain; ``load_optimizer`` asks for ``total_steps``."""
+    import json
+
+    from metasam import load_optimizer
+    from metasam.training import train
+
+    spec = presets.sam(vary={"rho": {"ramp": [0.0, 0.2]}})
+    result = train({"dataset": "digits", "epochs": 2, "batch_size": 256, "model": "mlp",
+                    "spec": spec.to_dict(), "num_threads": 1})
+    assert SharpnessSpec.from_dict(result["spec"]) == spec
+    assert result["grad_evals"] == 2 * result["steps"] - 1
+    export = {"format": "metasam.optimizer/1", "spec": spec.to_dict(),
+              "base_optimizer": {"name": "sgd", "lr": 0.1}}
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(export))
+    model, _ = _problem()
+    with pytest.raises(ValueError, match="total_steps"):
+        load_optimizer(str(path), model.parameters())
+    opt = load_optimizer(str(path), model.parameters(), total_steps=10)
+    assert opt.spec == spec and opt.total_steps == 10

@@ -44,6 +44,7 @@ import optuna
 
 from metasam.family.spec import SharpnessSpec
 from metasam.tuning import record
+from metasam.tuning.naming import describe_spec
 from metasam.tuning.protocol import Label, Role, Status
 from metasam.tuning.regions import REGIONS
 from metasam.tuning.study import StudyConfig
@@ -398,7 +399,8 @@ def _record_members(study: optuna.Study, config: StudyConfig, members: list[Memb
         last = _attr(study, RESULT.format(count - 1, m.index))
         history = [h for r in lineage for h in r["history"]]
         spec = m.spec(guard)
-        label = Label(Role.POPULATION, f"member {m.index}", spec.name)
+        label = Label(Role.POPULATION, f"member {m.index} ({describe_spec(spec.to_dict())})",
+                      spec.name)
         diverged = last["status"] != Status.COMPLETED.value
         attrs = {record.LABEL: json.dumps(label.to_dict()), record.SPEC: json.dumps(
                  spec.to_dict()), record.TRAIN: json.dumps({}), record.MEMBER: m.region,
