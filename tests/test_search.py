@@ -326,7 +326,8 @@ def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_
     _run_race_offline(config, values)
     verdict = decision.race_verdict(config)
     assert verdict.winner.candidate.trial == 3 and verdict.winner.candidate.name == "sam ρ=0.1"
-    assert verdict.end is decision.RaceEnd.ONE_LEFT
+    # successive halving (the default rule): 4 candidates, then the better 2 to the end
+    assert verdict.end is decision.RaceEnd.ROUNDS and verdict.rule == "halving"
     assert not verdict.complete and not verdict.beats_sgd  # no claim before the confirmation
     planned = verdict.plan
     _run_confirmation_offline(config, values, slice(0, 5))   # interrupted: no claim either
@@ -388,7 +389,8 @@ def test_a_resumed_race_asks_only_for_what_is_missing(tmp_path) -> None:
         _add(stored, value, **record.point_attrs(point))
     again = decision.new_race(config, candidates)
     decision._replay(again, candidates, decision._stored_runs(config))
-    assert all(i == 3 for _, i in again.next_round())
+    asked = again.next_round()   # halving: the better 2 on the next round's instances
+    assert asked and min(i for _, i in asked) == 3 and len({c for c, _ in asked}) == 2
 
 
 def test_the_verdict_names_sgd_when_nothing_beats_it() -> None:

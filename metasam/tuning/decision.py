@@ -173,13 +173,17 @@ def _finished(candidates: list[Candidate], runs: list[optuna.trial.FrozenTrial]
 
 
 def new_race(config: StudyConfig, candidates: list[Candidate]) -> Race:
-    """The race among ``candidates``, SGD and SAM at their defaults its anchors (they run every
-    instance and are never tested or dropped)."""
+    """The race among ``candidates`` by the study's ``race.rule``: under ``halving`` (and
+    ``ttts``) every candidate contends, SGD and SAM at their defaults included (SGD's spread
+    for the confirmation's sizing comes from the opening instances every candidate runs);
+    under ``frace`` SGD and SAM are anchors (they run every instance and are never tested or
+    dropped)."""
     settings = config.race or RaceSettings()
-    anchors = frozenset(c.id for c in candidates if c.preset in REFERENCES)
+    anchors = frozenset(c.id for c in candidates if c.preset in REFERENCES) \
+        if settings.rule == "frace" else frozenset()
     return Race([c.id for c in candidates], mode=config.mode, first=settings.first,
                 instances=settings.instances, budget=settings.budget, alpha=settings.alpha,
-                anchors=anchors)
+                anchors=anchors, rule=settings.rule)
 
 
 def _replay(race: Race, candidates: list[Candidate],
@@ -367,8 +371,10 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
     """The verdict of a selection (``chosen``) and the confirmation runs stored so far
     (candidate id -> instance -> value)."""
     race = chosen.race
-    standings = [Standing(c, dict(race.scores[c.id]), race.dropped.get(c.id),
-                          dict(confirmed.get(c.id, {})))
+    # a diverged run at its instance's worst value (as the race compared it), counted apart
+    standings = [Standing(c, {i: race.value(c.id, i) for i in race.scores[c.id]},
+                          race.dropped.get(c.id), dict(confirmed.get(c.id, {})),
+                          sum(not math.isfinite(v) for v in race.scores[c.id].values()))
                  for c in chosen.candidates if race.scores[c.id]]
     by_id = {st.candidate.id: st for st in standings}
     winner_id = chosen.winner.id if chosen.winner is not None else race.winner()
@@ -388,4 +394,5 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
                         overlap=plan.overlap, alpha=race.alpha,
                         power=plan.power) if done else {}
         against = {k: Comparison(o, tests.get(k)) for k, o in others.items()}
-    return Verdict(winner, standings, against, plan, race.end(), race.runs, mode, race.alpha)
+    return Verdict(winner, standings, against, plan, race.end(), race.runs, mode, race.alpha,
+                   race.rule)
