@@ -11,7 +11,7 @@ own noise, both of spread ``--noise`` points (common random numbers). Rules, at 
   SAM anchors running every instance), the winner the best mean among the survivors;
 - ``equal``: every candidate on ⌊budget/9⌋ instances, the best mean;
 - ``halving``: successive halving on paired means (9 → 5 → 3 → 2, an equal share of the
-  budget per round, :func:`metasam.tuning.racing.halving_schedule`), the best mean of the last
+  budget per round, :func:`metasam.decision.racing.halving_schedule`), the best mean of the last
   two.
 
 Prints, per mean structure and rule: the expected regret (true best − the pick's true mean, in
@@ -64,7 +64,7 @@ def race_options(rule: str, budget: int, k: int) -> dict[str, Any]:
 
 def run(means: list[float], rule: str, noise: float, budget: int, races: int,
         diverge: float = 0.0) -> dict[str, Any]:
-    from metasam.tuning.racing import simulate
+    from metasam.decision.racing import simulate
 
     best = max(means)
     regrets, hits, runs, picks = [], 0, [], [0] * len(means)

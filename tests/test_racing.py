@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
+from metasam.decision.racing import Race, RaceEnd, simulate
 from metasam.stats import (
     PairedDifference,
     detectable_difference,
@@ -19,7 +20,6 @@ from metasam.stats import (
     holm,
     paired_two_sided,
 )
-from metasam.tuning.racing import Race, RaceEnd, simulate
 
 # --- the paired statistics match scipy ---------------------------------------------------------
 
@@ -232,7 +232,7 @@ def test_the_two_left_rule_runs_and_is_two_sided():
 # --- successive halving (the default rule) -----------------------------------------------------
 
 def test_the_halving_schedule_halves_down_to_two_within_the_budget():
-    from metasam.tuning.racing import halving_schedule
+    from metasam.decision.racing import halving_schedule
 
     assert halving_schedule(9, 3, 30, 48) == [(3, 9), (4, 5), (6, 3), (11, 2)]
     for k in range(2, 14):

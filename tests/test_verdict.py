@@ -12,14 +12,14 @@ import pytest
 import torch
 from scipy import stats
 
-from metasam.stats import PairedDifference, detectable_difference
-from metasam.tuning.verdict import (
+from metasam.decision.verdict import (
     MIN_FOLD,
     Sizes,
     confirm,
     plan_confirmation,
     simulate_decision,
 )
+from metasam.stats import PairedDifference, detectable_difference
 
 # the default study as a synthetic objective: digits' pool, its held-back share and a race
 # fold (examples), per-run noise of 0.6 points on a race fold, SGD c2 and SAM c3 the anchors

@@ -67,7 +67,7 @@ class Sampler:
 @dataclass(frozen=True)
 class RaceSettings:
     """``race: {top_k, budget, first, instances, alpha, holdout, confirm_budget, detect, power,
-    rule}`` (or ``false``): the decision stage (:mod:`metasam.tuning.decision`). The top
+    rule}`` (or ``false``): the decision stage (:mod:`metasam.decision.stage`). The top
     ``top_k`` trials at full budget, every reference preset at its default, SGD and SAM race over
     paired instances (a training seed and a validation fold of the pool's rest each; ``budget``
     runs at most; ``rule``: ``halving`` — successive halving on paired means, the default —

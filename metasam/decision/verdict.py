@@ -1,7 +1,7 @@
 """The verdict half of a study's decision: the race's winner confirmed on fresh instances, its
 comparisons corrected together.
 
-The race (:mod:`metasam.tuning.racing`) *selects*; what it selected is then tested on evidence
+The race (:mod:`metasam.decision.racing`) *selects*; what it selected is then tested on evidence
 that played no part in any selection, so "beats X with confidence" holds at its stated rate:
 
 - **Fresh instances.** Confirmation instance j trains with a seed no tuning trial or race run
@@ -39,8 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from metasam.decision.racing import Race, simulate
 from metasam.stats import PairedDifference, Summary, detectable_difference, holm
-from metasam.tuning.racing import Race, simulate
 
 MIN_FOLD = 20      # validation examples per confirmation instance, at least
 LEAST = 4          # confirmation instances, at least (a t-test with 3 degrees of freedom)

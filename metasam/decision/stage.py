@@ -9,11 +9,11 @@ race. Race instance i trains with seed ``seed + 1 + i`` and validates on fold ``
 the stratified k-fold split of the rest seeded ``seed + 1 + i div k`` (k =
 round((1 − holdout)/val_fraction): folds as large as the tuning split). Every candidate sees the
 same instances, so every comparison is paired; SGD and SAM run every instance but take no part
-in the eliminations (:mod:`metasam.tuning.racing`). The runs are a points-only study
+in the eliminations (:mod:`metasam.decision.racing`). The runs are a points-only study
 ``NAME.race`` in the study's own storage, run through Ray Tune like any study (parallel within
 a round, resumable: a race replays its stored runs).
 
-Then the confirmation (:mod:`metasam.tuning.verdict`): the race's winner, SGD, SAM at its
+Then the confirmation (:mod:`metasam.decision.verdict`): the race's winner, SGD, SAM at its
 default and the best other preset (the one that lasted longest in the race, then by mean) run
 on J fresh instances — seeds no earlier run used, validation on fold j of a J-fold split of the
 held-back share, training on the pool without that fold — J sized from the race's spread to
@@ -45,17 +45,10 @@ import optuna
 from optuna.trial import TrialState
 
 from metasam.data.variants import fold_count
-from metasam.family import presets
-from metasam.tuning.candidate import Candidate, Pick
-from metasam.tuning.outcome import Comparison, Standing, Verdict
-from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
-from metasam.tuning.racing import Race, RaceEnd
-from metasam.tuning.record import TrialRecord
-from metasam.tuning.runner import ray_session, tune_study
-from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
-from metasam.tuning.study import StudyConfig
-from metasam.tuning.study_file import RaceSettings
-from metasam.tuning.verdict import (
+from metasam.decision.candidate import Candidate, Pick
+from metasam.decision.outcome import Comparison, Standing, Verdict
+from metasam.decision.racing import Race, RaceEnd
+from metasam.decision.verdict import (
     Plan,
     Sizes,
     comparisons_of,
@@ -63,6 +56,13 @@ from metasam.tuning.verdict import (
     plan_confirmation,
     race_spread,
 )
+from metasam.family import presets
+from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
+from metasam.tuning.record import TrialRecord
+from metasam.tuning.runner import ray_session, tune_study
+from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
+from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_file import RaceSettings
 
 SUFFIX = RACE_SUFFIX
 REFERENCES = ("sgd", "sam")  # always race: the verdict compares the winner with both
