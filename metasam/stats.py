@@ -74,7 +74,8 @@ class PairedDifference:
     share of instances where a beats b (ties count half: Bouthillier et al. 2021's probability
     of outperforming); ``detectable`` the smallest true difference the one-sided test at
     ``alpha`` detects with probability ``power`` at this ``n`` and this spread of the
-    differences (``nan`` for fewer than two instances).
+    differences (``nan`` for fewer than two instances). Differences that are all the same (a
+    zero spread, or one at rounding level) are no evidence of anything: ``p_greater`` is 1.
 
     With ``overlap`` = n_val/n_train > 0 the test is the corrected resampled t-test (Nadeau &
     Bengio 2003) for instances whose training sets overlap: the variance of the mean is
@@ -104,8 +105,8 @@ class PairedDifference:
         if n < 2:
             return cls(s.mean, math.nan, s.std, n, math.nan, p_imp, math.nan, overlap)
         se = s.std * math.sqrt(1.0 / n + overlap)
-        if se == 0:  # every difference the same
-            p = 0.0 if s.mean > 0 else 1.0
+        if degenerate(s.std, s.mean):  # every difference the same: no evidence of a spread
+            p = 1.0
         else:
             p = float(stats.t.sf(s.mean / se, n - 1))
         return cls(s.mean, _t_quantile(0.975, n - 1) * se, s.std, n, p, p_imp,
@@ -211,10 +212,17 @@ def friedman_drop(table: Sequence[Sequence[float]], alpha: float) -> list[bool]:
 
 def paired_two_sided(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p-value of the paired t-test of mean(a − b) = 0 (``nan`` below two pairs;
-    differences that are all equal give 0 unless they are all 0)."""
+    differences that are all the same, to rounding, give 1: no spread, no evidence)."""
     d = [x - y for x, y in zip(a, b, strict=True)]
     if len(d) < 2:
         return math.nan
-    if max(d) == min(d):
-        return 1.0 if d[0] == 0 else 0.0
+    s = Summary.of(d)
+    if degenerate(s.std, s.mean):
+        return 1.0
     return float(stats.ttest_rel(a, b).pvalue)
+
+
+def degenerate(sd: float, mean: float) -> bool:
+    """A spread of differences that is zero or at rounding level relative to their mean (a
+    t-statistic from it would be astronomically large and mean nothing)."""
+    return not sd > 1e-9 * max(abs(mean), 1e-12)

@@ -25,15 +25,15 @@ from typing import Any, TextIO
 
 from torch import nn
 
+from metasam.decision import stage as decision
+from metasam.decision.budget import StudyCost, study_cost
+from metasam.decision.export import best_optimizer
+from metasam.decision.stage import Verdict
 from metasam.errors import ConfigError
 from metasam.meta.knowledge import load_priors
 from metasam.meta.transfer import plan_transfer
 from metasam.optim.loading import load_optimizer as _load_export
 from metasam.optim.universal_sam import UniversalSAM
-from metasam.tuning import decision
-from metasam.tuning.budget import StudyCost, study_cost
-from metasam.tuning.decision import Verdict
-from metasam.tuning.export import best_optimizer
 from metasam.tuning.protocol import Point
 from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
 from metasam.tuning.sampling import RegionBoxes
@@ -171,7 +171,7 @@ class Study:
 
     def export(self, max_cost: float | None = None) -> dict[str, Any]:
         """The winner as the JSON ``metasam best`` writes (see
-        :func:`metasam.tuning.export.best_optimizer`)."""
+        :func:`metasam.decision.export.best_optimizer`)."""
         return best_optimizer(self.config, max_cost=max_cost)
 
     def load_optimizer(self, params: Iterable[Any], *, model: nn.Module | None = None,

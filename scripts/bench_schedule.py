@@ -39,8 +39,8 @@ def members(task: str, winners: Path) -> dict[str, dict[str, Any]]:
     out = {"SAM": presets.sam().to_dict(), "Frob-SAM": presets.frob_sam().to_dict()}
     study = winners / f"{task}.yaml"
     if study.is_file():
+        from metasam.decision.export import best_optimizer
         from metasam.tuning import StudyConfig
-        from metasam.tuning.export import best_optimizer
 
         try:
             best = best_optimizer(StudyConfig.from_yaml(study))

@@ -76,8 +76,8 @@ def first_reaching(study: Any, target: float) -> int | None:
 def winner_test_accuracy(config: Any, seeds: int) -> list[float]:
     """The race's winner trained as `metasam compare` trains its best (train + validation,
     seeds config.seed + s, test accuracy of the last epoch)."""
+    from metasam.decision.export import best_optimizer
     from metasam.training import train
-    from metasam.tuning.export import best_optimizer
 
     best = best_optimizer(config)
     base = {k: v for k, v in best["base_optimizer"].items()
@@ -133,10 +133,10 @@ def cold_study(task: str, args: argparse.Namespace) -> Any:
 def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam import Study
     from metasam.analysis.runs import collect
+    from metasam.decision.export import best_optimizer
     from metasam.meta.knowledge import load_priors
     from metasam.meta.transfer import plan_transfer
     from metasam.tuning import StudyConfig
-    from metasam.tuning.export import best_optimizer
     from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
     from metasam.tuning.study import MetaSettings
 

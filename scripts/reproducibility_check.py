@@ -45,9 +45,9 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from metasam import Study
     from metasam.analysis.runs import collect
+    from metasam.decision.compare import compare_config
     from metasam.family import presets
     from metasam.stats import PairedDifference
-    from metasam.tuning.compare import compare_config
     from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.runner import ray_session, tune_study
 

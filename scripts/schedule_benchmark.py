@@ -69,8 +69,8 @@ def ramp_winner(ramps: Path | None, task: str) -> dict[str, Any] | None:
     """The race winner's spec of a finished ramp-space search benchmark on ``task``."""
     if ramps is None or not (ramps / f"{task}.yaml").is_file():
         return None
+    from metasam.decision.export import best_optimizer
     from metasam.tuning import StudyConfig
-    from metasam.tuning.export import best_optimizer
 
     try:
         return best_optimizer(StudyConfig.from_yaml(ramps / f"{task}.yaml"))["spec"]
@@ -82,9 +82,9 @@ def ramp_winner(ramps: Path | None, task: str) -> dict[str, Any] | None:
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam.analysis.plots import population_members
     from metasam.analysis.runs import collect
+    from metasam.decision.compare import compare_config
     from metasam.family.spec import SharpnessSpec
     from metasam.tuning import StudyConfig
-    from metasam.tuning.compare import compare_config
     from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.runner import tune_study
     from metasam.workflow import Study

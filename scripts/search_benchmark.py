@@ -100,7 +100,7 @@ def test_methods(study: Any) -> dict[str, Any]:
     """What is scored on test: the race's winner, the seven presets at their defaults, the best
     universal member and the best preset-region member the search found (full budget, by
     tuning value). Equal specs are trained once, under the first name."""
-    from metasam.tuning.compare import baseline_points
+    from metasam.decision.compare import baseline_points
     from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import best_trials
@@ -185,8 +185,8 @@ def test_figures(runs: dict[str, list[dict[str, Any]]], aliases: dict[str, str]
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam import Study
     from metasam.analysis.runs import collect
+    from metasam.decision.compare import compare_config
     from metasam.tuning import StudyConfig
-    from metasam.tuning.compare import compare_config
     from metasam.tuning.runner import tune_study
 
     path = study_file(args.out, name, TASKS[name], args.space, args.data_dir, args.seed,

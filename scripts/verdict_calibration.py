@@ -2,7 +2,7 @@
 
 Race (selection among contenders, SGD and SAM as anchors), the confirmation's sizing from the
 race's spread, the confirmation on fresh instances and the Holm-corrected verdict: the
-functions a study runs (:func:`metasam.tuning.verdict.simulate_decision`), on candidates with
+functions a study runs (:func:`metasam.decision.verdict.simulate_decision`), on candidates with
 known means. The noise model is the default study's (digits-noisy): nine candidates, per-run
 noise of σ = 0.6 points and a shared instance effect of the same spread on a race fold of 342
 validation examples, both shrinking like 1/√examples on the confirmation's smaller folds of the
@@ -27,7 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from metasam.tuning.verdict import Sizes, simulate_decision
+from metasam.decision.verdict import Sizes, simulate_decision
 
 SIGMA = 0.6
 DIGITS = Sizes(pool=1442, holdout=428, race_fold=342)

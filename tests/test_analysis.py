@@ -182,8 +182,8 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     for name in ("SGD", "SAM", "ASAM", "SSAM-F", "Trace-SAM", "Frob-SAM", "Det-SAM"):
         assert f"| {name} |" in markdown
     # the search's row names what the race chose
+    from metasam.decision.export import best_optimizer
     from metasam.tuning import StudyConfig
-    from metasam.tuning.export import best_optimizer
 
     winner = best_optimizer(StudyConfig.from_yaml(path))
     assert winner["verdict"] is not None and winner["verdict"]["instances"] == 2

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training",),
     ("integrations",),
     ("tuning",),
+    ("decision",),
     ("meta",),
     ("analysis",),
     ("workflow",),

@@ -175,6 +175,11 @@ CASES = [
     ("explain-preset", lambda f: ["explain", "samm"], ["samm", "allowed", "frob_sam"]),
     ("train-spec-truncated", lambda f: ["train", "--dataset", "digits", "--spec", str(
         _file(f, "s.json", '{"phi": "identity",'))], ["s.json", "invalid JSON"]),
+    ("train-spec-text-truncated", lambda f: ["train", "--dataset", "digits", "--spec",
+                                             '{"phi": "identity", "psi": '],
+     ["--spec", "invalid JSON", "allowed"]),
+    ("train-no-data", lambda f: ["train", "--dataset", "mnist", "--data-dir", str(f)],
+     ["--dataset", "mnist", "not found", "--download"]),
     ("train-spec-array", lambda f: ["train", "--dataset", "digits", "--spec", str(
         _file(f, "s.json", "[1]"))], ["s.json", "spec", "mapping"]),
     ("spec-field", lambda f: ["explain", str(_file(f, "s.json", json.dumps(

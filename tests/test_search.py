@@ -240,7 +240,7 @@ def _point(label: str, spec: SharpnessSpec) -> dict:
 def _run_race_offline(config, values) -> None:
     """Play a study's race without Ray: each round's runs are added to the race's study with
     ``values(candidate, instance)``, as Ray Tune would have recorded them."""
-    from metasam.tuning import decision
+    from metasam.decision import stage as decision
     from metasam.tuning.storage import open_storage, open_study
 
     candidates = decision.race_candidates(config)
@@ -262,7 +262,7 @@ def _run_race_offline(config, values) -> None:
 def _run_confirmation_offline(config, values, runs: slice = slice(None)) -> None:
     """Play a study's confirmation without Ray, as :func:`_run_race_offline` its race
     (``runs``: which of its points, in order)."""
-    from metasam.tuning import decision
+    from metasam.decision import stage as decision
     from metasam.tuning.storage import open_storage, open_study
 
     chosen = decision.selection(config)
@@ -298,8 +298,8 @@ def _lucky_study(tmp_path, **race):
 
 
 def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_path) -> None:
-    from metasam.tuning import decision
-    from metasam.tuning.export import best_optimizer
+    from metasam.decision import stage as decision
+    from metasam.decision.export import best_optimizer
 
     config, steady = _lucky_study(tmp_path)
     # single-instance view: the lucky trial wins
@@ -326,7 +326,8 @@ def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_
     _run_race_offline(config, values)
     verdict = decision.race_verdict(config)
     assert verdict.winner.candidate.trial == 3 and verdict.winner.candidate.name == "sam ρ=0.1"
-    assert verdict.end is decision.RaceEnd.ONE_LEFT
+    # successive halving (the default rule): 4 candidates, then the better 2 to the end
+    assert verdict.end is decision.RaceEnd.ROUNDS and verdict.rule == "halving"
     assert not verdict.complete and not verdict.beats_sgd  # no claim before the confirmation
     planned = verdict.plan
     _run_confirmation_offline(config, values, slice(0, 5))   # interrupted: no claim either
@@ -370,7 +371,7 @@ def test_the_race_replaces_a_winner_that_was_first_only_by_a_lucky_instance(tmp_
 def test_a_resumed_race_asks_only_for_what_is_missing(tmp_path) -> None:
     """The race is replayed from its stored runs: interrupted after its opening batch, it asks
     for the next round, not for the opening again."""
-    from metasam.tuning import decision
+    from metasam.decision import stage as decision
 
     config, _ = _lucky_study(tmp_path, first=3)
     candidates = decision.race_candidates(config)
@@ -388,13 +389,14 @@ def test_a_resumed_race_asks_only_for_what_is_missing(tmp_path) -> None:
         _add(stored, value, **record.point_attrs(point))
     again = decision.new_race(config, candidates)
     decision._replay(again, candidates, decision._stored_runs(config))
-    assert all(i == 3 for _, i in again.next_round())
+    asked = again.next_round()   # halving: the better 2 on the next round's instances
+    assert asked and min(i for _, i in asked) == 3 and len({c for c, _ in asked}) == 2
 
 
 def test_the_verdict_names_sgd_when_nothing_beats_it() -> None:
-    from metasam.tuning.decision import Candidate, Pick, Selection, verdict_of
-    from metasam.tuning.racing import Race
-    from metasam.tuning.verdict import Plan
+    from metasam.decision.racing import Race
+    from metasam.decision.stage import Candidate, Pick, Selection, verdict_of
+    from metasam.decision.verdict import Plan
 
     cands = [Candidate("universal #5", Pick.TOP, {"name": "universal"}, trial=5),
              Candidate("sgd", Pick.PRESET, presets.sgd().to_dict(), trial=0),

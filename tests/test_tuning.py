@@ -27,8 +27,8 @@ from _util import (
 
 from metasam import Study, load_optimizer
 from metasam.cli import main
+from metasam.decision.export import best_optimizer
 from metasam.tuning import SearchSpace, StudyConfig
-from metasam.tuning.export import best_optimizer
 from metasam.tuning.protocol import Role
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import tune_study
@@ -98,7 +98,7 @@ def test_shipped_spaces_and_studies_are_valid() -> None:
     paper = SearchSpace.from_yaml(root / "search_spaces" / "paper.yaml")
     assert len(paper.points) == 4 + 3 + 3 + 12 and paper.search is None
     # `compare --tune-baselines` runs the same grid (one owner each: kept equal here)
-    from metasam.tuning.compare import BASELINE_SPACE
+    from metasam.decision.compare import BASELINE_SPACE
 
     assert paper.points == SearchSpace.from_dict(BASELINE_SPACE).points
 

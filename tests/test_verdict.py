@@ -12,14 +12,14 @@ import pytest
 import torch
 from scipy import stats
 
-from metasam.stats import PairedDifference, detectable_difference
-from metasam.tuning.verdict import (
+from metasam.decision.verdict import (
     MIN_FOLD,
     Sizes,
     confirm,
     plan_confirmation,
     simulate_decision,
 )
+from metasam.stats import PairedDifference, detectable_difference
 
 # the default study as a synthetic objective: digits' pool, its held-back share and a race
 # fold (examples), per-run noise of 0.6 points on a race fold, SGD c2 and SAM c3 the anchors
@@ -122,11 +122,11 @@ def test_held_back_validation_never_meets_the_selection():
 
 # --- the whole decision stage, simulated -------------------------------------------------------
 
-def _rates(means: list[float], studies: int) -> dict[str, float]:
+def _rates(means: list[float], studies: int, **options) -> dict[str, float]:
     beats = {"sgd": 0, "sam": 0, "best_preset": 0}
     wrong = dropped_equal = kept_best = 0
     for seed in range(studies):
-        d = simulate_decision(means, seed=seed, **DEFAULT)
+        d = simulate_decision(means, seed=seed, **{**DEFAULT, **options})
         claims = [k for k, t in d.tests.items() if t.confident]
         for k in claims:
             beats[k] += 1
@@ -161,3 +161,14 @@ def test_a_worse_anchor_opens_no_gate_and_a_better_candidate_is_kept():
     assert sgd_worse["wrong"] <= 0.05 + margin, sgd_worse
     better = _rates([0.3, 0.0, -1.8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], studies)
     assert better["kept_best"] >= 0.95, better
+
+
+@pytest.mark.parametrize("budget", [36, 48])
+def test_the_halving_race_leaves_the_verdict_at_its_level(budget):
+    """The default rule at the shipped budgets (36: the library's, 48: the default study's),
+    1,000 null studies: no "beats X" and no family-wise false claim above 5% (2 s.e.)."""
+    studies = 1000
+    margin = 2 * math.sqrt(0.05 * 0.95 / studies)
+    rates = _rates([0.0] * 9, studies, rule="halving", budget=budget)
+    for key in ("sgd", "sam", "best_preset", "wrong"):
+        assert rates[key] <= 0.05 + margin, (key, rates)

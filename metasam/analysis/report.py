@@ -15,7 +15,7 @@ from metasam.tuning.study import StudyConfig
 def make_report(configs: list[StudyConfig], out: Path) -> dict[str, Any]:
     """Write ``report.md``/``.csv``/``.tex`` (methods × dataset variants) and the PNG plots of
     each study into ``out``; returns the table and the written paths."""
-    from metasam.tuning.export import best_optimizer
+    from metasam.decision.export import best_optimizer
 
     results: dict[str, dict[str, list[float]]] = {}
     best_names: list[str] = []

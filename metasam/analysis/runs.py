@@ -1,5 +1,5 @@
 """The finished comparison runs of a study (``metasam compare`` writes them, see
-:mod:`metasam.tuning.compare`), read back for the report."""
+:mod:`metasam.decision.compare`), read back for the report."""
 
 from __future__ import annotations
 

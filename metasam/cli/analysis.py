@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     from metasam.analysis.runs import collect
-    from metasam.tuning.compare import run_compare as compare
+    from metasam.decision.compare import run_compare as compare
 
     config = load_study_config(args.study)
     if args.seeds < 1:
@@ -88,7 +88,7 @@ def load_spec(text: str) -> Any:
         return presets.get(text)
     path = Path(text)
     if path.suffix in (".yaml", ".yml"):
-        from metasam.tuning.export import best_optimizer
+        from metasam.decision.export import best_optimizer
 
         data = best_optimizer(load_study_config(text))
         return SharpnessSpec.from_dict(data["spec"]).replace(name=f"{data['study']} best")

@@ -41,7 +41,14 @@ def load_config(args: argparse.Namespace) -> Any:
         source = args.config
     data.update(overrides(args, TrainConfig))
     if isinstance(data.get("spec"), str) and data["spec"].lstrip().startswith("{"):
-        data["spec"] = json.loads(data["spec"])
+        try:
+            data["spec"] = json.loads(data["spec"])
+        except json.JSONDecodeError as err:
+            from metasam.errors import ConfigError
+
+            raise ConfigError("--spec", f"invalid JSON at column {err.colno}: {err.msg}",
+                              "a spec as JSON text, a spec or optimizer JSON file, or a "
+                              "preset name") from None
     return TrainConfig.from_dict(data, source=source)
 
 
@@ -70,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
                             val_acc=f"{metrics.get('val_acc', float('nan')):.4f}")
             bar.refresh()
 
-    result = train(config, report=report, ready=ready)
+    from metasam.data import DatasetNotFoundError
+    from metasam.errors import ConfigError
+
+    try:
+        result = train(config, report=report, ready=ready)
+    except DatasetNotFoundError as err:  # the user's to fix: one line, not a bug report
+        raise ConfigError("--dataset", str(err)) from None
     if bar is not None:
         bar.close()
     if args.json:

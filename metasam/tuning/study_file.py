@@ -66,15 +66,18 @@ class Sampler:
 
 @dataclass(frozen=True)
 class RaceSettings:
-    """``race: {top_k, budget, first, instances, alpha, holdout, confirm_budget, detect, power}``
-    (or ``false``): the decision stage (:mod:`metasam.tuning.decision`). The top ``top_k``
-    trials at full budget, every reference preset at its default, SGD and SAM race over paired
-    instances (a training seed and a validation fold of the pool's rest each; ``budget`` runs
-    at most); the winner is then confirmed against SGD, SAM and the best other preset on fresh
-    instances whose validation folds come from the ``holdout`` share of the pool that no tuning
-    trial or race run validated on, as many as reach a detectable difference ``detect``
-    (metric units) at ``power``, ``confirm_budget`` runs at most; ``alpha`` is the family-wise
-    error of the race's eliminations and, separately, of the verdicts."""
+    """``race: {top_k, budget, first, instances, alpha, holdout, confirm_budget, detect, power,
+    rule}`` (or ``false``): the decision stage (:mod:`metasam.decision.stage`). The top
+    ``top_k`` trials at full budget, every reference preset at its default, SGD and SAM race over
+    paired instances (a training seed and a validation fold of the pool's rest each; ``budget``
+    runs at most; ``rule``: ``halving`` — successive halving on paired means, the default —
+    ``frace`` — F-Race's eliminations by tests, SGD and SAM running every instance — or
+    ``ttts`` — top-two Thompson sampling); the winner is then confirmed against SGD, SAM and
+    the best other preset on fresh instances whose validation folds come from the ``holdout``
+    share of the pool that no tuning trial or race run validated on, as many as reach a
+    detectable difference ``detect`` (metric units) at ``power``, ``confirm_budget`` runs at
+    most; ``alpha`` is the family-wise error of the verdicts (and, under ``frace``, of the
+    race's eliminations)."""
 
     top_k: int = _config.option(2, _config.integer(1), "top trials at full budget that race")
     budget: int = _config.option(36, _config.integer(2), "the race's runs, at most")
@@ -91,6 +94,8 @@ class RaceSettings:
                                    "metric units (0.01 = 1 point of accuracy)")
     power: float = _config.option(0.8, _config.number(0.5, 0.999),
                                   "the power the confirmation is sized for")
+    rule: str = _config.option("halving", _config.choice("halving", "frace", "ttts"),
+                               "how the race spends its runs (docs/search.md §6)")
 
     def __post_init__(self) -> None:
         _config.validate(self)

@@ -8,9 +8,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from metasam.tuning.candidate import Candidate
-from metasam.tuning.racing import RaceEnd
-from metasam.tuning.verdict import Plan, Test
+from metasam.decision.candidate import Candidate
+from metasam.decision.racing import RaceEnd
+from metasam.decision.verdict import Plan, Test
 
 NAMES = {"sgd": "against SGD", "sam": "against SAM at its default",
          "best_preset": "against the best other preset"}
@@ -25,6 +25,7 @@ class Standing:
     values: dict[int, float]
     dropped_after: int | None
     confirmed: dict[int, float]
+    diverged: int = 0      # race runs that diverged (in ``values`` at their instance's worst)
 
     def mean(self, upto: int | None = None) -> float:
         """Its race mean over its first ``upto`` instances (default: all of them)."""
@@ -90,6 +91,7 @@ class Verdict:
     runs: int                          # the race's runs
     mode: str
     alpha: float
+    rule: str = "frace"                # how the race spent its runs (racing.RULES)
 
     @property
     def complete(self) -> bool:
@@ -130,9 +132,11 @@ class Verdict:
                 "values": [w.values[i] for i in sorted(w.values)],
                 "confirmed": [w.confirmed[i] for i in sorted(w.confirmed)],
                 "race": {"end": self.end.value, "runs": self.runs, "alpha": self.alpha,
+                         "rule": self.rule,
                          "standings": [{"name": s.candidate.name, "mean": s.mean(),
                                         "instances": len(s.values),
-                                        "dropped_after": s.dropped_after}
+                                        "dropped_after": s.dropped_after,
+                                        "diverged": s.diverged}
                                        for s in self.standings]},
                 "confirmation": self.plan.to_dict() if self.plan else None,
                 "against": {k: c.to_dict(scale) for k, c in self.against.items()},
@@ -151,8 +155,14 @@ class Verdict:
                f"  {'':<40} {'first ' + str(opening):>8}  {'all its instances':<24}"]
         for st in self.standings:
             mark = "  <- winner" if st is self.winner else ""
-            left = (f"dropped after {st.dropped_after}" if st.dropped_after is not None
-                    else f"{len(st.values)} instances")
+            if st.dropped_after is None:
+                left = f"{len(st.values)} instances"
+            elif self.rule == "halving":
+                left = f"stopped after {st.dropped_after}: not in the better half"
+            else:
+                left = f"dropped after {st.dropped_after}: worse by the test"
+            if st.diverged:
+                left += f"; {st.diverged} diverged, counted as the instance's worst"
             out.append(f"  {st.candidate.name:<40} {st.mean(opening) * scale:8.2f}  "
                        f"{st.mean() * scale:6.2f} ({left}){mark}")
         out.append(f"winner: {self.winner.candidate.name}, {metric} "

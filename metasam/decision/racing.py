@@ -26,11 +26,11 @@ The race ends when at most one contender remains (after the opening instances), 
 instances run out, or when the next round would overrun the budget (in runs). It does *not*
 stop because the leader looks significantly better than something: the race selects, and the
 verdict is decided afterwards on instances that played no part in the selection
-(:mod:`metasam.tuning.verdict`). The winner is the survivor, anchors included, with the best
+(:mod:`metasam.decision.verdict`). The winner is the survivor, anchors included, with the best
 mean over the instances the survivors share.
 
 This module is pure bookkeeping: it says what to run next and reads what was run (from the
-study's storage, by :mod:`metasam.tuning.decision`); it runs nothing itself, so a race resumes
+study's storage, by :mod:`metasam.decision.stage`); it runs nothing itself, so a race resumes
 by replaying its stored results.
 
     >>> race = Race(["a", "b", "c"], mode="max", first=2, instances=10, budget=30)
@@ -56,6 +56,10 @@ class RaceEnd(str, Enum):
     ONE_LEFT = "one contender left"
     INSTANCES = "all instances used"
     BUDGET = "racing budget spent"
+    ROUNDS = "every halving round run"
+
+
+RULES = ("halving", "ttts", "frace")
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Race:
     budget: int = 60
     alpha: float = 0.05
     anchors: frozenset[str] = frozenset()
+    rule: str = "frace"
     scores: dict[str, dict[int, float]] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)   # candidate -> instances it had
     tested: int = 0      # instances after which the last elimination test ran
@@ -86,8 +91,14 @@ class Race:
             raise ValueError("first: a paired test needs at least 2 instances")
         if not set(self.anchors) <= set(self.candidates):
             raise ValueError("anchors must be candidates")
+        if self.rule not in RULES:
+            raise ValueError(f"rule: {self.rule!r}; allowed: {', '.join(RULES)}")
+        if self.rule != "frace" and self.anchors:
+            raise ValueError(f"a {self.rule} race has no anchors: every candidate contends")
         for c in self.candidates:
             self.scores.setdefault(c, {})
+        self.schedule = halving_schedule(len(self.candidates), self.first, self.instances,
+                                         self.budget) if self.rule != "frace" else []
 
     # --- what happened --------------------------------------------------------------------
 
@@ -121,21 +132,37 @@ class Race:
     def sign(self) -> float:
         return 1.0 if self.mode == "max" else -1.0
 
+    def value(self, candidate: str, instance: int) -> float:
+        """The run's value for comparisons: a diverged or failed run counts as the worst
+        finite value any candidate reached on that instance (the instance's worst rank), not
+        as −∞ — one diverged run must not outweigh a candidate's other instances."""
+        v = self.scores[candidate][instance]
+        if math.isfinite(v):
+            return v
+        finite = [s[instance] for s in self.scores.values()
+                  if instance in s and math.isfinite(s[instance])]
+        if not finite:
+            return 0.0
+        return min(finite) if self.mode == "max" else max(finite)
+
     def mean(self, candidate: str, upto: int) -> float:
-        values = [self.scores[candidate][i] for i in range(upto)]
+        values = [self.value(candidate, i) for i in range(upto)]
         return sum(values) / len(values)
 
     def standing(self, candidate: str) -> tuple[float, float]:
         """How ``candidate`` stands after the race, larger is better: how many instances it
         lasted (inf: it survived), then its mean over its instances in the metric's
-        direction."""
-        values = list(self.scores[candidate].values())
+        direction (a diverged run at its instance's worst value)."""
+        values = [self.value(candidate, i) for i in self.scores[candidate]]
         lasted = math.inf if candidate not in self.dropped else self.dropped[candidate]
         return (lasted, self.sign() * sum(values) / len(values))
 
     def leader(self, upto: int | None = None) -> str:
         """The survivor (anchors included) with the best mean over the first ``upto``
-        instances (ties: the earlier candidate)."""
+        instances (ties: the earlier candidate); under ``ttts``, the best fitted effect."""
+        if self.rule == "ttts" and upto is None:
+            effect, _, _ = self.estimates()
+            return max(self.candidates, key=lambda c: (effect[c], -self.candidates.index(c)))
         upto = self.done_instances() if upto is None else upto
         alive = self.alive
         if upto == 0:
@@ -164,6 +191,84 @@ class Race:
         return spent if n <= self.first else spent - spent_alpha(self.alpha, (n - 1) / h)
 
     def advance(self) -> list[str]:
+        """Apply every elimination the recorded runs allow (see :meth:`_advance_frace` and
+        :meth:`_advance_halving`); returns the candidates dropped."""
+        if self.rule == "ttts":
+            return []
+        return self._advance_halving() if self.rule == "halving" else self._advance_frace()
+
+    def estimates(self) -> tuple[dict[str, float], dict[str, int], float]:
+        """The additive model value = candidate effect + instance effect, fitted by
+        alternating means over every recorded run (diverged runs at their instance's worst
+        value): each candidate's effect in the metric's direction, its run count, and the
+        residual spread."""
+        s = self.sign()
+        cells = [(c, i, s * self.value(c, i)) for c in self.candidates for i in self.scores[c]]
+        effect = {c: 0.0 for c in self.candidates}
+        inst: dict[int, float] = {}
+        for _ in range(20):
+            by_i: dict[int, list[float]] = {}
+            for c, i, v in cells:
+                by_i.setdefault(i, []).append(v - effect[c])
+            inst = {i: sum(v) / len(v) for i, v in by_i.items()}
+            by_c: dict[str, list[float]] = {c: [] for c in self.candidates}
+            for c, i, v in cells:
+                by_c[c].append(v - inst[i])
+            effect = {c: (sum(v) / len(v) if v else -math.inf) for c, v in by_c.items()}
+        resid = [v - effect[c] - inst[i] for c, i, v in cells]
+        dof = len(cells) - len(self.candidates) - len(inst) + 1
+        spread = math.sqrt(sum(r * r for r in resid) / dof) if dof > 0 else 1.0
+        counts = {c: len(self.scores[c]) for c in self.candidates}
+        return effect, counts, max(spread, 1e-12)
+
+    def _ttts_pair(self) -> tuple[str, str]:
+        """Top-two Thompson sampling: a draw of every candidate's effect from its posterior
+        (normal, the residual spread over √runs) names a leader; further draws until another
+        candidate leads name the challenger (seeded by the runs so far: deterministic)."""
+        import random
+
+        effect, counts, spread = self.estimates()
+        rng = random.Random(f"ttts/{self.runs}/{len(self.candidates)}")
+        names = list(self.candidates)
+
+        def draw() -> str:
+            return max(names, key=lambda c: rng.gauss(effect[c],
+                                                       spread / math.sqrt(max(1, counts[c]))))
+        leader = draw()
+        for _ in range(100):
+            other = draw()
+            if other != leader:
+                return leader, other
+        ranked = sorted(names, key=lambda c: -effect[c])
+        return leader, ranked[0] if ranked[0] != leader else ranked[1]
+
+    def _advance_halving(self) -> list[str]:
+        """Successive halving: when every survivor has the instances of the current round,
+        keep the better half (rounded up) by paired mean over those instances (ties: the
+        earlier candidate); the last round keeps its two to the end."""
+        out: list[str] = []
+        s = self.sign()
+        while True:
+            r = self._round()
+            if r + 1 >= len(self.schedule):
+                return out
+            target, keep = self.schedule[r][0], self.schedule[r + 1][1]
+            if self.done_instances() < target:
+                return out
+            alive = self.alive
+            ranked = sorted(alive, key=lambda c: (-s * self.mean(c, target),
+                                                  self.candidates.index(c)))
+            for c in ranked[keep:]:
+                self.dropped[c] = target
+                out.append(c)
+            self.tested = target
+
+    def _round(self) -> int:
+        """The halving round under way: the one whose survivor count the race has reached."""
+        alive = len(self.alive)
+        return max((r for r, (_, k) in enumerate(self.schedule) if k >= alive), default=0)
+
+    def _advance_frace(self) -> list[str]:
         """Run every elimination test the recorded runs allow, in order of instance count —
         the test after ``first`` instances, then one after each further instance — each on
         the instances up to that count; returns the candidates dropped. A resumed race
@@ -209,6 +314,20 @@ class Race:
 
     def end(self) -> RaceEnd:
         n = self.done_instances()
+        if self.rule == "ttts":
+            if n < self.schedule[0][0]:
+                return RaceEnd.RUNNING
+            top = max(i for s in self.scores.values() for i in s) + 1
+            if top >= self.instances:
+                return RaceEnd.INSTANCES
+            return RaceEnd.BUDGET if self.runs + 2 > self.budget else RaceEnd.RUNNING
+        if self.rule == "halving":
+            r = self._round()
+            if len(self.alive) <= 1:
+                return RaceEnd.ONE_LEFT
+            if r == len(self.schedule) - 1 and n >= self.schedule[r][0]:
+                return RaceEnd.ROUNDS if n < self.instances else RaceEnd.INSTANCES
+            return RaceEnd.RUNNING
         if len(self.contenders) <= 1 and n >= min(self.first, self.instances):
             return RaceEnd.ONE_LEFT
         if n >= self.instances:
@@ -225,6 +344,16 @@ class Race:
         if self.end() is not RaceEnd.RUNNING:
             return []
         n = self.done_instances()
+        if self.rule == "ttts":
+            if n < self.schedule[0][0]:
+                return [(c, i) for i in range(n, self.schedule[0][0]) for c in self.alive
+                        if i not in self.scores[c]]
+            top = max(i for s in self.scores.values() for i in s) + 1
+            return [(c, top) for c in self._ttts_pair()]
+        if self.rule == "halving":
+            upto = self.schedule[self._round()][0]
+            return [(c, i) for i in range(n, upto) for c in self.alive
+                    if i not in self.scores[c]]
         upto = self.first if n < self.first else n + 1
         if n < self.first:  # the opening rounds as one batch, if the budget allows them
             affordable = (self.budget - self.runs) // max(1, len(self.alive))
@@ -236,14 +365,49 @@ class Race:
         return self.leader()
 
 
+def halving_schedule(candidates: int, first: int, instances: int, budget: int
+                     ) -> list[tuple[int, int]]:
+    """Successive halving's rounds for a race: ``(instances every survivor has at the round's
+    end, survivors in the round)``. Survivors halve (rounded up) down to two: 9 → 5 → 3 → 2.
+    The first round gives everyone ``first`` instances (fewer, down to 2, where the budget
+    would leave a later round none); each later round spends an equal share of what the budget
+    has left on its survivors (at least one more instance each), and a round that cannot get
+    one is not planned. A function of the race's settings only, so a resumed race plans the
+    same rounds.
+
+        >>> halving_schedule(9, 3, 30, 48)
+        [(3, 9), (4, 5), (6, 3), (11, 2)]
+        >>> halving_schedule(9, 3, 30, 36)     # the opening shortened to 2 instances
+        [(2, 9), (3, 5), (5, 3), (8, 2)]
+    """
+    sizes = [candidates]
+    while sizes[-1] > 2:
+        sizes.append(math.ceil(sizes[-1] / 2))
+    reach = min(first, instances)
+    while reach > 2 and reach * candidates + sum(sizes[1:]) > budget:
+        reach -= 1    # an opening that leaves every later round at least one instance
+    rounds = [(reach, candidates)]
+    used = reach * candidates
+    for r in range(1, len(sizes)):
+        left = budget - used
+        share = left // ((len(sizes) - r) * sizes[r])
+        target = min(instances, rounds[-1][0] + share)
+        if share < 1 or target == rounds[-1][0]:
+            break
+        used += sizes[r] * (target - rounds[-1][0])
+        rounds.append((target, sizes[r]))
+    return rounds
+
+
 def simulate(means: Sequence[float], noise: float, *, seed: int, mode: str = "max",
-             **race_options: Any) -> Race:
+             diverge: float = 0.0, **race_options: Any) -> Race:
     """Run a race on a synthetic objective: candidate i scores ``means[i]`` plus Gaussian noise
     of standard deviation ``noise`` on each instance, with a shared instance effect of the same
     spread (common random numbers: each instance is easier or harder for everyone); the
     candidates are named ``c0``, ``c1``, ... (``anchors`` among ``race_options`` names them
-    so). For the tests; the whole decision stage is simulated by
-    :func:`metasam.tuning.verdict.simulate_decision`."""
+    so); each run diverges (nan) with probability ``diverge``. For the tests; the whole
+    decision stage is simulated by
+    :func:`metasam.decision.verdict.simulate_decision`."""
     import random
 
     rng = random.Random(seed)
@@ -256,5 +420,7 @@ def simulate(means: Sequence[float], noise: float, *, seed: int, mode: str = "ma
             return race
         for name, instance in batch:
             effect = effects.setdefault(instance, rng.gauss(0.0, noise))
-            race.record(name, instance, means[names.index(name)] + effect
-                        + rng.gauss(0.0, noise))
+            value = means[names.index(name)] + effect + rng.gauss(0.0, noise)
+            if diverge and rng.random() < diverge:
+                value = math.nan
+            race.record(name, instance, value)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from metasam.decision.budget import study_cost
+from metasam.decision.stage import race_verdict
 from metasam.errors import ConfigError
 from metasam.optim.loading import FORMAT
 from metasam.training.trainer import base_of
-from metasam.tuning.budget import study_cost
 from metasam.tuning.cost import pareto_front, pick
-from metasam.tuning.decision import race_verdict
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.storage import best_trials, trial_spec, trial_train
 from metasam.tuning.study import StudyConfig
@@ -20,7 +20,7 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
     """The study's winner as an exportable dict: the spec, the base optimizer and its schedule,
     and where it came from.
 
-    The winner is the race's (:mod:`metasam.tuning.decision`) once its runs exist, ``value``
+    The winner is the race's (:mod:`metasam.decision.stage`) once its runs exist, ``value``
     its mean on the confirmation's fresh instances once they ran (else its race mean, which
     the selection biased upwards), with its verdict against SGD, SAM at its default and the
     best other preset under ``verdict`` (``verdict.meaning`` says what "with confidence"

@@ -1,7 +1,7 @@
 """The verdict half of a study's decision: the race's winner confirmed on fresh instances, its
 comparisons corrected together.
 
-The race (:mod:`metasam.tuning.racing`) *selects*; what it selected is then tested on evidence
+The race (:mod:`metasam.decision.racing`) *selects*; what it selected is then tested on evidence
 that played no part in any selection, so "beats X with confidence" holds at its stated rate:
 
 - **Fresh instances.** Confirmation instance j trains with a seed no tuning trial or race run
@@ -32,14 +32,15 @@ and the test suite measure its error rates with it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from metasam.decision.racing import Race, simulate
 from metasam.stats import PairedDifference, Summary, detectable_difference, holm
-from metasam.tuning.racing import Race, simulate
 
 MIN_FOLD = 20      # validation examples per confirmation instance, at least
 LEAST = 4          # confirmation instances, at least (a t-test with 3 degrees of freedom)
@@ -151,14 +152,18 @@ def confirm(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
     the same order; larger is better), the corrected resampled t-test with ``overlap`` =
     n_val/n_train, Holm-adjusted together; each one's detectable difference is at Holm's
     strictest level α/m, as the plan's prediction. Non-finite pairs (a diverged run) are left
-    out of that comparison."""
+    out of that comparison; a comparison with fewer than ``LEAST`` finite pairs left, or with
+    differences that are all the same, claims nothing (p = 1)."""
     diffs: dict[str, PairedDifference] = {}
     strictest = alpha / max(1, len(others))  # Holm's first level
     for name, values in others.items():
         pairs = [(a, b) for a, b in zip(winner, values, strict=True)
                  if math.isfinite(a) and math.isfinite(b)]
-        diffs[name] = PairedDifference.of([a for a, _ in pairs], [b for _, b in pairs],
-                                          strictest, power, overlap)
+        diff = PairedDifference.of([a for a, _ in pairs], [b for _, b in pairs],
+                                   strictest, power, overlap)
+        if len(pairs) < LEAST and not math.isnan(diff.p_greater):  # too few to claim
+            diff = dataclasses.replace(diff, p_greater=1.0)
+        diffs[name] = diff
     names = list(diffs)
     adjusted = holm([diffs[n].p_greater for n in names])
     family = sum(not math.isnan(diffs[n].p_greater) for n in names)
@@ -192,11 +197,13 @@ def simulate_decision(means: Sequence[float], noise: float, *, seed: int, sgd: s
     """A study's decision stage on a synthetic objective: candidate ``c{i}`` scores
     ``means[i]`` plus a shared instance effect and its own Gaussian noise, both of spread
     ``noise`` on a race instance and ``noise·√(race_fold / fold)`` on a confirmation instance
-    of ``fold`` validation examples. SGD and SAM (``sgd``, ``sam``) are the race's anchors;
+    of ``fold`` validation examples. SGD and SAM (``sgd``, ``sam``) are the race's anchors
+    under ``rule="frace"`` (the default here), contenders under the other rules;
     ``presets`` the candidates a "best preset" is chosen from. Race, sizing, confirmation and
     verdict are the functions a study runs."""
-    race = simulate(means, noise, seed=seed, anchors=frozenset({sgd, sam}), alpha=alpha,
-                    **race_options)
+    anchors = frozenset({sgd, sam}) if race_options.get("rule", "frace") == "frace" \
+        else frozenset()
+    race = simulate(means, noise, seed=seed, anchors=anchors, alpha=alpha, **race_options)
     rng = random.Random(f"{seed}/confirmation")
     index = {c: i for i, c in enumerate(race.candidates)}
     winner = race.winner()

@@ -9,11 +9,11 @@ race. Race instance i trains with seed ``seed + 1 + i`` and validates on fold ``
 the stratified k-fold split of the rest seeded ``seed + 1 + i div k`` (k =
 round((1 − holdout)/val_fraction): folds as large as the tuning split). Every candidate sees the
 same instances, so every comparison is paired; SGD and SAM run every instance but take no part
-in the eliminations (:mod:`metasam.tuning.racing`). The runs are a points-only study
+in the eliminations (:mod:`metasam.decision.racing`). The runs are a points-only study
 ``NAME.race`` in the study's own storage, run through Ray Tune like any study (parallel within
 a round, resumable: a race replays its stored runs).
 
-Then the confirmation (:mod:`metasam.tuning.verdict`): the race's winner, SGD, SAM at its
+Then the confirmation (:mod:`metasam.decision.verdict`): the race's winner, SGD, SAM at its
 default and the best other preset (the one that lasted longest in the race, then by mean) run
 on J fresh instances — seeds no earlier run used, validation on fold j of a J-fold split of the
 held-back share, training on the pool without that fold — J sized from the race's spread to
@@ -45,17 +45,10 @@ import optuna
 from optuna.trial import TrialState
 
 from metasam.data.variants import fold_count
-from metasam.family import presets
-from metasam.tuning.candidate import Candidate, Pick
-from metasam.tuning.outcome import Comparison, Standing, Verdict
-from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
-from metasam.tuning.racing import Race, RaceEnd
-from metasam.tuning.record import TrialRecord
-from metasam.tuning.runner import ray_session, tune_study
-from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
-from metasam.tuning.study import StudyConfig
-from metasam.tuning.study_file import RaceSettings
-from metasam.tuning.verdict import (
+from metasam.decision.candidate import Candidate, Pick
+from metasam.decision.outcome import Comparison, Standing, Verdict
+from metasam.decision.racing import Race, RaceEnd
+from metasam.decision.verdict import (
     Plan,
     Sizes,
     comparisons_of,
@@ -63,6 +56,13 @@ from metasam.tuning.verdict import (
     plan_confirmation,
     race_spread,
 )
+from metasam.family import presets
+from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
+from metasam.tuning.record import TrialRecord
+from metasam.tuning.runner import ray_session, tune_study
+from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
+from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_file import RaceSettings
 
 SUFFIX = RACE_SUFFIX
 REFERENCES = ("sgd", "sam")  # always race: the verdict compares the winner with both
@@ -173,13 +173,17 @@ def _finished(candidates: list[Candidate], runs: list[optuna.trial.FrozenTrial]
 
 
 def new_race(config: StudyConfig, candidates: list[Candidate]) -> Race:
-    """The race among ``candidates``, SGD and SAM at their defaults its anchors (they run every
-    instance and are never tested or dropped)."""
+    """The race among ``candidates`` by the study's ``race.rule``: under ``halving`` (and
+    ``ttts``) every candidate contends, SGD and SAM at their defaults included (SGD's spread
+    for the confirmation's sizing comes from the opening instances every candidate runs);
+    under ``frace`` SGD and SAM are anchors (they run every instance and are never tested or
+    dropped)."""
     settings = config.race or RaceSettings()
-    anchors = frozenset(c.id for c in candidates if c.preset in REFERENCES)
+    anchors = frozenset(c.id for c in candidates if c.preset in REFERENCES) \
+        if settings.rule == "frace" else frozenset()
     return Race([c.id for c in candidates], mode=config.mode, first=settings.first,
                 instances=settings.instances, budget=settings.budget, alpha=settings.alpha,
-                anchors=anchors)
+                anchors=anchors, rule=settings.rule)
 
 
 def _replay(race: Race, candidates: list[Candidate],
@@ -367,8 +371,10 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
     """The verdict of a selection (``chosen``) and the confirmation runs stored so far
     (candidate id -> instance -> value)."""
     race = chosen.race
-    standings = [Standing(c, dict(race.scores[c.id]), race.dropped.get(c.id),
-                          dict(confirmed.get(c.id, {})))
+    # a diverged run at its instance's worst value (as the race compared it), counted apart
+    standings = [Standing(c, {i: race.value(c.id, i) for i in race.scores[c.id]},
+                          race.dropped.get(c.id), dict(confirmed.get(c.id, {})),
+                          sum(not math.isfinite(v) for v in race.scores[c.id].values()))
                  for c in chosen.candidates if race.scores[c.id]]
     by_id = {st.candidate.id: st for st in standings}
     winner_id = chosen.winner.id if chosen.winner is not None else race.winner()
@@ -388,4 +394,5 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
                         overlap=plan.overlap, alpha=race.alpha,
                         power=plan.power) if done else {}
         against = {k: Comparison(o, tests.get(k)) for k, o in others.items()}
-    return Verdict(winner, standings, against, plan, race.end(), race.runs, mode, race.alpha)
+    return Verdict(winner, standings, against, plan, race.end(), race.runs, mode, race.alpha,
+                   race.rule)

@@ -14,8 +14,8 @@ epoch — and Hessian measures every few epochs), its passes per step and its wa
 
 from __future__ import annotations
 
+from metasam.decision.export import best_optimizer
 from metasam.family import presets
-from metasam.tuning.export import best_optimizer
 from metasam.tuning.protocol import Label, Point, Role
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import tune_study
