@@ -189,7 +189,8 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam.tuning import StudyConfig
     from metasam.tuning.runner import tune_study
 
-    path = study_file(args.out, name, TASKS[name], args.space, args.data_dir, args.seed,
+    task = {**TASKS[name], "race": {**TASKS[name].get("race", RACE), "rule": args.race_rule}}
+    path = study_file(args.out, name, task, args.space, args.data_dir, args.seed,
                       args.concurrency)
     config = StudyConfig.from_yaml(path)
     study = Study(config, verbose=0)
@@ -276,6 +277,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=10, help="paired seeds of the test runs")
     parser.add_argument("--seed", type=int, default=0, help="the studies' seed")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--race-rule", default="halving", choices=("halving", "frace", "ttts"),
+                        help="how the race spends its runs (frace: as before December 2026)")
     args = parser.parse_args()
     names = [n for n in args.tasks.split(",") if n]
     unknown = [n for n in names if n not in TASKS]
