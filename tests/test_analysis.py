@@ -230,7 +230,8 @@ def test_tuned_baselines_pick_each_methods_best_grid_point(tmp_path, ray_cluster
                                                           monkeypatch) -> None:
     from _util import write_study
 
-    from metasam.tuning import StudyConfig, compare
+    from metasam.decision import compare
+    from metasam.tuning import StudyConfig
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import census, load_study
 
