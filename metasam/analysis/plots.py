@@ -328,7 +328,7 @@ def population_figure(members: list[dict[str, Any]], epochs: int, metric: str, m
         scale = 100.0 if metric.endswith("acc") else 1.0
         bottom.plot([h["epoch"] for h in history], [scale * h[metric] for h in history],
                     **style)
-    top.set_title(f"{title}: ρ of each member (dotted: its exploit steps)")
+    top.set_title(f"{title}: ρ per member (dotted: exploits)", fontsize=9)
     top.set_xlabel("epoch")
     top.set_ylabel("ρ")
     top.grid(True, alpha=0.3)
