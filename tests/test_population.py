@@ -218,3 +218,51 @@ def test_a_killed_pbt_study_resumes_with_no_member_lost_or_run_twice(tmp_path, r
     # resuming a finished study runs nothing and adds nothing
     assert Study(config, verbose=0, address=ray_cluster).tune().ran == 0
     assert len(config.load_study().trials) == 4
+
+
+def test_a_populations_best_schedules_race_against_the_presets(tmp_path) -> None:
+    """Members recorded as trials (as a finished population leaves them) are the race's top
+    candidates, their specs the schedules (vary phases) replayed on fresh instances, beside the
+    space's presets at their defaults; the race picks among them offline as a study would."""
+    from test_search import _run_race_offline
+
+    from metasam.decision import stage as decision
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.population import _record_members
+    from metasam.tuning.storage import open_storage, open_study
+
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path / "pbt.yaml"
+    path.write_text(json.dumps({
+        "name": "pbt", "search_space": str(root / "search_spaces" / "presets.yaml"),
+        "search": {"type": "pbt", "population": 3, "interval": 2},
+        "train": {"dataset": "digits", "epochs": 4}, "race": {"top_k": 2, "budget": 40}}))
+    config = StudyConfig.from_yaml(path)
+    study = open_study(open_storage(config.storage), config.name, config.mode)
+    members = [Member(0, "sam", 11, {"rho": 0.05}, {}, [[0.0, {"rho": 0.05}]]),
+               Member(1, "sam", 11, {"rho": 0.1}, {}, [[0.0, {"rho": 0.05}],
+                                                         [0.5, {"rho": 0.1}]]),
+               Member(2, "ssam", 13, {"rho": 0.2}, {}, [[0.0, {"rho": 0.2}]])]
+    members[1].events = [{"generation": 1, "at": 0.5, "from": 0, "old": {"rho": 0.05},
+                          "new": {"rho": 0.1}, "ops": {"rho": "× 1.25"}}]
+    for g, scores in enumerate(([0.70, 0.60, 0.65], [0.80, 0.90, 0.85])):
+        plan = members if g else [Member(m.index, m.region, m.seed, m.values, {},
+                                         m.phases[:1]) for m in members]
+        study.set_user_attr(f"pbt.plan.{g}", json.dumps([m.to_dict() for m in plan]))
+        for m, score in zip(members, scores):
+            study.set_user_attr(f"pbt.result.{g}.{m.index}", json.dumps({
+                "status": "completed", "score": score, "grad_evals": 100,
+                "history": [{"epoch": 2 * g + 2, "val_acc": score}], "placement": {}}))
+    _record_members(study, config, members, 2, None)
+    candidates = decision.race_candidates(config)
+    tops = [c for c in candidates if c.pick is decision.Pick.TOP]
+    assert [c.name.split(" (")[0] for c in tops] == ["member 1", "member 2"]
+    schedule = SharpnessSpec.from_dict(tops[0].spec)
+    assert schedule.vary.to_obj() == {"rho": {"phases": [[0.0, 0.05], [0.5, 0.1]]}}
+    assert {c.preset for c in candidates if c.pick is decision.Pick.PRESET} == {
+        "sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam"}
+    truth = {c.id: (0.9 if c is tops[0] else 0.8) for c in candidates}
+    _run_race_offline(config, lambda owner, instance: truth[owner.id] + 0.001 * instance)
+    verdict = decision.race_verdict(config)
+    assert verdict.winner.candidate is not None
+    assert verdict.winner.candidate.name == tops[0].name
