@@ -27,7 +27,6 @@ Usage (about an hour on a 2-core CPU for the three tasks)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_benchmark import TASKS, ci, paired  # noqa: E402
+from search_benchmark import TASKS, ci, paired, run_tasks  # noqa: E402
 
 SCHEDULE_TASKS = ("digits-noisy", "mnist1d-noisy", "mnist-S-noisy")
 POPULATION = {"type": "pbt", "population": 8, "members": ["sam", "ssam"], "quantile": 0.25,
@@ -208,25 +207,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.data_dir = str(Path(args.data_dir).resolve())
     args.ramps = args.ramps.resolve() if args.ramps else None
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False,
-             log_to_driver=False)
-    results = []
-    try:
-        for name in names:
-            started = time.time()
-            results.append(run_task(name, args))
-            print(f"{name}: done in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
-            (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
-            schedule_figure(results, args.out / "schedules.png")
-            print(markdown(results[-1:]), flush=True)
-    finally:
-        ray.shutdown()
-    print(markdown(results))
+    run_tasks(names, args, run_task, markdown,
+              after=lambda results: schedule_figure(results, args.out / "schedules.png"))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

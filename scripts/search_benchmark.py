@@ -289,25 +289,36 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.space = args.space.resolve()
     args.data_dir = str(Path(args.data_dir).resolve())
+    run_tasks(names, args, run_task, markdown)
+    return 0
+
+
+def run_tasks(names: list[str], args: argparse.Namespace, run: Any, table: Any,
+              after: Any = None) -> list[dict[str, Any]]:
+    """Each task in turn on a Ray instance of this process's own (not a cluster another
+    process started on this machine); after each, ``OUT/benchmark.json`` (and ``after(results)``)
+    and its table on stdout, so a stopped benchmark keeps what finished; the whole table at
+    the end."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    # its own local instance (not a cluster another process started on this machine)
     ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False,
              log_to_driver=False)
-    results = []
+    results: list[dict[str, Any]] = []
     try:
         for name in names:
             started = time.time()
-            results.append(run_task(name, args))
+            results.append(run(name, args))
             print(f"{name}: done in {time.time() - started:.0f} s", file=sys.stderr,
                   flush=True)
             (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
-            print(markdown(results[-1:]), flush=True)
+            if after is not None:
+                after(results)
+            print(table(results[-1:]), flush=True)
     finally:
         ray.shutdown()
-    print(markdown(results))
-    return 0
+    print(table(results))
+    return results
 
 
 if __name__ == "__main__":
