@@ -27,7 +27,6 @@ Usage (about an hour on a 2-core CPU for the three tasks)::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_benchmark import TASKS, ci, paired, run_tasks  # noqa: E402
+from search_benchmark import (  # noqa: E402
+    TASKS,
+    ci,
+    common_arguments,
+    paired,
+    run_tasks,
+    task_names,
+)
 
 SCHEDULE_TASKS = ("digits-noisy", "mnist1d-noisy", "mnist-S-noisy")
 POPULATION = {"type": "pbt", "population": 8, "members": ["sam", "ssam"], "quantile": 0.25,
@@ -187,22 +193,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(SCHEDULE_TASKS),
-                        help=f"comma-separated, from: {', '.join(SCHEDULE_TASKS)}")
-    parser.add_argument("--data-dir", default=os.environ.get("METASAM_DATA", "data"),
-                        help="folder with mnist.npz, mnist1d.npz")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "schedule-benchmark")
+    common_arguments(parser, list(SCHEDULE_TASKS), "schedule-benchmark")
     parser.add_argument("--ramps", type=Path, default=None,
                         help="OUT of a search benchmark over search_spaces/ramps.yaml")
-    parser.add_argument("--seeds", type=int, default=10, help="paired seeds of the test runs")
-    parser.add_argument("--seed", type=int, default=0, help="the studies' seed")
-    parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
-    names = [n for n in args.tasks.split(",") if n]
-    unknown = [n for n in names if n not in SCHEDULE_TASKS]
-    if unknown:
-        print(f"schedule_benchmark: error: --tasks: unknown task {unknown[0]!r}; allowed: "
-              f"{', '.join(SCHEDULE_TASKS)}", file=sys.stderr)
+    names = task_names("schedule_benchmark", args.tasks, list(SCHEDULE_TASKS))
+    if names is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     args.data_dir = str(Path(args.data_dir).resolve())

@@ -267,30 +267,44 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help=f"comma-separated, from: {', '.join(TASKS)}")
-    parser.add_argument("--data-dir", default=os.environ.get("METASAM_DATA", "data"),
-                        help="folder with mnist.npz, mnist1d.npz, cifar10-jpeg.npz")
+    common_arguments(parser, list(TASKS), "search-benchmark")
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" /
                         "universal-poly.yaml")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "search-benchmark")
-    parser.add_argument("--seeds", type=int, default=10, help="paired seeds of the test runs")
-    parser.add_argument("--seed", type=int, default=0, help="the studies' seed")
-    parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--race-rule", default="halving", choices=("halving", "frace", "ttts"),
                         help="how the race spends its runs (frace: as before December 2026)")
     args = parser.parse_args()
-    names = [n for n in args.tasks.split(",") if n]
-    unknown = [n for n in names if n not in TASKS]
-    if unknown:
-        print(f"search_benchmark: error: --tasks: unknown task {unknown[0]!r}; allowed: "
-              f"{', '.join(TASKS)}", file=sys.stderr)
+    names = task_names("search_benchmark", args.tasks, list(TASKS))
+    if names is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     args.space = args.space.resolve()
     args.data_dir = str(Path(args.data_dir).resolve())
     run_tasks(names, args, run_task, markdown)
     return 0
+
+
+def common_arguments(parser: argparse.ArgumentParser, tasks: list[str], out: str) -> None:
+    """The options every benchmark over these tasks takes: which tasks, the data, where the
+    results go (``results/OUT`` by default), the test seeds, the studies' seed, concurrency."""
+    parser.add_argument("--tasks", default=",".join(tasks),
+                        help=f"comma-separated, from: {', '.join(tasks)}")
+    parser.add_argument("--data-dir", default=os.environ.get("METASAM_DATA", "data"),
+                        help="folder with mnist.npz, mnist1d.npz, cifar10-jpeg.npz")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / out)
+    parser.add_argument("--seeds", type=int, default=10, help="paired seeds of the test runs")
+    parser.add_argument("--seed", type=int, default=0, help="the studies' seed")
+    parser.add_argument("--concurrency", type=int, default=2)
+
+
+def task_names(prog: str, value: str, tasks: list[str]) -> list[str] | None:
+    """The tasks of ``--tasks``, or ``None`` after one line naming an unknown one."""
+    names = [n for n in value.split(",") if n]
+    unknown = [n for n in names if n not in tasks]
+    if unknown:
+        print(f"{prog}: error: --tasks: unknown task {unknown[0]!r}; allowed: "
+              f"{', '.join(tasks)}", file=sys.stderr)
+        return None
+    return names
 
 
 def run_tasks(names: list[str], args: argparse.Namespace, run: Any, table: Any,

@@ -108,8 +108,7 @@ def initial_members(settings: PopulationSettings, seed: int, width: float) -> li
     for i in range(settings.population):
         region = settings.members[i % len(settings.members)]
         ranges = REGIONS[region].ranges(width)
-        drawn = {k: math.exp(rng.uniform(math.log(low), math.log(high)))
-                 for k, (low, high) in ranges.items()}
+        drawn = {k: _log_uniform(rng, low, high) for k, (low, high) in ranges.items()}
         values = {k: v for k, v in drawn.items() if k in VARIED}
         fixed = {k: v for k, v in drawn.items() if k not in VARIED}
         members.append(Member(i, region, seed + 1000 * (i + 1), values, fixed,
@@ -155,6 +154,10 @@ def exploit_and_explore(members: list[Member], results: dict[int, dict[str, Any]
     return out
 
 
+def _log_uniform(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
 def _explore(donor: Member, settings: PopulationSettings, rng: random.Random,
              width: float) -> tuple[dict[str, float], dict[str, str]]:
     ranges = REGIONS[donor.region].ranges(width)
@@ -162,7 +165,7 @@ def _explore(donor: Member, settings: PopulationSettings, rng: random.Random,
     for k, v in donor.values.items():
         low, high = ranges[k]
         if rng.random() < settings.resample:
-            values[k] = math.exp(rng.uniform(math.log(low), math.log(high)))
+            values[k] = _log_uniform(rng, low, high)
             ops[k] = "resample"
         else:
             factor = rng.choice(settings.factors)
@@ -239,8 +242,10 @@ def pbt_dir(config: StudyConfig) -> Path:
     return (config.folder / ".metasam-pbt" / config.name).resolve()
 
 
-def _attr(study: optuna.Study, key: str) -> Any:
-    text = study.user_attrs.get(key)
+def _attr(attrs: dict[str, Any], key: str) -> Any:
+    """A JSON study attribute from ``attrs`` (``study.user_attrs``, read once by the caller:
+    each read fetches them all from the storage)."""
+    text = attrs.get(key)
     return json.loads(text) if isinstance(text, str) else None
 
 
@@ -275,7 +280,8 @@ def run_population(config: StudyConfig, *, address: str | None = None, verbose: 
             members, ran, moved = _generation(study, config, settings, g, first, until,
                                               members, width, guard, base, say, ray)
             runs, exploits = runs + ran, exploits + moved
-            scores = [(_attr(study, RESULT.format(g, m.index)) or {}).get("score")
+            attrs = study.user_attrs
+            scores = [(_attr(attrs, RESULT.format(g, m.index)) or {}).get("score")
                       for m in members]
             finite = [s for s in scores if s is not None and math.isfinite(s)]
             best = (max if config.mode == "max" else min)(finite) if finite else math.nan
@@ -292,13 +298,14 @@ def _generation(study: optuna.Study, config: StudyConfig, settings: PopulationSe
                 ) -> tuple[list[Member], int, int]:
     """Plan generation ``g`` (or read its stored plan), run its members that have no result,
     record their results; returns (members, runs made, exploits)."""
-    plan = _attr(study, PLAN.format(g))
+    attrs = study.user_attrs
+    plan = _attr(attrs, PLAN.format(g))
     runs = 0
     if plan is None:
         if g == 0:
             members = initial_members(settings, config.seed, width)
         else:
-            results = {m.index: _attr(study, RESULT.format(g - 1, m.index)) for m in members}
+            results = {m.index: _attr(attrs, RESULT.format(g - 1, m.index)) for m in members}
             members = exploit_and_explore(members, results, settings, g, first /
                                           config.train.epochs, config.seed, width,
                                           config.mode)
@@ -313,7 +320,7 @@ def _generation(study: optuna.Study, config: StudyConfig, settings: PopulationSe
                         for k in e["new"]))
     pending = []
     for m in members:
-        if _attr(study, RESULT.format(g, m.index)) is not None:
+        if _attr(attrs, RESULT.format(g, m.index)) is not None:
             continue
         out = pbt_dir(config) / f"g{g:03d}" / f"m{m.index:02d}"
         done = out / "result.json"
@@ -392,11 +399,12 @@ def _record_members(study: optuna.Study, config: StudyConfig, members: list[Memb
     """Each member as a COMPLETE trial (once: a resumed study adds only those missing), its
     value the metric at the last epoch, its curve over the lineage as intermediate values."""
     present = {t.user_attrs.get(MEMBER_INDEX) for t in study.get_trials(deepcopy=False)}
+    stored = study.user_attrs
     for m in members:
         if m.index in present:
             continue
-        lineage = _lineage(study, m, count)
-        last = _attr(study, RESULT.format(count - 1, m.index))
+        lineage = _lineage(stored, m, count)
+        last = _attr(stored, RESULT.format(count - 1, m.index))
         history = [h for r in lineage for h in r["history"]]
         spec = m.spec(guard)
         label = Label(Role.POPULATION, f"member {m.index} ({describe_spec(spec.to_dict())})",
@@ -408,7 +416,7 @@ def _record_members(study: optuna.Study, config: StudyConfig, members: list[Memb
                  record.STATUS: last["status"], record.EPOCHS: config.train.epochs,
                  record.FULL_BUDGET: not diverged, record.HISTORY: json.dumps(history),
                  record.PLACEMENT: json.dumps(last["placement"]),
-                 "seed": m.seed, "grad_evals": _own_grad_evals(study, m.index, count),
+                 "seed": m.seed, "grad_evals": _own_grad_evals(stored, m.index, count),
                  "passes_per_step": spec.passes}
         if last.get("reason"):
             attrs[record.REASON] = last["reason"]
@@ -422,20 +430,20 @@ def _record_members(study: optuna.Study, config: StudyConfig, members: list[Memb
             intermediate_values=metric_values))
 
 
-def _lineage(study: optuna.Study, member: Member, count: int) -> list[dict[str, Any]]:
+def _lineage(stored: dict[str, Any], member: Member, count: int) -> list[dict[str, Any]]:
     """The results a member's state went through, generation by generation (a copied state's
     earlier generations are its donor's)."""
     out = []
     index = member.index
     for g in reversed(range(count)):
-        out.append(_attr(study, RESULT.format(g, index)))
-        plan = [Member.from_dict(m) for m in _attr(study, PLAN.format(g))]
+        out.append(_attr(stored, RESULT.format(g, index)))
+        plan = [Member.from_dict(m) for m in _attr(stored, PLAN.format(g))]
         mine = plan[index]
         if mine.events and mine.events[-1]["generation"] == g:
             index = mine.events[-1]["from"]
     return list(reversed(out))
 
 
-def _own_grad_evals(study: optuna.Study, index: int, count: int) -> int:
+def _own_grad_evals(stored: dict[str, Any], index: int, count: int) -> int:
     """The passes this member's slot made over all generations (what the study paid)."""
-    return sum(int(_attr(study, RESULT.format(g, index))["grad_evals"]) for g in range(count))
+    return sum(int(_attr(stored, RESULT.format(g, index))["grad_evals"]) for g in range(count))
