@@ -6,7 +6,14 @@ functions a study runs (:func:`metasam.decision.verdict.simulate_decision`), on 
 known means. The noise model is the default study's (digits-noisy): nine candidates, per-run
 noise of σ = 0.6 points and a shared instance effect of the same spread on a race fold of 342
 validation examples, both shrinking like 1/√examples on the confirmation's smaller folds of the
-428 held-back examples.
+428 held-back examples. The race is the shipped rule (``--rule``, successive halving by
+default).
+
+Two readings of the verdict (docs/search.md §6, "its estimand"): *this pool* (the stated one:
+models trained on this training pool; instances independent given the pool) and, as a
+contrast, *the population of pools*: each candidate also carries an effect of this pool,
+shared by all its race and confirmation runs, of the variance Nadeau and Bengio's correction
+assumes (:meth:`~metasam.decision.verdict.Sizes.between_pools`) — the race selects on it.
 
 Scenarios: the null (all equal), SGD 3σ worse with the rest equal, and one candidate better
 than all others by 0.5σ, 1σ, 2σ and 3σ (power). Per scenario: the rate of each "beats X with
@@ -33,10 +40,11 @@ SIGMA = 0.6
 DIGITS = Sizes(pool=1442, holdout=428, race_fold=342)
 
 
-def options(budget: int, confirm_budget: int, power: float, sizes: Sizes) -> dict:
+def options(budget: int, confirm_budget: int, power: float, sizes: Sizes,
+            rule: str = "halving") -> dict:
     return dict(noise=SIGMA, sgd="c2", sam="c3", presets=[f"c{i}" for i in range(3, 9)],
                 sizes=sizes, detect=1.0, power=power, confirm_budget=confirm_budget,
-                first=3, instances=30, budget=budget)
+                first=3, instances=30, budget=budget, rule=rule)
 
 
 SCENARIOS = {
@@ -82,6 +90,8 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=4000)
     parser.add_argument("--budget", type=int, default=48, help="the race's runs")
     parser.add_argument("--confirm-budget", type=int, default=40)
+    parser.add_argument("--rule", default="halving", choices=("halving", "frace", "ttts"),
+                        help="the race's rule (default: the shipped one)")
     parser.add_argument("--power", type=float, default=0.95)
     parser.add_argument("--sizes", type=int, nargs=3, metavar=("POOL", "HELD_BACK", "FOLD"),
                         default=[DIGITS.pool, DIGITS.holdout, DIGITS.race_fold],
@@ -91,29 +101,32 @@ def main() -> None:
                                              / "data" / "verdict-calibration.json"))
     args = parser.parse_args()
     sizes = Sizes(*args.sizes)
-    opts = options(args.budget, args.confirm_budget, args.power, sizes)
+    opts = options(args.budget, args.confirm_budget, args.power, sizes, args.rule)
     start = time.time()
     mc = 2 * math.sqrt(0.05 * 0.95 / args.studies)
     print(f"{args.studies} seeded studies per scenario; race budget {args.budget}, "
-          f"confirmation budget {args.confirm_budget}; sizes {vars(sizes)}; Monte-Carlo "
+          f"confirmation budget {args.confirm_budget}; rule {args.rule}; sizes {vars(sizes)}; "
+          f"Monte-Carlo "
           f"margin at 5%: ±{mc:.2%}")
-    print("| scenario | beats SGD | beats SAM | beats best preset | false claim (FWER) | "
-          "an equal one dropped | c0 kept | c0 named | confirmation instances | runs | "
+    print("| estimand | scenario | beats SGD | beats SAM | beats best preset | "
+          "false claim (FWER) | an equal one dropped | c0 kept | c0 named | "
+          "confirmation instances | runs | "
           "predicted detectable (points) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    results = {}
-    for label, means in SCENARIOS.items():
-        r = measure(means, args.studies, opts)
-        results[label] = r
-        print(f"| {label} | {r['beats_sgd']:.1%} | {r['beats_sam']:.1%} | "
-              f"{r['beats_best_preset']:.1%} | {r['false_claim']:.1%} | "
-              f"{r['equal_dropped']:.1%} | {r['c0_kept']:.1%} | {r['c0_named']:.1%} | "
-              f"{r['confirmation_instances']:.1f} | {r['runs']:.1f} | "
-              f"{r['predicted_detectable']:.2f} |", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    results: dict[str, dict] = {}
+    for estimand, pools in (("this pool", False), ("population of pools", True)):
+        for label, means in SCENARIOS.items():
+            r = measure(means, args.studies, {**opts, "pools": pools})
+            results.setdefault(estimand, {})[label] = r
+            print(f"| {estimand} | {label} | {r['beats_sgd']:.1%} | {r['beats_sam']:.1%} | "
+                  f"{r['beats_best_preset']:.1%} | {r['false_claim']:.1%} | "
+                  f"{r['equal_dropped']:.1%} | {r['c0_kept']:.1%} | {r['c0_named']:.1%} | "
+                  f"{r['confirmation_instances']:.1f} | {r['runs']:.1f} | "
+                  f"{r['predicted_detectable']:.2f} |", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "studies": args.studies, "sigma_points": SIGMA, "sizes": vars(sizes),
-        "race_budget": args.budget, "confirm_budget": args.confirm_budget,
+        "race_budget": args.budget, "confirm_budget": args.confirm_budget, "rule": args.rule,
         "power": args.power, "detect_points": 1.0, "scenarios": results}, indent=2) + "\n")
     print(f"({time.time() - start:.0f} s; written to {args.out})")
 

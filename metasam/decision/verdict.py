@@ -59,6 +59,13 @@ class Sizes:
         """Validation examples of one confirmation instance among ``instances``."""
         return self.holdout // max(1, instances)
 
+    def between_pools(self, noise: float) -> float:
+        """The spread of a candidate's mean from one training pool to another, for a per-run
+        spread ``noise`` on a race fold: ``noise·√(race_fold / pool)``. A run's validation
+        noise shrinks like 1/√n_val, a pool's effect like 1/√n_train; their ratio of variances
+        is n_val/n_train, Nadeau and Bengio's correction."""
+        return noise * math.sqrt(self.race_fold / max(1, self.pool))
+
     def overlap(self, instances: int) -> float:
         """n_val / n_train of a confirmation instance (Nadeau & Bengio's correction)."""
         fold = self.fold(instances)
@@ -192,18 +199,26 @@ class SimulatedDecision:
 
 def simulate_decision(means: Sequence[float], noise: float, *, seed: int, sgd: str, sam: str,
                       presets: Sequence[str], sizes: Sizes, detect: float, power: float = 0.8,
-                      confirm_budget: int = 40, alpha: float = 0.05,
+                      confirm_budget: int = 40, alpha: float = 0.05, pools: bool = False,
                       **race_options: Any) -> SimulatedDecision:
     """A study's decision stage on a synthetic objective: candidate ``c{i}`` scores
     ``means[i]`` plus a shared instance effect and its own Gaussian noise, both of spread
     ``noise`` on a race instance and ``noise·√(race_fold / fold)`` on a confirmation instance
-    of ``fold`` validation examples. SGD and SAM (``sgd``, ``sam``) are the race's anchors
-    under ``rule="frace"`` (the default here), contenders under the other rules;
-    ``presets`` the candidates a "best preset" is chosen from. Race, sizing, confirmation and
-    verdict are the functions a study runs."""
+    of ``fold`` validation examples. ``means`` is then the verdict's estimand as docs/search.md
+    states it: models trained on *this* pool. With ``pools``, ``means`` are instead means over
+    the population of training pools, and this study's pool adds to each candidate an effect
+    of its own, drawn once, of spread :meth:`Sizes.between_pools`, that every race and
+    confirmation run of that candidate shares (they all train on nearly the same examples):
+    the dependence Nadeau and Bengio's correction assumes, and the race selects on it too.
+    SGD and SAM (``sgd``, ``sam``) are the race's anchors under ``rule="frace"`` (the default
+    here), contenders under the other rules; ``presets`` the candidates a "best preset" is
+    chosen from. Race, sizing, confirmation and verdict are the functions a study runs."""
     anchors = frozenset({sgd, sam}) if race_options.get("rule", "frace") == "frace" \
         else frozenset()
-    race = simulate(means, noise, seed=seed, anchors=anchors, alpha=alpha, **race_options)
+    rng = random.Random(f"{seed}/pool")
+    spread = sizes.between_pools(noise) if pools else 0.0
+    truth = [m + rng.gauss(0.0, spread) if spread else m for m in means]   # on this pool
+    race = simulate(truth, noise, seed=seed, anchors=anchors, alpha=alpha, **race_options)
     rng = random.Random(f"{seed}/confirmation")
     index = {c: i for i, c in enumerate(race.candidates)}
     winner = race.winner()
@@ -216,7 +231,7 @@ def simulate_decision(means: Sequence[float], noise: float, *, seed: int, sgd: s
     for _ in range(plan.instances):
         effect = rng.gauss(0.0, scale)
         for c in runs:
-            runs[c].append(race.sign() * (means[index[c]] + effect + rng.gauss(0.0, scale)))
+            runs[c].append(race.sign() * (truth[index[c]] + effect + rng.gauss(0.0, scale)))
     tests = confirm(runs[winner], {k: runs[c] for k, c in compared.items()},
                     overlap=plan.overlap, alpha=alpha, power=power) if plan.instances else {}
     return SimulatedDecision(race, winner, plan, tests, compared)
