@@ -173,17 +173,41 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     assert closing[-2].startswith("'with confidence': the chance that any of these 1 verdicts")
     assert closing[-1].startswith("cost: ") and "race 6.0 over 6 runs" in closing[-1]
     assert "confirmation 8.0 over 8 runs" in closing[-1]
+    # the report from the tuning study alone: the page, verdict first, no test tables yet
+    early = tmp_path / "early"
+    assert main(["report", str(path), "--out", str(early)]) == 0
+    said = capsys.readouterr().out
+    page = (early / "pipeline.html").read_text()
+    assert "pipeline: Winner " in said and not (early / "report.md").exists()
+    sections = [page.index(f'<h2 id="{a}">') for a in ("verdict", "race", "search", "cost",
+                                                        "test-set-compare")]
+    assert sections == sorted(sections) and "Not run yet: <code>metasam compare" in page
+    assert 'src="data:image/png;base64,' in page and "http" not in page.split("<main>")[1]
+    from metasam.decision.stage import race_verdict
+    from metasam.tuning import StudyConfig
+
+    verdict = race_verdict(StudyConfig.from_yaml(path))
+    assert verdict is not None and verdict.winner.candidate.name in page
+    assert page.count("<tr>") >= len(verdict.standings) + len(verdict.against)
+    from metasam.analysis.browser import element_bottom, find_browser, screenshot
+
+    if find_browser() is not None:   # the verdict on a reader's first screen, in Chromium
+        assert element_bottom(early / "pipeline.html", "verdict-box") <= 900
+        shot = screenshot(early / "pipeline.html", tmp_path / "shot.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert int.from_bytes(shot.read_bytes()[16:24][:4], "big") == 1280   # IHDR width
     assert main(["compare", str(path), "--seeds", "2", "--address", ray_cluster, "--quiet",
                  "--sharpness-every", "3"]) == 0
     capsys.readouterr()
     out = tmp_path / "report"
     assert main(["report", str(path), "--out", str(out)]) == 0
+    page = (out / "pipeline.html").read_text()
+    assert "Not run yet" not in page and "<td>SGD</td>" in page
     markdown = (out / "report.md").read_text()
     for name in ("SGD", "SAM", "ASAM", "SSAM-F", "Trace-SAM", "Frob-SAM", "Det-SAM"):
         assert f"| {name} |" in markdown
     # the search's row names what the race chose
     from metasam.decision.export import best_optimizer
-    from metasam.tuning import StudyConfig
 
     winner = best_optimizer(StudyConfig.from_yaml(path))
     assert winner["verdict"] is not None and winner["verdict"]["instances"] == 2

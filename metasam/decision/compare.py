@@ -77,26 +77,28 @@ def best_point(config: StudyConfig) -> Point:
 
 
 def compare_config(config: StudyConfig, seeds: int, methods: dict[str, Point],
-                   sharpness_every: int | None = None) -> StudyConfig:
+                   sharpness_every: int = 0) -> StudyConfig:
     """The points-only study of the comparison: every method × every seed; each run's label
-    names its method (the key of ``methods``) and its seed as the instance."""
+    names its method (the key of ``methods``) and its seed as the instance. With
+    ``sharpness_every`` = K > 0 each run measures tr H, ‖H‖_F and λ_max every K epochs (each
+    measure costs about an epoch on small data); 0: none."""
     points = []
     for seed in range(seeds):
         for method, point in methods.items():
             label = Label(Role.COMPARE, method, point.label.preset, instance=seed)
             points.append(Point(label, point.spec, {**point.train, "seed": config.seed + seed}))
-    every = sharpness_every if sharpness_every is not None else max(1, config.train.epochs // 4)
     return config.derived("compare", points, metric="test_acc", mode="max", cost_weight=0.0,
                           train_changes={
-        "val_fraction": 0.0, "test": "epoch", "sharpness_every": every,
+        "val_fraction": 0.0, "test": "epoch", "sharpness_every": sharpness_every,
         "sharpness_measures": ["trace", "frob", "lmax"]})
 
 
 def run_compare(config: StudyConfig, seeds: int = 4, *, tuned_baselines: bool = False,
                 address: str | None = None, verbose: int = 1,
-                sharpness_every: int | None = None) -> StudyConfig:
-    """Train the best spec and every baseline for ``seeds`` seeds; returns the comparison
-    study's config (its trials hold the results)."""
+                sharpness_every: int = 0) -> StudyConfig:
+    """Train the best spec and every baseline for ``seeds`` seeds (Hessian measures every
+    ``sharpness_every`` epochs; 0: none); returns the comparison study's config (its trials
+    hold the results)."""
     tuned = tune_baselines(config, address, verbose) if tuned_baselines else None
     methods = {"best": best_point(config), **baseline_points(config, tuned)}
     comparison = compare_config(config, seeds, methods, sharpness_every)
