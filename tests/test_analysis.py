@@ -143,6 +143,20 @@ def test_explain_says_when_a_member_is_not_a_penalty(coefficients, tmp_path) -> 
     assert plot_explanation(result, tmp_path / "bad.png").is_file()
 
 
+def _scalars(logdir, tag: str) -> dict[str, dict[int, float]]:
+    """Each TensorBoard run under ``logdir``: its ``tag`` by step, read with TensorBoard's
+    own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for run in sorted(p for p in logdir.iterdir() if p.is_dir()):
+        events = EventAccumulator(str(run))
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            out[run.name] = {e.step: e.value for e in events.Scalars(tag)}
+    return out
+
+
 def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, capsys) -> None:
     import yaml
     from _util import write_study
@@ -173,6 +187,27 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     assert closing[-2].startswith("'with confidence': the chance that any of these 1 verdicts")
     assert closing[-1].startswith("cost: ") and "race 6.0 over 6 runs" in closing[-1]
     assert "confirmation 8.0 over 8 runs" in closing[-1]
+    # every tuning trial's and race run's per-epoch val_acc in TensorBoard, as stored
+    from metasam.tuning import StudyConfig
+    from metasam.tuning.storage import load_study as stored
+
+    config = StudyConfig.from_yaml(path)
+    board = tmp_path / "tensorboard"
+    trials = config.load_study().trials
+    logged = _scalars(board / "pipeline", "val_acc")
+    assert set(logged) <= {f"t{t.number:03d}" for t in trials}
+    for t in trials:   # every epoch the study kept (ASHA's stop drops the last) is logged
+        if t.intermediate_values:
+            run = logged[f"t{t.number:03d}"]
+            assert set(run) <= {1, 2, 3} and set(t.intermediate_values) <= set(run)
+            assert {e: run[e] for e in t.intermediate_values} == pytest.approx(
+                t.intermediate_values, rel=1e-6), t.number
+    assert sum(bool(t.intermediate_values) for t in trials) >= 4
+    race = stored(config.storage, "pipeline.race").trials
+    logged = _scalars(board / "pipeline.race", "val_acc")
+    assert len(logged) == len(race) == 6
+    assert sorted(v[3] for v in logged.values()) == pytest.approx(
+        sorted(t.value for t in race), rel=1e-6)      # each run's last epoch is its value
     # the report from the tuning study alone: the page, verdict first, no test tables yet
     early = tmp_path / "early"
     assert main(["report", str(path), "--out", str(early)]) == 0
@@ -184,7 +219,6 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     assert sections == sorted(sections) and "Not run yet: <code>metasam compare" in page
     assert 'src="data:image/png;base64,' in page and "http" not in page.split("<main>")[1]
     from metasam.decision.stage import race_verdict
-    from metasam.tuning import StudyConfig
 
     verdict = race_verdict(StudyConfig.from_yaml(path))
     assert verdict is not None and verdict.winner.candidate.name in page

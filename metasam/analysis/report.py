@@ -56,6 +56,8 @@ def make_report(configs: list[StudyConfig], out: Path, *, html: bool = True) -> 
     comparison runs, ``report.md``/``.csv``/``.tex`` (methods × dataset variants) and
     ``compute.md``. Returns ``{"table": Table | None, "studies": [StudyReport], "written":
     [Path]}``. A study that was never tuned is an error naming ``metasam tune``."""
+    for config in configs:   # every study was tuned (else an error naming `metasam tune`)
+        config.load_study()  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     reports: list[StudyReport] = []
     written: list[Path] = []

@@ -378,6 +378,7 @@ def _run_generation(config: StudyConfig, generation: int, jobs: list[dict[str, A
     from ray import tune
 
     from metasam.tuning.progress import quiet_ray_hints
+    from metasam.tuning.tracking import callbacks
 
     trainable = tune.with_resources(
         tune.with_parameters(run_member, base=base, metric=config.metric),
@@ -390,7 +391,8 @@ def _run_generation(config: StudyConfig, generation: int, jobs: list[dict[str, A
         run_config=tune.RunConfig(
             name=f"{config.name}-pbt-g{generation}-{uuid.uuid4().hex[:8]}",
             storage_path=str(config.ray_dir), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0)))
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=callbacks(config.tracking, config.folder / "tensorboard", config.name)))
     tuner.fit()
 
 

@@ -252,7 +252,8 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
 
     compat.check()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # No CSV/JSON/TensorBoard logs per trial: the storage is the record (and TensorBoard's
+    # Ray's own CSV/JSON/TensorBoard loggers are off: the storage is the record, and
+    # metasam's TensorBoard callback (tracking.py) writes runs a person can find (Ray's
     # logger printed "NaN or Inf found in input tensor" for every diverged trial).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
@@ -263,6 +264,7 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     from metasam.tuning.progress import StudyReporter, quiet_ray_hints
     from metasam.tuning.schedulers import ReferencePointsASHA
     from metasam.tuning.searcher import StudySearcher
+    from metasam.tuning.tracking import callbacks
 
     worker = uuid.uuid4().hex[:12]
     searcher = StudySearcher(config.space, config.name, storage, config.objective, config.mode,
@@ -302,7 +304,9 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
                 run_config=tune.RunConfig(
                     name=f"{config.name}-{worker}", storage_path=str(config.ray_dir),
                     verbose=verbose, progress_reporter=reporter if verbose else None,
-                    failure_config=tune.FailureConfig(max_failures=0)))
+                    failure_config=tune.FailureConfig(max_failures=0),
+                    callbacks=callbacks(config.tracking, config.folder / "tensorboard",
+                                        config.name, searcher.number_of)))
             tuner.fit()
         finally:
             released = searcher.close()

@@ -105,6 +105,12 @@ class StudySearcher(Searcher):
             self._active.clear()
         return sum(requeue(self.study, trial_id) for trial_id in unfinished)
 
+    def number_of(self, trial_id: str) -> int | None:
+        """The Optuna trial number of a Ray Tune trial this searcher started (``None`` once
+        it is no longer known here)."""
+        ot_trial = search_trials(self.inner).get(trial_id)
+        return None if ot_trial is None else ot_trial.number
+
     # --- Searcher API -----------------------------------------------------------------------
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,

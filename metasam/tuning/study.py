@@ -15,13 +15,16 @@
                                         # over paired instances, then the winner is confirmed
                                         # on fresh held-back instances (holdout: 0.3,
                                         # confirm_budget: 40, detect: 0.01, power: 0.8;
-                                        # false: off; see decision.py)
+                                        # false: off; see metasam.decision)
     storage: null                       # default sqlite:///<this folder>/<name>.db; or
                                         # postgresql://..., or journal:FILE (Optuna's file
                                         # journal, for a shared filesystem; relative to here)
     sampler: {type: tpe, startup_trials: 10}
     seed: 0
     heartbeat: {interval: 10, grace: 60} # seconds; a trial silent for `grace` is re-run
+    tracking: {tensorboard: true}       # per-epoch curves of every run under tensorboard/
+                                        # here; mlflow: URI and wandb: PROJECT add Ray Tune's
+                                        # MLflow / W&B callbacks (packages installed by you)
     meta:                               # optional: start from what finished studies taught
       from: [../other/study.yaml, team-knowledge.json]  # study files or knowledge files
       k: 3                              # the zero-shot portfolio's size
@@ -49,6 +52,7 @@ from metasam.tuning.study_file import (
     RaceSettings,
     Sampler,
     StudyFile,
+    Tracking,
     prior_file,
 )
 
@@ -78,6 +82,7 @@ class StudyConfig:
     cost_weight: float = 0.0
     meta: MetaSettings | None = None
     population: PopulationSettings | None = None
+    tracking: Tracking = field(default_factory=Tracking)
 
     @property
     def objective(self) -> str:
@@ -139,6 +144,7 @@ class StudyConfig:
                               f"{space.name!r} has {len(space.points)} points",
                               f"1 to {len(space.points)}")
         race = None if file.confirm is False else file.race
+        file.tracking.check()
         heartbeat = file.heartbeat
         if heartbeat.grace < 2 * heartbeat.interval:
             raise ConfigError("heartbeat.grace", f"out of range: {heartbeat.grace}",
@@ -154,7 +160,7 @@ class StudyConfig:
                    heartbeat_grace=heartbeat.grace,
                    race=race,
                    cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path),
-                   population=file.search)
+                   population=file.search, tracking=file.tracking)
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:

@@ -65,6 +65,31 @@ class Sampler:
 
 
 @dataclass(frozen=True)
+class Tracking:
+    """``tracking: {tensorboard: true, mlflow: URI, wandb: PROJECT}``: where each trial's
+    per-epoch metrics go besides the study's storage."""
+
+    tensorboard: bool = _config.option(True, _config.boolean,
+                                       "event files under tensorboard/ next to the study file")
+    mlflow: str | None = _config.option(None, _config.text(optional=True),
+                                        "an MLflow tracking URI (needs mlflow installed)")
+    wandb: str | None = _config.option(None, _config.text(optional=True),
+                                       "a Weights & Biases project (needs wandb, logged in)")
+
+    def __post_init__(self) -> None:
+        _config.validate(self)
+
+    def check(self) -> None:
+        """The packages the chosen trackers need are installed (else one line, exit 2)."""
+        import importlib.util
+
+        for field, module in (("mlflow", "mlflow"), ("wandb", "wandb")):
+            if getattr(self, field) and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"tracking.{field}", f"needs the {module} package, which is "
+                                  "not installed", f"pip install {module}, or leave it out")
+
+
+@dataclass(frozen=True)
 class RaceSettings:
     """``race: {top_k, budget, first, instances, alpha, holdout, confirm_budget, detect, power,
     rule}`` (or ``false``): the decision stage (:mod:`metasam.decision.stage`). The top
@@ -311,6 +336,9 @@ class StudyFile:
                                                  "prior studies to start from")
     search: PopulationSettings | None = _config.option(None, _check_search,
                                                        "standard (default) or pbt")
+    tracking: Tracking = _config.option(None, _config.section(
+        Tracking, "{tensorboard: true|false, mlflow: URI, wandb: PROJECT}"),
+        "where per-epoch metrics go besides the storage", factory=Tracking)
 
     def __post_init__(self) -> None:
         _config.validate(self)

@@ -1,0 +1,176 @@
+"""Live tracking through the ecosystem's own tools: every trial's and race run's per-epoch
+metrics in TensorBoard (on by default), and in MLflow or Weights & Biases through Ray Tune's
+own callbacks when the study file asks for them (``tracking:``) and the package is installed.
+
+TensorBoard: one run per trial under ``<study folder>/tensorboard/<study name>/``, named so a
+person can find it — ``t007`` for the tuning study's trial 7, ``sam-i03`` for a race,
+confirmation or comparison run of ``sam`` on instance 3, ``member02`` for a population's
+member — with the member it trains under the Text tab and every finite numeric metric the
+trainer reports per epoch (``val_acc``, ``train_loss``, ``lr``, …) as scalars by epoch::
+
+    tensorboard --logdir studies/tensorboard
+
+A re-run trial (after a crash) starts its run again: events from the epochs it repeats are
+dropped (``purge_step``). Non-finite values (a diverged run) are left out, not drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from metasam.tuning.study_file import Tracking
+
+logger = logging.getLogger(__name__)
+
+# what Ray Tune adds to every result, and what is not a per-epoch metric
+SKIPPED = frozenset({"epoch", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+                     "training_iteration", "iterations_since_restore", "time_since_restore",
+                     "done", "should_checkpoint", "status", "member", "history"})
+
+
+def run_name(config: dict[str, Any], number: int | None, member: int | None = None) -> str:
+    """A trial's TensorBoard run: ``t007`` (a searched or tuning trial by its number),
+    ``sam-i03`` (a point on an instance), ``member02`` (a population's member)."""
+    from metasam.tuning.protocol import Label
+
+    raw = config.get("label")
+    if member is not None:
+        return f"member{int(member):02d}"
+    if raw is not None:
+        label = Label.from_dict(raw)
+        if label.is_point and label.instance is not None:
+            return f"{_slug(label.method)}-i{label.instance:02d}"
+        if label.is_point and number is None:
+            return _slug(label.method)
+    return f"t{number:03d}" if number is not None else "trial"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.=-]+", "_", text).strip("_") or "run"
+
+
+class TensorBoardCallback(Callback):
+    """Writes each trial's per-epoch results as TensorBoard scalars (tensorboardX, which comes
+    with Ray Tune), one run per trial under ``logdir``; ``number_of`` maps a Ray trial id to
+    its Optuna trial number (for the run's name), ``describe`` a trial's config to the text
+    shown beside it."""
+
+    def __init__(self, logdir: Path, number_of: Callable[[str], int | None] | None = None,
+                 describe: Callable[[dict[str, Any]], str] | None = None) -> None:
+        self.logdir = Path(logdir)
+        self.number_of = number_of or (lambda trial_id: None)
+        self.describe = describe
+        self._writers: dict[str, Any] = {}
+        self._failed = False
+
+    def _writer(self, trial: Any, result: dict[str, Any]) -> Any:
+        writer = self._writers.get(trial.trial_id)
+        if writer is None:
+            from tensorboardX import SummaryWriter
+
+            config = dict(trial.config or {})
+            name = run_name(config, self.number_of(trial.trial_id), result.get("member"))
+            first = int(result.get("epoch") or 1)
+            writer = SummaryWriter(str(self.logdir / name), purge_step=first,
+                                   flush_secs=10)
+            if self.describe is not None and config.get("spec") is not None:
+                writer.add_text("member", self.describe(config), first)
+            self._writers[trial.trial_id] = writer
+        return writer
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        epoch = result.get("epoch")
+        if not isinstance(epoch, (int, float)) or epoch < 1:
+            return  # a failure report (epoch 0) carries no epoch's metrics
+        try:
+            self._write(trial, result, int(epoch))
+        except Exception as err:  # tracking never stops a study: say so once, go on
+            if not self._failed:
+                logger.warning("TensorBoard logging under %s failed (%s: %s); the study goes "
+                               "on without it", self.logdir, type(err).__name__, err)
+            self._failed = True
+
+    def _write(self, trial: Any, result: dict[str, Any], epoch: int) -> None:
+        writer = self._writer(trial, result)
+        for key, value in result.items():
+            if key in SKIPPED or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(key, value, epoch)
+
+    def _close(self, trial: Any) -> None:
+        writer = self._writers.pop(trial.trial_id, None)
+        if writer is not None:
+            writer.close()
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        self._close(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
+                       **info: Any) -> None:
+        self._close(trial)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its run config (callbacks included): open writers stay out
+        return {**self.__dict__, "_writers": {}, "number_of": None, "describe": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.number_of is None:
+            self.number_of = lambda trial_id: None
+
+
+def callbacks(tracking: Tracking | None, logdir: Path, study_name: str,
+              number_of: Callable[[str], int | None] | None = None) -> list[Any]:
+    """The Ray Tune callbacks of a study's run: TensorBoard under ``logdir/study_name``, and
+    MLflow (experiment ``study_name``) or W&B (project, group ``study_name``) when asked."""
+    tracking = tracking or Tracking()
+    out: list[Any] = []
+    if tracking.tensorboard:
+        from metasam.tuning.naming import describe_spec
+
+        out.append(TensorBoardCallback(logdir / study_name, number_of,
+                                       lambda c: describe_spec(c["spec"])))
+    if tracking.mlflow or tracking.wandb:
+        tracking.check()
+    if tracking.mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        _check_mlflow(tracking.mlflow)
+
+        out.append(MLflowLoggerCallback(tracking_uri=tracking.mlflow,
+                                        experiment_name=study_name))
+    if tracking.wandb:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        out.append(WandbLoggerCallback(project=tracking.wandb, group=study_name))
+    return out
+
+
+def _check_mlflow(uri: str) -> None:
+    """The MLflow tracking URI answers, before any trial runs (else one line, exit 2)."""
+    from mlflow.tracking import MlflowClient
+
+    from metasam.errors import ConfigError
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError("tracking.mlflow", f"cannot use {uri}: {first[:300]}",
+                          "a tracking URI MLflow can use (sqlite:///mlflow.db, "
+                          "http://HOST:5000)") from None
