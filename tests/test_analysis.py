@@ -157,7 +157,8 @@ def _scalars(logdir, tag: str) -> dict[str, dict[int, float]]:
     return out
 
 
-def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, capsys) -> None:
+def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, capsys,
+                                                     monkeypatch) -> None:
     import yaml
     from _util import write_study
 
@@ -187,6 +188,16 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     assert closing[-2].startswith("'with confidence': the chance that any of these 1 verdicts")
     assert closing[-1].startswith("cost: ") and "race 6.0 over 6 runs" in closing[-1]
     assert "confirmation 8.0 over 8 runs" in closing[-1]
+    # tune again on the finished study: the same verdict, nothing announced, no Ray started
+    import ray
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(
+            AssertionError("Ray was started")))
+        assert main(["tune", str(path), "--address", ray_cluster]) == 0
+    again = capsys.readouterr()
+    assert again.out.strip().splitlines()[-4:] == closing[-4:]
+    assert "racing" not in again.err and "confirming" not in again.err
     # every tuning trial's and race run's per-epoch val_acc in TensorBoard, as stored
     from metasam.tuning import StudyConfig
     from metasam.tuning.storage import load_study as stored

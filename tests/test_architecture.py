@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "metasam"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "_version"),
     ("_checks", "stats"),
-    ("_config", "_plotting"),
+    ("_config", "_plotting", "_progress"),
     ("family",),
     ("optim", "models", "data"),
     ("sharpness",),

@@ -36,7 +36,14 @@ def run_meta(args: argparse.Namespace) -> int:
         raise ConfigError("-k", f"out of range: {args.k}", "whole numbers ≥ 1")
     if args.save is not None and not args.save.endswith(".json"):
         raise ConfigError("--save", f"not a .json file: {args.save!r}", "FILE.json")
-    records = load_priors([prior_file("PRIOR", s, Path.cwd()) for s in args.studies], "meta")
+    from metasam._progress import Progress
+
+    sources = [prior_file("PRIOR", s, Path.cwd()) for s in args.studies]
+    progress = Progress("meta", total=len(sources), unit="studies read")
+    records = load_priors(sources, "meta", progress=lambda done, name: progress.update(
+        done, f"reading {name} (its task descriptor takes a minute the first time)",
+        force=True))
+    progress.close(len(sources))
     tasks, keys, table = regret_table(records)
     ranges = {t: region_boxes(records, {t}, margin=0.0, min_span=1.0) for t in tasks}
     names = {r.key: r.label for r in records}

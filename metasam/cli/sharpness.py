@@ -48,9 +48,16 @@ def run(args: argparse.Namespace) -> int:
     model, splits, config = load_trained(args.checkpoint, args.data_dir, args.device)
     device = next(model.parameters()).device
     batches = evaluation_batches(splits.train, args.examples, args.batch_size, device)
+    from metasam._progress import Progress
+
+    progress = Progress("sharpness", unit="Hessian-vector products")
+    note = f"{', '.join(measures)} on {sum(int(y.shape[0]) for _, y in batches)} examples"
+    progress.update(0, note, force=True)
     results = estimate(model, F.cross_entropy, batches, measures, probes=args.probes,
                        seed=args.seed, density_runs=args.density_runs,
-                       density_steps=args.density_steps)
+                       density_steps=args.density_steps,
+                       progress=lambda n: progress.update(n, note))
+    progress.close()
     plot_path = None
     if "density" in results:
         plot_path = Path(args.plot) if args.plot else Path(args.checkpoint).with_name(

@@ -212,6 +212,8 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
     if study is None:
         return True
     candidates = race_candidates(config, study)
+    if not _replayed(config, candidates).next_round():
+        return True  # ended before: nothing to run, no Ray to start
     (say or _to_stderr)(f"study {config.name}: racing {len(candidates)} candidates over paired "
                         f"instances (budget {config.race.budget} runs): "
                         f"{', '.join(c.name for c in candidates)}")
@@ -337,6 +339,12 @@ def run_confirmation(config: StudyConfig, *, address: str | None = None, verbose
         return True
     points = confirmation_points(config, chosen)
     plan = chosen.plan
+    involved = [chosen.winner, *chosen.compared.values()]
+    done = {(owner.id, instance) for owner, instance, _ in
+            _finished(involved, _stored_runs(config, CONFIRM_SUFFIX))
+            if instance < plan.instances}
+    if len(done) >= len(points):
+        return True  # confirmed before: nothing to run, no Ray to start
     (say or _to_stderr)(
         f"study {config.name}: confirming {chosen.winner.name} against "
         f"{', '.join(c.name for c in chosen.compared.values())} on {plan.instances} fresh "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,10 @@ def read_knowledge(path: str | os.PathLike[str]) -> list[MetaRecord]:
     return out
 
 
-def load_priors(sources: list[Any], option: str) -> list[MetaRecord]:
+def load_priors(sources: list[Any], option: str,
+                progress: Callable[[int, str], None] | None = None) -> list[MetaRecord]:
     """The knowledge base of ``sources``: study files or their configs, and knowledge files
-    (``.json``), in one table."""
+    (``.json``), in one table (``progress``: see :func:`knowledge_base`)."""
     configs, records = [], []
     for source in sources:
         if isinstance(source, StudyConfig):
@@ -100,7 +102,7 @@ def load_priors(sources: list[Any], option: str) -> list[MetaRecord]:
             records.extend(read_knowledge(source))
         else:
             configs.append(StudyConfig.from_yaml(source))
-    records.extend(knowledge_base(configs))
+    records.extend(knowledge_base(configs, progress=progress))
     if not records:
         raise ConfigError(option, "no study has full-budget trials with an SGD reference point",
                           "finished studies whose space lists sgd")
@@ -121,11 +123,15 @@ def study_descriptor(config: StudyConfig, study: optuna.Study, compute: bool = T
     return descriptor
 
 
-def knowledge_base(configs: list[StudyConfig], describe: bool = True) -> list[MetaRecord]:
+def knowledge_base(configs: list[StudyConfig], describe: bool = True,
+                   progress: Callable[[int, str], None] | None = None) -> list[MetaRecord]:
     """Every full-budget trial of the studies, normalized per study by the study's metric (a
-    cost-aware study's trials by their metric too, not by the score it ranked them by)."""
+    cost-aware study's trials by their metric too, not by the score it ranked them by);
+    ``progress`` is told (studies read, the one being read) as it goes."""
     records: list[MetaRecord] = []
-    for config in configs:
+    for done, config in enumerate(configs):
+        if progress is not None:
+            progress(done, config.name)
         study = config.load_study()
         finished = []  # (trial, its record, its spec, its metric) of the full-budget trials
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -8,7 +8,7 @@ density, and the measure of any :class:`~metasam.SharpnessSpec` evaluated on the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -34,7 +34,8 @@ def estimate(model: nn.Module, loss_fn: LossFn, batches: Sequence[tuple[Tensor, 
              probes: int = 100, seed: int = 0, chunk: int = 16, distribution: str = "rademacher",
              lanczos_steps: int | None = None, density_runs: int = 10,
              density_steps: int = 30, mask: Tensor | None = None,
-             backend: str = "auto", cache: bool | None = None) -> dict[str, Estimate]:
+             backend: str = "auto", cache: bool | None = None,
+             progress: Callable[[int], None] | None = None) -> dict[str, Estimate]:
     """Estimate sharpness measures of ``model`` on the fixed ``batches`` (eval mode, restored).
 
     ``measures``: ``"trace"`` (Hutchinson), ``"frob"`` (‖H‖_F² = E‖Hv‖²), ``"lmax"`` and
@@ -42,9 +43,11 @@ def estimate(model: nn.Module, loss_fn: LossFn, batches: Sequence[tuple[Tensor, 
     (``"frob_sam"``: ψ(mean φ(½vᵀHv)) from Hessian-vector products) or a SharpnessSpec. Trace and
     Frobenius share ``probes`` probes; every result carries its standard error and probe count.
     ``cache`` keeps each batch's differentiable gradient for the whole call (faster, more
-    memory; by default when examples × parameters ≤ 2·10⁹).
+    memory; by default when examples × parameters ≤ 2·10⁹). ``progress`` is told the number of
+    Hessian-vector products computed so far after each batch of them.
     """
     op = HessianOperator(model, loss_fn, batches, chunk=chunk, backend=backend, cache=cache)
+    op.on_products = progress
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, Estimate] = {}
     names = [m if isinstance(m, str) else m for m in measures]

@@ -93,6 +93,7 @@ class HessianOperator:
         self.device = self.params[0].device
         self.chunk = max(1, chunk)
         self.products = 0  # Hessian-vector products computed so far
+        self.on_products: Callable[[int], None] | None = None   # told after each matvec
         if backend not in BACKENDS:
             raise ValueError(f"backend: unknown value {backend!r}; allowed: "
                              f"{', '.join(BACKENDS)}")
@@ -129,6 +130,8 @@ class HessianOperator:
                     rows = v[start:start + self.chunk]
                     out[start:start + rows.shape[0]] += weight * self._products(grads, rows)
         self.products += v.shape[0]
+        if self.on_products is not None:
+            self.on_products(self.products)
         return out[0] if single else out
 
     def _gradient(self, index: int, x: Tensor, y: Tensor) -> Sequence[Tensor]:

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import optuna
 from ray.tune import ProgressReporter
 
+from metasam._progress import duration, eta
 from metasam.tuning.naming import describe_spec
 from metasam.tuning.protocol import Label
 from metasam.tuning.storage import census
@@ -20,12 +21,14 @@ class StudyReporter(ProgressReporter):
     """Prints, at most every ``interval`` seconds and at the end::
 
         study digits-noisy: 7/30 finished (6 complete, 3 at full budget, 1 failed), 2 running,
-            0 waiting, 0 interrupted and re-run
+            0 waiting, 0 interrupted and re-run; 4m10s elapsed, about 13m left
           running here: sam rho=0.05 (epoch 4/10, val_acc 0.8123); frob_sam ... (starting)
-    """
+
+    (the time left at the rate of the trials finished since this command started). On a
+    terminal the same as one line rewritten in place."""
 
     def __init__(self, study: optuna.Study, name: str, target: int, metric: str, epochs: int,
-                 interval: float = 15.0, out: TextIO | None = None) -> None:
+                 interval: float = 10.0, out: TextIO | None = None) -> None:
         self.study = study
         self.name = name
         self.target = target
@@ -35,6 +38,9 @@ class StudyReporter(ProgressReporter):
         self.out = out  # None: sys.stderr at the time of printing
         self._last = 0.0
         self._last_text = ""
+        self._start = time.monotonic()
+        self._first: int | None = None   # finished before this command started
+        self._width = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray Tune pickles its run config (this reporter included) for an experiment restore
@@ -51,13 +57,31 @@ class StudyReporter(ProgressReporter):
         self._last = time.monotonic()
         if self.study is None:  # an unpickled copy: nothing to report from
             return
-        lines = [f"study {self.name}: {census(self.study).describe(self.target)}"]
+        state = census(self.study)
+        if self._first is None:
+            self._first = state.finished
+        elapsed = time.monotonic() - self._start
+        left = eta(elapsed, state.finished, self.target, self._first)
+        timing = f"{duration(elapsed)} elapsed" + (
+            f", about {duration(left)} left" if left is not None and not done else "")
+        lines = [f"study {self.name}: {state.describe(self.target)}; {timing}"]
         running = [t for t in trials if t.status == "RUNNING"]
         if running and not done:
             lines.append("  running here: " + "; ".join(self._describe(t) for t in running))
+        stream = self.out or sys.stderr
+        if getattr(stream, "isatty", lambda: False)():   # one line, rewritten in place
+            import shutil
+
+            width = max(40, shutil.get_terminal_size((100, 20)).columns) - 1
+            line = " |".join(lines)[:width]
+            stream.write("\r" + line.ljust(self._width) + "\r" + line
+                         + ("\n" if done else ""))
+            stream.flush()
+            self._width = 0 if done else len(line)
+            return
         text = "\n".join(lines)
-        if text != self._last_text or done:  # an unchanged state is not repeated
-            print(text, file=self.out or sys.stderr, flush=True)
+        if text.split("; ")[0] != self._last_text.split("; ")[0] or done or len(lines) > 1:
+            print(text, file=stream, flush=True)   # an unchanged state is not repeated
             self._last_text = text
 
     def _describe(self, trial: Any) -> str:
