@@ -129,7 +129,16 @@ def to_mapping(instance: Any) -> dict[str, Any]:
 # --- checks -----------------------------------------------------------------------------------
 
 def choice(*allowed: str) -> Check:
-    return lambda name, value: _checks.choice(name, value, allowed)
+    def check(name: str, value: Any) -> Any:
+        return _checks.choice(name, value, allowed)
+    check.allowed = allowed  # type: ignore[attr-defined]   # for help texts
+    return check
+
+
+def allowed_text(check: Check) -> str | None:
+    """The allowed values of a :func:`choice` check, for a help text (``None``: not one)."""
+    allowed = getattr(check, "allowed", None)
+    return ", ".join(allowed) if allowed else None
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,

@@ -160,6 +160,19 @@ def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
     assert [t.get_text() for t in ax.get_yticklabels()] == ["* frob_sam", "sam"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     assert sorted(t.get_text() for t in ax.texts) == ["0.20", "0.50", "1.00", "1.00"]
+    # a long label and the title stay inside the figure, with no layout warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = meta_figure(["a", "b"], ["* universal #11 (μ=sphere*T φ=(+0.65t^1+0.84t^2) ψ=root "
+                                       "n=2 ρ=0.0762 λ=0.163 rel)", "sam"],
+                          [[0.5, 1.0], [1.0, 0.2]])
+        fig.canvas.draw()
+    box = fig.get_window_extent()
+    for text in [*fig.axes[0].get_yticklabels(), fig.axes[0].title]:
+        extent = text.get_window_extent()
+        assert extent.x0 >= box.x0 and extent.x1 <= box.x1, text.get_text()
     assert main(["meta", str(a.path), "--json"]) == 0
     data = __import__("json").loads(capsys.readouterr().out)
     assert data["tasks"]["a"]["best"] == "sam" and data["portfolio"][0]["label"] == "sam"

@@ -106,7 +106,7 @@ def test_shipped_spaces_and_studies_are_valid() -> None:
 # --- a real study, in this process ------------------------------------------------------------
 
 def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_cluster,
-                                                              capsys) -> None:
+                                                              capsys, monkeypatch) -> None:
     path = write_study(tmp_path / "a", trials=7, space={
         **SPACE, "points": [{"preset": "sgd", "lr": 1.0e9, "momentum": 0.0}]})
     config = StudyConfig.from_yaml(path)
@@ -159,10 +159,23 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
 
             assert SharpnessSpec.from_dict(row["spec"]).to_dict() == row["spec"]
             assert isinstance(row["summary"], str) and isinstance(row["train"], dict)
+    monkeypatch.setenv("COLUMNS", "72")
     assert main(["trials", str(path)]) == 0
     table = capsys.readouterr().out
-    for label in {r["label"] for r in rows}:  # long labels are not cut
-        assert f" {label} " in table, label
+    lines = table.splitlines()
+    assert lines[0].startswith("columns: # trial number") and "val_acc %" in lines[0]
+    assert max(len(line) for line in lines[:lines.index(next(
+        line for line in lines if "finished (" in line))]) <= 72   # fits the terminal
+    for row in rows:     # each trial on one row, its value in points, its label once
+        shown = next(line for line in lines if line.startswith(f"{row['number']:>4} "))
+        if row["value"] is not None:
+            assert f" {row['value'] * 100:.2f} " in shown
+        assert shown.count(row["label"][:20]) <= 1
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["trials", str(path), "--wide"]) == 0
+    wide_rows = capsys.readouterr().out
+    for label in {r["label"] for r in rows}:  # --wide: long labels are not cut
+        assert f" {label}" in wide_rows, label
     # where each trial ran: this host, the CPU, one thread (resources: cpu 1), the versions
     import socket
 
@@ -181,8 +194,11 @@ def test_tiny_study_end_to_end_with_export_and_load_optimizer(tmp_path, ray_clus
     assert main(["trials", str(path), "--wide"]) == 0
     wide = capsys.readouterr().out
     assert f"{socket.gethostname()}/{finished[0]['placement']['node'][:8]}/cpu" in wide
-    assert "where" in wide.splitlines()[0]
-    assert "where" not in table.splitlines()[0]  # one host: not shown without --wide
+    def header(text: str) -> str:
+        return next(line for line in text.splitlines() if line.startswith("   # state"))
+
+    assert "where" in header(wide)
+    assert "where" not in header(table)  # one host: not shown without --wide
 
     # load_optimizer reproduces the trial's optimizer exactly: same update on a fixed batch
     from metasam.training import TrainConfig, Trial

@@ -8,6 +8,8 @@ import types
 import typing
 from typing import Any
 
+from metasam import _config
+
 
 def _parse_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
@@ -20,7 +22,12 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group(f"{cls.__name__} fields (also settable in --config YAML)")
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
+        help_text = f.metadata.get("help", "")
+        allowed = _config.allowed_text(f.metadata["check"]) if "check" in f.metadata else None
+        if allowed:
+            default = "" if f.default is dataclasses.MISSING else f"; default {f.default}"
+            help_text += f" (one of: {allowed}{default})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help
         kind = hints[f.name]
         base = _base_type(kind)
         if base is bool:

@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     explain.add_argument("--scale", type=float, default=None,
                          help="overall Hessian scale (default: the measure's characteristic one)")
     explain.add_argument("--plot", default=None, help="PNG path (default: explain-NAME.png)")
-    explain.add_argument("--json", action="store_true")
+    explain.add_argument("--json", action="store_true",
+                         help="print the explanation as one JSON object")
     explain.set_defaults(run=run_explain)
 
 

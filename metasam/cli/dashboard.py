@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     dashboard.add_argument("study", metavar="STUDY.yaml")
     dashboard.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default: 127.0.0.1, this machine only)")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--port", type=int, default=8080,
+                           help="port to serve on, 1 to 65535 (default 8080)")
     dashboard.set_defaults(run=run_dashboard)
 
 

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     meta.add_argument("--save", default=None, metavar="FILE.json",
                       help="keep the knowledge base in a file that `tune --meta` and the study "
                       "file's meta.from read in place of the studies")
-    meta.add_argument("--json", action="store_true")
+    meta.add_argument("--json", action="store_true",
+                      help="print the tasks, winning ranges and portfolio as JSON")
     meta.set_defaults(run=run_meta)
 
 
@@ -110,7 +111,11 @@ def meta_figure(tasks: list[str], labels: list[str], scores: list[list[float]]) 
 
     plt = pyplot()
     data = np.array(scores, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 4, 0.45 * len(labels) + 1.8), dpi=120)
+    longest = max((len(label) for label in labels), default=10)
+    # room for the row labels and the title; constrained layout places them (tight_layout
+    # warned and cut them)
+    fig, ax = plt.subplots(figsize=(max(1.6 * len(tasks) + 2.5 + 0.075 * longest, 7.5),
+                                    0.45 * len(labels) + 2.2), dpi=120, layout="constrained")
     image = ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -119,6 +124,5 @@ def meta_figure(tasks: list[str], labels: list[str], scores: list[list[float]]) 
             if np.isfinite(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label="normalized score (1 best, 0 SGD)")
-    ax.set_title("What wins where (finished studies; * the zero-shot portfolio)")
-    fig.tight_layout()
+    ax.set_title("What wins where (finished studies;\n* the zero-shot portfolio)")
     return fig

@@ -20,13 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--measures", default="trace,frob,lmax",
                         help=f"comma-separated: {', '.join(MEASURES)}")
     parser.add_argument("--examples", type=int, default=1280, help="training examples used")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="examples per Hessian-vector-product batch (default 256)")
     parser.add_argument("--probes", type=int, default=100, help="probes per estimate")
-    parser.add_argument("--density-runs", type=int, default=10)
-    parser.add_argument("--density-steps", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--density-runs", type=int, default=10,
+                        help="Lanczos runs of the density estimate (default 10)")
+    parser.add_argument("--density-steps", type=int, default=30,
+                        help="Lanczos steps per density run (default 30)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the data (default: the checkpoint's, "
+                        "$METASAM_DATA or ./data)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:1, ... (default auto)")
     parser.add_argument("--plot", metavar="PNG", default=None,
                         help="where the density plot goes (default: density.png next to the "
                         "checkpoint)")

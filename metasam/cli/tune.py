@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="override the study's concurrency")
     tune.add_argument("--warm-start", metavar="OTHER.yaml", default=None,
                       help="evaluate the top-k specs of another study first")
-    tune.add_argument("--top-k", type=int, default=3)
+    tune.add_argument("--top-k", type=int, default=3,
+                      help="with --warm-start: how many of the other study's best specs "
+                      "run first (whole numbers ≥ 1; default 3)")
     tune.add_argument("--meta", metavar="PRIOR", nargs="+", default=None,
                       help="finished studies (STUDY.yaml) or knowledge files (.json, from "
                       "`metasam meta --save`) to learn from, in place of the study file's "
@@ -54,10 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     trials = sub.add_parser("trials", help="list a study's trials")
     trials.add_argument("study", metavar="STUDY.yaml")
-    trials.add_argument("--json", action="store_true")
+    trials.add_argument("--json", action="store_true",
+                        help="every trial, the verdict, the cost and the Pareto front as one "
+                        "JSON object")
     trials.add_argument("--wide", action="store_true",
                         help="show where each trial ran (host/device; shown anyway when more "
-                        "than one host took part)")
+                        "than one host took part) and never cut rows to the terminal's width")
     trials.set_defaults(run=run_trials)
 
 
@@ -147,15 +151,25 @@ def run_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit(line: str, columns: int) -> str:
+    """A table row cut to the terminal's width (its trailing note gives way first)."""
+    line = line.rstrip()
+    return line if len(line) <= columns else line[:max(20, columns - 1)] + "…"
+
+
 def _print_front(config: StudyConfig, front: list[dict[str, Any]], chosen: int | None = None,
                  file: TextIO | None = None) -> None:
     """The Pareto front of the metric against gradient evaluations, cheapest first."""
     print(f"Pareto front ({config.metric} against gradient evaluations per run, "
           f"{len(front)} points):", file=file)
+    from metasam.decision.outcome import Verdict
+
+    scale, _ = Verdict.scale_of(config.metric)
     for p in front:
         mark = " <- chosen" if p["number"] == chosen else ""
+        value = f"{p['value'] * scale:.2f}%" if scale == 100.0 else f"{p['value']:.4f}"
         print(f"  #{p['number']:<4} {p['grad_evals']:>9} evals  {config.metric} "
-              f"{p['value']:.4f}  {p['label']}{mark}", file=file)
+              f"{value}  {p['label']}{mark}", file=file)
 
 
 def run_trials(args: argparse.Namespace) -> int:
@@ -191,23 +205,41 @@ def run_trials(args: argparse.Namespace) -> int:
                           "cost": workflow.cost().to_dict(),
                           "front": [vars(p) for p in front]}))
         return 0
-    width = max([5] + [len(str(r["label"])) for r in rows])  # labels are never cut
+    import shutil
+    import textwrap
+
+    from metasam.decision.outcome import Verdict
+
+    # one unit per metric (accuracies in %, as the race table), each label once, rows cut to
+    # the terminal (COLUMNS) unless --wide
+    scale, _ = Verdict.scale_of(config.metric) if config.objective == config.metric \
+        else (1.0, "")
+    head = f"{config.objective} %" if scale == 100.0 else config.objective
     # where each trial ran: shown when more than one host or Ray node took part, or with --wide
     hosts = {r["placement"]["host"] for r in rows if r["placement"]}
     nodes = {(r["placement"]["host"], r["placement"]["node"]) for r in rows if r["placement"]}
     wide = args.wide or len(nodes) > 1
+    columns = 10_000 if args.wide else shutil.get_terminal_size((120, 24)).columns
     where_width = max([5] + [len(r["where"]) for r in rows]) if wide else 0
     where_head = f"{'where':<{where_width}} " if wide else ""
-    print(f"{'#':>4} {'state':<9} {'label':<{width}} {config.objective:>9} {'ep':>3} "
-          f"{'full':>4} {'passes':>6}  {where_head}spec / reason")
+    print(textwrap.fill(
+        f"columns: # trial number; Optuna's state; {head}: its value at the last epoch it ran "
+        f"(ep); full: reached all {config.train.epochs} epochs (else stopped early by ASHA); "
+        "passes: forward-backward passes per step; then the member it trains, and its spec or "
+        "why it stopped", width=max(40, min(columns, 100))))
+    print(_fit(f"{'#':>4} {'state':<9} {head:>9} {'ep':>3} {'full':>4} {'passes':>6}  "
+               f"{where_head}label — spec or reason", columns))
     for r in rows:
-        value = "" if r["value"] is None else f"{r['value']:.4f}"
+        value = "" if r["value"] is None else f"{r['value'] * scale:.2f}" if scale == 100.0 \
+            else f"{r['value']:.4f}"
+        summary = r["summary"] if r["summary"] and r["summary"] not in str(r["label"]) else ""
         note = "interrupted, re-run" if r["interrupted"] else (
-            "surplus" if not r["counted"] else (r["reason"] or r["summary"]))
+            "surplus" if not r["counted"] else (r["reason"] or summary))
         where = f"{r['where']:<{where_width}} " if wide else ""
-        print(f"{r['number']:>4} {r['state']:<9} {str(r['label']):<{width}} {value:>9} "
-              f"{r['epochs'] if r['epochs'] is not None else '':>3} "
-              f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {where}{note}")
+        print(_fit(f"{r['number']:>4} {r['state']:<9} {value:>9} "
+                   f"{r['epochs'] if r['epochs'] is not None else '':>3} "
+                   f"{'yes' if r['full_budget'] else '':>4} {r['passes'] or '':>6}  {where}"
+                   f"{r['label']}{' — ' + note if note else ''}", columns))
     if len(nodes) > 1:
         print(f"ran on {len(nodes)} Ray node(s) on {len(hosts)} host(s): "
               + ", ".join(f"{host}/{(node or '?')[:8]}" for host, node in sorted(

@@ -149,10 +149,13 @@ class Verdict:
         shown = "%" if scale == 100.0 else ""
         n = len(self.winner.values)
         opening = min(len(st.values) for st in self.standings)
+        width = max([40] + [len(st.candidate.name) + 1 for st in self.standings])
         out = [f"race ({metric}{' ' + shown if shown else ''}; selection: an instance = a "
                f"training seed and a validation fold of the pool's rest; "
                f"{len(self.standings)} candidates, {self.runs} runs; ended: {self.end.value}):",
-               f"  {'':<40} {'first ' + str(opening):>8}  {'all its instances':<24}"]
+               f"  (first {opening}: the mean over the {opening} instances every candidate "
+               "ran, the like-for-like comparison; then over all the instances it ran)",
+               f"  {'':<{width}} {'first ' + str(opening):>8}  {'all its instances':<24}"]
         for st in self.standings:
             mark = "  <- winner" if st is self.winner else ""
             if st.dropped_after is None:
@@ -163,7 +166,7 @@ class Verdict:
                 left = f"dropped after {st.dropped_after}: worse by the test"
             if st.diverged:
                 left += f"; {st.diverged} diverged, counted as the instance's worst"
-            out.append(f"  {st.candidate.name:<40} {st.mean(opening) * scale:8.2f}  "
+            out.append(f"  {st.candidate.name:<{width}} {st.mean(opening) * scale:8.2f}  "
                        f"{st.mean() * scale:6.2f} ({left}){mark}")
         out.append(f"winner: {self.winner.candidate.name}, {metric} "
                    f"{self.winner.mean() * scale:.2f}{shown} over {n} race instances (the "
