@@ -22,13 +22,14 @@ sys.modules.setdefault("metasam.presets", presets)
 
 
 __all__ = ["Measure", "NonFiniteStepError", "SharpnessSpec", "SpecError", "StepInfo", "Study",
-           "UniversalSAM", "ValidationError", "load_optimizer", "presets", "__version__"]
+           "UniversalSAM", "ValidationError", "load_optimizer", "load_recipe", "presets",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     # The study workflow pulls in Optuna and Ray: loaded when first asked for, so that
     # `import metasam` for the optimizer alone stays light.
-    if name in ("Study", "load_optimizer"):
+    if name in ("Study", "load_optimizer", "load_recipe"):
         from metasam import workflow
 
         return getattr(workflow, name)

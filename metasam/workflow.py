@@ -32,7 +32,9 @@ from metasam.decision.stage import Verdict
 from metasam.errors import ConfigError
 from metasam.meta.knowledge import load_priors
 from metasam.meta.transfer import plan_transfer
+from metasam.optim.loading import Recipe
 from metasam.optim.loading import load_optimizer as _load_export
+from metasam.optim.loading import load_recipe as _load_recipe
 from metasam.optim.universal_sam import UniversalSAM
 from metasam.tuning.protocol import Point
 from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
@@ -200,3 +202,23 @@ def load_optimizer(source: str | os.PathLike[str] | dict[str, Any], params: Iter
         return Study.from_yaml(source).load_optimizer(params, model=model, seed=seed,
                                                       **overrides)
     return _load_export(source, params, model=model, seed=seed, **overrides)
+
+
+def load_recipe(source: str | os.PathLike[str] | dict[str, Any], params: Iterable[Any], *,
+                model: nn.Module | None = None, seed: int | None = None,
+                epochs: int | None = None, steps_per_epoch: int | None = None,
+                batch_size: int | None = None, **overrides: Any) -> Recipe:
+    """The study's winner with the learning-rate schedule it was tuned with (a
+    :class:`~metasam.optim.loading.Recipe`: ``optimizer``, ``scheduler``, ``epochs``,
+    ``per_step``, ``notes``); ``source`` as for :func:`load_optimizer`, the rest as
+    :func:`metasam.optim.loading.load_recipe`. Example::
+
+        recipe = metasam.load_recipe("studies/digits-noisy.yaml", model.parameters(),
+                                     model=model, epochs=30, steps_per_epoch=len(loader))
+    """
+    if not isinstance(source, dict) and Path(source).suffix in (".yaml", ".yml"):
+        if not Path(source).is_file():
+            raise ConfigError("study", "file not found", "a study YAML", str(source))
+        source = Study.from_yaml(source).export()
+    return _load_recipe(source, params, model=model, seed=seed, epochs=epochs,
+                        steps_per_epoch=steps_per_epoch, batch_size=batch_size, **overrides)

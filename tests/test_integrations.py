@@ -175,3 +175,84 @@ def test_dashboard_without_a_study_is_a_one_line_error(tmp_path) -> None:
     path = write_study(tmp_path, name="never")
     assert main(["dashboard", str(path)]) == 2
     assert not list(tmp_path.glob("*.db"))
+
+
+# --- Hugging Face Trainer --------------------------------------------------------------------
+
+class _TinyClassifier(torch.nn.Module):
+    """What the Trainer needs of a model: keyword inputs, a loss when given labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                                       torch.nn.Linear(16, 3))
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+@pytest.mark.parametrize("spec", ["frob_sam", "sam"])
+def test_hugging_face_trainer_takes_exactly_universal_sams_steps(spec: str, tmp_path) -> None:
+    """The Trainer's run equals a hand-written UniversalSAM loop over the same batches, bit
+    for bit: each step is one UniversalSAM step (1 + n passes), never a second base step."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import copy
+
+    from transformers import TrainingArguments
+
+    from metasam.integrations.transformers import SharpnessAwareTrainer
+
+    g = torch.Generator().manual_seed(1)
+    data = [{"x": torch.randn(8, generator=g), "labels": int(torch.randint(3, (1,),
+                                                                           generator=g))}
+            for _ in range(48)]
+    model = _TinyClassifier()
+    start = copy.deepcopy(model.state_dict())
+    batches = []
+
+    def record(module, args, kwargs):          # the batch of each step's unperturbed pass
+        batches.append((kwargs["x"].clone(), kwargs["labels"].clone()))
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=16, num_train_epochs=2,
+                             learning_rate=0.05, lr_scheduler_type="constant", report_to=[],
+                             save_strategy="no", use_cpu=True, seed=3, max_grad_norm=0.0,
+                             logging_strategy="no", disable_tqdm=True)
+    trainer = SharpnessAwareTrainer(model=model, args=args, train_dataset=data, sam=spec)
+    trainer.train()
+    sam = trainer.sam
+    passes = 1 + sam.spec.n
+    assert len(batches) == 6 * passes and sam.steps == 6   # 3 batches × 2 epochs
+    reference = _TinyClassifier()
+    reference.load_state_dict(start)
+    own = UniversalSAM(reference.parameters(), torch.optim.SGD, spec, model=reference,
+                       lr=0.05, momentum=0.9, weight_decay=0.0, seed=3, total_steps=6)
+    for x, y in batches[::passes]:
+        def closure(x=x, y=y):
+            own.zero_grad()
+            loss = F.cross_entropy(reference.net(x), y)
+            loss.backward()
+            return loss.detach()
+        own.step(closure)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_hugging_face_trainer_refuses_accumulation_with_the_way_out(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from transformers import TrainingArguments
+
+    from metasam.errors import ConfigError
+    from metasam.integrations.transformers import SharpnessAwareTrainer
+
+    args = TrainingArguments(str(tmp_path), gradient_accumulation_steps=2, report_to=[],
+                             use_cpu=True)
+    with pytest.raises(ConfigError, match="accumulating_closure"):
+        SharpnessAwareTrainer(model=_TinyClassifier(), args=args, train_dataset=[])

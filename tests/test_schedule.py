@@ -192,3 +192,72 @@ def test_load_optimizer_passes_total_steps_to_a_late_phase_spec(tmp_path) -> Non
     model, _ = _problem()
     optimizer = load_optimizer(path, model.parameters(), total_steps=10)
     assert optimizer.total_steps == 10 and optimizer.spec.schedule.start == 0.5
+
+
+# --- the tuned recipe: the optimizer and its learning-rate schedule --------------------------
+
+def _export(schedule: str, epochs: int = 8, milestones=(2, 4, 6), vary=None) -> dict:
+    spec = presets.get("sam").to_dict()
+    if vary is not None:
+        spec["vary"] = vary
+    return {"format": "metasam.optimizer/1", "spec": spec, "batch_size": 64, "epochs": epochs,
+            "base_optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                               "weight_decay": 0.0, "nesterov": False},
+            "schedule": {"name": schedule, "epochs": epochs, "milestones": list(milestones),
+                         "gamma": 0.2}}
+
+
+def _lrs(scheduler, steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` steps (the schedule read, never an update)."""
+    import warnings
+
+    out = []
+    with warnings.catch_warnings():   # stepped without optimizer steps on purpose
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(steps):
+            out.append(scheduler.optimizer.param_groups[0]["lr"])
+            scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "multistep", "constant"])
+def test_the_recipe_rebuilds_the_trainers_schedule(schedule: str) -> None:
+    """Per epoch, the recipe's learning rates are the ones metasam's trainer used; per step
+    (3 steps an epoch), they agree with them at every epoch boundary."""
+    import warnings
+
+    from metasam.optim.loading import load_recipe
+    from metasam.training import TrainConfig
+    from metasam.training.trainer import _scheduler
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    config = TrainConfig(epochs=8, lr=0.1, schedule=schedule, milestones=[2, 4, 6], gamma=0.2)
+    trainer_lrs = _lrs(_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))],
+                                                  lr=0.1), config), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # nothing differs from the tuned run: no warning
+        recipe = load_recipe(_export(schedule), [p])
+    assert not recipe.per_step and recipe.epochs == 8 and recipe.notes == []
+    assert _lrs(recipe.scheduler, 8) == pytest.approx(trainer_lrs, rel=1e-12)
+    per_step = load_recipe(_export(schedule), [torch.nn.Parameter(torch.zeros(2))],
+                           steps_per_epoch=3)
+    assert per_step.per_step and per_step.optimizer.total_steps == 24
+    assert _lrs(per_step.scheduler, 24)[::3] == pytest.approx(trainer_lrs, rel=1e-12)
+
+
+def test_the_recipe_says_what_it_assumes_away_from_the_tuned_run() -> None:
+    from metasam.optim.loading import RecipeWarning, load_recipe
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.warns(RecipeWarning) as caught:
+        recipe = load_recipe(_export("multistep"), [p], epochs=16, batch_size=128)
+    assert len(caught) == 2 and len(recipe.notes) == 2
+    assert "tuned for 8 epochs" in recipe.notes[0] and "16" in recipe.notes[0]
+    assert "batch size 64" in recipe.notes[1] and "128" in recipe.notes[1]
+    lrs = _lrs(recipe.scheduler, 16)       # milestones 2, 4, 6 of 8 → 4, 8, 12 of 16
+    assert lrs[3] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.02)
+    assert lrs[12] == pytest.approx(0.1 * 0.2 ** 3)
+    # a schedule of ρ over training needs the run's length: given by steps_per_epoch
+    ramp = _export("cosine", vary={"rho": {"ramp": [0.0, 0.05]}})
+    varied = load_recipe(ramp, [torch.nn.Parameter(torch.zeros(2))], steps_per_epoch=5)
+    assert varied.optimizer.total_steps == 40

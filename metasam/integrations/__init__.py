@@ -1,1 +1,2 @@
-"""Bridges to training frameworks; each needs its optional extra (``metasam[lightning]``)."""
+"""Bridges to training frameworks; each needs its optional extra (``metasam[lightning]``,
+``metasam[huggingface]``)."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from metasam.errors import ConfigError
@@ -83,3 +86,76 @@ def load_optimizer(path_or_export: str | os.PathLike[str] | dict[str, Any],
 
 _OWN_OPTIONS = ("scaler", "max_grad_norm", "bn_stats", "on_nonfinite", "process_group",
                 "total_steps")
+
+
+class RecipeWarning(UserWarning):
+    """The recipe is used away from what it was tuned for (other epochs, another batch size)."""
+
+
+@dataclass
+class Recipe:
+    """What a study's winner was tuned with, rebuilt: the optimizer, its learning-rate
+    schedule (step it once per epoch, or once per optimizer step when ``per_step``), and
+    notes on what was assumed where the user's run differs from the tuned one."""
+
+    optimizer: UniversalSAM
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epochs: int
+    per_step: bool
+    batch_size: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_recipe(path_or_export: str | os.PathLike[str] | dict[str, Any], params: Iterable[Any],
+                *, model: nn.Module | None = None, seed: int | None = None,
+                epochs: int | None = None, steps_per_epoch: int | None = None,
+                batch_size: int | None = None, **overrides: Any) -> Recipe:
+    """The optimizer *and* the learning-rate schedule the winner was tuned with.
+
+    ``epochs`` (default: the tuned run's) is how long your run trains; the schedule spans it
+    (multistep milestones scaled to it). With ``steps_per_epoch`` the schedule is stepped per
+    optimizer step (``recipe.per_step``; cosine then anneals smoothly) and the optimizer gets
+    ``total_steps`` (a spec that varies over training needs it); without, step the schedule once
+    per epoch, as metasam's trainer does. ``batch_size``: yours, compared with the tuned one —
+    ρ and the learning rate are kept as tuned (SAM's ρ is tied to the batch it perturbs), and a
+    :class:`RecipeWarning` says so. Example::
+
+        recipe = load_recipe("studies/digits-noisy.best.json", model.parameters(), model=model,
+                             epochs=30, steps_per_epoch=len(loader))
+        for epoch in range(recipe.epochs):
+            for x, y in loader:
+                recipe.optimizer.step(closure)
+                recipe.scheduler.step()
+    """
+    from metasam.optim.lr_schedules import build_lr_schedule
+
+    data = read_export(path_or_export)
+    schedule = data.get("schedule") or {"name": "constant", "epochs": data.get("epochs", 1)}
+    tuned_epochs = int(schedule.get("epochs") or data.get("epochs") or 1)
+    run_epochs = tuned_epochs if epochs is None else int(epochs)
+    if run_epochs < 1:
+        raise ConfigError("epochs", f"out of range: {epochs}", "whole numbers ≥ 1")
+    if steps_per_epoch is not None and steps_per_epoch < 1:
+        raise ConfigError("steps_per_epoch", f"out of range: {steps_per_epoch}",
+                          "whole numbers ≥ 1")
+    notes = []
+    if run_epochs != tuned_epochs:
+        notes.append(f"tuned for {tuned_epochs} epochs; the {schedule['name']} schedule spans "
+                     f"your {run_epochs} (milestones scaled), ρ and λ unchanged")
+    tuned_batch = data.get("batch_size")
+    if batch_size is not None and tuned_batch is not None and batch_size != tuned_batch:
+        notes.append(f"tuned at batch size {tuned_batch}, yours is {batch_size}: the learning "
+                     "rate and ρ are kept as tuned (ρ is tied to the batch it perturbs); "
+                     f"retune, or train at batch {tuned_batch}")
+    if steps_per_epoch is not None and "total_steps" not in overrides:
+        overrides["total_steps"] = run_epochs * steps_per_epoch
+    optimizer = load_optimizer(data, params, model=model, seed=seed, **overrides)
+    milestones = [max(1, round(m * run_epochs / tuned_epochs))
+                  for m in schedule.get("milestones") or ()]
+    scheduler = build_lr_schedule(optimizer, schedule["name"], epochs=run_epochs,
+                                  milestones=milestones, gamma=float(schedule.get("gamma", 0.1)),
+                                  steps_per_epoch=steps_per_epoch or 1)
+    for note in notes:
+        warnings.warn(note, RecipeWarning, stacklevel=2)
+    return Recipe(optimizer, scheduler, run_epochs, steps_per_epoch is not None, tuned_batch,
+                  notes)

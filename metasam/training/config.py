@@ -18,10 +18,10 @@ from metasam.family.presets import NAMES as PRESETS
 from metasam.family.spec import SharpnessSpec
 from metasam.models import MODELS
 from metasam.optim.bases import BASES
+from metasam.optim.lr_schedules import SCHEDULES
 from metasam.optim.universal_sam import BN_MODES, NONFINITE_MODES
 
 OPTIMIZERS = tuple(BASES)
-SCHEDULES = ("multistep", "cosine", "constant")
 TEST_MODES = ("none", "final", "epoch")
 DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N", "mps")
 

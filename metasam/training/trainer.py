@@ -88,12 +88,10 @@ def base_of(config: TrainConfig) -> dict[str, Any]:
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig
                ) -> torch.optim.lr_scheduler.LRScheduler:
-    if config.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.resolved_milestones(),
-                                                    gamma=config.gamma)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    from metasam.optim.lr_schedules import build_lr_schedule
+
+    return build_lr_schedule(optimizer, config.schedule, epochs=config.epochs,
+                             milestones=config.resolved_milestones(), gamma=config.gamma)
 
 
 class Trial:
