@@ -196,7 +196,9 @@ def _verdict_section(report: StudyReport, scale: float, unit: str) -> Section:
     plan = verdict.plan
     value = verdict.winner.confirmed_mean()
     if not math.isnan(value):
-        section.text.append(f"The winner's {metric} on the confirmation: {value * scale:.2f} "
+        shown = "%" if scale == 100.0 else ""
+        section.text.append(f"The winner's {metric} on the confirmation: "
+                            f"{value * scale:.2f}{shown} "
                             f"over {len(verdict.winner.confirmed)} fresh instances "
                             f"(validation folds of {plan.fold} held-back examples).")
     section.notes.append(verdict.meaning() + ".")
@@ -204,8 +206,9 @@ def _verdict_section(report: StudyReport, scale: float, unit: str) -> Section:
 
 
 def _race_section(verdict: Verdict, metric: str, scale: float) -> Section:
-    rows = [f"| candidate | instances | race mean ({metric}) | how it ended | diverged |",
-            "|---|---|---|---|---|"]
+    opening = min(len(st.values) for st in verdict.standings)
+    rows = [f"| candidate | instances | mean of the first {opening} ({metric}) | mean of all "
+            "its instances | how it ended | diverged |", "|---|---|---|---|---|---|"]
     for st in verdict.standings:
         if st is verdict.winner:
             ended = "**winner**"
@@ -215,12 +218,14 @@ def _race_section(verdict: Verdict, metric: str, scale: float) -> Section:
             ended = f"stopped after {st.dropped_after}: not in the better half"
         else:
             ended = f"dropped after {st.dropped_after}: worse by the test"
-        rows.append(f"| {st.candidate.name} | {len(st.values)} | {st.mean() * scale:.2f} | "
-                    f"{ended} | {st.diverged or ''} |")
+        rows.append(f"| {st.candidate.name} | {len(st.values)} | "
+                    f"{st.mean(opening) * scale:.2f} | {st.mean() * scale:.2f} | {ended} | "
+                    f"{st.diverged or ''} |")
     return Section("Race", tables=["\n".join(rows)], notes=[
         f"Rule {verdict.rule}, {verdict.runs} runs, ended: {verdict.end.value}. An instance is "
-        "a training seed and a validation fold of the pool's rest; the race means chose the "
-        "winner and are biased upwards — the verdict above is on fresh instances."])
+        "a training seed and a validation fold of the pool's rest; the first "
+        f"{opening} instances are the ones every candidate ran (like for like). The race means "
+        "chose the winner and are biased upwards — the verdict above is on fresh instances."])
 
 
 def _p(value: float) -> str:
