@@ -47,3 +47,34 @@ def test_on_a_terminal_one_line_is_rewritten_in_place():
     text = out.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r") == 4
     assert text.rstrip("\n").rsplit("\r", 1)[1].startswith("sharpness: 32 products")
+
+
+def test_a_studys_status_line_has_its_time_left_from_this_commands_rate(monkeypatch):
+    """2 trials finished before the command started, 2 more in its first 60 s: 4 of 10 left
+    at 30 s each is about 3 minutes; on a terminal the line is rewritten in place."""
+    import optuna
+
+    from metasam.tuning import progress
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(value=0.5))
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    reporter = progress.StudyReporter(study, "s", 8, "val_acc", 3, interval=0.0, out=out)
+    reporter.report([], done=False)                         # 0 s: 2 finished before
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(value=0.6))
+    now[0] = 60.0
+    reporter.report([], done=False)                         # 60 s: 2 more here
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("study s: 2/8 finished") and lines[0].endswith("; 0s elapsed")
+    assert lines[1].startswith("study s: 4/8 finished")
+    assert lines[1].endswith("; 1m00s elapsed, about 2m00s left")
+    live = _Terminal()
+    terminal = progress.StudyReporter(study, "s", 8, "val_acc", 3, interval=0.0, out=live)
+    terminal.report([], done=False)
+    terminal.report([], done=True)
+    assert live.getvalue().count("\n") == 1 and live.getvalue().count("\r") == 4
