@@ -83,6 +83,19 @@ class _Probes:
     raw: list[list[Tensor]] = field(default_factory=list)
     acc: list[list[Tensor]] = field(default_factory=list)
     last_grad_norm: Tensor | None = None   # ‖g_n‖, of the last perturbed pass
+    dots: list[Tensor] = field(default_factory=list)   # ⟨v, g_i⟩ with the hyper probe v
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """What a step tells a hypergradient (:mod:`metasam.family.hypergradient`): ⟨v, g0⟩ and
+    ⟨v, g_i⟩ for the probe direction v (``UniversalSAM.hyper_probe``), the loss differences
+    D_i, and the learning rate of the base step (its first group's)."""
+
+    dot0: float
+    dots: Tensor
+    d: Tensor
+    lr: float
 
 
 class UniversalSAM(torch.optim.Optimizer):
@@ -216,6 +229,10 @@ class UniversalSAM(torch.optim.Optimizer):
             seed = self._sync.seed(int(torch.randint(0, 2**62, (1,)).item()))
         self.seed = int(seed)
         self.steps = 0
+        # A direction v (one tensor per parameter, e.g. a validation gradient): each step with
+        # a sharpness term then records ⟨v, g0⟩, ⟨v, g_i⟩ and D_i in ``last_probe``.
+        self.hyper_probe: list[Tensor] | None = None
+        self.last_probe: ProbeRecord | None = None
         self.skipped_steps = 0
         self.grad_evals = 0  # forward/backward passes made by all steps so far
         self._step_passes = 0
@@ -323,7 +340,9 @@ class UniversalSAM(torch.optim.Optimizer):
             raise TypeError("UniversalSAM.step needs a closure that zeroes the gradients, runs "
                             "forward and backward on one batch and returns the loss")
         self._begin_step()
+        self.last_probe = None
         first = self._unperturbed_pass(closure)
+        dot0 = self._probe_dot(first.params)
         if self._active.is_plain or not first.perturbed:
             self._finish(first.params, first.loss, first.loss_check, first.grad_norm,
                          StepInfo(self.steps, 0.0, self._step_passes))
@@ -336,8 +355,21 @@ class UniversalSAM(torch.optim.Optimizer):
                    or (schedule is not None and schedule.reuse))
         g0 = [p.grad.clone() for p in first.params] if keep_g0 else None
         probes = self._perturbed_passes(closure, first)
+        if dot0 is not None and len(probes.dots) == len(probes.losses):
+            d = (torch.stack(probes.losses).double() - first.loss.double()) / self._active.rho**2
+            self.last_probe = ProbeRecord(float(dot0), torch.stack(probes.dots).double().cpu(),
+                                          d.detach().cpu(), float(self.param_groups[0]["lr"]))
         self._combine_and_apply(first, probes, g0)
         return first.loss
+
+    def _probe_dot(self, params: list[Tensor]) -> Tensor | None:
+        """⟨v, current gradients⟩ over the parameters, with v = ``hyper_probe`` (None: off)."""
+        if self.hyper_probe is None:
+            return None
+        every = [p for g in self.param_groups for p in g["params"]]
+        probe = dict(zip(map(id, every), self.hyper_probe, strict=True))
+        return sum((probe[id(p)].to(torch.float64) * _grad_or_zero(p).to(torch.float64)).sum()
+                   for p in params)
 
     # --- the phases of a step ---------------------------------------------------------------
 
@@ -394,6 +426,9 @@ class UniversalSAM(torch.optim.Optimizer):
                 finally:
                     torch._foreach_copy_(perturbed, x0)
                 grads_i = [_grad_or_zero(p) for p in params]
+                dot = self._probe_dot(params)
+                if dot is not None:
+                    probes.dots.append(dot)
                 name = f"perturbation {i + 1} of {n}"
                 probes.last_grad_norm = _total(_norms(grads_i), first.loss.device)
                 checks += [Check(name, "loss", loss_i),

@@ -1,0 +1,166 @@
+"""Hypergradients of a validation loss in the family's parameters, against ground truth:
+autograd through one unrolled step of a small model (float64), finite differences of
+L_val(w') in θ, and the optimizer's own dot products against ones computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metasam import SharpnessSpec, UniversalSAM, presets
+from metasam.family.hypergradient import (
+    beta,
+    hypergradient,
+    parameters,
+    project,
+    with_parameters,
+)
+from metasam.family.monotone import check_penalty
+
+F64 = torch.float64
+
+
+def _problem(seed: int = 0, n: int = 3):
+    """Softmax regression: weights w (3×5), a training and a validation batch, n fixed
+    perturbation directions; D_i and g_i, g0 at w."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(3, 5, generator=g, dtype=F64) * 0.5
+    x, y = torch.randn(16, 5, generator=g, dtype=F64), torch.randint(3, (16,), generator=g)
+    xv, yv = torch.randn(32, 5, generator=g, dtype=F64), torch.randint(3, (32,), generator=g)
+    rho = 0.1
+    v = [torch.randn(3, 5, generator=g, dtype=F64) for _ in range(n)]
+    v = [u / u.norm() for u in v]
+
+    def loss(weights, xs=x, ys=y):
+        return F.cross_entropy(xs @ weights.T, ys)
+
+    def grad(weights):
+        weights = weights.detach().requires_grad_(True)
+        return torch.autograd.grad(loss(weights), weights)[0]
+
+    l0 = loss(w)
+    d = torch.stack([(loss(w + rho * u) - l0) / rho**2 for u in v])
+    return w, d, grad(w), [grad(w + rho * u) for u in v], (xv, yv), loss
+
+
+def _reference_beta(theta, d, lam_scale: str):
+    """β_i written out for φ(t) = Σ c_k t^k, ψ(s) = t0·s + t1·s² (independently of metasam)."""
+    c, t0, t1, lam = theta["c"], theta["t0"], theta["t1"], theta["lam"]
+    phi = sum(c[k] * d**k for k in range(len(c)))
+    dphi = sum(k * c[k] * d ** (k - 1) for k in range(1, len(c)))
+    a = phi.mean()
+    w = (t0 + 2 * t1 * a) * dphi
+    scale = lam / len(d) if lam_scale == "absolute" else lam / w.abs().sum()
+    return scale * w
+
+
+@pytest.mark.parametrize("lam_scale", ["absolute", "relative"])
+def test_the_hypergradient_is_autograd_through_the_unrolled_step(lam_scale: str) -> None:
+    """L_val(w − η(g0 + Σβ_i(θ)(g_i − g0))) differentiated by autograd in λ, φ's coefficients
+    and ψ's: the formula with ⟨∇L_val(w'), g_i − g0⟩ agrees to 1e-6 (relative)."""
+    w, d, g0, gs, (xv, yv), loss = _problem()
+    coefficients, terms, lam, eta = [0.0, 0.65, 0.84, 0.33], (1.0, 0.5), 0.4, 0.3
+    spec = SharpnessSpec(phi={"fn": "polynomial", "coefficients": coefficients},
+                         psi={"fn": "polynomial", "terms": [[terms[0], [1]], [terms[1], [2]]]},
+                         n=3, rho=0.1, lam=lam, lam_scale=lam_scale)
+    theta = {"c": torch.tensor(coefficients, dtype=F64, requires_grad=True),
+             "t0": torch.tensor(terms[0], dtype=F64, requires_grad=True),
+             "t1": torch.tensor(terms[1], dtype=F64, requires_grad=True),
+             "lam": torch.tensor(lam, dtype=F64, requires_grad=True)}
+    b = _reference_beta(theta, d, lam_scale)
+    assert torch.allclose(b.detach(), beta(spec, d), rtol=1e-12, atol=0)
+    step = g0 + sum(b[i] * (gs[i] - g0) for i in range(3))
+    after = w - eta * step
+    val = loss(after, xv, yv)
+    truth = torch.autograd.grad(val, [theta["lam"], theta["c"], theta["t0"], theta["t1"]])
+    at = after.detach().requires_grad_(True)
+    v = torch.autograd.grad(loss(at, xv, yv), at)[0]
+    names = ["lam", "phi[0].c1", "phi[0].c2", "phi[0].c3", "psi.t0", "psi.t1"]
+    ours = hypergradient(spec, d, torch.stack([(v * gi).sum() for gi in gs]), (v * g0).sum(),
+                         eta, names)
+    expected = [truth[0], truth[1][1], truth[1][2], truth[1][3], truth[2], truth[3]]
+    for name, e in zip(names, expected, strict=True):
+        assert ours[name] == pytest.approx(float(e), rel=1e-6, abs=1e-12), name
+
+
+def test_the_online_approximation_matches_finite_differences_to_first_order() -> None:
+    """With ∇L_val at w (before the step, as the online learner takes it) the hypergradient is
+    within O(η) of the finite difference of L_val(w') in λ: closer as η shrinks."""
+    w, d, g0, gs, (xv, yv), loss = _problem(seed=1)
+    spec = SharpnessSpec(phi="identity", psi="identity", measure="gaussian", n=3, rho=0.1,
+                         lam=0.7)
+    at = w.detach().requires_grad_(True)
+    v = torch.autograd.grad(loss(at, xv, yv), at)[0]
+    errors = []
+    for eta in (0.2, 0.05):
+        def val(lam: float, eta: float = eta) -> float:
+            b = beta(spec.replace(lam=lam), d)
+            return float(loss(w - eta * (g0 + sum(b[i] * (gs[i] - g0) for i in range(3))),
+                              xv, yv))
+        fd = (val(0.7 + 1e-6) - val(0.7 - 1e-6)) / 2e-6
+        ours = hypergradient(spec, d, torch.stack([(v * gi).sum() for gi in gs]),
+                             (v * g0).sum(), eta, ["lam"])["lam"]
+        errors.append(abs(ours - fd) / abs(fd))
+    assert errors[1] < errors[0] / 2 and errors[1] < 0.05, errors
+
+
+def test_the_optimizer_reports_the_dot_products_of_its_own_passes() -> None:
+    """UniversalSAM with a probe direction v records ⟨v, g0⟩ and ⟨v, g_i⟩ of the gradients of
+    its passes, the loss differences D_i, and the step's learning rate."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(16, 5), torch.randint(3, (16,))
+    spec = SharpnessSpec(phi={"fn": "polynomial", "coefficients": [0.0, 1.0, 0.5]}, n=2,
+                         rho=0.05, lam=0.3, measure="gaussian")
+    opt = UniversalSAM(model.parameters(), torch.optim.SGD, spec, model=model, lr=0.1, seed=4)
+    probe = [torch.randn_like(p) for p in model.parameters()]
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        seen.append(([p.grad.clone() for p in model.parameters()], loss.detach()))
+        return loss
+
+    opt.hyper_probe = probe
+    opt.step(closure)
+    record = opt.last_probe
+    dots = [sum(float((v * g).sum()) for v, g in zip(probe, grads, strict=True))
+            for grads, _ in seen]
+    assert record.dot0 == pytest.approx(dots[0], rel=1e-10)
+    assert record.dots.tolist() == pytest.approx(dots[1:], rel=1e-10)
+    losses = [float(loss) for _, loss in seen]
+    assert record.d.tolist() == pytest.approx(
+        [(value - losses[0]) / 0.05**2 for value in losses[1:]], rel=1e-9)
+    assert record.lr == 0.1
+
+
+def test_projection_keeps_every_visited_member_a_penalty() -> None:
+    """Random large moves of φ's and ψ's coefficients and λ: what the projection returns is
+    always a penalty with λ ≥ 0, and it takes the whole move when that is one."""
+    spec = SharpnessSpec(phi={"fn": "polynomial", "coefficients": [0.0, 1.0, 0.3]}, n=2,
+                         lam=0.5, lam_scale="relative")
+    g = torch.Generator().manual_seed(0)
+    whole = 0
+    for _ in range(40):
+        start = parameters(spec)
+        proposed = {k: v + float(torch.randn((), generator=g)) for k, v in start.items()
+                    if k != "phi[0].c0"}
+        member, fraction = project(spec, proposed)
+        assert member.lam >= 0 and check_penalty(member).ok
+        if fraction == 1.0:
+            whole += 1
+            assert parameters(member) == pytest.approx({**start, **proposed})
+        spec = member
+    assert 0 < whole < 40   # some moves left the penalty set and were shortened
+
+
+def test_parameters_round_trip_through_the_spec() -> None:
+    spec = presets.get("frob_sam")
+    values = parameters(spec)
+    assert set(values) >= {"lam"} and with_parameters(spec, values).to_dict()["lam"] == spec.lam
+    assert math.isclose(parameters(with_parameters(spec, {"lam": 0.25}))["lam"], 0.25)
