@@ -111,8 +111,8 @@ def test_the_optimizer_reports_the_dot_products_of_its_own_passes() -> None:
     """UniversalSAM with a probe direction v records ⟨v, g0⟩ and ⟨v, g_i⟩ of the gradients of
     its passes, the loss differences D_i, and the step's learning rate."""
     torch.manual_seed(0)
-    model = torch.nn.Linear(5, 3)
-    x, y = torch.randn(16, 5), torch.randint(3, (16,))
+    model = torch.nn.Linear(5, 3).double()
+    x, y = torch.randn(16, 5, dtype=F64), torch.randint(3, (16,))
     spec = SharpnessSpec(phi={"fn": "polynomial", "coefficients": [0.0, 1.0, 0.5]}, n=2,
                          rho=0.05, lam=0.3, measure="gaussian")
     opt = UniversalSAM(model.parameters(), torch.optim.SGD, spec, model=model, lr=0.1, seed=4)
