@@ -164,3 +164,66 @@ def test_parameters_round_trip_through_the_spec() -> None:
     values = parameters(spec)
     assert set(values) >= {"lam"} and with_parameters(spec, values).to_dict()["lam"] == spec.lam
     assert math.isclose(parameters(with_parameters(spec, {"lam": 0.25}))["lam"], 0.25)
+
+
+# --- the bias learned within one run ----------------------------------------------------------
+
+def _config(**learn):
+    from metasam.training import TrainConfig
+
+    return TrainConfig.from_dict({
+        "dataset": "digits", "model": "cnn", "epochs": 2, "lr": 0.05, "batch_size": 64,
+        "val_fraction": 0.2, "seed": 0, "subset": 0.4,
+        "spec": {"phi": {"fn": "polynomial", "coefficients": [0.0, 1.0, 0.3]}, "n": 2,
+                 "measure": "gaussian", "rho": 0.05, "lam": 0.5, "lam_scale": "relative"},
+        **({"learn": learn} if learn else {})})
+
+
+def test_a_learner_at_a_vanishing_rate_trains_as_the_fixed_member() -> None:
+    """Its validation passes touch no weight, buffer or random stream of the run: with a step
+    size of 1e-12 the weights end where the fixed member's do (to rounding of the moved θ)."""
+    from metasam.training import Trial
+
+    fixed, learned = Trial(_config()), Trial(_config(lr=1e-12, every=1, val_batch=32))
+    for _ in range(2):
+        fixed.train_epoch()
+        learned.train_epoch()
+    assert learned.learner.hyper_steps == learned.optimizer.steps > 0
+    for a, b in zip(fixed.model.state_dict().values(), learned.model.state_dict().values(),
+                    strict=True):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_the_learner_moves_against_the_hypergradient_and_counts_its_passes() -> None:
+    """One hypergradient step by hand: a positive ⟨∇L_val, g_i − g0⟩ makes λ's hypergradient
+    negative (a larger λ lowers L_val), so λ grows by Adam's first step, e^lr; every visited
+    member of a whole run is a penalty, and the validation passes are counted."""
+    from metasam.optim.universal_sam import ProbeRecord
+    from metasam.training import Trial
+
+    trial = Trial(_config(params=["lam"], lr=0.1, every=2, val_batch=32))
+    before = trial.optimizer.spec.lam
+    trial.optimizer.last_probe = ProbeRecord(0.0, torch.tensor([1.0, 1.0], dtype=F64),
+                                             torch.tensor([0.4, 0.6], dtype=F64), 0.05)
+    trial.learner.after_step()
+    assert trial.optimizer.spec.lam == pytest.approx(before * math.exp(0.1), rel=1e-6)
+    specs = []
+    for _ in range(2):
+        metrics = trial.train_epoch()
+        specs.append(SharpnessSpec.from_json(metrics["learned_spec"]))
+    assert all(s.lam > 0 and check_penalty(s).ok for s in specs)
+    steps = trial.optimizer.steps
+    assert trial.learner.val_passes == (steps + 1) // 2
+    assert metrics["learn_grad_evals"] == trial.learner.val_passes * 32 / 64
+
+
+def test_learning_needs_a_validation_split_and_sgd() -> None:
+    from metasam.errors import ConfigError
+    from metasam.training import TrainConfig, Trial
+
+    with pytest.raises(ConfigError, match="validation split"):
+        Trial(TrainConfig.from_dict({**_config(every=1).to_dict(), "val_fraction": 0.0}))
+    with pytest.raises(ConfigError, match="sgd"):
+        Trial(TrainConfig.from_dict({**_config(every=1).to_dict(), "optimizer": "adamw"}))
+    with pytest.raises(ConfigError, match="learn.params"):
+        _config(params=["rho"])

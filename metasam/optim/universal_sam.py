@@ -249,6 +249,19 @@ class UniversalSAM(torch.optim.Optimizer):
 
     # --- public helpers ---------------------------------------------------------------------
 
+    def set_spec(self, spec: SharpnessSpec | Any) -> None:
+        """Train with ``spec`` from the next step on: the same structure (measure, n, φ's and
+        ψ's functions), other parameters — what a bias learned during the run changes
+        (:mod:`metasam.training.learned`)."""
+        spec = SharpnessSpec.coerce(spec)
+        if (spec.n, spec.measure, spec.vary) != (self.spec.n, self.spec.measure, None):
+            raise ValueError("set_spec: the new member must keep n and the measure, without "
+                             "vary")
+        self.spec = spec
+        self._active = spec
+        self._active_values = None
+        self._g0_coefficient = self._constant_g0_coefficient(spec)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group.setdefault("perturb", True)
         if hasattr(self, "base_optimizer"):

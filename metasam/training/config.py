@@ -20,6 +20,7 @@ from metasam.models import MODELS
 from metasam.optim.bases import BASES
 from metasam.optim.lr_schedules import SCHEDULES
 from metasam.optim.universal_sam import BN_MODES, NONFINITE_MODES
+from metasam.training.learned import LearnSettings
 
 OPTIMIZERS = tuple(BASES)
 TEST_MODES = ("none", "final", "epoch")
@@ -154,6 +155,10 @@ class TrainConfig:
                           "multistep decay factor")
     # the sharpness-aware part
     preset: str = option("sgd", _config.choice(*PRESETS), "sharpness preset")
+    learn: dict[str, Any] | None = option(
+        None, lambda n, v: None if v is None else LearnSettings.of(v).to_dict(),
+        "learn the bias during the run by hypergradients on the validation split: {params: "
+        "[lam, phi, psi], every: K, lr: A, val_batch: B} (SGD, a fixed member with lam > 0)")
     spec: dict[str, Any] | None = option(None, _spec, "a SharpnessSpec (dict or JSON file); "
                                          "overrides preset")
     rho: float | None = option(None, _config.number(0.0, low_open=True, optional=True),

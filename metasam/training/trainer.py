@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -130,10 +131,28 @@ class Trial:
             total_steps=config.epochs * len(self.loader),
             **kwargs)
         self.scheduler = _scheduler(self.optimizer, config)
+        self.learner = self._learner(config)
         self.epoch = 0
         self.grad_evals = 0
         self.elapsed = 0.0
         self.history: list[dict[str, Any]] = []
+
+    def _learner(self, config: TrainConfig) -> Any:
+        """The bias learner of ``learn`` (None without): on the validation split only."""
+        if config.learn is None:
+            return None
+        from metasam.training.learned import BiasLearner, LearnSettings
+
+        val = self.splits.val
+        if val is None or len(val) == 0:
+            raise ConfigError("learn", "needs a validation split to learn on",
+                              "val_fraction > 0 (never the test set)")
+        if config.optimizer != "sgd" or config.fp16:
+            raise ConfigError("learn", "the one-step hypergradient assumes an SGD step in fp32 "
+                              "or bf16", "optimizer: sgd, without fp16")
+        x = val.normalize(val.x).to(self.device)
+        return BiasLearner(self.optimizer, self.forward, x, val.y.to(self.device),
+                           LearnSettings.of(config.learn), seed=config.seed + 7)
 
     # --- checkpoints ------------------------------------------------------------------------
 
@@ -221,10 +240,14 @@ class Trial:
                 return loss
 
             passes_before = self.optimizer.grad_evals
+            if self.learner is not None:
+                self.learner.before_step()
             try:
                 loss = self.optimizer.step(closure)
             finally:  # the passes a step really made, a failed one's included
                 self.grad_evals += self.optimizer.grad_evals - passes_before
+            if self.learner is not None:
+                self.learner.after_step()
             info = self.optimizer.last_step
             if info is not None and info.skipped is None:
                 total_loss += loss.double() * y.shape[0]
@@ -246,6 +269,12 @@ class Trial:
             "skipped_steps": self.optimizer.skipped_steps - skipped_before,
             "lr": lr,
         }
+        if self.learner is not None:   # θ at the end of the epoch, and what it cost
+            metrics.update({f"learned:{k}": v for k, v in self.learner.snapshot().items()})
+            metrics["learned_spec"] = json.dumps(self.optimizer.spec.to_dict())
+            extra = self.learner.val_passes * self.config.learn["val_batch"] / \
+                self.config.batch_size
+            metrics["learn_grad_evals"] = extra
         if sharp_steps:
             metrics["sharpness"] = sharpness / sharp_steps
         if shares:  # with a guard: ‖sharpness part‖/‖g0‖ and how often the guard scaled it
