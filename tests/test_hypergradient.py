@@ -227,3 +227,36 @@ def test_learning_needs_a_validation_split_and_sgd() -> None:
         Trial(TrainConfig.from_dict({**_config(every=1).to_dict(), "optimizer": "adamw"}))
     with pytest.raises(ConfigError, match="learn.params"):
         _config(params=["rho"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_study_point_can_learn_its_bias_and_exports_the_member_it_ended_with(
+        tmp_path, ray_cluster) -> None:
+    """A space point `{preset: sam, learn: {...}}` runs as one trial that learns λ; the study's
+    export is the member the run ended with (an ordinary spec, `learned.from` the start), and
+    the study's cost counts the validation passes."""
+    from _util import write_study
+
+    from metasam.cli import main
+    from metasam.decision.budget import study_cost
+    from metasam.decision.export import best_optimizer
+    from metasam.tuning import StudyConfig
+
+    path = write_study(tmp_path, name="learns", trials=1, epochs=2, space={
+        "points": [{"preset": "sam", "learn": {"params": ["lam"], "every": 2,
+                                               "val_batch": 32}}]},
+        scheduler={"type": "none"})
+    data = __import__("yaml").safe_load(path.read_text())
+    data["train"]["val_fraction"] = 0.2
+    path.write_text(__import__("yaml").safe_dump(data))
+    assert main(["tune", str(path), "--address", ray_cluster, "--quiet"]) == 0
+    config = StudyConfig.from_yaml(path)
+    exported = best_optimizer(config)
+    assert exported["learned"]["from"]["name"] == "sam"
+    assert exported["learned"]["settings"]["params"] == ["lam"]
+    learned = SharpnessSpec.from_dict(exported["spec"])
+    assert learned.lam != presets.get("sam").lam and learned.lam > 0
+    assert "(learned: lam)" in exported["label"]
+    cost = study_cost(config)
+    assert 1.0 < cost.tuning < 1.5     # one run plus its validation passes

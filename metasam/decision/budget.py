@@ -47,7 +47,11 @@ def full_run_equivalents(study: optuna.Study, epochs: int) -> tuple[float, int]:
         rec = TrialRecord.of(t)
         if rec.status is None:  # still running or waiting: nothing spent that is recorded
             continue
-        total += min(1.0, (rec.epochs or 0) / epochs)
+        share = min(1.0, (rec.epochs or 0) / epochs)
+        extra, evals = rec.result("learn_grad_evals"), rec.result("grad_evals")
+        if extra and evals:   # a learned bias's validation passes, in its own passes' units
+            share *= 1.0 + float(extra) / float(evals)
+        total += share
         n += 1
     return total, n
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from metasam.decision.budget import study_cost
@@ -52,8 +53,16 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
         trial = best[0]
         spec, overrides, number = trial_spec(trial), trial_train(trial), trial.number
         name, value = TrialRecord.of(trial).name, trial.value
-    train = config.train.replace(**overrides)
     rec = TrialRecord.of(trial) if trial is not None else None
+    learned = None
+    if "learn" in overrides:    # a bias learned within the run: its member at the end
+        start, overrides = spec, {k: v for k, v in overrides.items() if k != "learn"}
+        final = rec.result("learned_spec") if rec is not None else None
+        learned = {"from": start, "settings": dict(trial_train(trial)).get("learn")
+                   if trial is not None else None, "trial": number}
+        if final is not None:
+            spec = json.loads(final) if isinstance(final, str) else final
+    train = config.train.replace(**overrides)
     return {
         "format": FORMAT,
         "name": name,
@@ -69,6 +78,7 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
         "dataset": train.dataset, "model": train.model,
         "placement": rec.placement.to_dict() if rec and rec.placement else None,
         "verdict": verdict.to_dict(config.metric) if verdict is not None else None,
+        **({"learned": learned} if learned is not None else {}),
         "cost": study_cost(config).to_dict(),
         **({"max_cost": max_cost, "grad_evals": rec.result("grad_evals") if rec else None,
             "front": [vars(p) for p in front]} if front is not None else {}),

@@ -145,7 +145,8 @@ class TrialOutcome:
 
 
 RESULT_KEYS = ("passes_per_step", "grad_evals", "wall_time", "history", "test_acc",
-               "test_loss", "val_acc", "val_loss", "placement")  # copied from the last result
+               "test_loss", "val_acc", "val_loss", "placement",
+               "learned_spec", "learn_grad_evals")  # copied from the last result
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ def _read_presets(value: Any) -> list[Point]:
 def _read_point(entry: Any) -> list[Point]:
     if not isinstance(entry, dict) or "preset" not in entry:
         raise ConfigError("preset", "each point needs a preset to start from", presets.NAMES)
-    allowed = ("preset", *SPEC_KEYS, *MEASURE_KEYS, *TRAIN_KEYS)
+    allowed = ("preset", *SPEC_KEYS, *MEASURE_KEYS, *TRAIN_KEYS, "learn")
     _checks.known_keys("", entry, allowed)
     name = _checks.choice("preset", entry["preset"], presets.NAMES)
     keys = [k for k in entry if k != "preset"]
@@ -161,15 +161,22 @@ def _read_point(entry: Any) -> list[Point]:
     points = []
     for combo in itertools.product(*grids):
         values = dict(zip(keys, combo, strict=True))
-        spec_changes = {k: v for k, v in values.items() if k not in TRAIN_KEYS}
+        spec_changes = {k: v for k, v in values.items() if k not in (*TRAIN_KEYS, "learn")}
         train = {k: v for k, v in values.items() if k in TRAIN_KEYS}
         for key, value in train.items():
             _checks.number(key, value, low=0.0)
+        if "learn" in values:   # the bias learned within the run, from this member
+            from metasam.training.learned import LearnSettings
+
+            train["learn"] = LearnSettings.of(values["learn"]).to_dict()
         try:
             spec = presets.get(name, **spec_changes)
         except SpecError as err:
             raise ConfigError(err.field, err.problem, err.allowed) from None
-        method = name + "".join(f" {k}={v}" for k, v in values.items() if k != "vary")
+        method = name + "".join(f" {k}={v}" for k, v in values.items()
+                                if k not in ("vary", "learn"))
+        if "learn" in values:
+            method += f" (learned: {', '.join(train['learn']['params'])})"
         if spec.vary is not None:
             method += f" ({spec.vary.label()})"
         points.append(Point(Label(Role.POINT, method, preset=name), spec.to_dict(), train))
