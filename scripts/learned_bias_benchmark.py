@@ -7,8 +7,10 @@ default (θ = λ) and from a universal default (φ(t) = t + 0·t², ψ = identit
 perturbations, n = 2, ρ = 0.05, relative λ = 1; θ = λ and φ's coefficients), trained on the
 study's training pool without its validation share (``val_fraction`` as the study's) and
 scored on test over the same paired seeds as the benchmark's test runs of the race's winner and
-SAM at its default (trained on the whole pool). Prints, per task: learned − winner and learned
-− SAM (points, paired mean ± 95% CI, two-sided p), the cost of each in full-run equivalents
+SAM at its default (trained on the whole pool), and SAM at its default trained on the learners'
+split (the control: what learning did, apart from the data it set aside). Prints, per task:
+learned − winner, − SAM and − SAM on the same split (points, paired mean ± 95% CI, two-sided
+p), the cost of each in full-run equivalents
 (the learned runs' validation passes included) and where θ ended; writes
 ``OUT/learned-bias.json`` and ``OUT/learned-bias.png`` (θ over training, mean over seeds).
 
@@ -46,7 +48,11 @@ def learned_points(config: Any) -> dict[str, Any]:
                                   {"learn": {**LEARN, "params": ["lam"]}, "val_fraction": val}),
         "learned from universal": Point(Label(Role.COMPARE, "learned from universal"),
                                         UNIVERSAL, {"learn": {**LEARN, "params": ["lam", "phi"]},
-                                                    "val_fraction": val})}
+                                                    "val_fraction": val}),
+        # the control: SAM at its default on the learners' training split, nothing learned —
+        # learned − this is what the learning did, apart from the data it set aside
+        "sam, learners' split": Point(Label(Role.COMPARE, "sam, learners' split", "sam"),
+                                      presets.get("sam").to_dict(), {"val_fraction": val})}
 
 
 def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
@@ -96,7 +102,9 @@ def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
     out: dict[str, Any] = {"task": name, "seeds": seeds, "comparisons": {}, "theta": {},
                            "cost": {"study": study_cost(config).total}}
     for method in points:
-        for other in ("winner", "sam"):
+        for other in ("winner", "sam", "sam, learners' split"):
+            if other == method:
+                continue
             shared = sorted(set(acc.get(method, {})) & set(acc.get(other, {})))
             if len(shared) < 2:
                 continue
@@ -161,8 +169,9 @@ def main() -> int:
             print(json.dumps(results[-1]["comparisons"]), flush=True)
     (out / "learned-bias.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out / "learned-bias.png")
-    print("| task | method | − race winner | − SAM (default) | cost (FRE) | θ at the end |")
-    print("|---|---|---|---|---|---|")
+    print("| task | method | − race winner | − SAM (default) | − SAM on the same split | "
+          "cost (FRE) | θ at the end |")
+    print("|---|---|---|---|---|---|---|")
     def cell(comparisons: dict[str, Any], key: str) -> str:
         v = comparisons.get(key)
         return "—" if v is None else (f"{v['mean']:+.2f} ± {v['ci95']:.2f} "
@@ -173,9 +182,10 @@ def main() -> int:
             c = r["comparisons"]
             ends = ", ".join(f"{k} {v[-1]:.3g}" for k, v in r["theta"].get(method, {}).items())
             print(f"| {r['task']} | {method} | {cell(c, method + ' - winner')} | "
-                  f"{cell(c, method + ' - sam')} | {r['cost'].get(method, float('nan')):.2f} | "
-                  f"{ends} |")
-        print(f"| {r['task']} | (the study) | | | {r['cost']['study']:.1f} | |")
+                  f"{cell(c, method + ' - sam')} | "
+                  f"{cell(c, method + ' - sam, learners' + chr(39) + ' split')} | "
+                  f"{r['cost'].get(method, float('nan')):.2f} | {ends} |")
+        print(f"| {r['task']} | (the study) | | | | {r['cost']['study']:.1f} | |")
     return 0
 
 
