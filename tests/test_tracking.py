@@ -64,9 +64,9 @@ def test_a_study_logs_every_trial_to_mlflow(tmp_path, ray_cluster):
     from metasam.tuning import StudyConfig
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    path = write_study(tmp_path, name="tracked", trials=3, epochs=2,
+    path = write_study(tmp_path, name="tracked", trials=2, epochs=2,
                        tracking={"mlflow": uri, "tensorboard": False})
-    refused = write_study(tmp_path / "bad", name="tracked", trials=3, epochs=2,
+    refused = write_study(tmp_path / "bad", name="tracked", trials=2, epochs=2,
                           tracking={"mlflow": (tmp_path / "mlruns").as_uri()})
     assert main(["tune", str(refused), "--address", ray_cluster, "--quiet"]) == 2
     assert main(["tune", str(path), "--address", ray_cluster, "--quiet"]) == 0
@@ -75,6 +75,6 @@ def test_a_study_logs_every_trial_to_mlflow(tmp_path, ray_cluster):
     experiment = client.get_experiment_by_name("tracked")
     runs = client.search_runs([experiment.experiment_id])
     study = StudyConfig.from_yaml(path).load_study()
-    assert len(runs) == len(study.trials) == 3
+    assert len(runs) == len(study.trials) == 2
     curves = sorted(len(client.get_metric_history(r.info.run_id, "val_acc")) for r in runs)
     assert curves[-1] == 2 and curves[0] >= 1      # per epoch (ASHA may stop one at 1)

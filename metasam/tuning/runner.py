@@ -288,6 +288,10 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
                              record_history=record_history),
         {"cpu": config.cpu, "gpu": config.gpu})
     started_ray = not ray.is_initialized()
+    if config.tracking.mlflow:   # a tracking URI that does not answer: before Ray starts
+        from metasam.tuning.tracking import check_mlflow
+
+        check_mlflow(config.tracking)
     with ray_session(address, verbose):
         try:
             # a cluster this process did not start itself may still be adding nodes

@@ -150,8 +150,6 @@ def callbacks(tracking: Tracking | None, logdir: Path, study_name: str,
     if tracking.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        _check_mlflow(tracking.mlflow)
-
         out.append(MLflowLoggerCallback(tracking_uri=tracking.mlflow,
                                         experiment_name=study_name))
     if tracking.wandb:
@@ -161,11 +159,14 @@ def callbacks(tracking: Tracking | None, logdir: Path, study_name: str,
     return out
 
 
-def _check_mlflow(uri: str) -> None:
+def check_mlflow(tracking: Tracking) -> None:
     """The MLflow tracking URI answers, before any trial runs (else one line, exit 2)."""
+    tracking.check()
     from mlflow.tracking import MlflowClient
 
     from metasam.errors import ConfigError
+
+    uri = tracking.mlflow
 
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
