@@ -60,6 +60,7 @@ def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
     from metasam.decision.budget import study_cost
     from metasam.stats import PairedDifference
     from metasam.tuning import StudyConfig
+    from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.runner import tune_study
     from metasam.tuning.storage import load_study
@@ -96,6 +97,35 @@ def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
             "learn_grad_evals", 0.0)) / float(evals))
         if history and "learned_spec" in history[-1]:
             final.setdefault(method, []).append(history[-1]["learned_spec"])
+    # the trajectory learned with seed s, replayed as a schedule (vary phases of λ, one per
+    # epoch) on the whole pool with seed s: the learning's data cost undone, at 1 more run
+    replay = []
+    for trial in load_study(config.storage, f"{config.name}.learned").trials:
+        rec = TrialRecord.of(trial)
+        if rec.label.method != "learned from sam" or not rec.history:
+            continue
+        epochs = len(rec.history)
+        phases = [[0.0, float(points["learned from sam"].spec.get("lam", 1.0))]] + [
+            [e / epochs, float(h["learned:lam"])] for e, h in enumerate(rec.history[:-1], 1)]
+        spec = {**points["learned from sam"].spec, "vary": {"lam": {"phases": phases}},
+                "lam": float(rec.history[-2]["learned:lam"]) if epochs > 1 else 1.0}
+        spec.pop("name", None)
+        seed = rec.label.instance
+        replay.append(Point(Label(Role.COMPARE, "learned from sam, replayed", None,
+                                  instance=seed), spec, {"seed": config.seed + seed}))
+    if replay:
+        tune_study(config.derived("replayed", replay, metric="test_acc", mode="max",
+                                  cost_weight=0.0, train_changes={"val_fraction": 0.0,
+                                                                  "test": "epoch"}),
+                   verbose=0, record_history=True)
+        for trial in load_study(config.storage, f"{config.name}.replayed").trials:
+            rec = TrialRecord.of(trial)
+            if trial.value is not None and rec.label.instance is not None:
+                acc.setdefault("learned from sam, replayed", {})[rec.label.instance] = \
+                    trial.value
+        points = {**points, "learned from sam, replayed": replay[0]}
+        extra["learned from sam, replayed"] = [1.0 + e for e in extra.get("learned from sam",
+                                                                          [0.0])]
     tested = collect(config)
     for method in ("winner", "sam"):
         acc[method] = {r["seed"]: r["test_acc"] for r in tested.get(method, [])}
@@ -178,7 +208,8 @@ def main() -> int:
                                       f"(p = {v['p_two_sided']:.3f})")
 
     for r in results:
-        for method in ("learned from sam", "learned from universal"):
+        for method in ("learned from sam", "learned from sam, replayed",
+                       "learned from universal"):
             c = r["comparisons"]
             ends = ", ".join(f"{k} {v[-1]:.3g}" for k, v in r["theta"].get(method, {}).items())
             print(f"| {r['task']} | {method} | {cell(c, method + ' - winner')} | "
