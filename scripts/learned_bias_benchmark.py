@@ -58,7 +58,9 @@ def learned_points(config: Any) -> dict[str, Any]:
 def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
     from metasam.analysis.runs import collect
     from metasam.decision.budget import study_cost
+    from metasam.family.spec import SharpnessSpec
     from metasam.stats import PairedDifference
+    from metasam.training.learned import replayed
     from metasam.tuning import StudyConfig
     from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.record import TrialRecord
@@ -104,12 +106,8 @@ def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
         rec = TrialRecord.of(trial)
         if rec.label.method != "learned from sam" or not rec.history:
             continue
-        epochs = len(rec.history)
-        phases = [[0.0, float(points["learned from sam"].spec.get("lam", 1.0))]] + [
-            [e / epochs, float(h["learned:lam"])] for e, h in enumerate(rec.history[:-1], 1)]
-        spec = {**points["learned from sam"].spec, "vary": {"lam": {"phases": phases}},
-                "lam": float(rec.history[-2]["learned:lam"]) if epochs > 1 else 1.0}
-        spec.pop("name", None)
+        spec = replayed(SharpnessSpec.from_dict(points["learned from sam"].spec),
+                        rec.history).to_dict()
         seed = rec.label.instance
         replay.append(Point(Label(Role.COMPARE, "learned from sam, replayed", None,
                                   instance=seed), spec, {"seed": config.seed + seed}))

@@ -166,3 +166,36 @@ class BiasLearner:
         """θ now, by name (for the per-epoch history)."""
         values = parameters(self.spec)
         return {name: values[name] for name in self.names}
+
+
+def replayed(start: SharpnessSpec, history: list[dict[str, Any]]) -> SharpnessSpec:
+    """The trajectory a run learned, as a schedule to train again with: the start member, with
+    each learned parameter as ``vary`` phases — its value at the end of epoch e in effect from
+    epoch e + 1 (progress e/E) on. Replayed on the whole pool it undoes the learning's data
+    cost (the validation split it set aside) at one more run (docs/results.md).
+
+        >>> from metasam import presets
+        >>> history = [{"learned:lam": 1.5}, {"learned:lam": 2.0}, {"learned:lam": 2.5}]
+        >>> spec = replayed(presets.get("sam"), history)
+        >>> [spec.at(p).lam for p in (0.0, 0.34, 0.7, 1.0)]
+        [1.0, 1.5, 2.0, 2.0]
+    """
+    epochs = len(history)
+    keys = sorted({k for h in history for k in h if k.startswith("learned:")})
+    if not keys or epochs < 2:
+        return start
+    start_values = parameters(start)
+    data = start.to_dict()
+    data.pop("name", None)
+    vary: dict[str, Any] = {}
+    for key in keys:
+        name = key.split(":", 1)[1]
+        if name != "lam":   # φ's and ψ's phases replace whole blocks: λ is what is replayed
+            continue
+        values = [start_values[name]] + [float(h[key]) for h in history[:-1]]
+        vary[name] = {"phases": [[e / epochs, v] for e, v in enumerate(values)]}
+        data[name] = values[-1]
+    if not vary:
+        return start
+    data["vary"] = vary
+    return SharpnessSpec.from_dict(data)
