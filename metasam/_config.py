@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,6 +132,20 @@ def choice(*allowed: str) -> Check:
     def check(name: str, value: Any) -> Any:
         return _checks.choice(name, value, allowed)
     check.allowed = allowed  # type: ignore[attr-defined]   # for help texts
+    return check
+
+
+def one_or_more(allowed: Callable[[], Sequence[str]] | Sequence[str], what: str) -> Check:
+    """A name or a non-empty list of names, each one of ``allowed`` (or of what ``allowed()``
+    returns, for a registry imported late); returned as a tuple."""
+    def check(name: str, value: Any) -> tuple[str, ...]:
+        names = tuple(allowed() if callable(allowed) else allowed)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(name, f"expected a list of {what}, got {value!r}",
+                              ", ".join(names))
+        return tuple(_checks.choice(name, v, names) for v in value)
     return check
 
 

@@ -32,23 +32,12 @@ from metasam.family.spec import SharpnessSpec
 GROUPS = ("lam", "phi", "psi")
 
 
-def _groups(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(name, f"expected a list of parameter groups, got {value!r}",
-                          ", ".join(GROUPS))
-    for v in value:
-        if v not in GROUPS:
-            raise ConfigError(name, f"unknown value {v!r}", ", ".join(GROUPS))
-    return tuple(value)
-
-
 @dataclass(frozen=True)
 class LearnSettings:
     """``learn: {params, every, lr, val_batch}`` of a training config."""
 
-    params: tuple[str, ...] = _config.option(("lam", "phi", "psi"), _groups,
+    params: tuple[str, ...] = _config.option(("lam", "phi", "psi"),
+                                             _config.one_or_more(GROUPS, "parameter groups"),
                                              "which of θ adapt: lam, phi, psi")
     every: int = _config.option(4, _config.integer(1), "steps between hypergradient steps "
                                 "(each costs a validation pass of val_batch examples)")

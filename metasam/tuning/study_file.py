@@ -150,8 +150,9 @@ class PopulationSettings:
                                      "probability of resampling a field when exploring")
     factors: tuple[float, float] = _config.option(
         (0.8, 1.25), lambda n, v: _factors(n, v), "[down, up]: factors of a perturbation")
-    members: tuple[str, ...] = _config.option(("sam", "ssam"), lambda n, v: _members(n, v),
-                                              "preset regions the members start in")
+    members: tuple[str, ...] = _config.option(
+        ("sam", "ssam"), _config.one_or_more(lambda: _regions(), "preset regions"),
+        "preset regions the members start in")
 
     def __post_init__(self) -> None:
         _config.validate(self)
@@ -166,15 +167,10 @@ def _factors(name: str, value: Any) -> tuple[float, float]:
     return down, up
 
 
-def _members(name: str, value: Any) -> tuple[str, ...]:
+def _regions() -> tuple[str, ...]:
     from metasam.tuning.regions import REGIONS
 
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(name, f"expected a list of preset regions, got {value!r}",
-                          ", ".join(REGIONS))
-    return tuple(_checks.choice(name, v, tuple(REGIONS)) for v in value)
+    return tuple(REGIONS)
 
 
 def _check_search(name: str, data: Any) -> PopulationSettings | None:
