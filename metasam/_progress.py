@@ -60,7 +60,7 @@ class Progress:
     @property
     def live(self) -> bool:
         """One line rewritten in place (a terminal), or plain lines (a pipe, a file)."""
-        return bool(getattr(self.out, "isatty", lambda: False)())
+        return is_terminal(self.out)
 
     def text(self, done: float, note: str = "", now: float | None = None) -> str:
         if self._first is None:
@@ -81,10 +81,7 @@ class Progress:
         self._last = now
         line = self.text(done, note, now)
         if self.live:
-            width = _columns()
-            line = line[:width - 1]
-            self.out.write("\r" + line.ljust(self._width) + "\r" + line)
-            self._width = len(line)
+            self._width = rewrite(self.out, line, self._width)
         else:
             self.out.write(line + "\n")
         self.out.flush()
@@ -99,7 +96,16 @@ class Progress:
         self._width = 0
 
 
-def _columns() -> int:
+def is_terminal(stream: TextIO) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def rewrite(stream: TextIO, line: str, previous: int, *, end: bool = False) -> int:
+    """Write ``line`` over the live line of width ``previous`` (cut to the terminal's width;
+    ``end``: finish it with a newline); returns the new live line's width (0 once ended)."""
     import shutil
 
-    return max(40, shutil.get_terminal_size((100, 20)).columns)
+    line = line[:max(40, shutil.get_terminal_size((100, 20)).columns) - 1]
+    stream.write("\r" + line.ljust(previous) + "\r" + line + ("\n" if end else ""))
+    stream.flush()
+    return 0 if end else len(line)

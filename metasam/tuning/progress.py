@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import optuna
 from ray.tune import ProgressReporter
 
-from metasam._progress import duration, eta
+from metasam._progress import duration, eta, is_terminal, rewrite
 from metasam.tuning.naming import describe_spec
 from metasam.tuning.protocol import Label
 from metasam.tuning.storage import census
@@ -69,15 +69,8 @@ class StudyReporter(ProgressReporter):
         if running and not done:
             lines.append("  running here: " + "; ".join(self._describe(t) for t in running))
         stream = self.out or sys.stderr
-        if getattr(stream, "isatty", lambda: False)():   # one line, rewritten in place
-            import shutil
-
-            width = max(40, shutil.get_terminal_size((100, 20)).columns) - 1
-            line = " |".join(lines)[:width]
-            stream.write("\r" + line.ljust(self._width) + "\r" + line
-                         + ("\n" if done else ""))
-            stream.flush()
-            self._width = 0 if done else len(line)
+        if is_terminal(stream):   # one line, rewritten in place
+            self._width = rewrite(stream, " |".join(lines), self._width, end=done)
             return
         text = "\n".join(lines)
         if text.split("; ")[0] != self._last_text.split("; ")[0] or done or len(lines) > 1:
