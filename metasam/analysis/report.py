@@ -56,14 +56,14 @@ def make_report(configs: list[StudyConfig], out: Path, *, html: bool = True) -> 
     comparison runs, ``report.md``/``.csv``/``.tex`` (methods × dataset variants) and
     ``compute.md``. Returns ``{"table": Table | None, "studies": [StudyReport], "written":
     [Path]}``. A study that was never tuned is an error naming ``metasam tune``."""
-    for config in configs:   # every study was tuned (else an error naming `metasam tune`)
-        config.load_study()  # before anything is written
+    # every study was tuned (else an error naming `metasam tune`), before anything is written
+    studies = [config.load_study() for config in configs]
     out.mkdir(parents=True, exist_ok=True)
     reports: list[StudyReport] = []
     written: list[Path] = []
     results: dict[str, dict[str, list[float]]] = {}
-    for config in configs:
-        report = study_report(config, out, list(results))
+    for config, study in zip(configs, studies, strict=True):
+        report = study_report(config, out, list(results), study)
         reports.append(report)
         written += report.figures.values()
         if report.runs:
@@ -83,13 +83,15 @@ def make_report(configs: list[StudyConfig], out: Path, *, html: bool = True) -> 
     return {"table": table, "studies": reports, "written": written}
 
 
-def study_report(config: StudyConfig, out: Path, columns: list[str]) -> StudyReport:
+def study_report(config: StudyConfig, out: Path, columns: list[str],
+                 study: Any = None) -> StudyReport:
     """Read one study (its tuning study must exist) and draw its figures into ``out``."""
     from metasam.decision.export import best_optimizer
     from metasam.decision.stage import race_verdict
     from metasam.tuning.cost import pareto_front
 
-    study = config.load_study()     # StudyNotFoundError names `metasam tune`
+    if study is None:
+        study = config.load_study()     # StudyNotFoundError names `metasam tune`
     try:
         runs = collect(config)
     except StudyNotFoundError:
