@@ -184,6 +184,8 @@ CASES = [
     ("train-spec-text-truncated", lambda f: ["train", "--dataset", "digits", "--spec",
                                              '{"phi": "identity", "psi": '],
      ["--spec", "invalid JSON", "allowed"]),
+    ("train-learn-text-truncated", lambda f: ["train", "--dataset", "digits", "--learn",
+                                              '{"every": '], ["learn", "not JSON", "allowed"]),
     ("train-no-data", lambda f: ["train", "--dataset", "mnist", "--data-dir", str(f)],
      ["--dataset", "mnist", "not found", "--download"]),
     ("train-spec-array", lambda f: ["train", "--dataset", "digits", "--spec", str(

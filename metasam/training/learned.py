@@ -51,6 +51,15 @@ class LearnSettings:
 
     @classmethod
     def of(cls, data: Any) -> LearnSettings:
+        """From a mapping, or its JSON text (``train --learn '{"every": 4}'``)."""
+        if isinstance(data, str):
+            import json
+
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as err:
+                raise ConfigError("learn", f"not JSON ({err})",
+                                  '{"params": ["lam", "phi", "psi"], "every": K, ...}') from None
         return _config.section(cls, "{params: [lam, phi, psi], every: K, lr: A, val_batch: B}"
                                )("learn", data)
 
