@@ -58,15 +58,21 @@ class NonFiniteStepError(FloatingPointError):
     """A pass of an optimizer step produced a non-finite loss, gradient or weight.
 
     The parameters are restored to their values before the step and no update is applied.
+    A step judged on the device raises when its verdict is read (``found_at``, the last step
+    made by then; see :mod:`metasam.optim.verdicts`).
     ``pass_name`` says which pass failed (``"unperturbed pass"``, ``"perturbation 2 of 4"``,
     ``"sharpness surrogate"``, ``"combined gradient"``).
     """
 
-    def __init__(self, pass_name: str, detail: str, step: int) -> None:
+    def __init__(self, pass_name: str, detail: str, step: int,
+                 found_at: int | None = None) -> None:
         self.pass_name = pass_name
         self.detail = detail
         self.step = step
+        self.found_at = step if found_at is None else found_at
+        later = "" if self.found_at == step else \
+            f" (read at step {self.found_at}: the steps after it were not applied either)"
         super().__init__(
             f"non-finite {detail} in the {pass_name} of step {step}; "
-            "parameters restored, no update applied"
+            f"parameters restored, no update applied{later}"
         )

@@ -6,47 +6,25 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.optim import optimizer as torch_optimizer
 
 from metasam.errors import NonFiniteStepError
 from metasam.family.measures import fill_random_
 from metasam.family.spec import SharpnessSpec, scalar_dtype
+from metasam.optim import kernels
 from metasam.optim.batchnorm import RunningStatsGuard
 from metasam.optim.distributed import AUTO, Sync, local_module
 from metasam.optim.fisher import fisher_scores, top_fraction_mask
+from metasam.optim.kernels import combine_gradients, grad_or_zero, norms, per_device, total_norm
+from metasam.optim.verdicts import Record, Rollback, StepInfo, Verdicts, skipped_info
 
 BN_MODES = ("freeze", "official")
 NONFINITE_MODES = ("raise", "skip")
-
-
-@dataclass
-class StepInfo:
-    """What the last :meth:`UniversalSAM.step` did (plain Python numbers, for logging).
-
-    ``sharpness`` is ψ((1/n)Σφ(D_i)), ``regularizer`` λ·ρ²·sharpness (the term added to the
-    loss), ``d`` the loss differences D_i and ``weights`` the w_i = ∂ψ·φ'(D_i); ``grad_norm`` is the
-    norm of the gradient handed to the base optimizer, before clipping; ``skipped`` the reason when
-    the step was skipped (``on_nonfinite="skip"``); ``guard_factor`` the factor the spec's
-    ``guard`` scaled the sharpness part by (1.0 within bounds; ``None`` without a guard) and
-    ``sharpness_share`` the ratio ‖sharpness part‖/‖g0‖ before it (computed with a guard only).
-    ``passes`` counts the forward/backward passes the step really made (1 for plain training or
-    when no parameter is perturbed, 1 + n otherwise, a skipped step included).
-    """
-
-    step: int
-    loss: float
-    passes: int
-    sharpness: float | None = None
-    regularizer: float | None = None
-    d: list[float] = field(default_factory=list)
-    weights: list[float] = field(default_factory=list)
-    grad_norm: float | None = None
-    skipped: str | None = None
-    guard_factor: float | None = None
-    sharpness_share: float | None = None
 
 
 class Check(NamedTuple):
@@ -65,13 +43,35 @@ class _FirstPass:
     params: list[Tensor]            # every parameter with a gradient
     perturbed: list[Tensor]         # those of groups with ``perturb=True``
     perturbed_norms: list[Tensor]   # ‖g0‖ per perturbed parameter
-    grad_norm: Tensor               # ‖g0‖ over every parameter (scaled under fp16)
-    checks: list[Check]             # every value of the step to check for finiteness so far
+    per_tensor: list[Tensor]        # ‖g0‖ per parameter
+    # [loss, ‖g0‖ per parameter] stacked, when all live on the loss's device: a plain step's
+    # values to check, without computing the global norm unless it is needed
+    parts: Tensor | None
+    _grad_norm: Tensor | None = None
+    _checks: list[Check] | None = None
+
+    @property
+    def grad_norm(self) -> Tensor:
+        """‖g0‖ over every parameter (float64; scaled under fp16), computed once when asked."""
+        if self._grad_norm is None:
+            if self.parts is not None:
+                self._grad_norm = torch.linalg.vector_norm(self.parts[1:], dtype=torch.float64)
+            else:
+                self._grad_norm = total_norm(self.per_tensor, self.loss.device)
+        return self._grad_norm
+
+    @property
+    def checks(self) -> list[Check]:
+        """Every value of the step to check for finiteness so far (the passes append theirs)."""
+        if self._checks is None:
+            self._checks = [Check("unperturbed pass", "loss", self.loss),
+                            Check("unperturbed pass", "gradient", self.grad_norm)]
+        return self._checks
 
     @property
     def loss_check(self) -> list[Check]:
         """The check of the loss alone (a plain step checks the gradient's norm at the end)."""
-        return [self.checks[0]]
+        return [Check("unperturbed pass", "loss", self.loss)]
 
 
 @dataclass
@@ -125,6 +125,7 @@ class UniversalSAM(torch.optim.Optimizer):
         max_grad_norm: clip the combined gradient to this global norm before the base step.
         on_nonfinite: ``"raise"`` (default) a :class:`~metasam.errors.NonFiniteStepError` naming
             the pass, or ``"skip"`` the step; either way the weights stay as before the step.
+            The error surfaces when the step's verdict is read (see *Host reads* below).
         process_group: the data-parallel group the ranks agree over (see below): ``"auto"``
             (default) the default group when ``torch.distributed`` is initialized with more than
             one rank, ``None`` never synchronize, or a process group.
@@ -132,6 +133,8 @@ class UniversalSAM(torch.optim.Optimizer):
         total_steps: the number of steps training will take; needed by a spec whose
             ``schedule`` starts the sharpness term after a fraction of training, or whose
             parameters ``vary`` over training (step k, from 0, is at progress k/total_steps).
+        strict: judge every step on the host before its base step (one device→host read per
+            step; the error of a non-finite step raised by the step itself).
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ...).
 
     Example::
@@ -167,6 +170,15 @@ class UniversalSAM(torch.optim.Optimizer):
     For SSAM (``sparse_ascent``) call :meth:`update_fisher_mask` before the first step and on
     its schedule.
 
+    **Host reads.** A steady-state step reads nothing back from the device: its finiteness is
+    judged on the device, where a non-finite step is undone (weights, the base optimizer's
+    state; :mod:`metasam.optim.verdicts`). The verdicts are read together — by
+    :meth:`check`, by reading a :attr:`last_step` field, ``skipped_steps`` or
+    :meth:`state_dict`, and every 1024 steps — and a :class:`~metasam.errors.NonFiniteStepError`
+    surfaces then, naming the failed step; no step after it was applied. Judged on the host,
+    one read each: the first step (and one that creates optimizer state), every step with
+    ``strict=True`` or a GradScaler, and AE-SAM's trigger (it decides the passes).
+
     With ``DistributedDataParallel`` (construct the optimizer after ``init_process_group``),
     the gradients are averaged by DDP and the optimizer averages each pass's loss over the
     group, takes rank 0's perturbation seed (when ``seed`` is not given; a given seed must be
@@ -182,7 +194,7 @@ class UniversalSAM(torch.optim.Optimizer):
                  seed: int | None = None, max_grad_norm: float | None = None,
                  on_nonfinite: str = "raise", process_group: Any = AUTO,
                  scaler: torch.amp.GradScaler | None = None, total_steps: int | None = None,
-                 **base_kwargs: Any) -> None:
+                 strict: bool = False, **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and
                 issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError("base_optimizer must be an optimizer class such as torch.optim.SGD, "
@@ -206,6 +218,9 @@ class UniversalSAM(torch.optim.Optimizer):
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {scaler!r}")
         self.on_nonfinite = on_nonfinite
+        self.strict = bool(strict)
+        self._verdicts = Verdicts(on_nonfinite)
+        self._rollback = Rollback()
         self.scaler = scaler
         if total_steps is not None and (isinstance(total_steps, bool) or
                                         not isinstance(total_steps, int) or total_steps < 1):
@@ -233,14 +248,13 @@ class UniversalSAM(torch.optim.Optimizer):
         # a sharpness term then records ⟨v, g0⟩, ⟨v, g_i⟩ and D_i in ``last_probe``.
         self.hyper_probe: list[Tensor] | None = None
         self.last_probe: ProbeRecord | None = None
-        self.skipped_steps = 0
         self.grad_evals = 0  # forward/backward passes made by all steps so far
         self._step_passes = 0
         self.last_step: StepInfo | None = None
         self._generators: dict[str, torch.Generator] = {}
         self._pending_generator_states: dict[str, Tensor] = {}
         self._buffers: dict[tuple[int, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
-        self._constant_weights: dict[str, list[float]] = {}
+        self._constant_weights: dict[str, tuple[list[float], list[float]]] = {}
         self._active = self.spec   # the member this step makes (spec.at(progress) with vary)
         self._active_values: dict[str, Any] | None = None
         self._g0_coefficient = self._constant_g0_coefficient(self.spec)
@@ -301,7 +315,9 @@ class UniversalSAM(torch.optim.Optimizer):
         return kept / max(1, sum(m.numel() for m in masks))
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state plus the generators, step counters and Fisher masks."""
+        """The base optimizer's state plus the generators, step counters and Fisher masks
+        (the pending verdicts are read first)."""
+        self._verdicts.settle()
         index = {id(p): i for i, p in enumerate(self._all_params())}
         masks = {index[id(p)]: s["fisher_mask"] for p, s in self.state.items()
                  if "fisher_mask" in s}
@@ -319,6 +335,8 @@ class UniversalSAM(torch.optim.Optimizer):
         if "base" not in state_dict or "universal_sam" not in state_dict:
             raise ValueError("not a UniversalSAM state_dict (keys 'base' and 'universal_sam' "
                              "expected)")
+        self._verdicts.pending.clear()
+        self._rollback.forget()
         self.base_optimizer.load_state_dict(state_dict["base"])
         self.param_groups = self.base_optimizer.param_groups
         own = state_dict["universal_sam"]
@@ -342,23 +360,47 @@ class UniversalSAM(torch.optim.Optimizer):
 
     # --- the step ---------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Tensor | float] | None = None) -> Tensor:  # type: ignore[override]
         """One sharpness-aware step; returns the loss at the unperturbed weights (its mean
         over the process group in data-parallel training).
 
         Phases: the unperturbed pass (g0), the n perturbed passes (g_i, D_i), combining them
-        into the gradient of the surrogate, and the base optimizer's step on it."""
+        into the gradient of the surrogate, and the base optimizer's step on it — applied, or
+        undone on the device when a value of the step is not finite (module
+        :mod:`metasam.optim.verdicts`)."""
         if closure is None:
             raise TypeError("UniversalSAM.step needs a closure that zeroes the gradients, runs "
                             "forward and backward on one batch and returns the loss")
+        return _hooked(self, self._step, closure)
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch's profiling wrapper: see _hooked
+
+    def check(self) -> None:
+        """Read the verdicts of the steps made so far (one host read): raises
+        :class:`~metasam.errors.NonFiniteStepError` for the first non-finite step under
+        ``on_nonfinite="raise"``, counts the skipped ones under ``"skip"``. The trainer calls it
+        at the end of every epoch."""
+        self._verdicts.settle()
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because a value was not finite (``"skip"``, fp16 overflows)."""
+        self._verdicts.settle()
+        return self._verdicts.skipped
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._verdicts.skipped = int(value)
+
+    @torch.no_grad()
+    def _step(self, closure: Callable[[], Tensor | float]) -> Tensor:
         self._begin_step()
         self.last_probe = None
         first = self._unperturbed_pass(closure)
         dot0 = self._probe_dot(first.params)
         if self._active.is_plain or not first.perturbed:
-            self._finish(first.params, first.loss, first.loss_check, first.grad_norm,
-                         StepInfo(self.steps, 0.0, self._step_passes))
+            self._finish(first.params, first.loss, first.loss_check, None,
+                         StepInfo(self.steps, self._step_passes), first=first)
             return first.loss
         schedule = self._active.schedule
         if schedule is not None and not self._term_applies(schedule, first):
@@ -381,7 +423,7 @@ class UniversalSAM(torch.optim.Optimizer):
             return None
         every = [p for g in self.param_groups for p in g["params"]]
         probe = dict(zip(map(id, every), self.hyper_probe, strict=True))
-        return sum((probe[id(p)].to(torch.float64) * _grad_or_zero(p).to(torch.float64)).sum()
+        return sum((probe[id(p)].to(torch.float64) * grad_or_zero(p).to(torch.float64)).sum()
                    for p in params)
 
     # --- the phases of a step ---------------------------------------------------------------
@@ -398,25 +440,26 @@ class UniversalSAM(torch.optim.Optimizer):
         self._scale = self.scaler.get_scale() if self.scaler is not None else 1.0
         self._unscaled = False
         self._step_passes = 0
+        if len(self._verdicts.pending) >= Verdicts.LIMIT:
+            self._verdicts.settle()
 
     def _unperturbed_pass(self, closure: Callable[[], Tensor | float]) -> _FirstPass:
         """The pass at x: the loss, g0 (left in ``.grad``) and the checks of both."""
-        loss = self._call(closure)
+        loss = self._call(closure, detach=True)
         active = [(p, g["perturb"]) for g in self.param_groups for p in g["params"]
                   if p.grad is not None]
-        norms = _norms([p.grad for p, _ in active])
-        grad_norm = _total(norms, loss.device)
-        checks = [Check("unperturbed pass", "loss", loss),
-                  Check("unperturbed pass", "gradient", grad_norm)]
+        per_tensor = norms([p.grad for p, _ in active])
+        same = all(n.device == loss.device for n in per_tensor)
+        parts = torch.stack([loss, *per_tensor]) if per_tensor and same else None
         return _FirstPass(loss, [p for p, _ in active], [p for p, flag in active if flag],
-                          [norms[i] for i, (_, flag) in enumerate(active) if flag], grad_norm,
-                          checks)
+                          [per_tensor[i] for i, (_, flag) in enumerate(active) if flag],
+                          per_tensor, parts)
 
     def _perturbed_passes(self, closure: Callable[[], Tensor | float],
                           first: _FirstPass) -> _Probes:
         """The passes at x + ρv_i, i = 1..n (weights restored after each). All but the last
         pass's gradient are kept: raw when n − 1 ≤ m, else folded into m buffers
-        Σ_i φ_j'(D_i)·g_i; the last one stays in ``.grad``."""
+        Σ_i φ_j'(D_i)·g_i (on the device); the last one stays in ``.grad``."""
         spec, params, perturbed = self._active, first.params, first.perturbed
         n, rho = spec.n, spec.rho
         sdtype = scalar_dtype(first.loss.device)
@@ -438,12 +481,12 @@ class UniversalSAM(torch.optim.Optimizer):
                     loss_i = self._call(closure)
                 finally:
                     torch._foreach_copy_(perturbed, x0)
-                grads_i = [_grad_or_zero(p) for p in params]
+                grads_i = [grad_or_zero(p) for p in params]
                 dot = self._probe_dot(params)
                 if dot is not None:
                     probes.dots.append(dot)
                 name = f"perturbation {i + 1} of {n}"
-                probes.last_grad_norm = _total(_norms(grads_i), first.loss.device)
+                probes.last_grad_norm = total_norm(norms(grads_i), first.loss.device)
                 checks += [Check(name, "loss", loss_i),
                            Check(name, "gradient", probes.last_grad_norm)]
                 probes.losses.append(loss_i)
@@ -453,13 +496,11 @@ class UniversalSAM(torch.optim.Optimizer):
                     probes.raw.append([g.clone() for g in grads_i])
                     continue
                 d_i = (loss_i.to(sdtype) - first.loss.to(sdtype)) / rho**2
-                slopes = spec.phi.derivative(spec.clip(d_i.reshape(1)))[0].double().cpu()
-                if not bool(torch.isfinite(slopes).all()):
-                    slopes = torch.zeros_like(slopes)  # reported through `checks`
+                slopes = spec.phi.derivative(spec.clip(d_i.reshape(1)))[0]
                 if not probes.acc:
-                    probes.acc = [[torch.zeros_like(g) for g in grads_i] for _ in slopes]
-                for buf, c in zip(probes.acc, slopes.tolist(), strict=True):
-                    torch._foreach_add_(buf, grads_i, alpha=c)
+                    probes.acc = [[torch.zeros_like(g) for g in grads_i]
+                                  for _ in range(spec.phi.dim)]
+                kernels.fold_(probes.acc, grads_i, slopes)
         except BaseException:
             self.zero_grad(set_to_none=True)
             raise
@@ -471,56 +512,70 @@ class UniversalSAM(torch.optim.Optimizer):
     def _combine_and_apply(self, first: _FirstPass, probes: _Probes,
                            g0: list[Tensor] | None) -> None:
         """D_i, the surrogate's weights, the combined gradient g0 + c·Σ w_i(g_i − g0) (built in
-        ``.grad``), the guard, and the base optimizer's step on it."""
+        ``.grad``, with the coefficients on the device unless every weight is a known
+        constant), the guard, and the base optimizer's step on it."""
         spec, params, loss0 = self._active, first.params, first.loss
         n, rho = spec.n, spec.rho
         sdtype = scalar_dtype(loss0.device)
         checks = first.checks
         d = (torch.stack(probes.losses).to(sdtype) - loss0.to(sdtype)) / rho**2
         surrogate = spec.surrogate(d)
-        checks += [Check("sharpness surrogate", "ψ(mean φ(D))", surrogate.value),
-                   Check("sharpness surrogate", "weights", surrogate.weights)]
-        host = self._fetch(checks, [surrogate.weights, surrogate.psi_grad,
-                                    surrogate.value.reshape(()), d])
-        if host is None:
-            return
-        weights, psi_grad = host[0], host[1]
-        scale = spec.weight_scale(weights)
-        beta = [scale * w for w in weights]
-        coefficient_g0 = (self._g0_coefficient if self._g0_coefficient is not None
-                          else 1.0 - sum(beta))
+        value = surrogate.value.reshape(())
+        checks += [Check("sharpness surrogate", "ψ(mean φ(D))", value),
+                   Check("sharpness surrogate", "weights", surrogate.weights.sum())]
+        coefficients = self._constant_coefficients(spec)
+        if coefficients is not None:   # known on the host: the reference order, bit for bit
+            beta, coefficient_g0, folded = coefficients
+        else:
+            scale = kernels.weight_scale(surrogate.weights, spec.lam,
+                                         spec.lam_scale != "absolute")
+            beta_t = surrogate.weights * scale
+            beta = list(beta_t.unbind(0))
+            coefficient_g0 = 1.0 - beta_t.sum()
+            folded = [] if probes.raw_mode else list((surrogate.psi_grad * scale).unbind(0))
         final = [p.grad for p in params]  # holds g_n
         combine_gradients(final, g0, beta, coefficient_g0,
                           raw=probes.raw if probes.raw_mode else None,
                           folded=None if probes.raw_mode else probes.acc,
-                          folded_coefficients=[scale * gpsi for gpsi in psi_grad])
-        sharpness = host[2][0]
-        info = StepInfo(self.steps, 0.0, self._step_passes, sharpness,
-                        spec.lam * rho**2 * sharpness, host[3], weights)
+                          folded_coefficients=folded)
+        info = StepInfo(self.steps, self._step_passes,
+                        {"sharpness": value, "d": d, "weights": surrogate.weights},
+                        regularizer_factor=spec.lam * rho**2)
         factor = None
         if spec.guard is not None:
             assert g0 is not None
-            factor = self._apply_guard(final, g0, first.grad_norm, spec.guard)
-        exact_last = (beta[-1] == 1.0 and coefficient_g0 == 0.0 and n == 1 and factor is None)
+            factor = kernels.apply_guard(final, g0, first.grad_norm, spec.guard)
+            info.tensors["guard"] = factor
+        exact_last = (isinstance(coefficient_g0, float) and coefficient_g0 == 0.0 and n == 1
+                      and isinstance(beta[-1], float) and beta[-1] == 1.0 and factor is None)
         # When the update is exactly g_n, its norm was computed with the last pass's checks.
         if exact_last:
             assert probes.last_grad_norm is not None
             norm = probes.last_grad_norm
         else:
-            norm = _total(_norms(final), loss0.device)
+            norm = total_norm(norms(final), loss0.device)
         reuse = None
         if spec.schedule is not None and spec.schedule.reuse:
             assert g0 is not None
-            reuse = _orthogonal_part(final, g0, first.grad_norm)
-        self._finish(params, loss0, [], norm, info, factor)
-        if reuse is not None and self.last_step is info:  # applied: remember its direction
-            for p, v in zip(params, reuse, strict=True):
-                self.state[p]["reuse"] = v
+            reuse = kernels.orthogonal_part(final, g0, first.grad_norm)
+        self._finish(params, loss0, checks, norm, info, reuse=reuse)
+
+    def _constant_coefficients(self, spec: SharpnessSpec
+                               ) -> tuple[list[float], float, list[float]] | None:
+        """(β_i, the coefficient of g0, the folded buffers' factors) as floats when every
+        weight is a known constant (SAM, Trace-SAM, ...): computed once per (φ, ψ, n)."""
+        if self._g0_coefficient is None:
+            return None
+        weights, psi_grad = self._constant_weights[_weights_key(spec)]
+        scale = spec.weight_scale(weights)
+        return ([scale * w for w in weights], self._g0_coefficient,
+                [scale * g for g in psi_grad])
 
     # --- the schedule of the sharpness term ----------------------------------------------------
 
     def _term_applies(self, schedule: Any, first: _FirstPass) -> bool:
-        """Whether this step applies the sharpness term (docs/family.md §3.4)."""
+        """Whether this step applies the sharpness term (docs/family.md §3.4). AE-SAM's trigger
+        reads ‖g0‖ on the host: it decides how many passes the step makes."""
         index = self.steps - 1  # of this step, from 0
         start = math.ceil(schedule.start * self.total_steps) if schedule.start > 0 else 0
         if schedule.trigger is not None:
@@ -546,24 +601,140 @@ class UniversalSAM(torch.optim.Optimizer):
         stored = [self.state[p].get("reuse") for p in params] if reuse else []
         if stored and all(v is not None for v in stored):
             grads = [p.grad for p in params]
-            torch._foreach_add_(grads, torch._foreach_mul(stored, _per_device(norm, stored)))
-            norm = _total(_norms(grads), first.loss.device)
+            torch._foreach_add_(grads, torch._foreach_mul(stored, per_device(norm, stored)))
+            norm = total_norm(norms(grads), first.loss.device)
         self._finish(params, first.loss, first.loss_check, norm,
-                     StepInfo(self.steps, 0.0, self._step_passes))
+                     StepInfo(self.steps, self._step_passes))
 
-    @staticmethod
-    def _apply_guard(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor,
-                     bound: float) -> Tensor:
-        """Scale the sharpness part c = final − g0 down to ‖c‖ ≤ bound·‖g0‖ (on the device, no
-        host sync); returns (factor applied (1 when within bounds), ‖c‖/‖g0‖)."""
-        diff = torch._foreach_sub(final, g0)
-        c_norm = _total(_norms(diff), g0_norm.device)
-        share = c_norm / g0_norm.clamp_min(1e-30)
-        factor = torch.clamp(bound / share.clamp_min(1e-30), max=1.0)
-        # final += (factor − 1)·c: adds exact zeros within bounds, so the step is bit-identical
-        torch._foreach_mul_(diff, _per_device(factor - 1.0, diff))
-        torch._foreach_add_(final, diff)
-        return torch.stack([factor, share])
+    # --- applying a step ------------------------------------------------------------------------
+
+    def _finish(self, params: list[Tensor], loss0: Tensor, checks: list[Check],
+                norm: Tensor | None, info: StepInfo, reuse: list[Tensor] | None = None,
+                first: _FirstPass | None = None) -> None:
+        """Check the gradient about to be applied, clip it if asked, step the base optimizer:
+        judged on the device (the step undone there if not finite) or, for a step with new
+        state, under ``strict`` or with a GradScaler, on the host before the base step.
+
+        ``norm`` is the combined gradient's norm as computed, i.e. still scaled under fp16;
+        ``None`` for a plain step, whose gradient is g0 (``first``)."""
+        changed = self._changed_tensors()
+        on_host = self.strict or self.scaler is not None or not self._rollback.matches(changed)
+        parts = None if first is None or on_host or self.max_grad_norm is not None \
+            else first.parts
+        if norm is None and parts is None:
+            assert first is not None
+            norm = first.grad_norm
+        if self.scaler is not None:
+            assert norm is not None
+            norm = self._unscale(params, checks, norm)
+        info.tensors["loss"] = loss0
+        if parts is not None:   # a plain step: [loss, ‖g0‖ per tensor] as they are
+            info.tensors["grad_parts"] = parts
+            names = (("unperturbed pass", "loss"),) + \
+                (("combined gradient", "gradient"),) * (parts.numel() - 1)
+            record = Record(self.steps, names, parts, info)
+        else:
+            assert norm is not None
+            checks = checks + [Check("combined gradient", "gradient", norm)]
+            info.tensors["grad_norm"] = norm
+            if on_host:
+                self._finish_on_host(params, checks, norm, info, reuse)
+                return
+            record = Record(self.steps, tuple((c.pass_name, c.what) for c in checks),
+                            torch.stack([c.value for c in checks]), info)
+        ok = self._verdicts.judge(record)
+        info.applied = ok
+        info.settle = self._verdicts.settle
+        self.last_step = info
+        if self.max_grad_norm is not None:
+            assert norm is not None
+            kernels.clip_([p.grad for p in params], norm, self.max_grad_norm)
+        self._rollback.save(changed)
+        self._base_step()
+        if reuse is not None:
+            self._store_reuse(params, reuse)
+        after = self._changed_tensors()
+        if not self._rollback.matches(after):
+            # the step created state (rare past the first step): judge it now, drop the new
+            # state if it failed, and keep the new set for the next steps
+            self._rollback.keep_if(ok)
+            kept = set(self._rollback.key)
+            try:
+                self._verdicts.settle()
+            except NonFiniteStepError:
+                self._drop_state_not_in(kept)
+                raise
+            finally:
+                self._rollback.save(self._changed_tensors())
+            if info.skipped is not None:
+                self._drop_state_not_in(kept)
+            return
+        self._rollback.keep_if(ok)
+
+    def _finish_on_host(self, params: list[Tensor], checks: list[Check], norm: Tensor,
+                        info: StepInfo, reuse: list[Tensor] | None) -> None:
+        """The step judged on the host (one read), the base step only when it is finite."""
+        self._verdicts.settle()
+        host = torch.stack([c.value.to(norm.device, torch.float64) for c in checks]).tolist()
+        for check, value in zip(checks, host, strict=True):
+            if not math.isfinite(value):
+                self._fail(check.pass_name, f"{check.what} ({value:g})")
+                return
+        self.last_step = info
+        if self.max_grad_norm is not None:
+            kernels.clip_([p.grad for p in params], norm, self.max_grad_norm)
+        self._base_step()
+        if reuse is not None:
+            self._store_reuse(params, reuse)
+        if self.scaler is not None:
+            self.scaler.update()
+        if not self.strict and self.scaler is None:
+            self._rollback.save(self._changed_tensors())
+
+    def _base_step(self) -> None:
+        """The base optimizer's step, without torch's profiler markers when nothing profiles or
+        hooks it (two fewer operators per step)."""
+        base = self.base_optimizer
+        raw = getattr(type(base).step, "__wrapped__", None)
+        if raw is None or _profiling() or _has_hooks(base):
+            base.step()
+        else:
+            raw(base)
+
+    def _store_reuse(self, params: list[Tensor], reuse: list[Tensor]) -> None:
+        """LookSAM's direction of this step into the state (in place once it exists, so the
+        rollback undoes it with the weights)."""
+        stored = [self.state[p].get("reuse") for p in params]
+        if all(v is not None and v.shape == r.shape for v, r in zip(stored, reuse, strict=True)):
+            torch._foreach_copy_(stored, reuse)
+            return
+        for p, v in zip(params, reuse, strict=True):
+            self.state[p]["reuse"] = v
+
+    def _changed_tensors(self) -> list[Tensor]:
+        """Every tensor a base step may change: the trainable weights, the base optimizer's
+        state tensors and LookSAM's direction."""
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        out = list(params)
+        base_state = self.base_optimizer.state
+        for p in params:
+            state = base_state.get(p)
+            if state:
+                out.extend(v for v in state.values() if isinstance(v, Tensor))
+            own = self.state.get(p)
+            if own and "reuse" in own:
+                out.append(own["reuse"])
+        return out
+
+    def _drop_state_not_in(self, kept: set[int]) -> None:
+        """Remove the state tensors a step that was not applied created."""
+        for states in (self.base_optimizer.state, self.state):
+            for p in list(states):
+                for k in [k for k, v in states[p].items()
+                          if isinstance(v, Tensor) and id(v) not in kept and k != "fisher_mask"]:
+                    del states[p][k]
+                if not states[p]:
+                    del states[p]
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -589,11 +760,13 @@ class UniversalSAM(torch.optim.Optimizer):
         weights are computed once per (φ, ψ, n)."""
         if spec.is_plain or not spec.constant_weights:
             return None
-        key = json.dumps([spec.phi.to_obj(), spec.psi.to_obj(), spec.n])
+        key = _weights_key(spec)
         if key not in self._constant_weights:
             zero = torch.zeros(spec.n, dtype=torch.float64)
-            self._constant_weights[key] = spec.surrogate(zero).weights.tolist()
-        weights = self._constant_weights[key]
+            surrogate = spec.surrogate(zero)
+            self._constant_weights[key] = (surrogate.weights.tolist(),
+                                           surrogate.psi_grad.reshape(-1).tolist())
+        weights = self._constant_weights[key][0]
         return 1.0 - spec.weight_scale(weights) * sum(weights)
 
     def _weights_at_x(self, perturbed: list[Tensor]) -> list[Tensor]:
@@ -606,13 +779,14 @@ class UniversalSAM(torch.optim.Optimizer):
         torch._foreach_copy_(buffers, perturbed)
         return buffers
 
-    def _call(self, closure: Callable[[], Tensor | float]) -> Tensor:
+    def _call(self, closure: Callable[[], Tensor | float], detach: bool = False) -> Tensor:
+        """One pass; its loss as a 0-dim tensor (the unperturbed one detached, as returned)."""
         self._step_passes += 1
         self.grad_evals += 1
         with torch.enable_grad():
             loss = closure()
         value = torch.as_tensor(loss)
-        if value.requires_grad:
+        if detach and value.requires_grad:
             value = value.detach()
         return self._sync.mean(value if value.dim() == 0 else value.reshape(()))
 
@@ -657,7 +831,8 @@ class UniversalSAM(torch.optim.Optimizer):
             torch._foreach_mul_(views, scale)
         return views
 
-    def _ascent_direction(self, perturbed: list[Tensor], norms: list[Tensor]) -> list[Tensor]:
+    def _ascent_direction(self, perturbed: list[Tensor], per_tensor: list[Tensor]
+                          ) -> list[Tensor]:
         """SAM's g/‖g‖, ASAM's T²g/‖Tg‖ or SSAM's m⊙g/‖g‖ (docs/family.md §2)."""
         measure = self.spec.measure
         eps = 1e-12 * self._scale  # the gradients are still scaled (fp16): ε is not
@@ -666,12 +841,12 @@ class UniversalSAM(torch.optim.Optimizer):
             scale = torch._foreach_abs(perturbed)
             torch._foreach_add_(scale, measure.eta)
             scaled = torch._foreach_mul(grads, scale)
-            norm = _total(_norms(scaled), grads[0].device)
+            norm = total_norm(norms(scaled), grads[0].device)
             torch._foreach_mul_(scaled, scale)
-            torch._foreach_div_(scaled, _per_device(norm + eps, grads))
+            torch._foreach_div_(scaled, per_device(norm + eps, grads))
             return scaled
-        norm = _total(norms, grads[0].device)
-        direction = torch._foreach_div(grads, _per_device(norm + eps, grads))
+        norm = total_norm(per_tensor, grads[0].device)
+        direction = torch._foreach_div(grads, per_device(norm + eps, grads))
         if measure.kind == "sparse_ascent":
             masks = [self.state[p].get("fisher_mask") for p in perturbed]
             if any(m is None for m in masks):
@@ -680,58 +855,6 @@ class UniversalSAM(torch.optim.Optimizer):
                                    "targets) before the first step")
             torch._foreach_mul_(direction, masks)
         return direction
-
-    def _fetch(self, checks: list[Check],
-               extra: list[Tensor]) -> list[list[float]] | None:
-        """One device→host transfer of every check's value and the ``extra`` values (scalars
-        stacked, vectors concatenated: two or three operators in all); the checks' finiteness
-        is judged on the host.
-
-        Returns ``extra`` as lists of floats, or ``None`` after handling a non-finite check."""
-        items = [t for _, _, t in checks] + list(extra)
-        device = extra[0].device
-        scalars = [i for i, t in enumerate(items) if t.dim() == 0]
-        vectors = [i for i, t in enumerate(items) if t.dim() != 0]
-        parts = [torch.stack([items[i] for i in scalars]).to(device)] if scalars else []
-        parts += [items[i].reshape(-1).to(device) for i in vectors]
-        host = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()
-        values: dict[int, list[float]] = {}
-        for position, i in enumerate(scalars):
-            values[i] = [host[position]]
-        start = len(scalars)
-        for i in vectors:
-            values[i] = host[start:start + items[i].numel()]
-            start += items[i].numel()
-        for k, (pass_name, what, value) in enumerate(checks):
-            if not all(math.isfinite(v) for v in values[k]):
-                self._fail(pass_name, what, value)
-                return None
-        return [values[len(checks) + j] for j in range(len(extra))]
-
-    def _finish(self, params: list[Tensor], loss0: Tensor,
-                checks: list[Check], norm: Tensor, info: StepInfo,
-                guard_factor: Tensor | None = None) -> None:
-        """Check the gradient about to be applied, clip it if asked, step the base optimizer.
-
-        ``norm`` is the combined gradient's norm as computed, i.e. still scaled under fp16."""
-        if self.scaler is not None:
-            norm = self._unscale(params, checks, norm)
-        extra = [norm, loss0]
-        if guard_factor is not None:
-            extra.append(guard_factor)
-        host = self._fetch(checks + [Check("combined gradient", "gradient", norm)], extra)
-        if host is None:
-            return
-        grad_norm, info.loss = host[0][0], host[1][0]
-        if guard_factor is not None:
-            info.guard_factor, info.sharpness_share = host[2]
-        info.grad_norm = grad_norm
-        if self.max_grad_norm is not None and grad_norm > self.max_grad_norm:
-            torch._foreach_mul_([p.grad for p in params], self.max_grad_norm / (grad_norm + 1e-6))
-        self.last_step = info
-        self.base_optimizer.step()
-        if self.scaler is not None:
-            self.scaler.update()
 
     def _unscale(self, params: list[Tensor], checks: list[Check],
                  norm: Tensor) -> Tensor:
@@ -748,17 +871,16 @@ class UniversalSAM(torch.optim.Optimizer):
         self._unscaled = True
         return norm / self._scale
 
-    def _fail(self, pass_name: str, what: str, value: Tensor) -> None:
-        detail = f"{what} ({_short(value)})"
+    def _fail(self, pass_name: str, detail: str) -> None:
         if self.scaler is not None:
             self._overflow(pass_name, detail)
             return
         self.zero_grad(set_to_none=True)
         if self.on_nonfinite == "raise":
             raise NonFiniteStepError(pass_name, detail, self.steps)
-        self.skipped_steps += 1
-        self.last_step = StepInfo(self.steps, math.nan, self._step_passes,
-                                  skipped=f"non-finite {detail} in the {pass_name}")
+        self._verdicts.skipped += 1
+        self.last_step = skipped_info(self.steps, self._step_passes,
+                                      f"non-finite {detail} in the {pass_name}")
 
     def _overflow(self, pass_name: str, detail: str) -> None:
         """fp16: skip the step as ``GradScaler.step`` does, and let the scaler back off."""
@@ -771,89 +893,50 @@ class UniversalSAM(torch.optim.Optimizer):
         scale = self._scale
         self.scaler.update()
         self.zero_grad(set_to_none=True)
-        self.skipped_steps += 1
-        self.last_step = StepInfo(
-            self.steps, math.nan, self._step_passes,
-            skipped=f"fp16 overflow: non-finite {detail} in the {pass_name} at loss scale "
-                    f"{scale:g} (now {self.scaler.get_scale():g})")
+        self._verdicts.skipped += 1
+        self.last_step = skipped_info(
+            self.steps, self._step_passes,
+            f"fp16 overflow: non-finite {detail} in the {pass_name} at loss scale "
+            f"{scale:g} (now {self.scaler.get_scale():g})")
 
 
-def _orthogonal_part(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor) -> list[Tensor]:
-    """(c − (⟨c, g0⟩/‖g0‖²)·g0)/‖g0‖ with c = final − g0: the sharpness component orthogonal to
-    g0, per unit of ‖g0‖ (LookSAM's reused direction, on the device)."""
-    c = torch._foreach_sub(final, g0)
-    dot = sum((torch.sum(a * b).to(g0_norm.device, torch.float64)
-               for a, b in zip(c, g0, strict=True)),
-              torch.zeros((), device=g0_norm.device, dtype=torch.float64))
-    g0_sq = (g0_norm.to(torch.float64) ** 2).clamp_min(1e-30)
-    torch._foreach_add_(c, torch._foreach_mul(g0, _per_device(-dot / g0_sq, g0)))
-    torch._foreach_div_(c, _per_device(g0_norm.clamp_min(1e-30), c))
-    return c
+def _weights_key(spec: SharpnessSpec) -> str:
+    return json.dumps([spec.phi.to_obj(), spec.psi.to_obj(), spec.n])
 
 
-def _grad_or_zero(p: Tensor) -> Tensor:
-    if p.grad is None:
-        p.grad = torch.zeros_like(p)
-    return p.grad
+def _profiling() -> bool:
+    return bool(torch.autograd.profiler._is_profiler_enabled)
 
 
-def _norms(tensors: list[Tensor]) -> list[Tensor]:
-    return list(torch._foreach_norm(tensors)) if tensors else []
+def _has_hooks(opt: torch.optim.Optimizer) -> bool:
+    return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks or
+                torch_optimizer._global_optimizer_pre_hooks or
+                torch_optimizer._global_optimizer_post_hooks)
 
 
-def combine_gradients(final: list[Tensor], g0: list[Tensor] | None, beta: list[float],
-                      coefficient_g0: float, *, raw: list[list[Tensor]] | None = None,
-                      folded: list[list[Tensor]] | None = None,
-                      folded_coefficients: list[float] | None = None) -> None:
-    """The combine step of :class:`UniversalSAM`, a function of tensors alone (the way
-    ``torch.optim`` keeps its ``_single_tensor_*`` kernels beside the stateful class).
-
-    On entry ``final`` holds g_n, the gradient of the last perturbed pass; on exit it holds
-    β_n·g_n + c0·g0 + Σ_{i<n} β_i·g_i, where the g_i (i < n) are given either ``raw`` (one list
-    per pass) or ``folded`` into m buffers Σ_i φ_j'(D_i)·g_i with ``folded_coefficients`` the
-    factor of buffer j. ``g0`` may be ``None`` only when ``coefficient_g0`` is 0. In place, in
-    the order the reference-rule tests were written against (bit-identical updates).
-    """
-    if beta[-1] != 1.0:
-        torch._foreach_mul_(final, beta[-1])
-    if coefficient_g0 != 0.0:
-        if g0 is None:
-            raise ValueError("combine_gradients: g0 is needed when its coefficient is not 0")
-        torch._foreach_add_(final, g0, alpha=coefficient_g0)
-    if raw is not None:
-        for b, grads in zip(beta, raw, strict=False):  # the first n − 1 passes
-            torch._foreach_add_(final, grads, alpha=b)
-    if folded is not None:
-        assert folded_coefficients is not None
-        for buf, c in zip(folded, folded_coefficients, strict=True):
-            torch._foreach_add_(final, buf, alpha=c)
-
-
-def _total(norms: list[Tensor], device: torch.device) -> Tensor:
-    """The global norm (float64, on ``device``) from per-tensor norms: one stack and one copy
-    per device and dtype, not one copy per tensor."""
-    if not norms:
-        return torch.zeros((), device=device)
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for n in norms:
-        groups.setdefault((n.device, n.dtype), []).append(n)
-    parts = [torch.stack(g).to(device, torch.float64) for g in groups.values()]
-    return torch.linalg.vector_norm(parts[0] if len(parts) == 1 else torch.cat(parts))
-
-
-def _per_device(scalar: Tensor, like: list[Tensor]) -> list[Tensor]:
-    """``scalar`` once per tensor of ``like``, copied once per device and dtype."""
-    copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-    out = []
-    for t in like:
-        key = (t.device, t.dtype)
-        if key not in copies:
-            copies[key] = scalar.to(t.device, t.dtype)
-        out.append(copies[key])
+def _hooked(opt: torch.optim.Optimizer, step: Callable[..., Tensor],
+            closure: Callable[[], Tensor | float]) -> Tensor:
+    """``step(closure)`` with what torch's ``Optimizer.profile_hook_step`` does — the step pre
+    and post hooks, global and the optimizer's own, and a profiler range — the range only while
+    a profiler records (its markers are two operators per step otherwise)."""
+    args: tuple[Any, ...] = (opt, closure)
+    kwargs: dict[str, Any] = {}
+    for pre_hook in chain(torch_optimizer._global_optimizer_pre_hooks.values(),
+                          opt._optimizer_step_pre_hooks.values()):
+        result = pre_hook(opt, args[1:], kwargs)
+        if result is not None:
+            args, kwargs = (opt, *result[0]), result[1]
+    if _profiling():
+        with torch.autograd.profiler.record_function(
+                f"Optimizer.step#{type(opt).__name__}.step"):
+            out = step(*args[1:], **kwargs)
+    else:
+        out = step(*args[1:], **kwargs)
+    for post_hook in chain(opt._optimizer_step_post_hooks.values(),
+                           torch_optimizer._global_optimizer_post_hooks.values()):
+        post_hook(opt, args[1:], kwargs)
     return out
 
 
-def _short(value: Tensor) -> str:
-    flat = value.detach().reshape(-1).double().cpu()
-    bad = flat[~torch.isfinite(flat)]
-    return f"{float(bad[0]) if bad.numel() else float(flat[0]):g}"
+# The combine kernel, importable from here as before.
+__all__ = ["Check", "ProbeRecord", "StepInfo", "UniversalSAM", "combine_gradients"]

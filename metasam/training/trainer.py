@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,61 @@ from metasam.training.config import EXECUTION_FIELDS, TrainConfig
 
 Report = Callable[[dict[str, Any]], "bool | None"]
 
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one training step leaves for the epoch's metrics, on the device."""
+
+    loss: Tensor
+    hits: Tensor
+    size: int
+    applied: Tensor | None          # None: judged on the host and applied
+    sharpness: Tensor | None
+    guard: Tensor | None            # (factor, ‖sharpness part‖/‖g0‖)
+
+
+def _epoch_sums(steps: list[_Step], device: torch.device) -> dict[str, Any]:
+    """train_loss and train_acc over the applied steps, the mean sharpness and, with a guard,
+    the median and largest share and how often the guard scaled: one host read."""
+    out: dict[str, Any] = {"train_loss": math.nan, "train_acc": 0.0}
+    if not steps:   # every step skipped (fp16 overflow without end, on_nonfinite="skip")
+        return out
+    true = torch.ones((), dtype=torch.bool, device=device)
+    applied = torch.stack([s.applied if s.applied is not None else true for s in steps]
+                          ).to(torch.float64)
+    sizes = torch.tensor([s.size for s in steps], dtype=torch.float64, device=device) * applied
+    parts = [(torch.stack([s.loss for s in steps]).double() * sizes).sum().reshape(1),
+             (torch.stack([s.hits for s in steps]).double() * applied).sum().reshape(1),
+             sizes.sum().reshape(1)]
+    sharp = [i for i, s in enumerate(steps) if s.sharpness is not None]
+    guarded = [i for i, s in enumerate(steps) if s.guard is not None]
+    if sharp:
+        parts.append(applied[sharp])
+        parts.append(torch.stack([steps[i].sharpness for i in sharp]).double())  # type: ignore[misc]
+    if guarded:
+        parts.append(applied[guarded])
+        parts.append(torch.stack([steps[i].guard for i in guarded]).double().reshape(-1))  # type: ignore[misc]
+    host = torch.cat(parts).tolist()
+    loss_sum, hit_sum, seen = host[:3]
+    if seen:
+        out["train_loss"], out["train_acc"] = loss_sum / seen, hit_sum / seen
+    rest = host[3:]
+    if sharp:
+        kept, values, rest = rest[:len(sharp)], rest[len(sharp):2 * len(sharp)], \
+            rest[2 * len(sharp):]
+        chosen = [v for k, v in zip(kept, values, strict=True) if k]
+        if chosen:
+            out["sharpness"] = sum(chosen) / len(chosen)
+    if guarded:
+        kept, pairs = rest[:len(guarded)], rest[len(guarded):]
+        factors = [pairs[2 * j] for j, k in enumerate(kept) if k]
+        shares = sorted(pairs[2 * j + 1] for j, k in enumerate(kept) if k)
+        if shares:   # with a guard: ‖sharpness part‖/‖g0‖ and how often the guard scaled it
+            out["sharpness_share_median"] = shares[len(shares) // 2]
+            out["sharpness_share_max"] = shares[-1]
+            out["guarded_steps"] = sum(1 for f in factors if f < 1.0)
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,28 +271,30 @@ class Trial:
                                           data.y[index].to(self.device))
 
     def train_epoch(self) -> dict[str, Any]:
-        """One pass over the training set; raises NonFiniteStepError on a non-finite step."""
+        """One pass over the training set; raises NonFiniteStepError on a non-finite step (at
+        the latest when the epoch ends: the steps' verdicts are read then, see
+        :mod:`metasam.optim.verdicts`).
+
+        Per step the loop adds only the accuracy's three operators to the optimizer's; the
+        losses, hits and sharpness values stay on the device and are summed once per epoch,
+        with one host read."""
         self._refresh_fisher_mask()
         self.model.train()
         device, precision = self.device, self.precision
-        total_loss = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen, sharpness, sharp_steps = 0, 0.0, 0
-        shares: list[float] = []
-        guarded = 0
+        steps: list[_Step] = []
         skipped_before = self.optimizer.skipped_steps
         lr = self.optimizer.param_groups[0]["lr"]
         for x, y in self.loader:
-            logits_at_x: list[Tensor] = []
+            hits: list[Tensor] = []
 
-            def closure(x: Tensor = x, y: Tensor = y, out: list[Tensor] = logits_at_x) -> Tensor:
-                self.optimizer.zero_grad(set_to_none=True)
+            def closure(x: Tensor = x, y: Tensor = y, out: list[Tensor] = hits) -> Tensor:
+                # the optimizer sets every gradient to None before each pass
                 with autocast(device, precision):
                     logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
                 self.optimizer.backward(loss)  # scaled under fp16
                 if not out:
-                    out.append(logits.detach())
+                    out.append((logits.argmax(1) == y).sum())
                 return loss
 
             passes_before = self.optimizer.grad_evals
@@ -249,39 +307,22 @@ class Trial:
             if self.learner is not None:
                 self.learner.after_step()
             info = self.optimizer.last_step
-            if info is not None and info.skipped is None:
-                total_loss += loss.double() * y.shape[0]
-                correct += (logits_at_x[0].argmax(1) == y).sum()
-                seen += y.shape[0]
-                if info.sharpness is not None and info.step == self.optimizer.steps:
-                    sharpness += info.sharpness
-                    sharp_steps += 1
-                if info.sharpness_share is not None and info.step == self.optimizer.steps:
-                    shares.append(info.sharpness_share)
-                    guarded += bool(info.guard_factor is not None and info.guard_factor < 1.0)
+            if info is None or info.step != self.optimizer.steps or info.skipped_on_host:
+                continue
+            steps.append(_Step(loss, hits[0], y.shape[0], info.applied,
+                               info.tensors.get("sharpness"), info.tensors.get("guard")))
+        self.optimizer.check()
         self.scheduler.step()
         self.epoch += 1
-        metrics: dict[str, Any] = {
-            "epoch": self.epoch,
-            # every step skipped (fp16 overflow without end, or on_nonfinite="skip"): no loss
-            "train_loss": float(total_loss) / seen if seen else math.nan,
-            "train_acc": float(correct) / max(seen, 1),
-            "skipped_steps": self.optimizer.skipped_steps - skipped_before,
-            "lr": lr,
-        }
+        metrics: dict[str, Any] = {"epoch": self.epoch, **_epoch_sums(steps, device),
+                                   "skipped_steps": self.optimizer.skipped_steps -
+                                   skipped_before, "lr": lr}
         if self.learner is not None:   # θ at the end of the epoch, and what it cost
             metrics.update({f"learned:{k}": v for k, v in self.learner.snapshot().items()})
             metrics["learned_spec"] = json.dumps(self.optimizer.spec.to_dict())
             extra = self.learner.val_passes * self.config.learn["val_batch"] / \
                 self.config.batch_size
             metrics["learn_grad_evals"] = extra
-        if sharp_steps:
-            metrics["sharpness"] = sharpness / sharp_steps
-        if shares:  # with a guard: ‖sharpness part‖/‖g0‖ and how often the guard scaled it
-            shares.sort()
-            metrics["sharpness_share_median"] = shares[len(shares) // 2]
-            metrics["sharpness_share_max"] = shares[-1]
-            metrics["guarded_steps"] = guarded
         return metrics
 
     def hessian_metrics(self) -> dict[str, float]:
