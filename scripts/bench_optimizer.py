@@ -2,21 +2,31 @@
 two-pass SAM written here, on the same model and batch, interleaved in one process.
 
     python scripts/bench_optimizer.py                     # CPU, small CNN
-    python scripts/bench_optimizer.py --device cuda --model resnet18 --batch 128
+    python scripts/bench_optimizer.py --device cuda --bf16 --channels-last --model resnet18 \\
+        --batch 256 --presets sgd,sam --compile           # the GPU check, one call
 
-Prints one line per method: median step time, ratio to SGD, the target ratio 1.1·(n + 1), the
-aten operators and host reads of tensor values of one steady-state step
-(:class:`metasam.optim.counting.OpCounter`: on a GPU, the proxies of kernel launches and host
-syncs), and for ``sam`` the ratio to the plain SAM (target ≤ 1.05; ops ≤ 1.15×, ``sgd`` ≤
-1.10× plain SGD). Absolute times mean little on a shared CPU; the ratios are what to compare.
+Prints one line per method: median step time, ratio to plain SGD, the target ratio 1.1·(n + 1),
+TFLOP/s (the forward and backward FLOPs of the passes the step makes, counted once by torch's
+``FlopCounterMode``, over the median time), the aten operators and host reads of one
+steady-state step (:class:`metasam.optim.counting.OpCounter`: on a GPU, the proxies of kernel
+launches), and on CUDA the synchronizations of that step (``torch.cuda.set_sync_debug_mode``:
+every operation that makes the host wait for the device warns once). Then the ratios the
+issues set targets for: ``sam`` / plain SAM time (≤ 1.05; ``sgd`` / plain SGD ≤ 1.03 on a GPU),
+operators (``sam`` ≤ 1.15×, ``sgd`` ≤ 1.10×), and with ``--compile`` the compiled step
+(``compile=True``: the ascent, combine, guard and norm through ``torch.compile``) against the
+eager one. The plain loops use the same base optimizer (``torch.optim.SGD``, momentum 0.9).
+Absolute times on a shared CPU mean little; the ratios are what to compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import time
+import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,17 +47,38 @@ def small_cnn(classes: int = 10) -> nn.Module:
 def build_model(name: str) -> nn.Module:
     if name == "cnn":
         return small_cnn()
-    try:
-        from metasam.models import build_model as build
-        return build(name, num_classes=10)
-    except ImportError:  # the models package is optional here
-        import torchvision
-        return torchvision.models.resnet18(num_classes=10)
+    from metasam.models import build_model as build
+    return build(name, (3, 32, 32), 10)
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def count_syncs(device: torch.device, step: Callable[[], object]) -> int | None:
+    """The host synchronizations one call of ``step`` makes (CUDA's sync debug mode warns once
+    per synchronizing operation); None on a CPU."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def flops_per_pass(closure: Callable[[], torch.Tensor]) -> int:
+    """Forward and backward FLOPs of one pass of ``closure`` (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        closure()
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -59,6 +90,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="steps per method per round")
     parser.add_argument("--presets", default=",".join(presets.NAMES))
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast of the passes")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels_last model and inputs")
+    parser.add_argument("--compile", action="store_true",
+                        help="add the compiled step (compile=True) of each preset")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -66,31 +102,45 @@ def main() -> None:
     model = build_model(args.model).to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
-    def closure():
+    def autocast() -> contextlib.AbstractContextManager[object]:
+        if not args.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def closure() -> torch.Tensor:
         for p in model.parameters():
             p.grad = None
-        loss = F.cross_entropy(model(x), y)
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         return loss
 
     methods: dict[str, object] = {"plain-sgd": PlainSGD(model.parameters(), 1e-4),
                                   "plain-sam": PlainSAM(model.parameters(), 1e-4)}
     for name in args.presets.split(","):
-        opt = UniversalSAM(model.parameters(), torch.optim.SGD, name, model=model, lr=1e-4,
-                           momentum=0.9, seed=0)
-        if name == "ssam":
-            opt.update_fisher_mask(model, F.cross_entropy, x[:16], y[:16])
-        opt.passes = opt.spec.passes  # type: ignore[attr-defined]
-        methods[name] = opt
+        for compiled in (False, True) if args.compile else (False,):
+            opt = UniversalSAM(model.parameters(), torch.optim.SGD, name, model=model, lr=1e-4,
+                               momentum=0.9, seed=0, compile=compiled)
+            if name == "ssam":
+                opt.update_fisher_mask(model, F.cross_entropy, x[:16], y[:16])
+            opt.passes = opt.spec.passes  # type: ignore[attr-defined]
+            methods[name + ("+compile" if compiled else "")] = opt
 
+    flops = flops_per_pass(closure)
     times: dict[str, list[float]] = {name: [] for name in methods}
     counts: dict[str, OpCounter] = {}
-    for name, opt in methods.items():  # warm-up, then one counted steady-state step
-        opt.step(closure)  # type: ignore[attr-defined]
-        opt.step(closure)  # type: ignore[attr-defined]
+    syncs: dict[str, int | None] = {}
+    for name, opt in methods.items():  # warm-up (and compilation), then counted steps
+        for _ in range(3):
+            opt.step(closure)  # type: ignore[attr-defined]
         with OpCounter() as counts[name]:
             opt.step(closure)  # type: ignore[attr-defined]
+        syncs[name] = count_syncs(device, lambda opt=opt: opt.step(closure))  # type: ignore[attr-defined,misc]
     order = list(methods.items())
     shuffler = random.Random(0)
     for _ in range(args.rounds):
@@ -102,31 +152,46 @@ def main() -> None:
                 opt.step(closure)  # type: ignore[attr-defined]
             sync(device)
             times[name].append((time.perf_counter() - start) / args.steps)
+    for opt in methods.values():
+        if isinstance(opt, UniversalSAM):
+            opt.check()
 
     median = {name: statistics.median(t) for name, t in times.items()}
     params = sum(p.numel() for p in model.parameters())
-    print(f"device={device} model={args.model} params={params} batch={args.batch} "
+    name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device={device} ({name_of_device}) model={args.model} params={params} "
+          f"batch={args.batch} bf16={args.bf16} channels_last={args.channels_last} "
           f"rounds={args.rounds}x{args.steps} steps (medians, interleaved)")
-    print(f"{'method':<11} {'passes':>6} {'ms/step':>9} {'vs SGD':>7} {'target':>7}  verdict"
-          f"  {'aten ops':>8} {'host reads':>10}")
+    print(f"{'method':<17} {'passes':>6} {'ms/step':>9} {'vs SGD':>7} {'target':>7}  verdict"
+          f"  {'TFLOP/s':>8} {'aten ops':>8} {'host reads':>10} {'syncs':>6}")
     sgd = median["plain-sgd"]
     for name, opt in methods.items():
         passes = opt.passes  # type: ignore[attr-defined]
         ratio = median[name] / sgd
         target = 1.1 * passes
         verdict = "ok" if ratio <= target else "SLOW"
-        print(f"{name:<11} {passes:>6} {median[name] * 1e3:>9.2f} {ratio:>7.2f} {target:>7.2f}"
-              f"  {verdict:<7}  {counts[name].ops:>8} {counts[name].host_reads:>10}")
-    if "sam" in median:
-        ratio = median["sam"] / median["plain-sam"]
-        print(f"sam / plain-sam = {ratio:.3f} (target ≤ 1.05: "
-              f"{'ok' if ratio <= 1.05 else 'SLOW'})")
+        tflops = passes * flops / median[name] / 1e12
+        n_syncs = "-" if syncs[name] is None else str(syncs[name])
+        print(f"{name:<17} {passes:>6} {median[name] * 1e3:>9.2f} {ratio:>7.2f} {target:>7.2f}"
+              f"  {verdict:<7}  {tflops:>8.3f} {counts[name].ops:>8} "
+              f"{counts[name].host_reads:>10} {n_syncs:>6}")
+    time_targets = (("sam", "plain-sam", 1.05), ("sgd", "plain-sgd",
+                                                  1.03 if device.type == "cuda" else 1.05))
+    for name, plain, target in time_targets:
+        if name in median:
+            ratio = median[name] / median[plain]
+            print(f"time {name} / {plain} = {ratio:.3f} (target ≤ {target:.2f}: "
+                  f"{'ok' if ratio <= target else 'SLOW'})")
     for name, plain, target in (("sam", "plain-sam", 1.15), ("sgd", "plain-sgd", 1.10)):
         if name in counts:
             ratio = counts[name].ops / counts[plain].ops
             print(f"aten ops {name} / {plain} = {ratio:.3f} (target ≤ {target:.2f}: "
                   f"{'ok' if ratio <= target else 'OVER'}); host reads per step: "
                   f"{counts[name].host_reads} (where: {dict(counts[name].reads_at)})")
+    for name in methods:
+        if name.endswith("+compile"):
+            eager = name.removesuffix("+compile")
+            print(f"time {name} / {eager} = {median[name] / median[eager]:.3f}")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,28 @@ def test_ready_is_called_once_the_data_are_loaded_and_the_checkpoint_restored(tm
     events.clear()
     train(config, report=lambda m: events.append(("epoch", m["epoch"])), ready=ready)
     assert events == [("ready", 2), ("epoch", 3)]
+
+
+def test_a_non_finite_step_surfaces_at_the_epoch_s_end_with_the_weights_before_it() -> None:
+    """The trainer's steps are judged on the device: a NaN in step 3's unperturbed pass raises
+    when the epoch's verdicts are read, naming step 3, and the weights are step 2's (the steps
+    after it were not applied)."""
+    from metasam.errors import NonFiniteStepError
+
+    config = TrainConfig(preset="sam", model="mlp", epochs=1, batch_size=256, num_threads=1)
+    trial = Trial(config)
+    plain_forward, calls, kept = trial.forward, [0], []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 5:             # the first pass of step 3 (two passes per step)
+            kept.extend(p.detach().clone() for p in trial.model.parameters())
+            return plain_forward(x) * float("nan")
+        return plain_forward(x)
+
+    trial.forward = forward  # type: ignore[assignment]
+    steps = len(trial.loader)
+    with pytest.raises(NonFiniteStepError, match="unperturbed pass of step 3") as info:
+        trial.train_epoch()
+    assert info.value.found_at == steps > 3
+    assert all(torch.equal(a, p) for a, p in zip(kept, trial.model.parameters(), strict=True))

@@ -122,14 +122,18 @@ class SharpnessAwareModule(L.LightningModule):
 
         loss = lightning_optimizer.step(closure=closure)
         info = optimizer.last_step
-        if info is not None and info.skipped is None:
+        # device tensors: no host read per step (a step judged on the device and not applied
+        # logs its values too; its error surfaces at the epoch's end)
+        if info is not None and not info.skipped_on_host:
             self.log("train_loss", loss.detach(), prog_bar=True)
-            if info.sharpness is not None:
-                self.log("train_sharpness", info.sharpness)
+            sharpness = info.tensors.get("sharpness")
+            if sharpness is not None:
+                self.log("train_sharpness", sharpness)
         self._step_schedulers("step")
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
+        self._universal_sam().check()   # the epoch's step verdicts: one host read
         self._step_schedulers("epoch")
 
     # --- internals ------------------------------------------------------------------------------

@@ -155,6 +155,47 @@ def orthogonal_part(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor) -> l
     return c
 
 
+def ascent_direction(grads: list[Tensor], params: list[Tensor], per_tensor: list[Tensor], *,
+                     adaptive_eta: float | None = None, masks: list[Tensor] | None = None,
+                     eps: float = 1e-12) -> list[Tensor]:
+    """The unit ascent direction of the deterministic measures (docs/family.md §2): SAM's
+    g/‖g‖; with ``adaptive_eta`` ASAM's T²g/‖Tg‖, T = |w| + η; with ``masks`` SSAM's
+    m⊙g/‖g‖. ``per_tensor`` holds ‖g‖ per tensor (SAM, SSAM)."""
+    if adaptive_eta is not None:
+        scale = torch._foreach_abs(params)
+        torch._foreach_add_(scale, adaptive_eta)
+        scaled = torch._foreach_mul(grads, scale)
+        norm = total_norm(norms(scaled), grads[0].device)
+        torch._foreach_mul_(scaled, scale)
+        torch._foreach_div_(scaled, per_device(norm + eps, grads))
+        return scaled
+    norm = total_norm(per_tensor, grads[0].device)
+    direction = torch._foreach_div(grads, per_device(norm + eps, grads))
+    if masks is not None:
+        torch._foreach_mul_(direction, masks)
+    return direction
+
+
+def finish_gradient(final: list[Tensor], g0: list[Tensor] | None, beta: Sequence[Coefficient],
+                    coefficient_g0: Coefficient, *, raw: list[list[Tensor]] | None,
+                    folded: list[list[Tensor]] | None,
+                    folded_coefficients: Sequence[Coefficient] | None,
+                    guard: float | None, g0_norm: Tensor | None,
+                    known_norm: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The arithmetic after the passes, as one function (what ``compile="step"`` hands to
+    ``torch.compile``): :func:`combine_gradients`, the guard (:func:`apply_guard`, when
+    ``guard`` is a bound) and the combined gradient's norm (``known_norm`` when the update is
+    exactly the last pass's gradient). Returns (norm, the guard's (factor, share) or None)."""
+    combine_gradients(final, g0, beta, coefficient_g0, raw=raw, folded=folded,
+                      folded_coefficients=folded_coefficients)
+    factor = None
+    if guard is not None:
+        assert g0 is not None and g0_norm is not None
+        factor = apply_guard(final, g0, g0_norm, guard)
+    norm = known_norm if known_norm is not None else total_norm(norms(final), final[0].device)
+    return norm, factor
+
+
 def grad_or_zero(p: Tensor) -> Tensor:
     """``p.grad``, created as zeros when a pass left it unset."""
     if p.grad is None:

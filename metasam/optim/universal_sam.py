@@ -6,12 +6,10 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.optim import optimizer as torch_optimizer
 
 from metasam.errors import NonFiniteStepError
 from metasam.family.measures import fill_random_
@@ -20,6 +18,7 @@ from metasam.optim import kernels
 from metasam.optim.batchnorm import RunningStatsGuard
 from metasam.optim.distributed import AUTO, Sync, local_module
 from metasam.optim.fisher import fisher_scores, top_fraction_mask
+from metasam.optim.hooks import base_step, hooked
 from metasam.optim.kernels import combine_gradients, grad_or_zero, norms, per_device, total_norm
 from metasam.optim.verdicts import Record, Rollback, StepInfo, Verdicts, skipped_info
 
@@ -135,6 +134,9 @@ class UniversalSAM(torch.optim.Optimizer):
             parameters ``vary`` over training (step k, from 0, is at progress k/total_steps).
         strict: judge every step on the host before its base step (one device→host read per
             step; the error of a non-finite step raised by the step itself).
+        compile: run the step's device arithmetic — the ascent direction, and the combine,
+            guard and norm after the passes — through ``torch.compile`` (fused kernels; the
+            passes are the closure's, compile the model for those). The first steps compile.
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ...).
 
     Example::
@@ -194,7 +196,7 @@ class UniversalSAM(torch.optim.Optimizer):
                  seed: int | None = None, max_grad_norm: float | None = None,
                  on_nonfinite: str = "raise", process_group: Any = AUTO,
                  scaler: torch.amp.GradScaler | None = None, total_steps: int | None = None,
-                 strict: bool = False, **base_kwargs: Any) -> None:
+                 strict: bool = False, compile: bool = False, **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and
                 issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError("base_optimizer must be an optimizer class such as torch.optim.SGD, "
@@ -219,6 +221,7 @@ class UniversalSAM(torch.optim.Optimizer):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {scaler!r}")
         self.on_nonfinite = on_nonfinite
         self.strict = bool(strict)
+        self._kernels = CompiledKernels() if compile else kernels
         self._verdicts = Verdicts(on_nonfinite)
         self._rollback = Rollback()
         self.scaler = scaler
@@ -255,6 +258,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self._pending_generator_states: dict[str, Tensor] = {}
         self._buffers: dict[tuple[int, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
         self._constant_weights: dict[str, tuple[list[float], list[float]]] = {}
+        self._coefficients: tuple[Any, Any] = (None, None)   # (member, its host coefficients)
         self._active = self.spec   # the member this step makes (spec.at(progress) with vary)
         self._active_values: dict[str, Any] | None = None
         self._g0_coefficient = self._constant_g0_coefficient(self.spec)
@@ -371,9 +375,9 @@ class UniversalSAM(torch.optim.Optimizer):
         if closure is None:
             raise TypeError("UniversalSAM.step needs a closure that zeroes the gradients, runs "
                             "forward and backward on one batch and returns the loss")
-        return _hooked(self, self._step, closure)
+        return hooked(self, self._step, closure)
 
-    step.hooked = True  # type: ignore[attr-defined]  # torch's profiling wrapper: see _hooked
+    step.hooked = True  # type: ignore[attr-defined]  # torch's wrapper: see hooks.hooked
 
     def check(self) -> None:
         """Read the verdicts of the steps made so far (one host read): raises
@@ -534,26 +538,20 @@ class UniversalSAM(torch.optim.Optimizer):
             coefficient_g0 = 1.0 - beta_t.sum()
             folded = [] if probes.raw_mode else list((surrogate.psi_grad * scale).unbind(0))
         final = [p.grad for p in params]  # holds g_n
-        combine_gradients(final, g0, beta, coefficient_g0,
-                          raw=probes.raw if probes.raw_mode else None,
-                          folded=None if probes.raw_mode else probes.acc,
-                          folded_coefficients=folded)
         info = StepInfo(self.steps, self._step_passes,
                         {"sharpness": value, "d": d, "weights": surrogate.weights},
                         regularizer_factor=spec.lam * rho**2)
-        factor = None
-        if spec.guard is not None:
-            assert g0 is not None
-            factor = kernels.apply_guard(final, g0, first.grad_norm, spec.guard)
-            info.tensors["guard"] = factor
         exact_last = (isinstance(coefficient_g0, float) and coefficient_g0 == 0.0 and n == 1
-                      and isinstance(beta[-1], float) and beta[-1] == 1.0 and factor is None)
+                      and isinstance(beta[-1], float) and beta[-1] == 1.0
+                      and spec.guard is None)
         # When the update is exactly g_n, its norm was computed with the last pass's checks.
-        if exact_last:
-            assert probes.last_grad_norm is not None
-            norm = probes.last_grad_norm
-        else:
-            norm = total_norm(norms(final), loss0.device)
+        norm, factor = self._kernels.finish_gradient(
+            final, g0, beta, coefficient_g0, raw=probes.raw if probes.raw_mode else None,
+            folded=None if probes.raw_mode else probes.acc, folded_coefficients=folded,
+            guard=spec.guard, g0_norm=first.grad_norm if spec.guard is not None else None,
+            known_norm=probes.last_grad_norm if exact_last else None)
+        if factor is not None:
+            info.tensors["guard"] = factor
         reuse = None
         if spec.schedule is not None and spec.schedule.reuse:
             assert g0 is not None
@@ -566,10 +564,12 @@ class UniversalSAM(torch.optim.Optimizer):
         weight is a known constant (SAM, Trace-SAM, ...): computed once per (φ, ψ, n)."""
         if self._g0_coefficient is None:
             return None
-        weights, psi_grad = self._constant_weights[_weights_key(spec)]
-        scale = spec.weight_scale(weights)
-        return ([scale * w for w in weights], self._g0_coefficient,
-                [scale * g for g in psi_grad])
+        if self._coefficients[0] is not spec:
+            weights, psi_grad = self._constant_weights[_weights_key(spec)]
+            scale = spec.weight_scale(weights)
+            self._coefficients = (spec, ([scale * w for w in weights], self._g0_coefficient,
+                                         [scale * g for g in psi_grad]))
+        return self._coefficients[1]
 
     # --- the schedule of the sharpness term ----------------------------------------------------
 
@@ -650,7 +650,7 @@ class UniversalSAM(torch.optim.Optimizer):
             assert norm is not None
             kernels.clip_([p.grad for p in params], norm, self.max_grad_norm)
         self._rollback.save(changed)
-        self._base_step()
+        base_step(self.base_optimizer)
         if reuse is not None:
             self._store_reuse(params, reuse)
         after = self._changed_tensors()
@@ -683,23 +683,13 @@ class UniversalSAM(torch.optim.Optimizer):
         self.last_step = info
         if self.max_grad_norm is not None:
             kernels.clip_([p.grad for p in params], norm, self.max_grad_norm)
-        self._base_step()
+        base_step(self.base_optimizer)
         if reuse is not None:
             self._store_reuse(params, reuse)
         if self.scaler is not None:
             self.scaler.update()
         if not self.strict and self.scaler is None:
             self._rollback.save(self._changed_tensors())
-
-    def _base_step(self) -> None:
-        """The base optimizer's step, without torch's profiler markers when nothing profiles or
-        hooks it (two fewer operators per step)."""
-        base = self.base_optimizer
-        raw = getattr(type(base).step, "__wrapped__", None)
-        if raw is None or _profiling() or _has_hooks(base):
-            base.step()
-        else:
-            raw(base)
 
     def _store_reuse(self, params: list[Tensor], reuse: list[Tensor]) -> None:
         """LookSAM's direction of this step into the state (in place once it exists, so the
@@ -835,26 +825,18 @@ class UniversalSAM(torch.optim.Optimizer):
                           ) -> list[Tensor]:
         """SAM's g/‖g‖, ASAM's T²g/‖Tg‖ or SSAM's m⊙g/‖g‖ (docs/family.md §2)."""
         measure = self.spec.measure
-        eps = 1e-12 * self._scale  # the gradients are still scaled (fp16): ε is not
-        grads = [p.grad for p in perturbed]
-        if measure.kind == "adaptive_ascent":
-            scale = torch._foreach_abs(perturbed)
-            torch._foreach_add_(scale, measure.eta)
-            scaled = torch._foreach_mul(grads, scale)
-            norm = total_norm(norms(scaled), grads[0].device)
-            torch._foreach_mul_(scaled, scale)
-            torch._foreach_div_(scaled, per_device(norm + eps, grads))
-            return scaled
-        norm = total_norm(per_tensor, grads[0].device)
-        direction = torch._foreach_div(grads, per_device(norm + eps, grads))
+        masks = None
         if measure.kind == "sparse_ascent":
             masks = [self.state[p].get("fisher_mask") for p in perturbed]
             if any(m is None for m in masks):
                 raise RuntimeError("the sparse_ascent (SSAM) measure needs a Fisher mask: call "
                                    "optimizer.update_fisher_mask(model, loss_fn, inputs, "
                                    "targets) before the first step")
-            torch._foreach_mul_(direction, masks)
-        return direction
+        # the gradients are still scaled under fp16: ε is not
+        return self._kernels.ascent_direction([p.grad for p in perturbed], perturbed, per_tensor,
+                                        adaptive_eta=measure.eta if measure.kind ==
+                                        "adaptive_ascent" else None, masks=masks,
+                                        eps=1e-12 * self._scale)
 
     def _unscale(self, params: list[Tensor], checks: list[Check],
                  norm: Tensor) -> Tensor:
@@ -900,42 +882,17 @@ class UniversalSAM(torch.optim.Optimizer):
             f"{scale:g} (now {self.scaler.get_scale():g})")
 
 
+class CompiledKernels:
+    """:func:`kernels.ascent_direction` and :func:`kernels.finish_gradient` through
+    ``torch.compile`` (compiled on first use)."""
+
+    def __init__(self) -> None:
+        self.ascent_direction = torch.compile(kernels.ascent_direction, dynamic=False)
+        self.finish_gradient = torch.compile(kernels.finish_gradient, dynamic=False)
+
+
 def _weights_key(spec: SharpnessSpec) -> str:
     return json.dumps([spec.phi.to_obj(), spec.psi.to_obj(), spec.n])
-
-
-def _profiling() -> bool:
-    return bool(torch.autograd.profiler._is_profiler_enabled)
-
-
-def _has_hooks(opt: torch.optim.Optimizer) -> bool:
-    return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks or
-                torch_optimizer._global_optimizer_pre_hooks or
-                torch_optimizer._global_optimizer_post_hooks)
-
-
-def _hooked(opt: torch.optim.Optimizer, step: Callable[..., Tensor],
-            closure: Callable[[], Tensor | float]) -> Tensor:
-    """``step(closure)`` with what torch's ``Optimizer.profile_hook_step`` does — the step pre
-    and post hooks, global and the optimizer's own, and a profiler range — the range only while
-    a profiler records (its markers are two operators per step otherwise)."""
-    args: tuple[Any, ...] = (opt, closure)
-    kwargs: dict[str, Any] = {}
-    for pre_hook in chain(torch_optimizer._global_optimizer_pre_hooks.values(),
-                          opt._optimizer_step_pre_hooks.values()):
-        result = pre_hook(opt, args[1:], kwargs)
-        if result is not None:
-            args, kwargs = (opt, *result[0]), result[1]
-    if _profiling():
-        with torch.autograd.profiler.record_function(
-                f"Optimizer.step#{type(opt).__name__}.step"):
-            out = step(*args[1:], **kwargs)
-    else:
-        out = step(*args[1:], **kwargs)
-    for post_hook in chain(opt._optimizer_step_post_hooks.values(),
-                           torch_optimizer._global_optimizer_post_hooks.values()):
-        post_hook(opt, args[1:], kwargs)
-    return out
 
 
 # The combine kernel, importable from here as before.

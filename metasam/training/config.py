@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from metasam import _config
+from metasam import _checks, _config
 from metasam._config import option
 from metasam.data import AUGMENTATIONS, DATASETS, parse_name
 from metasam.errors import ConfigError, SpecError
@@ -26,6 +26,18 @@ OPTIMIZERS = tuple(BASES)
 TEST_MODES = ("none", "final", "epoch")
 DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
+
+COMPILE_MODES = ("none", "model", "step", "all")
+
+
+def _compile(name: str, value: Any) -> str:
+    """One of COMPILE_MODES; a boolean (the former option) means "model" or "none"."""
+    if isinstance(value, bool):
+        return "model" if value else "none"
+    return _checks.choice(name, value, COMPILE_MODES)
+
+
+_compile.allowed = COMPILE_MODES  # type: ignore[attr-defined]   # for help texts
 
 def _device(name: str, value: Any) -> str:
     """A device name torch understands (whether this machine has it is checked at run time:
@@ -181,7 +193,8 @@ class TrainConfig:
     fp16: bool = option(False, _config.boolean, "fp16 autocast of the forward passes with a "
                         "GradScaler (overflowing steps are skipped)")
     channels_last: bool = option(False, _config.boolean, "channels_last memory format (GPU)")
-    compile: bool = option(False, _config.boolean, "torch.compile the model")
+    compile: str = option("none", _compile, "torch.compile: model (the forward passes), step "
+                          "(the optimizer's device arithmetic), all (both); true means model")
     num_threads: int | None = option(None, _config.integer(1, optional=True),
                                      "CPU threads for torch")
     test: str = option("final", _config.choice(*TEST_MODES),

@@ -172,7 +172,8 @@ class Trial:
             len(train_data.input_shape) == 3
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward: nn.Module = torch.compile(self.model) if config.compile else self.model
+        compiled = config.compile in ("model", "all")
+        self.forward: nn.Module = torch.compile(self.model) if compiled else self.model
         self.spec = config.resolved_spec()
         self.loader = DeviceLoader(train_data, config.batch_size, self.device, shuffle=True,
                                    augment=config.resolved_augment(), seed=config.seed + 1,
@@ -185,7 +186,7 @@ class Trial:
             seed=config.seed, max_grad_norm=config.max_grad_norm,
             on_nonfinite=config.on_nonfinite, scaler=scaler,
             total_steps=config.epochs * len(self.loader),
-            **kwargs)
+            compile=config.compile in ("step", "all"), **kwargs)
         self.scheduler = _scheduler(self.optimizer, config)
         self.learner = self._learner(config)
         self.epoch = 0
