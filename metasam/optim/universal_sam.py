@@ -179,7 +179,9 @@ class UniversalSAM(torch.optim.Optimizer):
     :meth:`state_dict`, and every 1024 steps — and a :class:`~metasam.errors.NonFiniteStepError`
     surfaces then, naming the failed step; no step after it was applied. Judged on the host,
     one read each: the first step (and one that creates optimizer state), every step with
-    ``strict=True`` or a GradScaler, and AE-SAM's trigger (it decides the passes).
+    ``strict=True`` or a GradScaler, and AE-SAM's trigger (it decides the passes). The undo
+    keeps two copies of the weights and the base optimizer's state (for SGD with momentum,
+    four times the weights' memory); ``strict=True`` needs none.
 
     With ``DistributedDataParallel`` (construct the optimizer after ``init_process_group``),
     the gradients are averaged by DDP and the optimizer averages each pass's loss over the
