@@ -149,3 +149,14 @@ def test_a_non_finite_step_surfaces_at_the_epoch_s_end_with_the_weights_before_i
         trial.train_epoch()
     assert info.value.found_at == steps > 3
     assert all(torch.equal(a, p) for a, p in zip(kept, trial.model.parameters(), strict=True))
+
+
+def test_compile_names_what_is_compiled_and_reads_the_former_boolean() -> None:
+    assert TrainConfig(compile=True).compile == "model"
+    assert TrainConfig(compile=False).compile == "none"
+    trial = Trial(TrainConfig(compile="step", preset="sam", model="mlp", epochs=1))
+    assert trial.forward is trial.model                       # the model runs eagerly
+    assert trial.optimizer._kernels is not None and \
+        type(trial.optimizer._kernels).__name__ == "CompiledKernels"
+    with pytest.raises(ConfigError, match="compile: unknown value 'yes'; allowed: none, model"):
+        TrainConfig(compile="yes")

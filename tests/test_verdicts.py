@@ -146,3 +146,32 @@ def test_deferred_and_strict_make_the_same_updates() -> None:
             opt.step(closure)
         runs.append(_tensors(model, opt))
     assert _same(*runs)
+
+
+@pytest.mark.parametrize("base, kwargs", [(torch.optim.AdamW, {"lr": 1e-2}),
+                                          (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9,
+                                                             "fused": True})])
+def test_any_base_optimizer_s_state_is_undone(base, kwargs) -> None:
+    """AdamW's moments and its step counter, a fused SGD's momentum: all back as before."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    opt = UniversalSAM(model.parameters(), base, "sam", seed=0, **kwargs)
+    calls, poison = [0], [None]
+
+    def closure():
+        calls[0] += 1
+        loss = F.cross_entropy(model(x), y)
+        if calls[0] == poison[0]:
+            loss = loss * float("inf")
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    before = _tensors(model, opt)
+    poison[0] = calls[0] + 1
+    opt.step(closure)
+    assert _same(before, _tensors(model, opt))
+    with pytest.raises(NonFiniteStepError, match="unperturbed pass of step 4"):
+        opt.check()
