@@ -123,3 +123,14 @@ def test_ascent_directions_of_sam_asam_and_ssam() -> None:
              for s in SHAPES]
     ssam = _flat(kernels.ascent_direction(g, w, per_tensor, masks=masks, eps=0.0))
     assert torch.allclose(ssam, _flat(masks) * _flat(g) / _flat(g).norm(), atol=1e-14)
+
+
+def test_flat_buffers_group_by_dtype_and_view_each_tensor() -> None:
+    ts = [torch.zeros(2, 3), torch.zeros(4, dtype=torch.float64), torch.zeros(5)]
+    groups = kernels.flat_buffers(ts)
+    assert [(g[0], g[1].dtype, g[1].numel()) for g in groups] == \
+        [([0, 2], torch.float32, 11), ([1], torch.float64, 4)]
+    members, flat, views = groups[0]
+    flat.copy_(torch.arange(11.0))
+    assert [tuple(v.shape) for v in views] == [(2, 3), (5,)]
+    assert torch.equal(views[1], torch.arange(6.0, 11.0))     # views of the one buffer

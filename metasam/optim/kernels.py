@@ -196,6 +196,23 @@ def finish_gradient(final: list[Tensor], g0: list[Tensor] | None, beta: Sequence
     return norm, factor
 
 
+def flat_buffers(tensors: list[Tensor]) -> list[tuple[list[int], Tensor, list[Tensor]]]:
+    """One new flat buffer per device and dtype of ``tensors``, with a view shaped like each
+    of them: (the indices of the group's tensors, the buffer, the views) — so that one
+    operator fills or copies a whole group."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        buckets.setdefault((t.device, t.dtype), []).append(i)
+    out = []
+    for (device, dtype), members in buckets.items():
+        sizes = [tensors[i].numel() for i in members]
+        flat = torch.empty(sum(sizes), device=device, dtype=dtype)
+        views = [piece.view(tensors[i].shape)
+                 for i, piece in zip(members, flat.split(sizes), strict=True)]
+        out.append((members, flat, views))
+    return out
+
+
 def grad_or_zero(p: Tensor) -> Tensor:
     """``p.grad``, created as zeros when a pass left it unset."""
     if p.grad is None:

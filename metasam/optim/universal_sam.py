@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from metasam.errors import NonFiniteStepError
-from metasam.family.measures import fill_random_
 from metasam.family.spec import SharpnessSpec, scalar_dtype
 from metasam.optim import kernels
 from metasam.optim.batchnorm import RunningStatsGuard
@@ -20,6 +19,7 @@ from metasam.optim.distributed import AUTO, Sync, local_module
 from metasam.optim.fisher import fisher_scores, top_fraction_mask
 from metasam.optim.hooks import base_step, hooked
 from metasam.optim.kernels import combine_gradients, grad_or_zero, norms, per_device, total_norm
+from metasam.optim.perturbations import PerturbationSampler
 from metasam.optim.verdicts import Record, Rollback, StepInfo, Verdicts, skipped_info
 
 BN_MODES = ("freeze", "official")
@@ -256,9 +256,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self.grad_evals = 0  # forward/backward passes made by all steps so far
         self._step_passes = 0
         self.last_step: StepInfo | None = None
-        self._generators: dict[str, torch.Generator] = {}
-        self._pending_generator_states: dict[str, Tensor] = {}
-        self._buffers: dict[tuple[int, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
+        self._sampler = PerturbationSampler(self.seed)
         self._constant_weights: dict[str, tuple[list[float], list[float]]] = {}
         self._coefficients: tuple[Any, Any] = (None, None)   # (member, its host coefficients)
         self._active = self.spec   # the member this step makes (spec.at(progress) with vary)
@@ -327,8 +325,7 @@ class UniversalSAM(torch.optim.Optimizer):
         index = {id(p): i for i, p in enumerate(self._all_params())}
         masks = {index[id(p)]: s["fisher_mask"] for p, s in self.state.items()
                  if "fisher_mask" in s}
-        generators = dict(self._pending_generator_states)
-        generators.update({k: g.get_state() for k, g in self._generators.items()})
+        generators = self._sampler.state_dict()
         reuse = {index[id(p)]: s["reuse"] for p, s in self.state.items() if "reuse" in s}
         own = {"seed": self.seed, "steps": self.steps, "skipped_steps": self.skipped_steps,
                "grad_evals": self.grad_evals, "generators": generators, "fisher_masks": masks,
@@ -350,8 +347,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self.steps = int(own["steps"])
         self.skipped_steps = int(own.get("skipped_steps", 0))
         self.grad_evals = int(own.get("grad_evals", 0))
-        self._generators.clear()
-        self._pending_generator_states = {k: v.clone() for k, v in own["generators"].items()}
+        self._sampler = PerturbationSampler(self.seed, own["generators"])
         params = self._all_params()
         for i, mask in own.get("fisher_masks", {}).items():
             p = params[int(i)]
@@ -479,7 +475,8 @@ class UniversalSAM(torch.optim.Optimizer):
             if guard is not None:
                 guard.__enter__()
             for i in range(n):
-                v = direction if direction is not None else self._sample(perturbed, x0)
+                v = direction if direction is not None else self._sampler.sample(
+                    spec.measure, perturbed, x0)
                 torch._foreach_add_(perturbed, v, alpha=rho)
                 for p in params:
                     p.grad = None
@@ -781,47 +778,6 @@ class UniversalSAM(torch.optim.Optimizer):
         if detach and value.requires_grad:
             value = value.detach()
         return self._sync.mean(value if value.dim() == 0 else value.reshape(()))
-
-    def _generator(self, device: torch.device, dtype: torch.dtype, index: int) -> torch.Generator:
-        key = f"{device}|{dtype}"
-        gen = self._generators.get(key)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            state = self._pending_generator_states.pop(key, None)
-            if state is not None:
-                gen.set_state(state)
-            else:
-                gen.manual_seed((self.seed + 1_000_003 * index) % 2**63)
-            self._generators[key] = gen
-        return gen
-
-    def _sample(self, perturbed: list[Tensor], x0: list[Tensor]) -> list[Tensor]:
-        """A draw of the random measure, one tensor per perturbed parameter."""
-        key = tuple(id(p) for p in perturbed)
-        cached = self._buffers.get(key)
-        if cached is None:
-            buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-            for i, p in enumerate(perturbed):
-                buckets.setdefault((p.device, p.dtype), []).append(i)
-            flats, views = [], [None] * len(perturbed)
-            for (device, dtype), members in buckets.items():
-                flat = torch.empty(sum(perturbed[i].numel() for i in members), device=device,
-                                   dtype=dtype)
-                pieces = flat.split([perturbed[i].numel() for i in members])
-                for i, piece in zip(members, pieces, strict=True):
-                    views[i] = piece.view(perturbed[i].shape)
-                flats.append(flat)
-            self._buffers = {key: (flats, views)}  # type: ignore[dict-item]
-            cached = self._buffers[key]
-        flats, views = cached
-        gens = [self._generator(f.device, f.dtype, i) for i, f in enumerate(flats)]
-        measure = self.spec.measure
-        fill_random_(measure, flats, sum(f.numel() for f in flats), gens)
-        if measure.adaptive:
-            scale = torch._foreach_abs(x0)
-            torch._foreach_add_(scale, measure.eta)
-            torch._foreach_mul_(views, scale)
-        return views
 
     def _ascent_direction(self, perturbed: list[Tensor], per_tensor: list[Tensor]
                           ) -> list[Tensor]:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from metasam.errors import NonFiniteStepError
+from metasam.optim.kernels import flat_buffers
 
 UNPERTURBED = "unperturbed pass"
 
@@ -71,20 +72,13 @@ class Rollback:
         """Copy ``tensors`` (allocating the buffers when the set of tensors changed)."""
         if not self.matches(tensors):
             self.key = tuple(id(t) for t in tensors)
-            buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-            for t in tensors:
-                buckets.setdefault((t.device, t.dtype), []).append(t)
             self._groups = []
-            for (device, dtype), members in buckets.items():
-                sizes = [t.numel() for t in members]
-                saved = torch.empty(sum(sizes), device=device, dtype=dtype)
+            for index, saved, saved_views in flat_buffers(tensors):
                 staged = torch.empty_like(saved)
                 self._groups.append((
-                    members,
-                    [v.view(t.shape) for v, t in zip(saved.split(sizes), members, strict=True)],
-                    saved,
-                    [v.view(t.shape) for v, t in zip(staged.split(sizes), members, strict=True)],
-                    staged))
+                    [tensors[i] for i in index], saved_views, saved,
+                    [staged.narrow(0, view.storage_offset(), view.numel()).view(view.shape)
+                     for view in saved_views], staged))
         for members, saved_views, _, _, _ in self._groups:
             torch._foreach_copy_(saved_views, members)
 
