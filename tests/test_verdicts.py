@@ -175,3 +175,35 @@ def test_any_base_optimizer_s_state_is_undone(base, kwargs) -> None:
     assert _same(before, _tensors(model, opt))
     with pytest.raises(NonFiniteStepError, match="unperturbed pass of step 4"):
         opt.check()
+
+
+def test_an_fp16_overflow_is_skipped_on_the_device_and_the_scale_backs_off() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt = UniversalSAM(model.parameters(), torch.optim.SGD, "sam", seed=0, lr=0.1,
+                       momentum=0.9, scaler=scaler)
+    calls, poison = [0], [None]
+
+    def closure():
+        calls[0] += 1
+        loss = F.cross_entropy(model(x), y)
+        if calls[0] == poison[0]:
+            loss = loss * float("inf")
+        return opt.backward(loss)
+
+    for _ in range(2):
+        opt.step(closure)
+    before = _tensors(model, opt)
+    poison[0] = calls[0] + 2          # the perturbed pass of step 3 overflows
+    with OpCounter() as count:
+        opt.step(closure)
+    assert count.host_reads == 0
+    assert _same(before, _tensors(model, opt))
+    info = opt.last_step
+    opt.step(closure)                 # an overflow skips, never raises: training goes on
+    assert info.skipped is not None and "fp16 overflow" in info.skipped and \
+        "perturbation 1 of 1" in info.skipped
+    assert opt.skipped_steps == 1 and scaler.get_scale() == 2.0**9
+    assert opt.last_step.skipped is None

@@ -157,7 +157,7 @@ def orthogonal_part(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor) -> l
 
 def ascent_direction(grads: list[Tensor], params: list[Tensor], per_tensor: list[Tensor], *,
                      adaptive_eta: float | None = None, masks: list[Tensor] | None = None,
-                     eps: float = 1e-12) -> list[Tensor]:
+                     eps: float | Tensor = 1e-12) -> list[Tensor]:
     """The unit ascent direction of the deterministic measures (docs/family.md §2): SAM's
     g/‖g‖; with ``adaptive_eta`` ASAM's T²g/‖Tg‖, T = |w| + η; with ``masks`` SSAM's
     m⊙g/‖g‖. ``per_tensor`` holds ‖g‖ per tensor (SAM, SSAM)."""

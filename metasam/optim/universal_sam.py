@@ -179,9 +179,10 @@ class UniversalSAM(torch.optim.Optimizer):
     :meth:`state_dict`, and every 1024 steps — and a :class:`~metasam.errors.NonFiniteStepError`
     surfaces then, naming the failed step; no step after it was applied. Judged on the host,
     one read each: the first step (and one that creates optimizer state), every step with
-    ``strict=True`` or a GradScaler, and AE-SAM's trigger (it decides the passes). The undo
-    keeps two copies of the weights and the base optimizer's state (for SGD with momentum,
-    four times the weights' memory); ``strict=True`` needs none.
+    ``strict=True``, and AE-SAM's trigger (it decides the passes). With a GradScaler the steps
+    are judged on the device too (an overflow is a skipped step; the scaler backs off there).
+    The undo keeps two copies of the weights and the base optimizer's state (for SGD with
+    momentum, four times the weights' memory); ``strict=True`` needs none.
 
     With ``DistributedDataParallel`` (construct the optimizer after ``init_process_group``),
     the gradients are averaged by DDP and the optimizer averages each pass's loss over the
@@ -224,7 +225,10 @@ class UniversalSAM(torch.optim.Optimizer):
         self.on_nonfinite = on_nonfinite
         self.strict = bool(strict)
         self._kernels = CompiledKernels() if compile else kernels
-        self._verdicts = Verdicts(on_nonfinite)
+        # with a GradScaler a non-finite step is an overflow: skipped, as GradScaler.step does
+        self._verdicts = Verdicts("skip" if scaler is not None else on_nonfinite,
+                                  "fp16 overflow (the loss scale backed off): "
+                                  if scaler is not None else "")
         self._rollback = Rollback()
         self.scaler = scaler
         if total_steps is not None and (isinstance(total_steps, bool) or
@@ -242,7 +246,6 @@ class UniversalSAM(torch.optim.Optimizer):
                              "UniversalSAM(..., total_steps=epochs * steps_per_epoch)")
         self.total_steps = total_steps
         self._trigger_stats: tuple[float, float] | None = None  # EMA of ‖g0‖² and its variance
-        self._scale = 1.0  # the scaler's loss scale during the current step
         self._unscaled = False
         self._sync = Sync.resolve(process_group)
         if seed is None:
@@ -439,7 +442,6 @@ class UniversalSAM(torch.optim.Optimizer):
                 p.grad = None
         # Every pass's gradients carry the scaler's factor until _finish unscales the result
         # (exactly: the factor is a power of two); only the norm's ε needs it meanwhile.
-        self._scale = self.scaler.get_scale() if self.scaler is not None else 1.0
         self._unscaled = False
         self._step_passes = 0
         if len(self._verdicts.pending) >= Verdicts.LIMIT:
@@ -579,7 +581,8 @@ class UniversalSAM(torch.optim.Optimizer):
         start = math.ceil(schedule.start * self.total_steps) if schedule.start > 0 else 0
         if schedule.trigger is not None:
             # AE-SAM: EMAs of ‖g0‖² (unscaled under fp16) and of its squared deviation
-            x = float(first.grad_norm) ** 2 / self._scale ** 2
+            scale = 1.0 if self.scaler is None else self.scaler.get_scale()
+            x = float(first.grad_norm) ** 2 / scale ** 2
             if not math.isfinite(x):
                 return False  # a plain step, whose checks report the problem
             if self._trigger_stats is None:
@@ -617,9 +620,9 @@ class UniversalSAM(torch.optim.Optimizer):
         ``norm`` is the combined gradient's norm as computed, i.e. still scaled under fp16;
         ``None`` for a plain step, whose gradient is g0 (``first``)."""
         changed = self._changed_tensors()
-        on_host = self.strict or self.scaler is not None or not self._rollback.matches(changed)
-        parts = None if first is None or on_host or self.max_grad_norm is not None \
-            else first.parts
+        on_host = self.strict or not self._rollback.matches(changed)
+        parts = None if (first is None or on_host or self.max_grad_norm is not None
+                         or self.scaler is not None) else first.parts
         if norm is None and parts is None:
             assert first is not None
             norm = first.grad_norm
@@ -652,6 +655,8 @@ class UniversalSAM(torch.optim.Optimizer):
         base_step(self.base_optimizer)
         if reuse is not None:
             self._store_reuse(params, reuse)
+        if self.scaler is not None:
+            self.scaler.update()   # backs off on the overflow unscale_ found, on the device
         after = self._changed_tensors()
         if not self._rollback.matches(after):
             # the step created state (rare past the first step): judge it now, drop the new
@@ -687,7 +692,7 @@ class UniversalSAM(torch.optim.Optimizer):
             self._store_reuse(params, reuse)
         if self.scaler is not None:
             self.scaler.update()
-        if not self.strict and self.scaler is None:
+        if not self.strict:
             self._rollback.save(self._changed_tensors())
 
     def _store_reuse(self, params: list[Tensor], reuse: list[Tensor]) -> None:
@@ -794,7 +799,8 @@ class UniversalSAM(torch.optim.Optimizer):
         return self._kernels.ascent_direction([p.grad for p in perturbed], perturbed, per_tensor,
                                         adaptive_eta=measure.eta if measure.kind ==
                                         "adaptive_ascent" else None, masks=masks,
-                                        eps=1e-12 * self._scale)
+                                        eps=1e-12 if self.scaler is None
+                                        else self._loss_scale() * 1e-12)
 
     def _unscale(self, params: list[Tensor], checks: list[Check],
                  norm: Tensor) -> Tensor:
@@ -809,7 +815,15 @@ class UniversalSAM(torch.optim.Optimizer):
             first.add_(torch.where(finite, 0.0, math.nan).to(first.device, first.dtype))
         self.scaler.unscale_(self)
         self._unscaled = True
-        return norm / self._scale
+        return norm / self._loss_scale()   # a power of two: exact
+
+    def _loss_scale(self) -> Tensor:
+        """The scaler's loss scale of this step's passes (float64, on the device; a power of
+        two), read without a host sync."""
+        assert self.scaler is not None
+        scale = self.scaler._get_scale_async()
+        assert scale is not None, "the closure scales its loss: optimizer.backward(loss)"
+        return scale.double()
 
     def _fail(self, pass_name: str, detail: str) -> None:
         if self.scaler is not None:
@@ -830,7 +844,7 @@ class UniversalSAM(torch.optim.Optimizer):
             if params:  # make sure the scaler sees the overflow, wherever it happened
                 params[0].grad = torch.full_like(params[0], math.nan)
                 self.scaler.unscale_(self)
-        scale = self._scale
+        scale = self.scaler.get_scale()
         self.scaler.update()
         self.zero_grad(set_to_none=True)
         self._verdicts.skipped += 1

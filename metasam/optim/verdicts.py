@@ -103,8 +103,9 @@ class Verdicts:
 
     LIMIT = 1024   # pending steps settled at the latest (one host read per LIMIT steps)
 
-    def __init__(self, policy: str) -> None:
+    def __init__(self, policy: str, prefix: str = "") -> None:
         self.policy = policy          # "raise" or "skip"
+        self.prefix = prefix          # of a skipped step's reason ("fp16 overflow ...: ")
         self.pending: list[Record] = []
         self.skipped = 0
         self._flag: Tensor | None = None   # 0 while every pending step is finite, else NaN
@@ -154,7 +155,7 @@ class Verdicts:
                 continue
             culprit = record.culprit(values)
             record.info._verdict = None if culprit is None else \
-                f"non-finite {culprit[1]} in the {culprit[0]}"
+                f"{self.prefix}non-finite {culprit[1]} in the {culprit[0]}"
             if culprit is None:
                 continue
             if self.policy == "raise":
