@@ -12,16 +12,20 @@ from metasam import NonFiniteStepError, SharpnessSpec, UniversalSAM, presets
 from metasam.optim.counting import OpCounter
 
 
-def _setup(spec, bn: bool = True, **kwargs):
+def _setup(spec, bn: bool = True, base=torch.optim.SGD, poison_value: float = float("nan"),
+           **kwargs):
+    """A small model, its optimizer and a closure whose loss is multiplied by
+    ``poison_value`` in the pass numbered ``poison["call"]``."""
     torch.manual_seed(0)
     layers = [torch.nn.Linear(6, 8)]
     if bn:
         layers.append(torch.nn.BatchNorm1d(8))
-    layers += [torch.nn.ReLU(), torch.nn.Linear(8, 3)]
+    layers += [torch.nn.Tanh(), torch.nn.Linear(8, 3)]
     model = torch.nn.Sequential(*layers)
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    opt = UniversalSAM(model.parameters(), torch.optim.SGD, spec, model=model, lr=0.1,
-                       momentum=0.9, weight_decay=1e-3, seed=0, **kwargs)
+    if base is torch.optim.SGD:
+        kwargs = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, **kwargs}
+    opt = UniversalSAM(model.parameters(), base, spec, model=model, seed=0, **kwargs)
     poison: dict[str, int | None] = {"call": None}
     calls = [0]
 
@@ -29,9 +33,8 @@ def _setup(spec, bn: bool = True, **kwargs):
         calls[0] += 1
         loss = F.cross_entropy(model(x), y)
         if calls[0] == poison["call"]:
-            loss = loss * float("nan")
-        loss.backward()
-        return loss
+            loss = loss * poison_value
+        return opt.backward(loss)
 
     return model, opt, closure, poison, calls
 
@@ -153,24 +156,12 @@ def test_deferred_and_strict_make_the_same_updates() -> None:
                                                              "fused": True})])
 def test_any_base_optimizer_s_state_is_undone(base, kwargs) -> None:
     """AdamW's moments and its step counter, a fused SGD's momentum: all back as before."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    opt = UniversalSAM(model.parameters(), base, "sam", seed=0, **kwargs)
-    calls, poison = [0], [None]
-
-    def closure():
-        calls[0] += 1
-        loss = F.cross_entropy(model(x), y)
-        if calls[0] == poison[0]:
-            loss = loss * float("inf")
-        loss.backward()
-        return loss
-
+    model, opt, closure, poison, calls = _setup("sam", bn=False, base=base,
+                                                poison_value=float("inf"), **kwargs)
     for _ in range(3):
         opt.step(closure)
     before = _tensors(model, opt)
-    poison[0] = calls[0] + 1
+    poison["call"] = calls[0] + 1
     opt.step(closure)
     assert _same(before, _tensors(model, opt))
     with pytest.raises(NonFiniteStepError, match="unperturbed pass of step 4"):
@@ -178,25 +169,13 @@ def test_any_base_optimizer_s_state_is_undone(base, kwargs) -> None:
 
 
 def test_an_fp16_overflow_is_skipped_on_the_device_and_the_scale_backs_off() -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    opt = UniversalSAM(model.parameters(), torch.optim.SGD, "sam", seed=0, lr=0.1,
-                       momentum=0.9, scaler=scaler)
-    calls, poison = [0], [None]
-
-    def closure():
-        calls[0] += 1
-        loss = F.cross_entropy(model(x), y)
-        if calls[0] == poison[0]:
-            loss = loss * float("inf")
-        return opt.backward(loss)
-
+    model, opt, closure, poison, calls = _setup("sam", bn=False, poison_value=float("inf"),
+                                                scaler=scaler)
     for _ in range(2):
         opt.step(closure)
     before = _tensors(model, opt)
-    poison[0] = calls[0] + 2          # the perturbed pass of step 3 overflows
+    poison["call"] = calls[0] + 2          # the perturbed pass of step 3 overflows
     with OpCounter() as count:
         opt.step(closure)
     assert count.host_reads == 0
