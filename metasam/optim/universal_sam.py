@@ -856,11 +856,16 @@ class UniversalSAM(torch.optim.Optimizer):
 
 class CompiledKernels:
     """:func:`kernels.ascent_direction` and :func:`kernels.finish_gradient` through
-    ``torch.compile`` (compiled on first use)."""
+    ``torch.compile``, each one whole graph (``fullgraph``: no break, no host read), compiled
+    on first use. Not ``mode="reduce-overhead"``: its CUDA graphs would overwrite the returned
+    norm on the next replay while a pending verdict still holds it, and the gradients they
+    read are new tensors every pass."""
 
     def __init__(self) -> None:
-        self.ascent_direction = torch.compile(kernels.ascent_direction, dynamic=False)
-        self.finish_gradient = torch.compile(kernels.finish_gradient, dynamic=False)
+        self.ascent_direction = torch.compile(kernels.ascent_direction, dynamic=False,
+                                              fullgraph=True)
+        self.finish_gradient = torch.compile(kernels.finish_gradient, dynamic=False,
+                                             fullgraph=True)
 
 
 def _weights_key(spec: SharpnessSpec) -> str:
