@@ -20,7 +20,7 @@ from metasam.optim.fisher import fisher_scores, top_fraction_mask
 from metasam.optim.hooks import base_step, hooked
 from metasam.optim.kernels import combine_gradients, grad_or_zero, norms, per_device, total_norm
 from metasam.optim.perturbations import PerturbationSampler
-from metasam.optim.verdicts import Record, Rollback, StepInfo, Verdicts, skipped_info
+from metasam.optim.verdicts import Record, Rollback, StepInfo, Verdicts, ids, skipped_info
 
 BN_MODES = ("freeze", "official")
 NONFINITE_MODES = ("raise", "skip")
@@ -230,6 +230,7 @@ class UniversalSAM(torch.optim.Optimizer):
                                   "fp16 overflow (the loss scale backed off): "
                                   if scaler is not None else "")
         self._rollback = Rollback()
+        self._state_key: tuple[int, ...] = ()   # the tensors the last step left (ids)
         self.scaler = scaler
         if total_steps is not None and (isinstance(total_steps, bool) or
                                         not isinstance(total_steps, int) or total_steps < 1):
@@ -343,6 +344,7 @@ class UniversalSAM(torch.optim.Optimizer):
                              "expected)")
         self._verdicts.pending.clear()
         self._rollback.forget()
+        self._state_key = ()
         self.base_optimizer.load_state_dict(state_dict["base"])
         self.param_groups = self.base_optimizer.param_groups
         own = state_dict["universal_sam"]
@@ -620,7 +622,7 @@ class UniversalSAM(torch.optim.Optimizer):
         ``norm`` is the combined gradient's norm as computed, i.e. still scaled under fp16;
         ``None`` for a plain step, whose gradient is g0 (``first``)."""
         changed = self._changed_tensors()
-        on_host = self.strict or not self._rollback.matches(changed)
+        on_host = self.strict or ids(changed) != self._state_key
         parts = None if (first is None or on_host or self.max_grad_norm is not None
                          or self.scaler is not None) else first.parts
         if norm is None and parts is None:
@@ -651,29 +653,41 @@ class UniversalSAM(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             assert norm is not None
             kernels.clip_([p.grad for p in params], norm, self.max_grad_norm)
-        self._rollback.save(changed)
-        base_step(self.base_optimizer)
-        if reuse is not None:
-            self._store_reuse(params, reuse)
+        # A fused base optimizer skips on the device itself (torch's found_inf; the first
+        # step, which creates its state, was judged on the host); any other is undone.
+        fused = reuse is None and getattr(self.base_optimizer, "_step_supports_amp_scaling",
+                                          False)
+        if fused:
+            self.base_optimizer.found_inf = ok.logical_not().float()  # type: ignore[attr-defined]
+            try:
+                base_step(self.base_optimizer)
+            finally:
+                del self.base_optimizer.found_inf  # type: ignore[attr-defined]
+        else:
+            self._rollback.save(changed)
+            base_step(self.base_optimizer)
+            if reuse is not None:
+                self._store_reuse(params, reuse)
         if self.scaler is not None:
             self.scaler.update()   # backs off on the overflow unscale_ found, on the device
-        after = self._changed_tensors()
-        if not self._rollback.matches(after):
+        if ids(self._changed_tensors()) != self._state_key:
             # the step created state (rare past the first step): judge it now, drop the new
             # state if it failed, and keep the new set for the next steps
-            self._rollback.keep_if(ok)
-            kept = set(self._rollback.key)
+            if not fused:
+                self._rollback.keep_if(ok)
+            kept = set(self._state_key)
             try:
                 self._verdicts.settle()
             except NonFiniteStepError:
                 self._drop_state_not_in(kept)
                 raise
             finally:
-                self._rollback.save(self._changed_tensors())
-            if info.skipped is not None:
-                self._drop_state_not_in(kept)
+                if info.skipped is not None:
+                    self._drop_state_not_in(kept)
+                self._state_key = ids(self._changed_tensors())
             return
-        self._rollback.keep_if(ok)
+        if not fused:
+            self._rollback.keep_if(ok)
 
     def _finish_on_host(self, params: list[Tensor], checks: list[Check], norm: Tensor,
                         info: StepInfo, reuse: list[Tensor] | None) -> None:
@@ -692,8 +706,7 @@ class UniversalSAM(torch.optim.Optimizer):
             self._store_reuse(params, reuse)
         if self.scaler is not None:
             self.scaler.update()
-        if not self.strict:
-            self._rollback.save(self._changed_tensors())
+        self._state_key = ids(self._changed_tensors())
 
     def _store_reuse(self, params: list[Tensor], reuse: list[Tensor]) -> None:
         """LookSAM's direction of this step into the state (in place once it exists, so the

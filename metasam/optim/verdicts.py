@@ -54,6 +54,11 @@ class Record:
         return None
 
 
+def ids(tensors: list[Tensor]) -> tuple[int, ...]:
+    """The identity of a set of tensors (the rollback's and the state's key)."""
+    return tuple(id(t) for t in tensors)
+
+
 class Rollback:
     """The tensors a base step changes, copied before it and selected back after it when the
     step is judged non-finite, on the device (see the module's docstring).
@@ -65,13 +70,10 @@ class Rollback:
         self.key: tuple[int, ...] = ()
         self._groups: list[tuple[list[Tensor], list[Tensor], Tensor, list[Tensor], Tensor]] = []
 
-    def matches(self, tensors: list[Tensor]) -> bool:
-        return self.key == tuple(id(t) for t in tensors)
-
     def save(self, tensors: list[Tensor]) -> None:
         """Copy ``tensors`` (allocating the buffers when the set of tensors changed)."""
-        if not self.matches(tensors):
-            self.key = tuple(id(t) for t in tensors)
+        if self.key != ids(tensors):
+            self.key = ids(tensors)
             self._groups = []
             for index, saved, saved_views in flat_buffers(tensors):
                 staged = torch.empty_like(saved)
@@ -88,11 +90,6 @@ class Rollback:
             torch._foreach_copy_(staged_views, members)
             torch.where(ok.to(staged.device), staged, saved, out=staged)
             torch._foreach_copy_(members, staged_views)
-
-    def restore(self) -> None:
-        """Every tensor back to its copy (the host-side undo)."""
-        for members, saved_views, _, _, _ in self._groups:
-            torch._foreach_copy_(members, saved_views)
 
     def forget(self) -> None:
         self.key, self._groups = (), []
