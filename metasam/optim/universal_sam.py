@@ -181,8 +181,9 @@ class UniversalSAM(torch.optim.Optimizer):
     one read each: the first step (and one that creates optimizer state), every step with
     ``strict=True``, and AE-SAM's trigger (it decides the passes). With a GradScaler the steps
     are judged on the device too (an overflow is a skipped step; the scaler backs off there).
-    The undo keeps two copies of the weights and the base optimizer's state (for SGD with
-    momentum, four times the weights' memory); ``strict=True`` needs none.
+    A fused base optimizer (``fused=True``) skips through torch's ``found_inf``; any other is
+    undone from two copies of the weights and its state (for SGD with momentum, four times the
+    weights' memory); ``strict=True`` needs neither.
 
     With ``DistributedDataParallel`` (construct the optimizer after ``init_process_group``),
     the gradients are averaged by DDP and the optimizer averages each pass's loss over the
