@@ -4,6 +4,7 @@ two-pass SAM written here, on the same model and batch, interleaved in one proce
     python scripts/bench_optimizer.py                     # CPU, small CNN
     python scripts/bench_optimizer.py --device cuda --bf16 --channels-last --model resnet18 \\
         --batch 256 --presets sgd,sam --compile           # the GPU check, one call
+    python scripts/bench_optimizer.py ... --fused         # fused SGD, here and in the plain loops
 
 Prints one line per method: median step time, ratio to plain SGD, the target ratio 1.1·(n + 1),
 TFLOP/s (the forward and backward FLOPs of the passes the step makes, counted once by torch's
@@ -95,6 +96,9 @@ def main() -> None:
                         help="channels_last model and inputs")
     parser.add_argument("--compile", action="store_true",
                         help="add the compiled step (compile=True) of each preset")
+    parser.add_argument("--fused", action="store_true",
+                        help="fused SGD as the base optimizer, in the plain loops too (a "
+                             "non-finite step is then skipped by its kernel, not undone)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -120,12 +124,13 @@ def main() -> None:
         loss.backward()
         return loss
 
-    methods: dict[str, object] = {"plain-sgd": PlainSGD(model.parameters(), 1e-4),
-                                  "plain-sam": PlainSAM(model.parameters(), 1e-4)}
+    fused = True if args.fused else None
+    methods: dict[str, object] = {"plain-sgd": PlainSGD(model.parameters(), 1e-4, fused=fused),
+                                  "plain-sam": PlainSAM(model.parameters(), 1e-4, fused=fused)}
     for name in args.presets.split(","):
         for compiled in (False, True) if args.compile else (False,):
             opt = UniversalSAM(model.parameters(), torch.optim.SGD, name, model=model, lr=1e-4,
-                               momentum=0.9, seed=0, compile=compiled)
+                               momentum=0.9, seed=0, compile=compiled, fused=fused)
             if name == "ssam":
                 opt.update_fisher_mask(model, F.cross_entropy, x[:16], y[:16])
             opt.passes = opt.spec.passes  # type: ignore[attr-defined]
@@ -161,6 +166,7 @@ def main() -> None:
     name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device={device} ({name_of_device}) model={args.model} params={params} "
           f"batch={args.batch} bf16={args.bf16} channels_last={args.channels_last} "
+          f"fused={args.fused} "
           f"rounds={args.rounds}x{args.steps} steps (medians, interleaved)")
     print(f"{'method':<17} {'passes':>6} {'ms/step':>9} {'vs SGD':>7} {'target':>7}  verdict"
           f"  {'TFLOP/s':>8} {'aten ops':>8} {'host reads':>10} {'syncs':>6}")

@@ -84,8 +84,9 @@ class PlainSGD:
 
     passes = 1
 
-    def __init__(self, params: Any, lr: float, momentum: float = 0.9) -> None:
-        self.opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    def __init__(self, params: Any, lr: float, momentum: float = 0.9,
+                 fused: bool | None = None) -> None:
+        self.opt = torch.optim.SGD(params, lr=lr, momentum=momentum, fused=fused)
 
     def step(self, closure: Any) -> None:
         closure()
@@ -98,9 +99,9 @@ class PlainSAM:
     passes = 2
 
     def __init__(self, params: Any, lr: float, rho: float = 0.05,
-                 momentum: float = 0.9) -> None:
+                 momentum: float = 0.9, fused: bool | None = None) -> None:
         self.params = [p for p in params if p.requires_grad]
-        self.opt = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
+        self.opt = torch.optim.SGD(self.params, lr=lr, momentum=momentum, fused=fused)
         self.rho = rho
 
     @torch.no_grad()
