@@ -179,6 +179,10 @@ class Trial:
                                    augment=config.resolved_augment(), seed=config.seed + 1,
                                    channels_last=self.channels_last)
         base, kwargs = base_class(base_of(config))
+        if self.device.type == "cuda":
+            # a fused base skips a non-finite step in its own kernel (torch's found_inf): no
+            # copy of the weights and state per step (metasam.optim.verdicts)
+            kwargs["fused"] = True
         self.precision = precision_of(config)
         scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
         self.optimizer = UniversalSAM(
