@@ -617,8 +617,8 @@ class UniversalSAM(torch.optim.Optimizer):
                 norm: Tensor | None, info: StepInfo, reuse: list[Tensor] | None = None,
                 first: _FirstPass | None = None) -> None:
         """Check the gradient about to be applied, clip it if asked, step the base optimizer:
-        judged on the device (the step undone there if not finite) or, for a step with new
-        state, under ``strict`` or with a GradScaler, on the host before the base step.
+        judged on the device (the step skipped or undone there if not finite) or — a step
+        whose state is new, or under ``strict`` — on the host before the base step.
 
         ``norm`` is the combined gradient's norm as computed, i.e. still scaled under fp16;
         ``None`` for a plain step, whose gradient is g0 (``first``)."""
