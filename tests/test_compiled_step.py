@@ -43,10 +43,11 @@ def test_the_compiled_step_makes_the_eager_updates(spec) -> None:
 
 
 def test_a_member_whose_weights_vary_compiles_once() -> None:
-    """Frob-SAM's weights are device tensors: every step runs the same graphs."""
+    """Frob-SAM's weights are device tensors: every step runs the same graph, unbroken."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     _run(presets.frob_sam(), True, steps=6)
     assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])   # whole graphs

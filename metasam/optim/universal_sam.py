@@ -870,16 +870,16 @@ class UniversalSAM(torch.optim.Optimizer):
 
 class CompiledKernels:
     """:func:`kernels.ascent_direction` and :func:`kernels.finish_gradient` through
-    ``torch.compile``, each one whole graph (``fullgraph``: no break, no host read), compiled
-    on first use. Not ``mode="reduce-overhead"``: its CUDA graphs would overwrite the returned
-    norm on the next replay while a pending verdict still holds it, and the gradients they
-    read are new tensors every pass."""
+    ``torch.compile``, each one whole graph (no break, no host read: tested), compiled on
+    first use. Not ``fullgraph=True``: under a dispatch mode (an operator or FLOP counter)
+    torch.compile runs a function eagerly, which ``fullgraph`` refuses. Not
+    ``mode="reduce-overhead"``: its CUDA graphs would overwrite the returned norm on the next
+    replay while a pending verdict still holds it, and the gradients they read are new
+    tensors every pass."""
 
     def __init__(self) -> None:
-        self.ascent_direction = torch.compile(kernels.ascent_direction, dynamic=False,
-                                              fullgraph=True)
-        self.finish_gradient = torch.compile(kernels.finish_gradient, dynamic=False,
-                                             fullgraph=True)
+        self.ascent_direction = torch.compile(kernels.ascent_direction, dynamic=False)
+        self.finish_gradient = torch.compile(kernels.finish_gradient, dynamic=False)
 
 
 def _weights_key(spec: SharpnessSpec) -> str:
