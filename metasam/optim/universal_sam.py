@@ -263,10 +263,9 @@ class UniversalSAM(torch.optim.Optimizer):
         self.last_step: StepInfo | None = None
         self._sampler = PerturbationSampler(self.seed)
         self._constant_weights: dict[str, tuple[list[float], list[float]]] = {}
-        self._coefficients: tuple[Any, Any] = (None, None)   # (member, its host coefficients)
         self._active = self.spec   # the member this step makes (spec.at(progress) with vary)
         self._active_values: dict[str, Any] | None = None
-        self._g0_coefficient = self._constant_g0_coefficient(self.spec)
+        self._constants = self._host_coefficients(self.spec)
         self._bn_guard = RunningStatsGuard(model)
         self._x0: tuple[tuple[int, ...], list[Tensor]] = ((), [])   # the weights at x, kept
 
@@ -283,7 +282,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self.spec = spec
         self._active = spec
         self._active_values = None
-        self._g0_coefficient = self._constant_g0_coefficient(spec)
+        self._constants = self._host_coefficients(spec)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group.setdefault("perturb", True)
@@ -414,7 +413,8 @@ class UniversalSAM(torch.optim.Optimizer):
         if schedule is not None and not self._term_applies(schedule, first):
             self._plain_step(first, reuse=schedule.reuse)
             return first.loss
-        keep_g0 = (self._g0_coefficient != 0.0 or self._active.guard is not None
+        keep_g0 = (self._constants is None or self._constants[1] != 0.0
+                   or self._active.guard is not None
                    or (schedule is not None and schedule.reuse))
         g0 = [p.grad.clone() for p in first.params] if keep_g0 else None
         probes = self._perturbed_passes(closure, first)
@@ -531,9 +531,8 @@ class UniversalSAM(torch.optim.Optimizer):
         value = surrogate.value.reshape(())
         checks += [Check("sharpness surrogate", "ψ(mean φ(D))", value),
                    Check("sharpness surrogate", "weights", surrogate.weights.sum())]
-        coefficients = self._constant_coefficients(spec)
-        if coefficients is not None:   # known on the host: the reference order, bit for bit
-            beta, coefficient_g0, folded = coefficients
+        if self._constants is not None:   # known on the host: the reference order, bit for bit
+            beta, coefficient_g0, folded = self._constants
         else:
             scale = kernels.weight_scale(surrogate.weights, spec.lam,
                                          spec.lam_scale != "absolute")
@@ -561,19 +560,6 @@ class UniversalSAM(torch.optim.Optimizer):
             assert g0 is not None
             reuse = kernels.orthogonal_part(final, g0, first.grad_norm)
         self._finish(params, loss0, checks, norm, info, reuse=reuse)
-
-    def _constant_coefficients(self, spec: SharpnessSpec
-                               ) -> tuple[list[float], float, list[float]] | None:
-        """(β_i, the coefficient of g0, the folded buffers' factors) as floats when every
-        weight is a known constant (SAM, Trace-SAM, ...): computed once per (φ, ψ, n)."""
-        if self._g0_coefficient is None:
-            return None
-        if self._coefficients[0] is not spec:
-            weights, psi_grad = self._constant_weights[_weights_key(spec)]
-            scale = spec.weight_scale(weights)
-            self._coefficients = (spec, ([scale * w for w in weights], self._g0_coefficient,
-                                         [scale * g for g in psi_grad]))
-        return self._coefficients[1]
 
     # --- the schedule of the sharpness term ----------------------------------------------------
 
@@ -761,11 +747,13 @@ class UniversalSAM(torch.optim.Optimizer):
         if values != self._active_values:
             self._active_values = values
             self._active = self.spec.at(progress)
-            self._g0_coefficient = self._constant_g0_coefficient(self._active)
+            self._constants = self._host_coefficients(self._active)
 
-    def _constant_g0_coefficient(self, spec: SharpnessSpec) -> float | None:
-        """1 − λ·w when every weight w is the same constant (SAM: 0, so g0 needs no copy); the
-        weights are computed once per (φ, ψ, n)."""
+    def _host_coefficients(self, spec: SharpnessSpec
+                           ) -> tuple[list[float], float, list[float]] | None:
+        """(β_i, the coefficient 1 − λ·Σw of g0 — 0 for SAM, so g0 needs no copy —, the
+        folded buffers' factors) as floats when every weight is a known constant (SAM,
+        Trace-SAM, ...), else None; the weights are computed once per (φ, ψ, n)."""
         if spec.is_plain or not spec.constant_weights:
             return None
         key = _weights_key(spec)
@@ -774,8 +762,10 @@ class UniversalSAM(torch.optim.Optimizer):
             surrogate = spec.surrogate(zero)
             self._constant_weights[key] = (surrogate.weights.tolist(),
                                            surrogate.psi_grad.reshape(-1).tolist())
-        weights = self._constant_weights[key][0]
-        return 1.0 - spec.weight_scale(weights) * sum(weights)
+        weights, psi_grad = self._constant_weights[key]
+        scale = spec.weight_scale(weights)
+        return ([scale * w for w in weights], 1.0 - scale * sum(weights),
+                [scale * g for g in psi_grad])
 
     def _weights_at_x(self, perturbed: list[Tensor]) -> list[Tensor]:
         """A copy of the weights before the perturbed passes, into buffers kept between steps
