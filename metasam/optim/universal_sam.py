@@ -20,7 +20,7 @@ from metasam.optim.fisher import fisher_scores, top_fraction_mask
 from metasam.optim.hooks import base_step, hooked
 from metasam.optim.kernels import combine_gradients, grad_or_zero, norms, per_device, total_norm
 from metasam.optim.perturbations import PerturbationSampler
-from metasam.optim.verdicts import Record, Rollback, StepInfo, Verdicts, ids, skipped_info
+from metasam.optim.verdicts import Record, Rollback, StepInfo, Verdicts, culprit, ids, skipped_info
 
 BN_MODES = ("freeze", "official")
 NONFINITE_MODES = ("raise", "skip")
@@ -681,10 +681,10 @@ class UniversalSAM(torch.optim.Optimizer):
         """The step judged on the host (one read), the base step only when it is finite."""
         self._verdicts.settle()
         host = torch.stack([c.value.to(norm.device, torch.float64) for c in checks]).tolist()
-        for check, value in zip(checks, host, strict=True):
-            if not math.isfinite(value):
-                self._fail(check.pass_name, f"{check.what} ({value:g})")
-                return
+        failed = culprit(tuple((c.pass_name, c.what) for c in checks), host)
+        if failed is not None:
+            self._fail(*failed)
+            return
         self.last_step = info
         if self.max_grad_norm is not None:
             kernels.clip_([p.grad for p in params], norm, self.max_grad_norm)

@@ -48,10 +48,16 @@ class Record:
 
     def culprit(self, host: list[float]) -> tuple[str, str] | None:
         """(pass, "what (value)") of the first non-finite value, or None when all are finite."""
-        for (pass_name, what), value in zip(self.names, host, strict=True):
-            if not math.isfinite(value):
-                return pass_name, f"{what} ({value:g})"
-        return None
+        return culprit(self.names, host)
+
+
+def culprit(names: tuple[tuple[str, str], ...], host: list[float]) -> tuple[str, str] | None:
+    """(pass, "what (value)") of the first non-finite of ``host``, named by ``names`` ((pass,
+    what) each), or None when all are finite."""
+    for (pass_name, what), value in zip(names, host, strict=True):
+        if not math.isfinite(value):
+            return pass_name, f"{what} ({value:g})"
+    return None
 
 
 def ids(tensors: list[Tensor]) -> tuple[int, ...]:
