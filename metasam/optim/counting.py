@@ -84,9 +84,11 @@ class PlainSGD:
 
     passes = 1
 
-    def __init__(self, params: Any, lr: float, momentum: float = 0.9,
-                 fused: bool | None = None) -> None:
-        self.opt = torch.optim.SGD(params, lr=lr, momentum=momentum, fused=fused)
+    def __init__(self, params: Any, lr: float = 0.0, momentum: float = 0.9,
+                 fused: bool | None = None, optimizer: Any = None) -> None:
+        # optimizer: step this one (e.g. a trainer's base optimizer) instead of a new SGD
+        self.opt = optimizer if optimizer is not None else torch.optim.SGD(
+            params, lr=lr, momentum=momentum, fused=fused)
 
     def step(self, closure: Any) -> None:
         closure()
@@ -98,10 +100,13 @@ class PlainSAM:
 
     passes = 2
 
-    def __init__(self, params: Any, lr: float, rho: float = 0.05,
-                 momentum: float = 0.9, fused: bool | None = None) -> None:
+    def __init__(self, params: Any, lr: float = 0.0, rho: float = 0.05,
+                 momentum: float = 0.9, fused: bool | None = None,
+                 optimizer: Any = None) -> None:
         self.params = [p for p in params if p.requires_grad]
-        self.opt = torch.optim.SGD(self.params, lr=lr, momentum=momentum, fused=fused)
+        # optimizer: step this one (e.g. a trainer's base optimizer) instead of a new SGD
+        self.opt = optimizer if optimizer is not None else torch.optim.SGD(
+            self.params, lr=lr, momentum=momentum, fused=fused)
         self.rho = rho
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from metasam.data import DeviceLoader
-from metasam.optim.counting import OpCounter
+from metasam.optim.counting import OpCounter, PlainSAM, PlainSGD
 from metasam.training.config import TrainConfig
 from metasam.training.trainer import Trial, autocast
 
@@ -71,12 +71,13 @@ def _counted_epoch(trial: Trial, plain: bool) -> OpCounter:
 
 
 def _plain_epoch(trial: Trial) -> None:
-    """The loop a user writes: closure, plain SAM (g/‖g‖ ascent, copy restore) or one pass,
-    the base optimizer's step."""
-    model, opt = trial.model, trial.optimizer.base_optimizer
+    """The loop a user writes around the trial's model, loader and base optimizer: the closure,
+    then plain two-pass SAM (:class:`~metasam.optim.counting.PlainSAM`) or one pass."""
+    model = trial.model
     params = [p for p in model.parameters() if p.requires_grad]
-    two_pass = not trial.spec.is_plain
-    rho = trial.spec.rho
+    base = trial.optimizer.base_optimizer
+    plain = PlainSGD(params, optimizer=base) if trial.spec.is_plain else \
+        PlainSAM(params, rho=trial.spec.rho, optimizer=base)
     model.train()
     for x, y in trial.loader:
         def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
@@ -88,17 +89,7 @@ def _plain_epoch(trial: Trial) -> None:
             loss.backward()
             return loss
 
-        closure()
-        if two_pass:
-            with torch.no_grad():
-                grads = [p.grad for p in params]
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                old = [p.detach().clone() for p in params]
-                torch._foreach_add_(params, torch._foreach_mul(grads, rho / (norm + 1e-12)))
-            closure()
-            with torch.no_grad():
-                torch._foreach_copy_(params, old)
-        opt.step()
+        plain.step(closure)
 
 
 def step_cost(config: TrainConfig, steps: int = 6) -> StepCost:
