@@ -46,10 +46,6 @@ class Record:
     values: Tensor                       # a vector, one entry per name
     info: StepInfo
 
-    def culprit(self, host: list[float]) -> tuple[str, str] | None:
-        """(pass, "what (value)") of the first non-finite value, or None when all are finite."""
-        return culprit(self.names, host)
-
 
 def culprit(names: tuple[tuple[str, str], ...], host: list[float]) -> tuple[str, str] | None:
     """(pass, "what (value)") of the first non-finite of ``host``, named by ``names`` ((pass,
@@ -156,13 +152,13 @@ class Verdicts:
             if failed is not None:
                 record.info._verdict = f"not applied: step {failed[0].step} failed before it"
                 continue
-            culprit = record.culprit(values)
-            record.info._verdict = None if culprit is None else \
-                f"{self.prefix}non-finite {culprit[1]} in the {culprit[0]}"
-            if culprit is None:
+            found = culprit(record.names, values)
+            record.info._verdict = None if found is None else \
+                f"{self.prefix}non-finite {found[1]} in the {found[0]}"
+            if found is None:
                 continue
             if self.policy == "raise":
-                failed = (record, culprit)
+                failed = (record, found)
             else:
                 self.skipped += 1
         if failed is not None:
