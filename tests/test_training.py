@@ -160,3 +160,26 @@ def test_compile_names_what_is_compiled_and_reads_the_former_boolean() -> None:
         type(trial.optimizer._kernels).__name__ == "CompiledKernels"
     with pytest.raises(ConfigError, match="compile: unknown value 'yes'; allowed: none, model"):
         TrainConfig(compile="yes")
+
+
+def test_the_epoch_s_metrics_count_only_applied_steps() -> None:
+    """Losses weighted by batch size, hits, the mean sharpness and the guard's shares over the
+    steps that were applied (a step judged on the host carries no flag: applied)."""
+    from metasam.training.trainer import _epoch_sums, _Step
+
+    t = torch.tensor
+    yes, no = t(True), t(False)
+    steps = [
+        _Step(t(1.0), t(30), 32, None, t(2.0), t([1.0, 0.5])),
+        _Step(t(3.0), t(10), 32, no, t(100.0), t([0.1, 9.0])),      # not applied
+        _Step(t(2.0), t(5), 16, yes, None, None),                    # no sharpness term
+        _Step(t(4.0), t(8), 16, yes, t(4.0), t([0.25, 2.0])),
+    ]
+    out = _epoch_sums(steps, torch.device("cpu"))
+    assert out["train_loss"] == pytest.approx((32 * 1.0 + 16 * 2.0 + 16 * 4.0) / 64)
+    assert out["train_acc"] == pytest.approx((30 + 5 + 8) / 64)
+    assert out["sharpness"] == pytest.approx(3.0)
+    assert out["sharpness_share_median"] == 2.0 and out["sharpness_share_max"] == 2.0
+    assert out["guarded_steps"] == 1
+    assert _epoch_sums([], torch.device("cpu"))["train_loss"] != \
+        _epoch_sums([], torch.device("cpu"))["train_loss"]   # NaN: nothing applied

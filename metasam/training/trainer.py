@@ -47,39 +47,32 @@ def _epoch_sums(steps: list[_Step], device: torch.device) -> dict[str, Any]:
     if not steps:   # every step skipped (fp16 overflow without end, on_nonfinite="skip")
         return out
     true = torch.ones((), dtype=torch.bool, device=device)
+    none = torch.full((2,), math.nan, dtype=torch.float64, device=device)  # a missing value
     applied = torch.stack([s.applied if s.applied is not None else true for s in steps]
                           ).to(torch.float64)
     sizes = torch.tensor([s.size for s in steps], dtype=torch.float64, device=device) * applied
-    parts = [(torch.stack([s.loss for s in steps]).double() * sizes).sum().reshape(1),
-             (torch.stack([s.hits for s in steps]).double() * applied).sum().reshape(1),
-             sizes.sum().reshape(1)]
-    sharp = [i for i, s in enumerate(steps) if s.sharpness is not None]
-    guarded = [i for i, s in enumerate(steps) if s.guard is not None]
-    if sharp:
-        parts.append(applied[sharp])
-        parts.append(torch.stack([steps[i].sharpness for i in sharp]).double())  # type: ignore[misc]
-    if guarded:
-        parts.append(applied[guarded])
-        parts.append(torch.stack([steps[i].guard for i in guarded]).double().reshape(-1))  # type: ignore[misc]
-    host = torch.cat(parts).tolist()
-    loss_sum, hit_sum, seen = host[:3]
+    sums = torch.stack([(torch.stack([s.loss for s in steps]).double() * sizes).sum(),
+                        (torch.stack([s.hits for s in steps]).double() * applied).sum(),
+                        sizes.sum()])
+    sharpness = torch.stack([none[0] if s.sharpness is None else s.sharpness.double()
+                             for s in steps])
+    guard = torch.stack([none if s.guard is None else s.guard.double() for s in steps])
+    host = torch.cat([sums, applied, sharpness, guard.reshape(-1)]).tolist()
+    n = len(steps)
+    (loss_sum, hit_sum, seen), kept = host[:3], host[3:3 + n]
+    values, pairs = host[3 + n:3 + 2 * n], host[3 + 2 * n:]
     if seen:
         out["train_loss"], out["train_acc"] = loss_sum / seen, hit_sum / seen
-    rest = host[3:]
-    if sharp:
-        kept, values, rest = rest[:len(sharp)], rest[len(sharp):2 * len(sharp)], \
-            rest[2 * len(sharp):]
-        chosen = [v for k, v in zip(kept, values, strict=True) if k]
-        if chosen:
-            out["sharpness"] = sum(chosen) / len(chosen)
-    if guarded:
-        kept, pairs = rest[:len(guarded)], rest[len(guarded):]
-        factors = [pairs[2 * j] for j, k in enumerate(kept) if k]
-        shares = sorted(pairs[2 * j + 1] for j, k in enumerate(kept) if k)
-        if shares:   # with a guard: ‖sharpness part‖/‖g0‖ and how often the guard scaled it
-            out["sharpness_share_median"] = shares[len(shares) // 2]
-            out["sharpness_share_max"] = shares[-1]
-            out["guarded_steps"] = sum(1 for f in factors if f < 1.0)
+    chosen = [v for k, v in zip(kept, values, strict=True) if k and not math.isnan(v)]
+    if chosen:
+        out["sharpness"] = sum(chosen) / len(chosen)
+    guards = [(pairs[2 * i], pairs[2 * i + 1]) for i, k in enumerate(kept)
+              if k and not math.isnan(pairs[2 * i])]
+    if guards:   # with a guard: ‖sharpness part‖/‖g0‖ and how often the guard scaled it
+        shares = sorted(share for _, share in guards)
+        out["sharpness_share_median"] = shares[len(shares) // 2]
+        out["sharpness_share_max"] = shares[-1]
+        out["guarded_steps"] = sum(1 for factor, _ in guards if factor < 1.0)
     return out
 
 
