@@ -1,12 +1,13 @@
 """The device-side arithmetic of a :class:`~metasam.UniversalSAM` step, as pure functions of
 tensor lists (the way ``torch.optim`` keeps its ``_multi_tensor_*`` kernels beside the stateful
-classes): global norms, the combine, the guard, clipping, LookSAM's reused direction and the
-finiteness flag of a step.
+classes): global norms, the ascent directions, the combine, the guard, clipping and LookSAM's
+reused direction (the finiteness verdict lives in :mod:`metasam.optim.verdicts`).
 
 None of them reads a device value back to the host: every coefficient that depends on the
 data is a tensor on the device, so a step built from them runs without host synchronization
-(and can be captured in a graph). Coefficients known on the host may be Python floats; then the
-operations are the very ones the reference-rule tests were written against (bit-identical).
+(what capturing it in a graph would need; no capture is built). Coefficients known on the
+host may be Python floats; then the operations are the very ones the reference-rule tests were
+written against (bit-identical).
 
 Example::
 
