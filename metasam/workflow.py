@@ -41,6 +41,7 @@ from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
 from metasam.tuning.sampling import RegionBoxes
 from metasam.tuning.storage import census, open_storage, open_study
 from metasam.tuning.study import MetaSettings, StudyConfig
+from metasam.tuning.tracking import check_trackers
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Study:
         share of the trials."""
         config = self.config
         config.check_data()
+        check_trackers(config.tracking, str(config.path))   # every mode, before Ray or a run
         if config.population is not None:
             return self._population()
         first: list[Point] = []

@@ -14,7 +14,11 @@ set -euo pipefail
 
 study="${1:?usage: sbatch recipes/slurm.sh STUDY.yaml}"
 source "${METASAM_ENV:-$HOME/metasam-env}/bin/activate"
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"   # the allocation's private network only
+# Ray's token authentication stays on: every node reads one token from the shared home
+# (generated once; docs/cluster.md, "Authentication")
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+[ -s "$RAY_AUTH_TOKEN_PATH" ] || ray get-auth-token --generate >/dev/null
 
 nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 head="${nodes[0]}"

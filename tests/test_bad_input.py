@@ -3,6 +3,7 @@ field and what is allowed, exit code 2, no traceback, and nothing written."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from pathlib import Path
@@ -50,6 +51,21 @@ def _edit(path: Path, **changes) -> Path:
             data[key] = value
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+TRACKED_MODES = ("standard", "population", "learning", "compare")
+
+
+def _tracked(folder: Path, how: str, mode: str) -> list[str]:
+    """The command of a study ``mode`` whose MLflow URI refuses connections or never answers."""
+    port = _refused_port() if how == "refused" else _silent_port()
+    extra: dict = {"tracking": {"mlflow": f"http://127.0.0.1:{port}"}}
+    if mode == "population":
+        extra["search"] = {"type": "pbt", "population": 2}
+    path = _study(folder, **extra)
+    if mode == "learning":
+        _edit(path, train={"learn": {"every": 4}})
+    return ["compare" if mode == "compare" else "tune", str(path)]
 
 
 def _created(folder: Path, **changes) -> Path:
@@ -123,6 +139,10 @@ CASES = [
      ["q.yaml", "tracking.tensorboard", "true", "false"]),
     ("tracking-key", lambda f: ["tune", str(_edit(_study(f), tracking={"neptune": "x"}))],
      ["q.yaml", "tracking", "neptune", "mlflow"]),
+    # an MLflow URI that refuses connections: every study mode, before Ray starts, a run
+    # trains or the storage is written (test_tracking_check_is_bounded: one that never answers)
+    *[(f"tracking-mlflow-refused-{mode}", functools.partial(_tracked, how="refused", mode=mode),
+       ["q.yaml", "tracking.mlflow", "127.0.0.1", "allowed"]) for mode in TRACKED_MODES],
     ("tracking-absent", lambda f: ["tune", str(_edit(_study(f), tracking={"wandb": "proj"}))],
      ["q.yaml", "tracking.wandb", "wandb package", "pip install wandb"]),
     ("race-key", lambda f: ["tune", str(_study(f, race={"seeds": 3}))],
@@ -277,6 +297,26 @@ def test_bad_input_gives_one_line_and_exit_2(case, build, words, tmp_path, capsy
     assert "Traceback" not in err
     for word in words:
         assert word in err, (word, err)
+    assert _listing(tmp_path) == before, "the command wrote something"
+
+
+@pytest.mark.parametrize("mode", TRACKED_MODES)
+def test_tracking_check_is_bounded(mode, tmp_path, capsys) -> None:
+    """A tracking server that accepts connections and never answers is given up on within the
+    check's deadline (one try), not after MLflow's own minutes of retries."""
+    import time
+
+    from metasam.tuning import tracking
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    argv = _tracked(folder, "silent", mode)
+    before = _listing(tmp_path)
+    started = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - started < 6 * tracking.PROBE_TIMEOUT   # MLflow's own: minutes
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "q.yaml" in err and "no answer within" in err, err
     assert _listing(tmp_path) == before, "the command wrote something"
 
 

@@ -58,6 +58,23 @@ def global_norm(tensors):
     return torch.sqrt(sum((t ** 2).sum() for t in tensors))
 
 
+def recorded_step(opt, model, x, y) -> list[list[torch.Tensor]]:
+    """One step of ``opt`` on the batch; returns the points its passes were made at (the
+    unperturbed one first)."""
+    params = list(model.parameters())
+    points: list[list[torch.Tensor]] = []
+
+    def closure():
+        points.append([p.detach().clone() for p in params])
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return points
+
+
 # --- the references ---------------------------------------------------------------------------
 
 def sam_reference(model, params, x, y, spec, perturbations):
@@ -157,16 +174,7 @@ def test_preset_matches_its_reference_step_for_step(case: str) -> None:
     base = torch.optim.SGD(theirs.parameters(), **HYPER)
     moved = 0.0
     for x, y in batches(5):
-        points = []
-
-        def closure(x=x, y=y, points=points):
-            points.append([p.detach().clone() for p in our_params])
-            opt.zero_grad()
-            loss = F.cross_entropy(ours(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        points = recorded_step(opt, ours, x, y)
         perturbations = [[a - b for a, b in zip(point, points[0])] for point in points[1:]]
         assert len(perturbations) == spec.n
         grads = reference(theirs, their_params, x, y, spec, perturbations)

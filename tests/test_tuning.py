@@ -485,7 +485,7 @@ def test_a_stale_ray_cluster_record_starts_a_local_instance(tmp_path, monkeypatc
     record = tmp_path / "ray_current_cluster"
     monkeypatch.setattr(compat, "ray_current_cluster_file", lambda: record)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert _ray_address(None) is None  # no record: Ray's own default
+    assert _ray_address(None) == "local"  # no record: a fresh instance, Ray's own default
     with socket.socket() as live:
         live.bind(("127.0.0.1", 0))
         live.listen(1)
@@ -518,3 +518,29 @@ def test_a_requeued_configuration_counts_its_retries(tmp_path) -> None:
         assert retry.user_attrs[record.RETRIES] == expected
         assert retry.user_attrs[record.RETRY_OF] == trial.number
         assert TrialRecord.of(retry).label == point.label  # the same configuration
+
+
+@pytest.mark.slow
+@pytest.mark.spawn
+def test_a_local_ray_instance_keeps_token_authentication_without_the_notice(tmp_path) -> None:
+    """Ray started by a study on its own machine runs with token authentication (chosen
+    explicitly), and its first screen has no notice about RAY_AUTH_MODE; a mode the user set is
+    kept (docs/cluster.md)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\n"
+            "from metasam.tuning.runner import ray_session\n"
+            "with ray_session('local', 1):\n"
+            "    import ray\n"
+            "    ray.get(ray.remote(lambda: 1).remote())\n"
+            "print('mode', os.environ.get('RAY_AUTH_MODE'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mode token" in out.stdout
+    assert "RAY_AUTH_MODE" not in out.stderr and "Token authentication" not in out.stderr, \
+        out.stderr[-2000:]
+    assert (Path.home() / ".ray" / "auth_token").is_file()   # Ray's own token, generated once

@@ -87,6 +87,7 @@ def _meta_options(args: argparse.Namespace, config: StudyConfig) -> MetaSettings
 
 def run_tune(args: argparse.Namespace) -> int:
     from metasam.tuning.storage import open_storage, open_study
+    from metasam.tuning.tracking import check_trackers
     from metasam.workflow import Study
 
     config = load_study_config(args.study).with_overrides(args.trials, args.concurrency)
@@ -95,6 +96,8 @@ def run_tune(args: argparse.Namespace) -> int:
     warm = load_study_config(args.warm_start) if args.warm_start else None
     meta = _meta_options(args, config)
     config.check_data()
+    # a tracker that does not answer: before anything is written
+    check_trackers(config.tracking, str(config.path))
     # the storage first: a broken one fails in one line, before anything is printed
     config.check_definition(open_study(open_storage(config.storage), config.name, config.mode))
     print(f"study {config.name}: {config.headline()}, storage {config.storage}",

@@ -99,6 +99,9 @@ def run_compare(config: StudyConfig, seeds: int = 4, *, tuned_baselines: bool = 
     """Train the best spec and every baseline for ``seeds`` seeds (Hessian measures every
     ``sharpness_every`` epochs; 0: none); returns the comparison study's config (its trials
     hold the results)."""
+    from metasam.tuning.tracking import check_trackers
+
+    check_trackers(config.tracking, str(config.path))
     tuned = tune_baselines(config, address, verbose) if tuned_baselines else None
     methods = {"best": best_point(config), **baseline_points(config, tuned)}
     comparison = compare_config(config, seeds, methods, sharpness_every)

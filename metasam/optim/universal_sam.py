@@ -213,26 +213,23 @@ class UniversalSAM(torch.optim.Optimizer):
                              f"{', '.join(NONFINITE_MODES)}")
         if max_grad_norm is not None and not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
             raise ValueError(f"max_grad_norm: must be a positive number, got {max_grad_norm!r}")
-        self.spec = SharpnessSpec.coerce(spec)
+        self._spec = SharpnessSpec.coerce(spec)
         super().__init__(params, {"perturb": True})
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
-        self.model = model
+        self._model = model
         self.bn_stats = bn_stats
         self.max_grad_norm = max_grad_norm
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {scaler!r}")
-        self.on_nonfinite = on_nonfinite
+        self._on_nonfinite = on_nonfinite
         self.strict = bool(strict)
         self._kernels = CompiledKernels() if compile else kernels
-        # with a GradScaler a non-finite step is an overflow: skipped, as GradScaler.step does
-        self._verdicts = Verdicts("skip" if scaler is not None else on_nonfinite,
-                                  "fp16 overflow (the loss scale backed off): "
-                                  if scaler is not None else "")
+        self._scaler = scaler
+        self._verdicts = Verdicts(*self._verdict_policy())
         self._rollback = Rollback()
         self._state_key: tuple[int, ...] = ()   # the tensors the last step left (ids)
-        self.scaler = scaler
         if total_steps is not None and (isinstance(total_steps, bool) or
                                         not isinstance(total_steps, int) or total_steps < 1):
             raise ValueError(f"total_steps: expected a positive whole number, got "
@@ -252,7 +249,7 @@ class UniversalSAM(torch.optim.Optimizer):
         self._sync = Sync.resolve(process_group)
         if seed is None:
             seed = self._sync.seed(int(torch.randint(0, 2**62, (1,)).item()))
-        self.seed = int(seed)
+        self._seed = int(seed)
         self.steps = 0
         # A direction v (one tensor per parameter, e.g. a validation gradient): each step with
         # a sharpness term then records ⟨v, g0⟩, ⟨v, g_i⟩ and D_i in ``last_probe``.
@@ -261,13 +258,80 @@ class UniversalSAM(torch.optim.Optimizer):
         self.grad_evals = 0  # forward/backward passes made by all steps so far
         self._step_passes = 0
         self.last_step: StepInfo | None = None
-        self._sampler = PerturbationSampler(self.seed)
+        self._sampler = PerturbationSampler(self._seed)
         self._constant_weights: dict[str, tuple[list[float], list[float]]] = {}
         self._active = self.spec   # the member this step makes (spec.at(progress) with vary)
         self._active_values: dict[str, Any] | None = None
         self._constants = self._host_coefficients(self.spec)
         self._bn_guard = RunningStatsGuard(model)
         self._x0: tuple[tuple[int, ...], list[Tensor]] = ((), [])   # the weights at x, kept
+
+    # --- settings a step depends on: assigning one takes effect from the next step ---------
+
+    @property
+    def spec(self) -> SharpnessSpec:
+        """The member trained; assigning one is :meth:`set_spec` (and refuses what it
+        refuses)."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: SharpnessSpec | Any) -> None:
+        self.set_spec(spec)
+
+    @property
+    def seed(self) -> int:
+        """The seed of the random measure's draws; assigning one restarts the draws from it."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, seed: int) -> None:
+        self._seed = int(seed)
+        self._sampler = PerturbationSampler(self._seed)
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The module whose batch-norm running statistics the perturbed passes keep
+        (``bn_stats="freeze"``) and whose Fisher scores SSAM-F reads."""
+        return self._model
+
+    @model.setter
+    def model(self, model: nn.Module | None) -> None:
+        self._model = model
+        self._bn_guard = RunningStatsGuard(model)
+
+    @property
+    def on_nonfinite(self) -> str:
+        """``"raise"`` or ``"skip"``: what a step with a non-finite value does. Assigning one
+        first reads the verdicts of the steps made under the former policy."""
+        return self._on_nonfinite
+
+    @on_nonfinite.setter
+    def on_nonfinite(self, mode: str) -> None:
+        if mode not in NONFINITE_MODES:
+            raise ValueError(f"on_nonfinite: unknown value {mode!r}; allowed: "
+                             f"{', '.join(NONFINITE_MODES)}")
+        self._verdicts.settle()
+        self._on_nonfinite = mode
+        self._verdicts.policy, self._verdicts.prefix = self._verdict_policy()
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The GradScaler of fp16 training, or None; with one, a non-finite step is an
+        overflow and skipped (as ``GradScaler.step`` does) whatever ``on_nonfinite`` says."""
+        return self._scaler
+
+    @scaler.setter
+    def scaler(self, scaler: torch.amp.GradScaler | None) -> None:
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {scaler!r}")
+        self._verdicts.settle()
+        self._scaler = scaler
+        self._verdicts.policy, self._verdicts.prefix = self._verdict_policy()
+
+    def _verdict_policy(self) -> tuple[str, str]:
+        if self._scaler is not None:
+            return "skip", "fp16 overflow (the loss scale backed off): "
+        return self._on_nonfinite, ""
 
     # --- public helpers ---------------------------------------------------------------------
 
@@ -279,7 +343,7 @@ class UniversalSAM(torch.optim.Optimizer):
         if (spec.n, spec.measure, spec.vary) != (self.spec.n, self.spec.measure, None):
             raise ValueError("set_spec: the new member must keep n and the measure, without "
                              "vary")
-        self.spec = spec
+        self._spec = spec
         self._active = spec
         self._active_values = None
         self._constants = self._host_coefficients(spec)
@@ -348,11 +412,11 @@ class UniversalSAM(torch.optim.Optimizer):
         self.base_optimizer.load_state_dict(state_dict["base"])
         self.param_groups = self.base_optimizer.param_groups
         own = state_dict["universal_sam"]
-        self.seed = int(own["seed"])
+        self._seed = int(own["seed"])
         self.steps = int(own["steps"])
         self.skipped_steps = int(own.get("skipped_steps", 0))
         self.grad_evals = int(own.get("grad_evals", 0))
-        self._sampler = PerturbationSampler(self.seed, own["generators"])
+        self._sampler = PerturbationSampler(self._seed, own["generators"])
         params = self._all_params()
         for i, mask in own.get("fisher_masks", {}).items():
             p = params[int(i)]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from metasam.data import DeviceLoader, Splits, prepare_splits
 from metasam.data.arrays import ArrayData
 from metasam.errors import ConfigError, NonFiniteStepError
+from metasam.family.spec import SharpnessSpec
 from metasam.models import build_model
 from metasam.optim import UniversalSAM
 from metasam.optim.bases import base_class, base_settings
@@ -167,7 +168,7 @@ class Trial:
             self.model = self.model.to(memory_format=torch.channels_last)
         compiled = config.compile in ("model", "all")
         self.forward: nn.Module = torch.compile(self.model) if compiled else self.model
-        self.spec = config.resolved_spec()
+        spec = config.resolved_spec()
         self.loader = DeviceLoader(train_data, config.batch_size, self.device, shuffle=True,
                                    augment=config.resolved_augment(), seed=config.seed + 1,
                                    channels_last=self.channels_last)
@@ -179,7 +180,7 @@ class Trial:
         self.precision = precision_of(config)
         scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
         self.optimizer = UniversalSAM(
-            self.model.parameters(), base, self.spec, model=self.model, bn_stats=config.bn_stats,
+            self.model.parameters(), base, spec, model=self.model, bn_stats=config.bn_stats,
             seed=config.seed, max_grad_norm=config.max_grad_norm,
             on_nonfinite=config.on_nonfinite, scaler=scaler,
             total_steps=config.epochs * len(self.loader),
@@ -190,6 +191,15 @@ class Trial:
         self.grad_evals = 0
         self.elapsed = 0.0
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def spec(self) -> SharpnessSpec:
+        """The member the optimizer trains; assigning one is ``optimizer.set_spec``."""
+        return self.optimizer.spec
+
+    @spec.setter
+    def spec(self, spec: SharpnessSpec | Any) -> None:
+        self.optimizer.set_spec(spec)
 
     def _learner(self, config: TrainConfig) -> Any:
         """The bias learner of ``learn`` (None without): on the validation split only."""

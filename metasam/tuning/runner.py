@@ -163,20 +163,40 @@ def _ray_address(address: str | None) -> str | None:
     """The address ``ray.init`` gets: the given one (or ``$RAY_ADDRESS``); else, as Ray would,
     none — joining the cluster ``ray start`` last recorded on this machine — unless that record
     is stale (its head was killed or stopped without cleaning up): then ``"local"``, a fresh
-    instance, instead of a failed join."""
+    instance, instead of a failed join. ``"local"`` wherever this process starts Ray itself."""
     from metasam.tuning import compat
 
     if address or os.environ.get("RAY_ADDRESS"):
         return address
     record = compat.ray_current_cluster_file()
     if record is None or not record.is_file():
-        return None
+        return "local"   # what Ray does with none recorded: a fresh instance on this machine
     text = record.read_text().strip()
     if listening(text):
         return None
     print(f"metasam: the Ray cluster last started on this machine ({text}) is gone; "
           "starting a local one", file=sys.stderr, flush=True)
     return "local"
+
+
+def local_authentication() -> None:
+    """The Ray instance this process starts on its own machine keeps Ray's default: token
+    authentication on (Ray generates ``~/.ray/auth_token`` once and uses it). Only the notice
+    Ray prints when ``RAY_AUTH_MODE`` is unset is left out: it names a variable whose one use is
+    to turn that protection off, which a single-machine study has no reason to do. A mode the
+    user set is theirs, and a cluster this process joins keeps what its operator set up
+    (docs/cluster.md: the recipes share one token between the nodes)."""
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        if not any(isinstance(f, _AuthNotice) for f in logger.filters):
+            logger.addFilter(_AuthNotice())
+
+
+class _AuthNotice(logging.Filter):
+    """Drops Ray's notice that token authentication was enabled by default."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled")
 
 
 def listening(address: str) -> bool:
@@ -200,7 +220,10 @@ def ray_session(address: str | None = None, verbose: int = 1) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address=_ray_address(address), include_dashboard=False, log_to_driver=verbose > 1,
+    resolved = _ray_address(address)
+    if resolved == "local":
+        local_authentication()
+    ray.init(address=resolved, include_dashboard=False, log_to_driver=verbose > 1,
              configure_logging=True, logging_level=logging.WARNING)
     try:
         yield
@@ -236,6 +259,9 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
     resumes a study (off for the rounds of a race, which grow one study)."""
     if check_data:
         config.check_data()
+    from metasam.tuning.tracking import check_trackers
+
+    check_trackers(config.tracking, str(config.path))   # before the storage and Ray
     storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
     study = open_study(storage, config.name, config.mode)
     config.check_definition(study, record=True)
@@ -288,10 +314,6 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
                              record_history=record_history),
         {"cpu": config.cpu, "gpu": config.gpu})
     started_ray = not ray.is_initialized()
-    if config.tracking.mlflow:   # a tracking URI that does not answer: before Ray starts
-        from metasam.tuning.tracking import check_mlflow
-
-        check_mlflow(config.tracking)
     with ray_session(address, verbose):
         try:
             # a cluster this process did not start itself may still be adding nodes

@@ -145,8 +145,7 @@ def callbacks(tracking: Tracking | None, logdir: Path, study_name: str,
 
         out.append(TensorBoardCallback(logdir / study_name, number_of,
                                        lambda c: describe_spec(c["spec"])))
-    if tracking.mlflow or tracking.wandb:
-        tracking.check()
+    check_trackers(tracking)   # answered before the study started: not asked again
     if tracking.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -159,19 +158,69 @@ def callbacks(tracking: Tracking | None, logdir: Path, study_name: str,
     return out
 
 
-def check_mlflow(tracking: Tracking) -> None:
-    """The MLflow tracking URI answers, before any trial runs (else one line, exit 2)."""
-    tracking.check()
-    from mlflow.tracking import MlflowClient
+PROBE_TIMEOUT = 5.0   # seconds a tracking server has to answer the check, one try
+_ANSWERED: set[str] = set()   # the URIs that answered in this process
+
+
+def check_trackers(tracking: Tracking | None, source: str | None = None) -> None:
+    """The trackers a study asks for can be used: their packages are installed and an MLflow
+    tracking URI answers, within :data:`PROBE_TIMEOUT` seconds and one try (MLflow's own
+    client retries a refused connection for minutes). Every study mode calls it before Ray
+    starts, before any run trains and before the storage is written; a URI that answered once
+    in this process is not asked again. Else one line (:class:`ConfigError`), exit 2."""
+    if tracking is None:
+        return
+    from metasam.errors import ConfigError
+
+    try:
+        tracking.check()
+        if tracking.mlflow and tracking.mlflow not in _ANSWERED:
+            _probe_mlflow(tracking.mlflow)
+            _ANSWERED.add(tracking.mlflow)
+    except ConfigError as err:
+        if source is None or err.source:
+            raise
+        raise ConfigError(err.field, err.problem, err.allowed, source=source) from None
+
+
+def _probe_mlflow(uri: str) -> None:
+    import os
+    import urllib.error
+    import urllib.request
 
     from metasam.errors import ConfigError
 
-    uri = tracking.mlflow
+    def refuse(reason: str) -> ConfigError:
+        return ConfigError("tracking.mlflow", f"cannot use {uri}: {reason[:300]}",
+                           "a tracking URI MLflow can use (sqlite:///mlflow.db, "
+                           "http://HOST:5000)")
 
+    if uri.startswith(("http://", "https://")):
+        # one request with a deadline: a server that is down fails here in seconds
+        url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT):
+                pass
+        except urllib.error.HTTPError as err:
+            if err.code not in (401, 403):   # it answered, but not as an MLflow server does
+                raise refuse(f"HTTP {err.code} from {url}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise refuse(f"no answer within {PROBE_TIMEOUT:g} s ({reason})") from None
+    from mlflow.tracking import MlflowClient
+
+    bounded = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(PROBE_TIMEOUT))}
+    saved = {k: os.environ.get(k) for k in bounded}
+    os.environ.update(bounded)
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError("tracking.mlflow", f"cannot use {uri}: {first[:300]}",
-                          "a tracking URI MLflow can use (sqlite:///mlflow.db, "
-                          "http://HOST:5000)") from None
+        raise refuse(first) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
