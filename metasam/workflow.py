@@ -28,6 +28,7 @@ from torch import nn
 from metasam.decision import stage as decision
 from metasam.decision.budget import StudyCost, study_cost
 from metasam.decision.export import best_optimizer
+from metasam.decision.plan import StudyPlan
 from metasam.decision.stage import Verdict
 from metasam.errors import ConfigError
 from metasam.meta.knowledge import load_priors
@@ -94,6 +95,11 @@ class Study:
         config = self.config
         config.check_data()
         check_trackers(config.tracking, str(config.path))   # every mode, before Ray or a run
+        if config.quick:   # no search: its candidates are named in advance (decision.plan)
+            study = open_study(open_storage(config.storage, config.heartbeat_interval,
+                                            config.heartbeat_grace), config.name, config.mode)
+            config.check_definition(study, record=True)
+            return TuneResult(config.name, census(study), target=0)
         if config.population is not None:
             return self._population()
         first: list[Point] = []
@@ -158,6 +164,11 @@ class Study:
         """The decision from the stored race and confirmation runs (``None`` before any race
         run finished)."""
         return decision.race_verdict(self.config)
+
+    def plan(self) -> StudyPlan:
+        """The study's plan, fixed before any run: what each stage may spend and the smallest
+        difference its held-back data can confirm (:mod:`metasam.decision.plan`)."""
+        return decision.study_plan(self.config)
 
     def cost(self) -> StudyCost:
         """What the study cost so far, in full-run equivalents (tuning, race, confirmation)."""

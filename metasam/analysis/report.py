@@ -156,14 +156,23 @@ def sections(report: StudyReport, table: Any) -> list[Section]:
                               if k in report.figures])
     out.append(search)
     c = report.cost
-    out.append(Section("Cost", tables=["| stage | runs | full-run equivalents |\n|---|---|---|\n"
-                                       f"| tuning | {c.tuning_trials} | {c.tuning:.1f} |\n"
-                                       f"| race | {c.race_runs} | {c.race:.1f} |\n"
+    planned = c.planned or ("", "", "")
+    total_planned = sum(c.planned) if c.planned else ""
+    notes = ["A full-run equivalent is one training run of the study's full epochs; "
+             "ASHA-stopped trials count their share."]
+    if c.planned:
+        from metasam.decision.stage import study_plan
+
+        notes.insert(0, study_plan(config).line(config.metric))
+    out.append(Section("Cost", tables=["| stage | runs | full-run equivalents | planned |\n"
+                                       "|---|---|---|---|\n"
+                                       f"| tuning | {c.tuning_trials} | {c.tuning:.1f} | "
+                                       f"{planned[0]} |\n"
+                                       f"| race | {c.race_runs} | {c.race:.1f} | {planned[1]} |\n"
                                        f"| confirmation | {c.confirmation_runs} | "
-                                       f"{c.confirmation:.1f} |\n"
-                                       f"| total | | {c.total:.1f} |"],
-                       notes=["A full-run equivalent is one training run of the study's full "
-                              "epochs; ASHA-stopped trials count their share."]))
+                                       f"{c.confirmation:.1f} | {planned[2]} |\n"
+                                       f"| total | | {c.total:.1f} | {total_planned} |"],
+                       notes=notes))
     if report.runs and table is not None:
         out.append(Section("Test set (compare)", tables=[to_markdown(table).split("\n\n")[0]],
                            notes=[to_markdown(table).split("\n\n", 1)[1].strip()],

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--meta-box", type=float, default=None, metavar="P",
                       help="share of region trials sampled within the boxes, 0 to 1 "
                       "(default: the study file's meta.box, or 0.5)")
+    tune.add_argument("--thorough", action="store_true",
+                      help="a quick study's file run as a thorough one: the search, race and "
+                      "confirmation it configures (as the study NAME-thorough in the same "
+                      "storage; docs/search.md §9 says when it pays)")
     add_ray_options(tune)
     tune.set_defaults(run=run_tune)
 
@@ -52,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     best.add_argument("--max-cost", type=float, default=None, metavar="EVALS",
                       help="the best trial of the accuracy/cost Pareto front within EVALS "
                       "gradient evaluations (forward/backward passes) per run")
+    best.add_argument("--thorough", action="store_true",
+                      help="the thorough study run by `tune --thorough` on a quick file")
     best.set_defaults(run=run_best)
 
     trials = sub.add_parser("trials", help="list a study's trials")
@@ -62,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     trials.add_argument("--wide", action="store_true",
                         help="show where each trial ran (host/device; shown anyway when more "
                         "than one host took part) and never cut rows to the terminal's width")
+    trials.add_argument("--thorough", action="store_true",
+                      help="the thorough study run by `tune --thorough` on a quick file")
     trials.set_defaults(run=run_trials)
 
 
@@ -90,7 +98,10 @@ def run_tune(args: argparse.Namespace) -> int:
     from metasam.tuning.tracking import check_trackers
     from metasam.workflow import Study
 
-    config = load_study_config(args.study).with_overrides(args.trials, args.concurrency)
+    config = load_study_config(args.study)
+    if args.thorough:
+        config = config.thorough()
+    config = config.with_overrides(args.trials, args.concurrency)
     if args.top_k < 1:
         raise ConfigError("--top-k", f"out of range: {args.top_k}", "whole numbers ≥ 1")
     warm = load_study_config(args.warm_start) if args.warm_start else None
@@ -103,9 +114,12 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"study {config.name}: {config.headline()}, storage {config.storage}",
           file=sys.stderr)
     study = Study(config, address=args.address, verbose=0 if args.quiet else 1)
+    if config.race is not None:   # what the study may spend and claim, before any run
+        print(f"study {config.name}: {study.plan().line(config.metric)}", file=sys.stderr)
     outcome = study.run(warm_start=warm, top_k=args.top_k, meta=meta)
     state = outcome.tuning.census
-    print(f"study {config.name}: {state.describe(config.target)}")
+    if not config.quick:   # a quick study has no search of its own
+        print(f"study {config.name}: {state.describe(config.target)}")
     if not outcome.tuning.done:
         print(f"study {config.name}: stopped before the end ({outcome.tuning.released} "
               "unfinished trials given back); run the same command again to resume",
@@ -137,6 +151,7 @@ def run_best(args: argparse.Namespace) -> int:
     from metasam.workflow import Study
 
     config = load_study_config(args.study)
+    config = config.thorough() if args.thorough else config
     if args.max_cost is not None and not args.max_cost > 0:
         raise ConfigError("--max-cost", f"out of range: {args.max_cost:g}",
                           "a positive number of gradient evaluations")
@@ -183,6 +198,7 @@ def run_trials(args: argparse.Namespace) -> int:
     from metasam.workflow import Study
 
     config = load_study_config(args.study)
+    config = config.thorough() if args.thorough else config
     workflow = Study(config)
     study = config.load_study()
     front = pareto_front(study, config.metric, config.mode)

@@ -23,20 +23,27 @@ class StudyCost:
     race_runs: int
     confirmation: float = 0.0    # ... of the confirmation's runs
     confirmation_runs: int = 0
+    planned: tuple[int, int, int] | None = None   # the plan's (tuning, race, confirmation)
 
     @property
     def total(self) -> float:
         return self.tuning + self.race + self.confirmation
 
     def line(self) -> str:
-        return (f"cost: {self.total:.1f} full-run equivalents (tuning {self.tuning:.1f} over "
-                f"{self.tuning_trials} trials, race {self.race:.1f} over {self.race_runs} runs, "
-                f"confirmation {self.confirmation:.1f} over {self.confirmation_runs} runs)")
+        plan = ""
+        if self.planned is not None:
+            t, r, c = self.planned
+            plan = (f" of {t + r + c} planned (tuning {t}, race {r}, confirmation at most {c};"
+                    " a sequential confirmation stops when it is won or hopeless)")
+        return (f"cost: {self.total:.1f} full-run equivalents{plan} (tuning {self.tuning:.1f} "
+                f"over {self.tuning_trials} trials, race {self.race:.1f} over {self.race_runs} "
+                f"runs, confirmation {self.confirmation:.1f} over {self.confirmation_runs} runs)")
 
     def to_dict(self) -> dict[str, float]:
         return {"total": self.total, "tuning": self.tuning, "tuning_trials": self.tuning_trials,
                 "race": self.race, "race_runs": self.race_runs,
-                "confirmation": self.confirmation, "confirmation_runs": self.confirmation_runs}
+                "confirmation": self.confirmation, "confirmation_runs": self.confirmation_runs,
+                "planned": list(self.planned) if self.planned is not None else None}
 
 
 def full_run_equivalents(study: optuna.Study, epochs: int) -> tuple[float, int]:
@@ -68,4 +75,10 @@ def study_cost(config: StudyConfig) -> StudyCost:
         except StudyNotFoundError:
             parts.append((0.0, 0))
     (race, runs), (confirmation, confirmation_runs) = parts
-    return StudyCost(tuning, trials, race, runs, confirmation, confirmation_runs)
+    planned = None
+    if config.quick or config.budget is not None:
+        from metasam.decision.stage import study_plan
+
+        plan = study_plan(config)
+        planned = (plan.tuning, plan.race, plan.confirmation)
+    return StudyCost(tuning, trials, race, runs, confirmation, confirmation_runs, planned)

@@ -14,6 +14,7 @@ class Pick(str, Enum):
 
     TOP = "top"            # one of the top-k full-budget trials of the search
     PRESET = "preset"      # a reference preset at its default
+    POINT = "point"        # a point named in advance (the shipped portfolio, a space's points)
 
 
 @dataclass(frozen=True)
@@ -44,4 +45,6 @@ class Candidate:
         """Is ``label`` one of this candidate's runs?"""
         if self.trial is not None:
             return label.trial == self.trial
-        return label.trial is None and label.preset == self.preset
+        if self.pick is Pick.POINT:
+            return label.trial is None and label.method == self.name
+        return label.trial is None and label.preset == self.preset and label.method == self.name

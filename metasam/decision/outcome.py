@@ -73,6 +73,13 @@ class Comparison:
         ph = "nan" if math.isnan(t.p_adjusted) else f"{t.p_adjusted:.3f}"
         mde = "n/a" if math.isnan(d.detectable) else f"{d.detectable * scale:.2f}{unit}"
         verdict = "beats it with confidence" if self.confident else "not with confidence"
+        if t.look is not None:
+            why = {"efficacy": "crossed its boundary", "futility": "stopped for futility",
+                   "final": "the last look"}[t.look.stopped or "final"]
+            return (f"{name}: {d.mean * scale:+.2f}{ci}{unit} (95% CI, {d.n} fresh "
+                    f"instances), P(improvement) {d.p_improvement:.2f}, p = {p}; look "
+                    f"{t.look.look}: z = {t.look.z:.2f} against {t.look.boundary:.2f} "
+                    f"({why}, conditional power {t.look.conditional_power:.2f}): {verdict}")
         return (f"{name}: {d.mean * scale:+.2f}{ci}{unit} (95% CI, {d.n} fresh instances), "
                 f"P(improvement) {d.p_improvement:.2f}, p = {p}, Holm-adjusted over "
                 f"{t.family}: {ph}: {verdict}; detectable at {power:.0%} power: {mde}")
@@ -119,6 +126,12 @@ class Verdict:
 
     def meaning(self) -> str:
         family = len(self.against)
+        if self.plan is not None and self.plan.sequential:
+            return (f"'with confidence': the chance that any of these {family} verdicts is wrong "
+                    f"is at most {self.alpha:.0%} over all the looks (O'Brien–Fleming spending, "
+                    f"{self.alpha / max(1, family):.0%} per comparison), on fresh instances — new "
+                    "seeds and held-back validation examples — that played no part in choosing "
+                    "the winner")
         return (f"'with confidence': the chance that any of these {family} verdicts is wrong is "
                 f"at most {self.alpha:.0%} (Holm over the family), on fresh instances — new "
                 "seeds and held-back validation examples — that played no part in choosing "
@@ -178,8 +191,20 @@ class Verdict:
             out.append("confirmation: after the race")
             return out
         if plan.instances < 2:
-            out.append("confirmation: none (race.confirm_budget or the held-back share allows "
-                       "fewer than 2 instances): no verdict")
+            if plan.note == "hopeless":
+                out.append(f"confirmation: not run — the plan showed it hopeless (the "
+                           f"held-back examples can confirm differences of "
+                           f"{plan.predicted * scale:.2f}{unit} or more, above the "
+                           f"{plan.detect * scale:.2f}{unit} it was to see): the winner is a "
+                           "pick, not a claim; more held-back data (race.holdout, a larger "
+                           "dataset) and a budget with confirmation runs would make one")
+            elif plan.note == "budget":
+                out.append("confirmation: none — the budget left no confirmation runs (the "
+                           "plan's line says what budget would): the winner is a pick, not a "
+                           "claim")
+            else:
+                out.append("confirmation: none (race.confirm_budget or the held-back share "
+                           "allows fewer than 2 instances): no verdict")
             return out
         reach = ("" if math.isnan(plan.predicted) else
                  f", predicted {plan.predicted * scale:.2f}{unit}")
@@ -191,9 +216,12 @@ class Verdict:
                 need = plan.fold * plan.instances * (plan.predicted / plan.detect) ** 2
                 why += (f" (about {need:,.0f} held-back validation examples would reach "
                         f"{plan.detect * scale:.2f}{unit}; race.holdout sets the share)")
-        out.append(f"confirmation: {plan.instances} fresh instances (new seeds; disjoint "
-                   f"validation folds of {plan.fold} held-back examples), sized to detect "
-                   f"{plan.detect * scale:.2f}{unit} at {plan.power:.0%} power{reach}{why}")
+        looks = (f", looked at after {', '.join(map(str, plan.looks))} (O'Brien–Fleming "
+                 "spending; stopped when won or hopeless)" if plan.sequential else "")
+        out.append(f"confirmation: {plan.instances} fresh instances at most (new seeds; "
+                   f"disjoint validation folds of {plan.fold} held-back examples), sized to "
+                   f"detect {plan.detect * scale:.2f}{unit} at {plan.power:.0%} power"
+                   f"{reach}{why}{looks}")
         if not math.isnan(self.winner.confirmed_mean()):
             out.append(f"winner on the confirmation: {metric} "
                        f"{self.winner.confirmed_mean() * scale:.2f}{shown} over "

@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -47,12 +48,17 @@ from optuna.trial import TrialState
 from metasam.data.variants import fold_count
 from metasam.decision.candidate import Candidate, Pick
 from metasam.decision.outcome import Comparison, Standing, Verdict
+from metasam.decision.plan import StudyPlan, quick_plan, thorough_plan
+from metasam.decision.prior import shrunk_pick
 from metasam.decision.racing import Race, RaceEnd
+from metasam.decision.sequential import decide, looks_of, next_look
 from metasam.decision.verdict import (
     Plan,
     Sizes,
+    best_other,
     comparisons_of,
     confirm,
+    confirm_sequential,
     plan_confirmation,
     race_spread,
 )
@@ -87,7 +93,7 @@ def confirm_train(config: StudyConfig, plan: Plan, instance: int) -> dict[str, A
     """The training overrides of confirmation instance ``instance`` of ``plan``: a seed no
     tuning trial or race run used, and fold ``instance`` of the held-back share's
     ``plan.instances``-fold split."""
-    settings = config.race or RaceSettings()
+    settings = race_settings(config)
     return {"seed": config.seed + 1 + settings.instances + instance,
             "val_seed": config.seed + _CONFIRM_FOLD_SEED, "val_fold": instance,
             "val_folds": plan.instances, "val_scope": "holdout"}
@@ -96,6 +102,8 @@ def confirm_train(config: StudyConfig, plan: Plan, instance: int) -> dict[str, A
 def race_candidates(config: StudyConfig, study: optuna.Study | None = None) -> list[Candidate]:
     """The top-k full-budget trials (distinct specs), every reference preset of the space, and
     SGD and SAM at their defaults."""
+    if config.quick:
+        return quick_candidates(config)[0]
     settings = config.race or RaceSettings()
     study = study or config.load_study()
     ranked = best_trials(study, config.mode, len(study.trials))
@@ -128,6 +136,62 @@ def race_candidates(config: StudyConfig, study: optuna.Study | None = None) -> l
         if not any(c.preset == name for c in out):
             add(Candidate(name, Pick.PRESET, presets.get(name).to_dict()))
     return out
+
+
+# --- a quick study: candidates named in advance, a plan fixed before any run -----------------
+
+def quick_candidates(config: StudyConfig) -> tuple[list[Candidate], list[float], list[float]]:
+    """A quick study's candidates — the shipped portfolio in its order, then the points its
+    search space lists (not its presets) — with each one's prior mean difference to the first
+    and the prior's spread (accuracy units; a point the portfolio does not know, or a metric
+    that is not an accuracy: no prior, ``math.inf``)."""
+    from metasam.decision.portfolio import shipped_portfolio
+
+    portfolio = shipped_portfolio()
+    accuracy = config.metric.endswith("acc")
+    out: list[Candidate] = []
+    means: list[float] = []
+    taus: list[float] = []
+    seen: set[str] = set()
+    extra = [(p, 0.0, math.inf) for p in config.space.points if not p.label.is_reference()]
+    for point, gain, tau in [*((p, g, portfolio.tau if accuracy else math.inf)
+                               for p, g in zip(portfolio.points, portfolio.gains,
+                                               strict=True)), *extra]:
+        key = json.dumps([point.spec, point.train], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        pick = Pick.PRESET if point.label.is_reference() else Pick.POINT
+        out.append(Candidate(point.label.method, pick, point.spec, point.train))
+        means.append(gain if accuracy else 0.0)
+        taus.append(tau)
+    return out, means, taus
+
+
+def study_plan(config: StudyConfig) -> StudyPlan:
+    """The study's plan (:mod:`metasam.decision.plan`), from its file and its data sizes: a
+    function of both only, so a resumed study plans the same."""
+    settings = config.race or RaceSettings()
+    sizes = data_sizes(config) if config.race is not None else Sizes(0, 0, 0)
+    if not config.quick:
+        return thorough_plan(config.trials, settings.budget if config.race else 0,
+                             settings.confirm_budget if config.race else 0, sizes,
+                             budget=config.budget, detect=settings.detect,
+                             alpha=settings.alpha, power=settings.power)
+    return quick_plan(config.budget or 10.0, len(quick_candidates(config)[0]), sizes,
+                      detect=settings.detect, alpha=settings.alpha, power=settings.power,
+                      confirm_cap=settings.confirm_budget)
+
+
+def race_settings(config: StudyConfig) -> RaceSettings:
+    """The race's settings: the study file's, or for a quick study its plan's (a halving race
+    of the plan's runs, two opening instances; the confirmation's runs at most)."""
+    settings = config.race or RaceSettings()
+    if not config.quick:
+        return settings
+    plan = study_plan(config)
+    return dataclasses.replace(settings, budget=max(2, plan.race), first=2, rule="halving",
+                               confirm_budget=plan.confirmation)
 
 
 def _derived(config: StudyConfig, suffix: str, points: list[Point]) -> StudyConfig:
@@ -178,7 +242,7 @@ def new_race(config: StudyConfig, candidates: list[Candidate]) -> Race:
     for the confirmation's sizing comes from the opening instances every candidate runs);
     under ``frace`` SGD and SAM are anchors (they run every instance and are never tested or
     dropped)."""
-    settings = config.race or RaceSettings()
+    settings = race_settings(config)
     anchors = frozenset(c.id for c in candidates if c.preset in REFERENCES) \
         if settings.rule == "frace" else frozenset()
     return Race([c.id for c in candidates], mode=config.mode, first=settings.first,
@@ -215,7 +279,7 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
     if not _replayed(config, candidates).next_round():
         return True  # ended before: nothing to run, no Ray to start
     (say or _to_stderr)(f"study {config.name}: racing {len(candidates)} candidates over paired "
-                        f"instances (budget {config.race.budget} runs): "
+                        f"instances (budget {race_settings(config).budget} runs): "
                         f"{', '.join(c.name for c in candidates)}")
     by_id = {c.id: c for c in candidates}
     asked: dict[str, Point] = {}
@@ -257,6 +321,8 @@ def _deciding(config: StudyConfig) -> optuna.Study | None:
     if config.race is None:
         return None
     study = config.load_study()
+    if config.quick:   # its candidates are named in advance: no trial needed
+        return study
     return study if best_trials(study, config.mode, 1) else None
 
 
@@ -299,13 +365,15 @@ def selection(config: StudyConfig, study: optuna.Study | None = None,
     """The race replayed from its stored runs (``runs``: already read) and, once it has
     ended, the confirmation's plan (a function of the race's runs and the data: a resumed
     study plans the same)."""
-    settings = config.race or RaceSettings()
+    settings = race_settings(config)
     candidates = race_candidates(config, study)
     race = _replayed(config, candidates, runs)
     race.next_round()  # every elimination test the stored runs allow
     if race.end() is RaceEnd.RUNNING or not any(race.scores[c.id] for c in candidates):
         return Selection(candidates, race, None, {}, None)
     by_id = {c.id: c for c in candidates}
+    if config.quick:
+        return _quick_selection(config, candidates, race, settings)
     winner = by_id[race.winner()]
     ids = {p: next((c.id for c in candidates if c.preset == p), None) for p in REFERENCES}
     pool = [c.id for c in candidates if c.pick is Pick.PRESET]
@@ -317,6 +385,66 @@ def selection(config: StudyConfig, study: optuna.Study | None = None,
         budget=settings.confirm_budget, detect=settings.detect, power=settings.power,
         alpha=settings.alpha)
     return Selection(candidates, race, winner, compared, plan)
+
+
+def _quick_selection(config: StudyConfig, candidates: list[Candidate], race: Race,
+                     settings: RaceSettings) -> Selection:
+    """A quick study's pick by posterior mean (:mod:`metasam.decision.prior`), compared with
+    SAM at its default (or, when SAM is the pick, the candidate that lasted longest), and its
+    sequential confirmation's plan (none when the study's plan has no confirmation runs)."""
+    by_id = {c.id: c for c in candidates}
+    _, means, taus = quick_candidates(config)
+    winner = by_id[shrunk_pick(race, means, taus)]
+    sam = next((c for c in candidates if c.preset == "sam" and c.pick is Pick.PRESET), None)
+    if sam is not None and sam.id != winner.id:
+        compared = {"sam": sam}
+    else:
+        other = best_other(race, winner.id, [c.id for c in candidates])
+        compared = {"best_preset": by_id[other]} if other is not None else {}
+    study = study_plan(config)
+    if study.confirmation == 0 or not compared:
+        note = ("hopeless" if study.hopeless else "budget") if compared else "nothing to compare"
+        plan = Plan(0, 0, 0.0, math.nan, study.detectable, settings.detect, settings.power,
+                    True, (), note)
+        return Selection(candidates, race, winner, compared, plan)
+    plan = plan_confirmation(
+        race_spread(race, winner.id, [c.id for c in compared.values()]), data_sizes(config),
+        comparisons=len(compared), per_instance=len(compared) + 1,
+        budget=study.confirmation, detect=settings.detect, power=settings.power,
+        alpha=settings.alpha)
+    if plan.instances >= 2:
+        plan = dataclasses.replace(plan, looks=looks_of(plan.instances))
+    return Selection(candidates, race, winner, compared, plan)
+
+
+def _confirmed(chosen: Selection, runs: list[optuna.trial.FrozenTrial]
+               ) -> dict[str, dict[int, float]]:
+    """candidate id -> instance -> value of the confirmation runs that finished."""
+    assert chosen.winner is not None and chosen.plan is not None
+    out: dict[str, dict[int, float]] = {}
+    for owner, instance, value in _finished([chosen.winner, *chosen.compared.values()], runs):
+        if instance < chosen.plan.instances:
+            out.setdefault(owner.id, {})[instance] = value
+    return out
+
+
+def _sequential_state(chosen: Selection, confirmed: dict[str, dict[int, float]],
+                      sign: float) -> tuple[list[float], dict[str, list[float]]]:
+    """The winner's values and each comparison's, over the leading instances both have (in
+    instance order: what a look reads)."""
+    assert chosen.winner is not None
+    mine = confirmed.get(chosen.winner.id, {})
+    winner: list[float] = []
+    while len(winner) in mine:
+        winner.append(sign * mine[len(winner)])
+    others: dict[str, list[float]] = {}
+    for key, c in chosen.compared.items():
+        theirs = confirmed.get(c.id, {})
+        values: list[float] = []
+        while len(values) < len(winner) and len(values) in theirs:
+            values.append(sign * theirs[len(values)])
+        others[key] = values
+    return winner, others
 
 
 def confirmation_points(config: StudyConfig, chosen: Selection) -> list[Point]:
@@ -337,6 +465,8 @@ def run_confirmation(config: StudyConfig, *, address: str | None = None, verbose
     chosen = selection(config, study)
     if chosen.plan is None or chosen.winner is None or chosen.plan.instances < 2:
         return True
+    if chosen.plan.sequential:
+        return _run_sequential(config, chosen, address=address, verbose=verbose, say=say)
     points = confirmation_points(config, chosen)
     plan = chosen.plan
     involved = [chosen.winner, *chosen.compared.values()]
@@ -353,6 +483,56 @@ def run_confirmation(config: StudyConfig, *, address: str | None = None, verbose
         result = tune_study(_derived(config, CONFIRM_SUFFIX, points), address=address,
                             verbose=verbose, check_data=False, announce=True)
     return result.done
+
+
+def _run_sequential(config: StudyConfig, chosen: Selection, *, address: str | None,
+                    verbose: int, say: Callable[[str], None] | None) -> bool:
+    """A sequential confirmation, look by look: the runs the open comparisons need for the
+    next look, then the looks replayed from what is stored (a resumed one asks for the same
+    runs and stops where it stopped)."""
+    assert chosen.winner is not None and chosen.plan is not None
+    plan = chosen.plan
+    sign = 1.0 if config.mode == "max" else -1.0
+    asked: dict[str, Point] = {}
+    first = True
+    while True:
+        stored = _stored_runs(config, CONFIRM_SUFFIX)
+        for t in stored:   # what earlier looks asked, finished or not
+            rec = TrialRecord.of(t)
+            owner = _owner([chosen.winner, *chosen.compared.values()], rec.label)
+            if owner is not None and rec.counts and rec.label.instance < plan.instances:
+                point = Point(owner.run_label(rec.label.instance, Role.VERDICT), owner.spec,
+                              {**owner.train, **confirm_train(config, plan,
+                                                              rec.label.instance)})
+                asked.setdefault(point.label.key, point)
+        winner, others = _sequential_state(chosen, _confirmed(chosen, stored), sign)
+        states = decide({k: [a - b for a, b in zip(winner, v, strict=False)]
+                         for k, v in others.items()}, plan.looks,
+                        overlap=plan.overlap, alpha=race_settings(config).alpha)
+        upto = next_look(states, plan.looks)
+        if upto is None:
+            return True
+        owners = [chosen.winner] + [chosen.compared[k] for k, st in states.items()
+                                    if st is None or st.stopped is None]
+        new = 0
+        for j in range(upto):
+            for owner in owners:
+                point = Point(owner.run_label(j, Role.VERDICT), owner.spec,
+                              {**owner.train, **confirm_train(config, plan, j)})
+                if point.label.key not in asked:
+                    asked[point.label.key] = point
+                    new += 1
+        (say or _to_stderr)(
+            f"study {config.name}: confirming {chosen.winner.name} against "
+            f"{', '.join(o.name for o in owners[1:])}: look at {upto} of {plan.instances} "
+            f"fresh instances (folds of {plan.fold} held-back examples; {new} new runs)")
+        with ray_session(address, verbose):
+            result = tune_study(_derived(config, CONFIRM_SUFFIX, list(asked.values())),
+                                address=address, verbose=verbose, check_data=False,
+                                announce=first)
+        first = False
+        if not result.done:
+            return False
 
 
 # --- the verdict ----------------------------------------------------------------------------
@@ -397,6 +577,14 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
         complete = [j for j in range(plan.instances)
                     if j in winner.confirmed and all(j in o.confirmed for o in others.values())]
         done = len(complete) == plan.instances and plan.instances >= 2
+        if plan.sequential:
+            mine, theirs = _sequential_state(chosen, {st.candidate.id: st.confirmed
+                                                      for st in by_id.values()}, sign)
+            tests = confirm_sequential(mine, theirs, looks=plan.looks, overlap=plan.overlap,
+                                       alpha=race.alpha, power=plan.power)
+            against = {k: Comparison(o, tests.get(k)) for k, o in others.items()}
+            return Verdict(winner, standings, against, plan, race.end(), race.runs, mode,
+                           race.alpha, race.rule)
         tests = confirm([sign * winner.confirmed[j] for j in complete],
                         {k: [sign * o.confirmed[j] for j in complete] for k, o in others.items()},
                         overlap=plan.overlap, alpha=race.alpha,

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metasam.decision.racing import Race, simulate
+from metasam.decision.sequential import Look, decide
 from metasam.stats import PairedDifference, Summary, detectable_difference, holm
 
 MIN_FOLD = 20      # validation examples per confirmation instance, at least
@@ -84,11 +85,18 @@ class Plan:
     detect: float          # the detectable difference asked for
     power: float
     capped: bool           # the budget or the fold size stopped it short of ``detect``
+    looks: tuple[int, ...] = ()   # instances at each look of a sequential confirmation
+    note: str = ""         # why there is no confirmation (a quick study's plan)
+
+    @property
+    def sequential(self) -> bool:
+        return bool(self.looks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"instances": self.instances, "fold": self.fold, "overlap": self.overlap,
                 "spread": self.spread, "predicted_detectable": self.predicted,
-                "detect": self.detect, "power": self.power, "capped": self.capped}
+                "detect": self.detect, "power": self.power, "capped": self.capped,
+                "looks": list(self.looks), "note": self.note}
 
 
 def plan_confirmation(spread: float, sizes: Sizes, *, comparisons: int, per_instance: int,
@@ -147,9 +155,12 @@ class Test:
     p_adjusted: float
     family: int            # comparisons corrected together
     alpha: float
+    look: Look | None = None   # a sequential confirmation's last look (its boundary decides)
 
     @property
     def confident(self) -> bool:
+        if self.look is not None:
+            return self.look.confident
         return not math.isnan(self.p_adjusted) and self.p_adjusted < self.alpha
 
 
@@ -175,6 +186,33 @@ def confirm(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
     adjusted = holm([diffs[n].p_greater for n in names])
     family = sum(not math.isnan(diffs[n].p_greater) for n in names)
     return {n: Test(n, diffs[n], p, family, alpha) for n, p in zip(names, adjusted, strict=True)}
+
+
+def confirm_sequential(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
+                       looks: Sequence[int], overlap: float = 0.0, alpha: float = 0.05,
+                       power: float = 0.8) -> dict[str, Test]:
+    """The verdict's tests of a sequential confirmation: each comparison replayed over its
+    looks (:func:`metasam.decision.sequential.decide`, α/m each), its difference over the
+    instances of its last look; ``winner`` and ``others`` as in :func:`confirm` (as many
+    instances as have run). A comparison before its first look has no test."""
+    m = max(1, len(others))
+    pairs = {k: [(a, b) for a, b in zip(winner, v, strict=False)
+                 if math.isfinite(a) and math.isfinite(b)] for k, v in others.items()}
+    states = decide({k: [a - b for a, b in p] for k, p in pairs.items()}, looks,
+                    overlap=overlap, alpha=alpha)
+    ended = len(winner) >= looks[-1]   # every planned instance ran
+    out: dict[str, Test] = {}
+    for key, state in states.items():
+        if ended and (state is None or state.stopped is None):
+            # diverged runs left it short of its last look: it ends here, claiming nothing
+            state = Look(len(looks), len(pairs[key]), math.nan, math.inf, 0.0, "final")
+        if state is None:
+            continue
+        used = pairs[key][: state.instances]
+        diff = PairedDifference.of([a for a, _ in used], [b for _, b in used], alpha / m,
+                                   power, overlap)
+        out[key] = Test(key, diff, diff.p_greater, m, alpha, state)
+    return out
 
 
 def best_other(race: Race, winner: str, pool: Sequence[str]) -> str | None:
@@ -234,6 +272,61 @@ def simulate_decision(means: Sequence[float], noise: float, *, seed: int, sgd: s
             runs[c].append(race.sign() * (truth[index[c]] + effect + rng.gauss(0.0, scale)))
     tests = confirm(runs[winner], {k: runs[c] for k, c in compared.items()},
                     overlap=plan.overlap, alpha=alpha, power=power) if plan.instances else {}
+    return SimulatedDecision(race, winner, plan, tests, compared)
+
+
+def simulate_quick_decision(means: Sequence[float], noise: float, *, seed: int,
+                            prior: Sequence[float], tau: float | Sequence[float], sizes: Sizes,
+                            race_runs: int, confirm_runs: int, detect: float,
+                            power: float = 0.8, alpha: float = 0.05,
+                            spending: str = "obrien_fleming") -> SimulatedDecision:
+    """A quick study's decision on a synthetic objective (``means`` in the portfolio's order;
+    candidate ``c{i}``; ``c2`` plays SAM at its default, as in the shipped portfolio): the
+    halving race of ``race_runs`` runs, the pick by posterior mean, and the sequential
+    confirmation against SAM (the best other when SAM is the pick) of at most
+    ``confirm_runs`` runs, looks replayed as a study replays them. Runs as in
+    :func:`simulate_decision`, on *this* pool."""
+    from metasam.decision.prior import shrunk_pick
+    from metasam.decision.sequential import looks_of, next_look
+
+    race = simulate(list(means), noise, seed=seed, first=2, instances=30, budget=race_runs,
+                    rule="halving")
+    winner = shrunk_pick(race, prior, tau)
+    sam = "c2" if len(means) > 2 else None
+    other = sam if sam is not None and sam != winner else best_other(
+        race, winner, list(race.candidates))
+    compared = {"sam" if other == sam else "best_preset": other} if other else {}
+    plan = plan_confirmation(race_spread(race, winner, list(compared.values())), sizes,
+                             comparisons=1, per_instance=2, budget=confirm_runs,
+                             detect=detect, power=power, alpha=alpha)
+    tests: dict[str, Test] = {}
+    if plan.instances >= 2 and compared:
+        looks = looks_of(plan.instances)
+        plan = dataclasses.replace(plan, looks=looks)
+        rng = random.Random(f"{seed}/confirmation")
+        index = {c: i for i, c in enumerate(race.candidates)}
+        scale = noise * math.sqrt(sizes.race_fold / max(1, plan.fold))
+        runs: dict[str, list[float]] = {winner: [], other: []}   # type: ignore[dict-item]
+        while True:
+            diffs = {"x": [a - b for a, b in zip(runs[winner], runs[other], strict=True)]}
+            upto = next_look(decide(diffs, looks, overlap=plan.overlap, alpha=alpha,
+                                    spending=spending), looks)
+            if upto is None:
+                break
+            while len(runs[winner]) < upto:
+                effect = rng.gauss(0.0, scale)
+                for c in runs:
+                    runs[c].append(race.sign() * (means[index[c]] + effect
+                                                  + rng.gauss(0.0, scale)))
+        key = next(iter(compared))
+        states = decide({key: [a - b for a, b in zip(runs[winner], runs[other], strict=True)]},
+                        looks, overlap=plan.overlap, alpha=alpha, spending=spending)
+        state = states[key]
+        if state is not None:
+            used = state.instances
+            diff = PairedDifference.of(runs[winner][:used], runs[other][:used], alpha, power,
+                                       plan.overlap)
+            tests[key] = Test(key, diff, diff.p_greater, 1, alpha, state)
     return SimulatedDecision(race, winner, plan, tests, compared)
 
 

@@ -83,6 +83,24 @@ class StudyConfig:
     meta: MetaSettings | None = None
     population: PopulationSettings | None = None
     tracking: Tracking = field(default_factory=Tracking)
+    effort: str = "thorough"
+    budget: float | None = None
+
+    @property
+    def quick(self) -> bool:
+        """A quick study: candidates named in advance, no search (metasam.decision.plan)."""
+        return self.effort == "quick"
+
+    def thorough(self) -> StudyConfig:
+        """This study as a thorough one (``tune --thorough``): the search, race and
+        confirmation of its file, as configured, under the name ``NAME-thorough`` (its own
+        studies in the same storage) when the file is a quick one."""
+        import dataclasses
+
+        if not self.quick:
+            return self
+        return dataclasses.replace(self, name=f"{self.name}-thorough", effort="thorough",
+                                   budget=None)
 
     @property
     def objective(self) -> str:
@@ -92,11 +110,16 @@ class StudyConfig:
 
     @property
     def target(self) -> int:
-        """The trials the study ends with: ``trials``, or a population's members."""
+        """The trials the study ends with: ``trials``, a population's members, or none (a
+        quick study: its candidates go straight to the race)."""
+        if self.quick:
+            return 0
         return self.population.population if self.population is not None else self.trials
 
     def headline(self) -> str:
         """What the study runs, in a few words (``24 trials, space universal-poly``)."""
+        if self.quick:
+            return "quick: candidates named in advance, no search"
         if self.population is None:
             return f"{self.trials} trials, space {self.space.name}"
         p = self.population
@@ -160,7 +183,8 @@ class StudyConfig:
                    heartbeat_grace=heartbeat.grace,
                    race=race,
                    cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path),
-                   population=file.search, tracking=file.tracking)
+                   population=file.search, tracking=file.tracking,
+                   effort=file.effort, budget=_budget(file, race))
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:
@@ -192,6 +216,8 @@ class StudyConfig:
         train = {k: v for k, v in self.train.to_dict().items()
                  if k not in EXECUTION_FIELDS | LOGGING_FIELDS}
         out = {"metric": self.metric, "mode": self.mode, "train": train}
+        if self.quick:   # its decision's candidates are named in advance
+            out["effort"] = self.effort
         if self.cost_weight > 0:
             out["cost_weight"] = self.cost_weight
         if self.population is not None:  # its trials are a population's members
@@ -246,7 +272,7 @@ class StudyConfig:
             train=self.train.replace(**train_changes), metric=metric, mode=mode,
             trials=len(points), scheduler={"type": "none"}, race=None,
             cost_weight=self.cost_weight if cost_weight is None else cost_weight, meta=None,
-            population=None)
+            population=None, effort="thorough", budget=None)
 
     def check_data(self) -> None:
         """Load the dataset once: a missing one fails here, before Ray starts."""
@@ -263,6 +289,28 @@ class StudyConfig:
         from metasam.data import default_data_dir
 
         return str(Path(self.train.data_dir or default_data_dir()).resolve())
+
+
+def _budget(file: StudyFile, race: RaceSettings | None) -> float | None:
+    """The study's budget in full-run equivalents: a quick study's (10 if not given) needs the
+    race; a thorough one's must hold its trials and the race's opening."""
+    from metasam.tuning.study_file import QUICK_BUDGET
+
+    if file.effort == "quick":
+        if race is None:
+            raise ConfigError("race", "a quick study decides by its race", "leave race on, "
+                              "or effort: thorough")
+        if file.search is not None:
+            raise ConfigError("search", "a quick study runs no search of its own",
+                              "effort: thorough for a population")
+        return QUICK_BUDGET if file.budget is None else file.budget
+    if file.budget is not None:
+        least = file.trials + (2 if race is not None else 0)
+        if file.budget < least:
+            raise ConfigError("budget", f"{file.budget:g} full-run equivalents cannot hold "
+                              f"{file.trials} trials and the race's opening",
+                              f"{least} or more, or fewer trials")
+    return file.budget
 
 
 def _held_back(race: RaceSettings | None, train: TrainConfig, seed: int) -> dict[str, Any]:

@@ -182,6 +182,10 @@ def _check_search(name: str, data: Any) -> PopulationSettings | None:
     return None if settings.type == "standard" else settings
 
 
+EFFORTS = ("quick", "thorough")
+QUICK_BUDGET = 10.0   # full-run equivalents of a quick study that names no budget
+
+
 def _check_race(name: str, data: Any) -> RaceSettings | None:
     if data is False:
         return None
@@ -335,6 +339,13 @@ class StudyFile:
     tracking: Tracking = _config.option(None, _config.section(
         Tracking, "{tensorboard: true|false, mlflow: URI, wandb: PROJECT}"),
         "where per-epoch metrics go besides the storage", factory=Tracking)
+    effort: str = _config.option("thorough", _config.choice(*EFFORTS),
+                                 "quick: candidates named in advance, a race and a confirmation "
+                                 "within `budget`; thorough: the search, race and confirmation "
+                                 "as configured")
+    budget: float | None = _config.option(None, _optional(_config.number(1.0)),
+                                          "full-run equivalents for the whole study (quick: "
+                                          "10 if not given)")
 
     def __post_init__(self) -> None:
         _config.validate(self)
