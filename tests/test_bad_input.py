@@ -143,6 +143,17 @@ CASES = [
     # trains or the storage is written (test_tracking_check_is_bounded: one that never answers)
     *[(f"tracking-mlflow-refused-{mode}", functools.partial(_tracked, how="refused", mode=mode),
        ["q.yaml", "tracking.mlflow", "127.0.0.1", "allowed"]) for mode in TRACKED_MODES],
+    # a budget the stages cannot fit, a confirmation budget below its first look
+    ("quick-budget-small", lambda f: ["tune", str(_study(f, effort="quick", budget=5,
+                                                         race={}))],
+     ["q.yaml", "budget", "cannot hold the race", "allowed: 10 or more"]),
+    ("thorough-budget-small", lambda f: ["tune", str(_study(f, budget=20, race={}))],
+     ["q.yaml", "budget", "cannot hold", "allowed"]),
+    ("confirm-budget-below-look", lambda f: ["tune", str(_study(
+        f, effort="quick", race={"confirm_budget": 5}))],
+     ["q.yaml", "race.confirm_budget", "first look", "allowed: 0 (no confirmation) or 8"]),
+    ("effort", lambda f: ["tune", str(_study(f, effort="fast"))],
+     ["q.yaml", "effort", "allowed", "quick"]),
     ("tracking-absent", lambda f: ["tune", str(_edit(_study(f), tracking={"wandb": "proj"}))],
      ["q.yaml", "tracking.wandb", "wandb package", "pip install wandb"]),
     ("race-key", lambda f: ["tune", str(_study(f, race={"seeds": 3}))],
@@ -301,13 +312,14 @@ def test_bad_input_gives_one_line_and_exit_2(case, build, words, tmp_path, capsy
 
 
 @pytest.mark.parametrize("mode", TRACKED_MODES)
-def test_tracking_check_is_bounded(mode, tmp_path, capsys) -> None:
+def test_tracking_check_is_bounded(mode, tmp_path, capsys, monkeypatch) -> None:
     """A tracking server that accepts connections and never answers is given up on within the
     check's deadline (one try), not after MLflow's own minutes of retries."""
     import time
 
     from metasam.tuning import tracking
 
+    monkeypatch.setattr(tracking, "PROBE_TIMEOUT", 1.0)   # the suite's time; 5 s shipped
     folder = tmp_path / "case"
     folder.mkdir()
     argv = _tracked(folder, "silent", mode)

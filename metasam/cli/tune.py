@@ -94,6 +94,7 @@ def _meta_options(args: argparse.Namespace, config: StudyConfig) -> MetaSettings
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from metasam.decision.stage import study_plan
     from metasam.tuning.storage import open_storage, open_study
     from metasam.tuning.tracking import check_trackers
     from metasam.workflow import Study
@@ -107,15 +108,16 @@ def run_tune(args: argparse.Namespace) -> int:
     warm = load_study_config(args.warm_start) if args.warm_start else None
     meta = _meta_options(args, config)
     config.check_data()
-    # a tracker that does not answer: before anything is written
+    # a tracker that does not answer, a budget the stages cannot fit: before anything is written
     check_trackers(config.tracking, str(config.path))
+    plan = study_plan(config) if config.race is not None else None
     # the storage first: a broken one fails in one line, before anything is printed
     config.check_definition(open_study(open_storage(config.storage), config.name, config.mode))
     print(f"study {config.name}: {config.headline()}, storage {config.storage}",
           file=sys.stderr)
     study = Study(config, address=args.address, verbose=0 if args.quiet else 1)
-    if config.race is not None:   # what the study may spend and claim, before any run
-        print(f"study {config.name}: {study.plan().line(config.metric)}", file=sys.stderr)
+    if plan is not None:   # what the study may spend and claim, before any run
+        print(f"study {config.name}: {plan.line(config.metric)}", file=sys.stderr)
     outcome = study.run(warm_start=warm, top_k=args.top_k, meta=meta)
     state = outcome.tuning.census
     if not config.quick:   # a quick study has no search of its own

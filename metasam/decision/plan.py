@@ -62,6 +62,7 @@ class StudyPlan:
     alpha: float
     looks: tuple[int, ...] = ()   # confirmation instances at each look (quick)
     hopeless: bool = False        # the data cannot see ``detect``: no confirmation run
+    enough: float | None = None   # the budget whose confirmation would reach MIN_POWER
 
     @property
     def total(self) -> int:
@@ -72,7 +73,8 @@ class StudyPlan:
                 "race": self.race, "confirmation": self.confirmation, "total": self.total,
                 "candidates": self.candidates, "held_back": self.held_back,
                 "detectable": self.detectable, "power": self.power, "detect": self.detect,
-                "alpha": self.alpha, "looks": list(self.looks), "hopeless": self.hopeless}
+                "alpha": self.alpha, "looks": list(self.looks), "hopeless": self.hopeless,
+                "enough": self.enough}
 
     def needed_examples(self, power: float = 0.8, instances: int = 2 * MIN_LOOK) -> int:
         """Held-back examples that would let a confirmation of ``instances`` instances see
@@ -113,9 +115,9 @@ class StudyPlan:
                      f"{self.detect * scale:.2f}{unit} confirmable: more data, a larger "
                      "race.holdout)")
         elif self.confirmation == 0:
-            claim = (f"{seen}, but the budget leaves no confirmation runs (a budget of "
-                     f"{race_minimum(self.candidates) + 4 * MIN_LOOK} or more would): the study "
-                     "picks without a claim")
+            claim = (f"{seen} with a confirmation of {self.power:.0%} power to see "
+                     f"{self.detect * scale:.2f}{unit}, but the budget leaves none (a budget of "
+                     f"{self.enough:g} would hold it): the study picks without a claim")
         else:
             looks = ", ".join(str(n) for n in self.looks)
             claim = (f"{seen} at {self.power:.0%} power against SAM at its default, looked "
@@ -165,19 +167,23 @@ def quick_plan(budget: float, candidates: int, sizes: Sizes, *, detect: float, a
     most = min(most, sizes.holdout // 20)          # folds of 20 examples at least
     base = dict(effort="quick", budget=budget, tuning=0, candidates=candidates,
                 held_back=sizes.holdout, pool=sizes.pool, detect=detect, alpha=alpha)
-    if most < MIN_LOOK:   # the budget leaves no first look; the data decide the wording
-        detectable, reach = _predicted(sizes, 2 * MIN_LOOK, detect, alpha, power)
+    # the fewest instances a confirmation would need to be worth running, whatever the budget
+    data_most = min(sizes.holdout // 20, 3 * MIN_LOOK)
+    useful = next((j for j in range(MIN_LOOK, data_most + 1)
+                   if _predicted(sizes, j, detect, alpha, power)[1] >= MIN_POWER), None)
+    enough = None if useful is None else float(least + 2 * useful)
+    if most < MIN_LOOK or _predicted(sizes, most, detect, alpha, power)[1] < MIN_POWER:
+        # no useful confirmation: hopeless by the data, or short of budget (``enough``)
+        shown = max(MIN_LOOK, most) if useful is None else useful
+        detectable, reach = _predicted(sizes, shown, detect, alpha, power)
         return StudyPlan(race=runs, confirmation=0, detectable=detectable, power=reach,
-                         hopeless=reach < MIN_POWER, **base)
+                         hopeless=useful is None, enough=enough, **base)
     best = most
     for j in range(MIN_LOOK, most + 1):
         if _predicted(sizes, j, detect, alpha, power)[1] >= power:
             best = j
             break
     detectable, reach = _predicted(sizes, best, detect, alpha, power)
-    if _predicted(sizes, most, detect, alpha, power)[1] < MIN_POWER:
-        return StudyPlan(race=runs, confirmation=0, detectable=detectable, power=reach,
-                         hopeless=True, **base)
     return StudyPlan(race=runs - 2 * best, confirmation=2 * best, detectable=detectable,
                      power=reach, looks=looks_of(best), **base)
 

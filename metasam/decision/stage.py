@@ -48,7 +48,7 @@ from optuna.trial import TrialState
 from metasam.data.variants import fold_count
 from metasam.decision.candidate import Candidate, Pick
 from metasam.decision.outcome import Comparison, Standing, Verdict
-from metasam.decision.plan import StudyPlan, quick_plan, thorough_plan
+from metasam.decision.plan import StudyPlan, check_confirm_budget, quick_plan, thorough_plan
 from metasam.decision.prior import shrunk_pick
 from metasam.decision.racing import Race, RaceEnd
 from metasam.decision.sequential import decide, looks_of, next_look
@@ -62,6 +62,7 @@ from metasam.decision.verdict import (
     plan_confirmation,
     race_spread,
 )
+from metasam.errors import ConfigError
 from metasam.family import presets
 from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
 from metasam.tuning.record import TrialRecord
@@ -170,8 +171,19 @@ def quick_candidates(config: StudyConfig) -> tuple[list[Candidate], list[float],
 
 def study_plan(config: StudyConfig) -> StudyPlan:
     """The study's plan (:mod:`metasam.decision.plan`), from its file and its data sizes: a
-    function of both only, so a resumed study plans the same."""
+    function of both only, so a resumed study plans the same. A budget the stages cannot fit,
+    or a confirmation budget below its first look: one line naming the study file's field."""
+    try:
+        return _study_plan(config)
+    except ConfigError as err:
+        raise ConfigError(err.field, err.problem, err.allowed, err.source or str(config.path)
+                          ) from None
+
+
+def _study_plan(config: StudyConfig) -> StudyPlan:
     settings = config.race or RaceSettings()
+    if config.race is not None:
+        check_confirm_budget(settings.confirm_budget, 2)
     sizes = data_sizes(config) if config.race is not None else Sizes(0, 0, 0)
     if not config.quick:
         return thorough_plan(config.trials, settings.budget if config.race else 0,
@@ -192,6 +204,20 @@ def race_settings(config: StudyConfig) -> RaceSettings:
     plan = study_plan(config)
     return dataclasses.replace(settings, budget=max(2, plan.race), first=2, rule="halving",
                                confirm_budget=plan.confirmation)
+
+
+def _spending(config: StudyConfig) -> Callable[[], str] | None:
+    """The progress line's note of a study with a plan: what it spent of what it planned."""
+    if not (config.quick or config.budget is not None):
+        return None
+
+    def note() -> str:
+        from metasam.decision.budget import study_cost
+
+        cost = study_cost(config)
+        return (f"{cost.total:.1f} of {sum(cost.planned or ())} planned full-run equivalents "
+                "spent")
+    return note
 
 
 def _derived(config: StudyConfig, suffix: str, points: list[Point]) -> StudyConfig:
@@ -310,7 +336,8 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
             for cid, instance in batch:
                 ask(by_id[cid], instance)
             result = tune_study(race_config(config, list(asked.values())), address=address,
-                                verbose=verbose, check_data=False, announce=first)
+                                verbose=verbose, check_data=False, announce=first,
+                                note=_spending(config))
             first = False
             if not result.done:
                 return False
@@ -529,7 +556,7 @@ def _run_sequential(config: StudyConfig, chosen: Selection, *, address: str | No
         with ray_session(address, verbose):
             result = tune_study(_derived(config, CONFIRM_SUFFIX, list(asked.values())),
                                 address=address, verbose=verbose, check_data=False,
-                                announce=first)
+                                announce=first, note=_spending(config))
         first = False
         if not result.done:
             return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import optuna
@@ -28,8 +29,10 @@ class StudyReporter(ProgressReporter):
     terminal the same as one line rewritten in place."""
 
     def __init__(self, study: optuna.Study, name: str, target: int, metric: str, epochs: int,
-                 interval: float = 10.0, out: TextIO | None = None) -> None:
+                 interval: float = 10.0, out: TextIO | None = None,
+                 note: Callable[[], str] | None = None) -> None:
         self.study = study
+        self.note = note   # e.g. the whole study's spending against its plan
         self.name = name
         self.target = target
         self.metric = metric
@@ -45,10 +48,10 @@ class StudyReporter(ProgressReporter):
     def __getstate__(self) -> dict[str, Any]:
         # Ray Tune pickles its run config (this reporter included) for an experiment restore
         # metasam does not use; the study's storage and the stream stay out of that file.
-        return {k: v for k, v in self.__dict__.items() if k not in ("study", "out")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("study", "out", "note")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, study=None, out=None)
+        self.__dict__.update(state, study=None, out=None, note=None)
 
     def should_report(self, trials: list[Any], done: bool = False) -> bool:
         return done or time.monotonic() - self._last >= self.interval
@@ -65,6 +68,8 @@ class StudyReporter(ProgressReporter):
         timing = f"{duration(elapsed)} elapsed" + (
             f", about {duration(left)} left" if left is not None and not done else "")
         lines = [f"study {self.name}: {state.describe(self.target)}; {timing}"]
+        if self.note is not None:
+            lines[0] += f"; {self.note()}"
         running = [t for t in trials if t.status == "RUNNING"]
         if running and not done:
             lines.append("  running here: " + "; ".join(self._describe(t) for t in running))

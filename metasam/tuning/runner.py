@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +251,8 @@ class TuneResult:
 def tune_study(config: StudyConfig, *, address: str | None = None,
                first: list[Point] | None = None,
                verbose: int = 1, check_data: bool = True,
-               record_history: bool = False, announce: bool = True) -> TuneResult:
+               record_history: bool = False, announce: bool = True,
+               note: Callable[[], str] | None = None) -> TuneResult:
     """Run (or resume, or join) a study until it has ``config.trials`` finished trials.
 
     ``first`` are points to evaluate before the space's own (a warm start, a meta-learned
@@ -320,7 +321,7 @@ def tune_study(config: StudyConfig, *, address: str | None = None,
             _check_resources(config, joined=bool(address or os.environ.get("RAY_ADDRESS"))
                              or not started_ray)
             reporter = StudyReporter(study, config.name, config.trials, config.metric,
-                                     config.train.epochs)
+                                     config.train.epochs, note=note)
             quiet_ray_hints()
             tuner = tune.Tuner(
                 trainable,

@@ -162,7 +162,8 @@ class StudyConfig:
         mode = file.mode or direction
         if mode != direction:
             raise ConfigError("mode", f"{mode!r} would {mode}imize {metric}", direction)
-        if space.search is None and file.search is None and file.trials > len(space.points):
+        if space.search is None and file.search is None and file.trials > len(space.points) \
+                and file.effort != "quick":   # a quick study runs no trials of its own
             raise ConfigError("trials", f"{file.trials} trials but the points-only space "
                               f"{space.name!r} has {len(space.points)} points",
                               f"1 to {len(space.points)}")
