@@ -174,7 +174,7 @@ def quick_plan(budget: float, candidates: int, sizes: Sizes, *, detect: float, a
     enough = None if useful is None else float(least + 2 * useful)
     if most < MIN_LOOK or _predicted(sizes, most, detect, alpha, power)[1] < MIN_POWER:
         # no useful confirmation: hopeless by the data, or short of budget (``enough``)
-        shown = max(MIN_LOOK, most) if useful is None else useful
+        shown = max(MIN_LOOK, data_most) if useful is None else useful   # the best it could
         detectable, reach = _predicted(sizes, shown, detect, alpha, power)
         return StudyPlan(race=runs, confirmation=0, detectable=detectable, power=reach,
                          hopeless=useful is None, enough=enough, **base)
