@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Iterable
@@ -41,7 +42,7 @@ from metasam.tuning.protocol import Point
 from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
 from metasam.tuning.sampling import RegionBoxes
 from metasam.tuning.storage import census, open_storage, open_study
-from metasam.tuning.study import MetaSettings, StudyConfig
+from metasam.tuning.study import PRIOR_ATTR, MetaSettings, StudyConfig
 from metasam.tuning.tracking import check_trackers
 
 
@@ -99,6 +100,15 @@ class Study:
             study = open_study(open_storage(config.storage, config.heartbeat_interval,
                                             config.heartbeat_grace), config.name, config.mode)
             config.check_definition(study, record=True)
+            if not config.cold and PRIOR_ATTR not in study.user_attrs:
+                # the pick's prior, from the shipped knowledge; kept with the study so that a
+                # later knowledge base never changes a started study's decision
+                from metasam.decision.stage import quick_candidates
+                from metasam.meta.base import knowledge_prior, shipped_base
+
+                names = [c.name for c in quick_candidates(config)[0]]
+                study.set_user_attr(PRIOR_ATTR, json.dumps(knowledge_prior(shipped_base(),
+                                                                           names)))
             return TuneResult(config.name, census(study), target=0)
         if config.population is not None:
             return self._population()

@@ -25,6 +25,65 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="print the tasks, winning ranges and portfolio as JSON")
     meta.set_defaults(run=run_meta)
 
+    recommend = sub.add_parser(
+        "recommend", help="a zero-shot answer from the shipped knowledge: the portfolio ranked "
+        "for a new task",
+        description="Describe the study's task (two epochs of plain SGD and a few Hessian "
+        "probes: at most 0.2 full-run equivalents of a ten-epoch run), rank the portfolio by "
+        "its test gains on the knowledge base's most similar tasks, print the pick and the "
+        "evidence, and write it as an export that load_optimizer and load_recipe read.")
+    recommend.add_argument("study", metavar="STUDY.yaml")
+    recommend.add_argument("--knowledge", default=None, metavar="FILE.json",
+                           help="a knowledge base in place of the shipped one")
+    recommend.add_argument("--out", default=None,
+                           help="where to write the pick (default: STUDY.recommended.json)")
+    recommend.set_defaults(run=run_recommend)
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    import sys
+
+    from metasam.cli._options import load_study_config
+    from metasam.meta.base import read_base, shipped_base
+    from metasam.meta.descriptors import describe_task
+    from metasam.meta.recommend import recommend
+
+    config = load_study_config(args.study)
+    base = read_base(args.knowledge) if args.knowledge else shipped_base()
+    config.check_data()
+    out = Path(args.out) if args.out else config.folder / f"{config.name}.recommended.json"
+    print(f"recommend {config.name}: describing the task (2 epochs of SGD)...",
+          file=sys.stderr, flush=True)
+    descriptor = describe_task(config.train.replace(val_fraction=config.train.val_fraction
+                                                    or 0.2), seed=config.seed)
+    rec = recommend(base, descriptor)
+    for line in rec.lines():
+        print(line)
+    export = recommended_export(config, rec, descriptor)
+    out.write_text(json.dumps(export, indent=2, ensure_ascii=False) + "\n")
+    print(f"written: {out} (metasam.load_optimizer / load_recipe read it)")
+    return 0
+
+
+def recommended_export(config: Any, rec: Any, descriptor: Any) -> dict[str, Any]:
+    """The pick as the export ``metasam best`` writes (no study ran: no trial, no verdict)."""
+    from metasam.optim.loading import FORMAT
+    from metasam.training.trainer import base_of
+
+    train = config.train
+    return {"format": FORMAT, "name": rec.pick, "spec": rec.spec,
+            "base_optimizer": base_of(train),
+            "schedule": {"name": train.schedule, "epochs": train.epochs,
+                         "milestones": train.resolved_milestones(), "gamma": train.gamma},
+            "batch_size": train.batch_size, "study": config.name, "trial": None,
+            "label": rec.pick, "metric": config.metric, "mode": config.mode, "value": None,
+            "epochs": train.epochs, "dataset": train.dataset, "model": train.model,
+            "verdict": None, "recommended": {
+                "similar": rec.similar, "descriptor": descriptor.to_dict(),
+                "ranking": [{"name": n, "gain": g, "spread": s} for n, g, s in rec.ranking],
+                "nearest": [{"task": t, "distance": d, "weight": w, "gain": g}
+                            for t, d, w, g in rec.nearest]}}
+
 
 def run_meta(args: argparse.Namespace) -> int:
     from metasam.errors import ConfigError

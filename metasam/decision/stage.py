@@ -68,7 +68,7 @@ from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, R
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import ray_session, tune_study
 from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study import PRIOR_ATTR, StudyConfig
 from metasam.tuning.study_file import RaceSettings
 
 SUFFIX = RACE_SUFFIX
@@ -167,6 +167,25 @@ def quick_candidates(config: StudyConfig) -> tuple[list[Candidate], list[float],
         means.append(gain if accuracy else 0.0)
         taus.append(tau)
     return out, means, taus
+
+
+def quick_prior(config: StudyConfig, study: optuna.Study | None = None
+                ) -> tuple[list[float], list[float]]:
+    """The prior of a quick study's pick (each candidate's mean difference to the first and
+    its spread, accuracy units): the one recorded in its storage when it started (the shipped
+    knowledge base's, :mod:`metasam.meta.base`), else the portfolio file's; none with
+    ``meta: none`` or a metric that is not an accuracy (``math.inf``: the race alone)."""
+    candidates, means, taus = quick_candidates(config)
+    if config.cold or not config.metric.endswith("acc"):
+        return [0.0] * len(candidates), [math.inf] * len(candidates)
+    study = study if study is not None else config.load_study()
+    stored = study.user_attrs.get(PRIOR_ATTR)
+    if stored is None:
+        return means, taus
+    prior = json.loads(stored)
+    gains, tau = prior["gains"], float(prior["tau"])
+    return ([float(gains.get(c.name, 0.0)) for c in candidates],
+            [tau if c.name in gains else math.inf for c in candidates])
 
 
 def study_plan(config: StudyConfig) -> StudyPlan:
@@ -400,7 +419,7 @@ def selection(config: StudyConfig, study: optuna.Study | None = None,
         return Selection(candidates, race, None, {}, None)
     by_id = {c.id: c for c in candidates}
     if config.quick:
-        return _quick_selection(config, candidates, race, settings)
+        return _quick_selection(config, candidates, race, settings, study)
     winner = by_id[race.winner()]
     ids = {p: next((c.id for c in candidates if c.preset == p), None) for p in REFERENCES}
     pool = [c.id for c in candidates if c.pick is Pick.PRESET]
@@ -415,12 +434,12 @@ def selection(config: StudyConfig, study: optuna.Study | None = None,
 
 
 def _quick_selection(config: StudyConfig, candidates: list[Candidate], race: Race,
-                     settings: RaceSettings) -> Selection:
+                     settings: RaceSettings, study: optuna.Study | None) -> Selection:
     """A quick study's pick by posterior mean (:mod:`metasam.decision.prior`), compared with
     SAM at its default (or, when SAM is the pick, the candidate that lasted longest), and its
     sequential confirmation's plan (none when the study's plan has no confirmation runs)."""
     by_id = {c.id: c for c in candidates}
-    _, means, taus = quick_candidates(config)
+    means, taus = quick_prior(config, study)
     winner = by_id[shrunk_pick(race, means, taus)]
     sam = next((c for c in candidates if c.preset == "sam" and c.pick is Pick.PRESET), None)
     if sam is not None and sam.id != winner.id:

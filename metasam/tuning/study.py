@@ -85,6 +85,7 @@ class StudyConfig:
     tracking: Tracking = field(default_factory=Tracking)
     effort: str = "thorough"
     budget: float | None = None
+    cold: bool = False   # ``meta: none``: a quick study picks by its race alone, no prior
 
     @property
     def quick(self) -> bool:
@@ -185,7 +186,8 @@ class StudyConfig:
                    race=race,
                    cost_weight=file.cost.weight, meta=_resolve_meta(file.meta, path),
                    population=file.search, tracking=file.tracking,
-                   effort=file.effort, budget=_budget(file, race))
+                   effort=file.effort, budget=_budget(file, race),
+                   cold=file.meta == "none")
 
     def with_overrides(self, trials: int | None = None, concurrency: int | None = None
                        ) -> StudyConfig:
@@ -327,6 +329,7 @@ def _held_back(race: RaceSettings | None, train: TrainConfig, seed: int) -> dict
 
 
 DEFINITION_ATTR = "metasam:definition"
+PRIOR_ATTR = "metasam:prior"   # a quick study's prior, recorded when it starts (JSON)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -349,11 +352,12 @@ class MetaSettings:
     box: float = META_DEFAULTS["box"]  # share of region trials within the winners' boxes
 
 
-def _resolve_meta(meta: dict[str, Any] | None, path: Path) -> MetaSettings | None:
+def _resolve_meta(meta: dict[str, Any] | str | None, path: Path) -> MetaSettings | None:
     """The ``meta`` section with its files resolved against the study file's folder; a file
     that is not there is an error now, not when the study starts."""
-    if meta is None:
+    if meta is None or meta == "none":
         return None
+    assert isinstance(meta, dict)
     return MetaSettings(tuple(prior_file(f"meta.from[{i}]", source, path.parent)
                               for i, source in enumerate(meta["from"])), meta["k"], meta["box"])
 

@@ -219,10 +219,13 @@ def _section(name: str, data: Any, shape: str, keys: tuple[str, ...]) -> dict[st
 PRIOR_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def _check_meta(name: str, data: Any) -> dict[str, Any]:
+def _check_meta(name: str, data: Any) -> dict[str, Any] | str:
     """``meta: {from: [PRIOR, ...], k: 3, box: 0.5}``: prior study files or knowledge files
     (relative to the study file), the portfolio size, the share of region trials sampled within
-    the winners' boxes (0: none)."""
+    the winners' boxes (0: none). ``meta: none``: a quick study without the shipped knowledge's
+    prior (its race alone picks)."""
+    if data == "none":
+        return "none"
     data = _section(name, data, "{from: [PRIOR.yaml or KNOWLEDGE.json, ...], k: K, box: P}",
                     ("from", "k", "box"))
     sources = data.get("from")
@@ -332,7 +335,7 @@ class StudyFile:
     confirm: Any = _config.option(None, _check_confirm, "replaced by race")
     cost: Cost = _config.option(None, _config.section(Cost, "{weight: W}"),
                                 "weight of the passes per step", factory=Cost)
-    meta: dict[str, Any] | None = _config.option(None, _optional(_check_meta),
+    meta: dict[str, Any] | str | None = _config.option(None, _optional(_check_meta),
                                                  "prior studies to start from")
     search: PopulationSettings | None = _config.option(None, _check_search,
                                                        "standard (default) or pbt")
