@@ -101,14 +101,9 @@ class Study:
                                             config.heartbeat_grace), config.name, config.mode)
             config.check_definition(study, record=True)
             if not config.cold and PRIOR_ATTR not in study.user_attrs:
-                # the pick's prior, from the shipped knowledge; kept with the study so that a
-                # later knowledge base never changes a started study's decision
-                from metasam.decision.stage import quick_candidates
-                from metasam.meta.base import knowledge_prior, shipped_base
-
-                names = [c.name for c in quick_candidates(config)[0]]
-                study.set_user_attr(PRIOR_ATTR, json.dumps(knowledge_prior(shipped_base(),
-                                                                           names)))
+                # the pick's prior, kept with the study so that a later release's portfolio
+                # never changes a started study's decision
+                study.set_user_attr(PRIOR_ATTR, json.dumps(decision.portfolio_prior(config)))
             return TuneResult(config.name, census(study), target=0)
         if config.population is not None:
             return self._population()

@@ -102,7 +102,7 @@ def main() -> int:
             done[(row["task"], row["candidate"], row["seed"])] = row
     specs = candidates()
     started = time.time()
-    descriptors = {k[1]: v for k, v in done.items() if k[0] == "descriptor"}
+    descriptors = {k[1]: v["descriptor"] for k, v in done.items() if k[0] == "descriptor"}
     jobs = [{"task": t, "candidate": c, "seed": s, "setup": TASKS[t], "spec": spec,
              "data_dir": data_dir}
             for t in names for s in range(args.seeds) for c, spec in specs.items()

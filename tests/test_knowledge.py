@@ -101,17 +101,6 @@ def test_the_shipped_base_holds_eight_tasks_of_the_projects_data() -> None:
     assert again.tasks[0].test == base.tasks[0].test
 
 
-def test_the_knowledge_prior_is_each_candidates_mean_difference_to_the_first() -> None:
-    from metasam.meta.base import knowledge_prior
-
-    prior = knowledge_prior(_base(), ["ramp", "sam", "unknown"])
-    assert prior["gains"]["ramp"] == 0.0 and "unknown" not in prior["gains"]
-    per_task = [-0.02, -0.02, 0.01]             # sam − ramp on each task, by hand
-    assert prior["gains"]["sam"] == pytest.approx(sum(per_task) / 3)
-    mean = sum(per_task) / 3
-    assert prior["tau"] == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in per_task) / 2))
-
-
 def test_a_quick_study_picks_with_the_prior_it_recorded_and_cold_without(tmp_path) -> None:
     from _util import write_study
 
@@ -133,3 +122,37 @@ def test_a_quick_study_picks_with_the_prior_it_recorded_and_cold_without(tmp_pat
     cold = StudyConfig.from_yaml(write_study(tmp_path / "cold", effort="quick", race={},
                                              meta="none"))
     assert cold.cold and all(math.isinf(t) for t in quick_prior(cold, study)[1])
+
+
+def test_the_examples_in_the_knowledge_modules_run() -> None:
+    import doctest
+
+    from metasam.meta import base, recommend as recommend_module
+
+    for module in (base, recommend_module):
+        failed, tried = doctest.testmod(module)[:2]
+        assert tried > 0 and failed == 0, module.__name__
+
+
+def test_the_recommended_export_is_what_load_optimizer_and_load_recipe_read(tmp_path) -> None:
+    import torch
+    from _util import write_study
+
+    from metasam import load_optimizer, load_recipe
+    from metasam.cli.meta import recommended_export
+    from metasam.decision.portfolio import shipped_portfolio
+    from metasam.tuning import StudyConfig
+
+    config = StudyConfig.from_yaml(write_study(tmp_path, effort="quick", race={}))
+    base = shipped_base()
+    ramp = shipped_portfolio().points[0]
+    rec = recommend(base, base.tasks[0].descriptor)
+    rec = type(rec)(ramp.label.method, ramp.spec, rec.ranking, rec.nearest, rec.similar)
+    export = recommended_export(config, rec, base.tasks[0].descriptor)
+    path = tmp_path / "pick.json"
+    path.write_text(json.dumps(export))
+    model = torch.nn.Linear(4, 2)
+    optimizer = load_optimizer(path, model.parameters(), model=model, total_steps=10)
+    assert optimizer.spec.vary is not None and optimizer.spec.rho == 0.2
+    recipe = load_recipe(path, torch.nn.Linear(4, 2).parameters(), steps_per_epoch=3)
+    assert recipe.optimizer.spec.vary is not None

@@ -169,12 +169,23 @@ def quick_candidates(config: StudyConfig) -> tuple[list[Candidate], list[float],
     return out, means, taus
 
 
+def portfolio_prior(config: StudyConfig) -> dict[str, Any]:
+    """The shipped portfolio's prior, as a quick study records it when it starts."""
+    from metasam.decision.portfolio import shipped_portfolio
+
+    portfolio = shipped_portfolio()
+    return {"gains": {p.label.method: g for p, g in zip(portfolio.points, portfolio.gains,
+                                                         strict=True)},
+            "tau": portfolio.tau, "source": "metasam/decision/data/portfolio.yaml "
+            f"({', '.join(portfolio.built_from)})"}
+
+
 def quick_prior(config: StudyConfig, study: optuna.Study | None = None
                 ) -> tuple[list[float], list[float]]:
     """The prior of a quick study's pick (each candidate's mean difference to the first and
-    its spread, accuracy units): the one recorded in its storage when it started (the shipped
-    knowledge base's, :mod:`metasam.meta.base`), else the portfolio file's; none with
-    ``meta: none`` or a metric that is not an accuracy (``math.inf``: the race alone)."""
+    its spread, accuracy units): the one recorded in its storage when it started
+    (:func:`portfolio_prior`), else the portfolio file's; none with ``meta: none`` or a metric
+    that is not an accuracy (``math.inf``: the race alone)."""
     candidates, means, taus = quick_candidates(config)
     if config.cold or not config.metric.endswith("acc"):
         return [0.0] * len(candidates), [math.inf] * len(candidates)

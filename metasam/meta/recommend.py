@@ -2,14 +2,18 @@
 knowledge base, for the price of the descriptor (two epochs of plain SGD and a few Hessian
 probes: at most 0.2 full-run equivalents of a ten-epoch run).
 
+Candidates are ranked by their weighted mean *normalized* score (per task, 0 the worst
+candidate's mean test accuracy, 1 the best's), so that a task with large, noisy differences
+does not outweigh the rest; each line shows the weighted mean gain over SAM in points beside
+it.
+
 The base's tasks are compared with the new one on the descriptor's features, standardized over
 the base (:class:`~metasam.meta.descriptors.TaskDescriptor`). A base task is weighted by the
 Gaussian kernel exp(−½(d/h)²) of its distance d, h the median distance between a base task
-and its nearest neighbour in the base (how far apart tasks that count as alike are). Each
-candidate's score is its weighted mean test gain over SAM at its default; the pick is the
-best, ties to the portfolio's order. When the nearest base task is more than ``FAR`` × h away,
-no task is similar: the ranking falls back to the unweighted mean over all tasks (the
-presets' global ranking) and says so.
+and its nearest neighbour in the base (how far apart tasks that count as alike are). The pick
+is the best-ranked candidate, ties to the portfolio's order. When the nearest base task is
+more than ``FAR`` × h away, no task is similar: the ranking falls back to the unweighted mean
+over all tasks (the presets' global ranking) and says so.
 
     >>> from metasam.meta.base import shipped_base
     >>> base = shipped_base()
@@ -25,7 +29,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from metasam.meta.base import KnowledgeBase
+from metasam.meta.base import KnowledgeBase, TaskEntry
 from metasam.meta.descriptors import TaskDescriptor
 
 FAR = 2.0          # nearest task beyond FAR bandwidths: no similar prior
@@ -69,6 +73,15 @@ def _standardized(vectors: list[list[float]], target: list[float]
             [(target[j] - means[j]) / sds[j] for j in range(dims)])
 
 
+def normalized_scores(task: TaskEntry) -> dict[str, float]:
+    """Each candidate's mean test accuracy on ``task`` scaled to [0, 1] between the task's worst
+    and best candidate (auto-sklearn's normalized score): a task whose candidates differ by ten
+    points weighs no more in the ranking than one where they differ by a tenth."""
+    means = {c: statistics.fmean(v) for c, v in task.test.items()}
+    low, high = min(means.values()), max(means.values())
+    return {c: (m - low) / (high - low) if high > low else 1.0 for c, m in means.items()}
+
+
 def recommend(base: KnowledgeBase, descriptor: TaskDescriptor) -> Recommendation:
     """Rank the base's candidates for a task with ``descriptor`` (see the module)."""
     tasks = base.tasks
@@ -84,14 +97,16 @@ def recommend(base: KnowledgeBase, descriptor: TaskDescriptor) -> Recommendation
     kernel = [math.exp(-0.5 * (d / h) ** 2) for d in dist] if similar else [1.0] * len(tasks)
     total = sum(kernel) or 1.0
     weights = [k / total for k in kernel]
-    ranking = []
+    scores = [normalized_scores(t) for t in tasks]
+    ranking, rank_score = [], {}
     for c in base.candidates:
         gains = [t.gain(c, REFERENCE) for t in tasks]
         mean = sum(w * g for w, g in zip(weights, gains, strict=True))
         spread = math.sqrt(sum(w * (g - mean) ** 2 for w, g in zip(weights, gains, strict=True)))
         ranking.append((c, mean, spread))
+        rank_score[c] = sum(w * sc[c] for w, sc in zip(weights, scores, strict=True))
     order = {c: i for i, c in enumerate(base.candidates)}
-    ranking.sort(key=lambda r: (-round(r[1], 12), order[r[0]]))
+    ranking.sort(key=lambda r: (-round(rank_score[r[0]], 12), order[r[0]]))
     pick = ranking[0][0]
     nearest = sorted(((t.name, d / h, w, t.gain(pick, REFERENCE))
                       for t, d, w in zip(tasks, dist, weights, strict=True)),
