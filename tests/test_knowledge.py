@@ -127,7 +127,8 @@ def test_a_quick_study_picks_with_the_prior_it_recorded_and_cold_without(tmp_pat
 def test_the_examples_in_the_knowledge_modules_run() -> None:
     import doctest
 
-    from metasam.meta import base, recommend as recommend_module
+    from metasam.meta import base
+    from metasam.meta import recommend as recommend_module
 
     for module in (base, recommend_module):
         failed, tried = doctest.testmod(module)[:2]
