@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from torch import nn
 
 from metasam.decision import stage as decision
-from metasam.decision.budget import StudyCost, study_cost
+from metasam.decision.budget import StudyCost
 from metasam.decision.export import best_optimizer
 from metasam.decision.plan import StudyPlan
 from metasam.decision.stage import Verdict
@@ -176,8 +176,9 @@ class Study:
         return decision.study_plan(self.config)
 
     def cost(self) -> StudyCost:
-        """What the study cost so far, in full-run equivalents (tuning, race, confirmation)."""
-        return study_cost(self.config)
+        """What the study cost so far, in full-run equivalents (tuning, race, confirmation),
+        beside its plan's stages when it has a plan."""
+        return decision.planned_cost(self.config)
 
     def run(self, **tune_options: Any) -> StudyOutcome:
         """Tune, then decide: the whole workflow; the same call resumes an interrupted one."""

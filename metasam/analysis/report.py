@@ -30,8 +30,9 @@ from metasam.analysis.tables import (
     to_markdown,
     write_tables,
 )
-from metasam.decision.budget import StudyCost, study_cost
+from metasam.decision.budget import StudyCost
 from metasam.decision.outcome import NAMES, Verdict
+from metasam.decision.stage import planned_cost
 from metasam.tuning.storage import StudyNotFoundError
 from metasam.tuning.study import StudyConfig
 
@@ -99,7 +100,7 @@ def study_report(config: StudyConfig, out: Path, columns: list[str],
     verdict = race_verdict(config, study)
     column = column_label(config.train, columns)
     best_name = best_optimizer(config)["name"] if "best" in runs else None
-    report = StudyReport(config, column, verdict, study_cost(config),
+    report = StudyReport(config, column, verdict, planned_cost(config),
                          pareto_front(study, config.metric, config.mode), runs, best_name)
     name = config.name
     search = plot_search(study, config.metric, config.mode, out / f"{name}-search-history.png",

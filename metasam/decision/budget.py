@@ -63,8 +63,10 @@ def full_run_equivalents(study: optuna.Study, epochs: int) -> tuple[float, int]:
     return total, n
 
 
-def study_cost(config: StudyConfig) -> StudyCost:
-    """The cost of a study, its race (``NAME.race``) and its confirmation (``NAME.verdict``)."""
+def study_cost(config: StudyConfig, planned: tuple[int, int, int] | None = None) -> StudyCost:
+    """The cost of a study, its race (``NAME.race``) and its confirmation (``NAME.verdict``);
+    ``planned``: its plan's (tuning, race, confirmation), shown beside what was spent
+    (:func:`metasam.decision.stage.planned_cost` passes it)."""
     epochs = config.train.epochs
     tuning, trials = full_run_equivalents(load_study(config.storage, config.name), epochs)
     parts = []
@@ -75,10 +77,4 @@ def study_cost(config: StudyConfig) -> StudyCost:
         except StudyNotFoundError:
             parts.append((0.0, 0))
     (race, runs), (confirmation, confirmation_runs) = parts
-    planned = None
-    if config.quick or config.budget is not None:
-        from metasam.decision.stage import study_plan
-
-        plan = study_plan(config)
-        planned = (plan.tuning, plan.race, plan.confirmation)
     return StudyCost(tuning, trials, race, runs, confirmation, confirmation_runs, planned)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metasam.decision.budget import study_cost
-from metasam.decision.stage import race_verdict
+from metasam.decision.stage import planned_cost, race_verdict
 from metasam.errors import ConfigError
 from metasam.optim.loading import FORMAT
 from metasam.training.trainer import base_of
@@ -79,7 +78,7 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
         "placement": rec.placement.to_dict() if rec and rec.placement else None,
         "verdict": verdict.to_dict(config.metric) if verdict is not None else None,
         **({"learned": learned} if learned is not None else {}),
-        "cost": study_cost(config).to_dict(),
+        "cost": planned_cost(config).to_dict(),
         **({"max_cost": max_cost, "grad_evals": rec.result("grad_evals") if rec else None,
             "front": [vars(p) for p in front]} if front is not None else {}),
     }

@@ -46,6 +46,7 @@ import optuna
 from optuna.trial import TrialState
 
 from metasam.data.variants import fold_count
+from metasam.decision.budget import StudyCost, study_cost
 from metasam.decision.candidate import Candidate, Pick
 from metasam.decision.outcome import Comparison, Standing, Verdict
 from metasam.decision.plan import StudyPlan, check_confirm_budget, quick_plan, thorough_plan
@@ -242,12 +243,20 @@ def _spending(config: StudyConfig) -> Callable[[], str] | None:
         return None
 
     def note() -> str:
-        from metasam.decision.budget import study_cost
-
-        cost = study_cost(config)
+        cost = planned_cost(config)
         return (f"{cost.total:.1f} of {sum(cost.planned or ())} planned full-run equivalents "
                 "spent")
     return note
+
+
+def planned_cost(config: StudyConfig) -> StudyCost:
+    """What the study spent, with its plan's stages beside it when it has a plan (a quick
+    study, or one with a ``budget``)."""
+    planned = None
+    if config.quick or config.budget is not None:
+        plan = study_plan(config)
+        planned = (plan.tuning, plan.race, plan.confirmation)
+    return study_cost(config, planned)
 
 
 def _derived(config: StudyConfig, suffix: str, points: list[Point]) -> StudyConfig:
