@@ -170,3 +170,31 @@ def test_the_examples_in_the_decision_modules_run() -> None:
     for module in (plan, portfolio, prior, sequential):
         failed, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)[:2]
         assert tried > 0 and failed == 0, module.__name__
+
+
+def test_a_hopeless_plans_verdict_says_pick_not_claim() -> None:
+    """A quick study whose plan ran no confirmation: its verdict and the report's headline say
+    the winner is a pick with no claim, and why — not that a confirmation is pending."""
+    from metasam.analysis.report import headline
+    from metasam.decision.candidate import Candidate, Pick
+    from metasam.decision.stage import Selection, verdict_of
+    from metasam.decision.verdict import Plan
+    from metasam.family import presets
+
+    cands = [Candidate("ramp", Pick.POINT, presets.sam().to_dict()),
+             Candidate("sam", Pick.PRESET, presets.sam().to_dict())]
+    race = Race([c.id for c in cands], first=2, instances=3, budget=6, rule="halving")
+    for i, (a, b) in enumerate([(0.80, 0.79), (0.81, 0.80)]):
+        race.record(cands[0].id, i, a)
+        race.record(cands[1].id, i, b)
+    race.next_round()
+    for note, words in (("hopeless", "the plan showed it hopeless"),
+                        ("budget", "the budget left no confirmation runs")):
+        plan = Plan(0, 0, 0.0, math.nan, 0.03, 0.01, 0.8, True, (), note)
+        verdict = verdict_of(Selection(cands, race, cands[0], {"sam": cands[1]}, plan), {},
+                             "max")
+        text = "\n".join(verdict.lines("val_acc"))
+        assert words in text
+        if note == "hopeless":   # what the held-back data could confirm at best, as planned
+            assert "differences of 3.00 points or more" in text
+        assert headline(verdict, "val_acc").startswith("Pick ramp, not a claim")

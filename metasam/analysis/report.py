@@ -129,6 +129,11 @@ def headline(verdict: Verdict | None, metric: str) -> str:
     if verdict is None:
         return "No verdict yet: the race has not run (`metasam tune` finishes the decision)."
     name = verdict.winner.candidate.name
+    plan = verdict.plan
+    if plan is not None and plan.instances < 2 and plan.note in ("hopeless", "budget"):
+        why = ("its plan showed the held-back data cannot see the difference asked for"
+               if plan.note == "hopeless" else "the budget left no confirmation runs")
+        return f"Pick {name}, not a claim: no confirmation ran ({why})."
     if not verdict.complete:
         return f"Race leader {name}; the confirmation has not finished (`metasam tune` resumes)."
     beaten = [NAMES[k].removeprefix("against ") for k, c in verdict.against.items()
