@@ -271,7 +271,7 @@ def main() -> int:
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" /
                         "universal-poly.yaml")
     parser.add_argument("--race-rule", default="halving", choices=("halving", "frace", "ttts"),
-                        help="how the race spends its runs (frace: as before December 2026)")
+                        help="how the race spends its runs (docs/search.md §6)")
     args = parser.parse_args()
     names = task_names("search_benchmark", args.tasks, list(TASKS))
     if names is None:

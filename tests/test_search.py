@@ -443,7 +443,7 @@ def test_study_race_and_auto_grace_fields(tmp_path) -> None:
     path = write_study(tmp_path, race={"top_k": 2, "first": 1})
     with pytest.raises(ConfigError, match="race.first"):
         StudyConfig.from_yaml(path)
-    path = write_study(tmp_path, confirm={"top_k": 2, "seeds": 3})  # the former stage
+    path = write_study(tmp_path, confirm={"top_k": 2, "seeds": 3})  # a stage that is gone
     with pytest.raises(ConfigError, match="confirm: the confirmation stage was replaced by the "
                                           "race"):
         StudyConfig.from_yaml(path)

@@ -151,7 +151,7 @@ def test_a_non_finite_step_surfaces_at_the_epoch_s_end_with_the_weights_before_i
     assert all(torch.equal(a, p) for a, p in zip(kept, trial.model.parameters(), strict=True))
 
 
-def test_compile_names_what_is_compiled_and_reads_the_former_boolean() -> None:
+def test_compile_names_what_is_compiled_and_reads_a_boolean() -> None:
     assert TrainConfig(compile=True).compile == "model"
     assert TrainConfig(compile=False).compile == "none"
     trial = Trial(TrainConfig(compile="step", preset="sam", model="mlp", epochs=1))

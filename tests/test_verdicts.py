@@ -155,8 +155,8 @@ def test_deferred_and_strict_make_the_same_updates() -> None:
     (torch.optim.AdamW, {"lr": 1e-2}), (torch.optim.AdamW, {"lr": 1e-2, "fused": True}),
     (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "fused": True})])
 def test_any_base_optimizer_s_state_is_undone(base, kwargs) -> None:
-    """AdamW's moments and its step counter, a fused SGD's momentum: all back as before (a
-    fused base skips through torch's found_inf, the others are undone from a copy)."""
+    """AdamW's moments and its step counter, a fused SGD's momentum: all back as they were before
+    the step (a fused base skips through torch's found_inf, the others are undone from a copy)."""
     model, opt, closure, poison, calls = _setup("sam", bn=False, base=base,
                                                 poison_value=float("inf"), **kwargs)
     for _ in range(3):

@@ -13,6 +13,7 @@ from metasam.errors import ConfigError
 from metasam.tuning.study import MetaSettings, StudyConfig, prior_file
 
 if TYPE_CHECKING:  # the workflow pulls in Ray and Optuna: imported when a command runs
+    from metasam.decision.outcome import Verdict
     from metasam.workflow import Study
 
 
@@ -131,14 +132,15 @@ def run_tune(args: argparse.Namespace) -> int:
         print(f"study {config.name}: the race stopped before the end; run the same "
               "command again to resume", file=sys.stderr)
         return 130
-    _print_verdict(study)
+    _print_verdict(study, verdict=outcome.verdict)   # the one Study.run computed
     return 0
 
 
-def _print_verdict(study: Study, file: TextIO | None = None) -> None:
-    """The race's winner and its verdicts, or what the study's best is without; then the
-    study's cost."""
-    verdict = study.verdict()
+def _print_verdict(study: Study, file: TextIO | None = None,
+                   verdict: Verdict | None = None) -> None:
+    """The race's winner and its verdicts (``verdict``, when the caller has it already), or
+    what the study's best is without; then the study's cost."""
+    verdict = verdict if verdict is not None else study.verdict()
     config = study.config
     if verdict is None:
         print(f"study {config.name}: no race runs (race: false, or none finished): the best "

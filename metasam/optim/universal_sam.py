@@ -302,7 +302,7 @@ class UniversalSAM(torch.optim.Optimizer):
     @property
     def on_nonfinite(self) -> str:
         """``"raise"`` or ``"skip"``: what a step with a non-finite value does. Assigning one
-        first reads the verdicts of the steps made under the former policy."""
+        first reads the verdicts of the steps made under the policy in force."""
         return self._on_nonfinite
 
     @on_nonfinite.setter
@@ -940,5 +940,5 @@ def _weights_key(spec: SharpnessSpec) -> str:
     return json.dumps([spec.phi.to_obj(), spec.psi.to_obj(), spec.n])
 
 
-# The combine kernel, importable from here as before.
+# The combine kernel is importable from here too.
 __all__ = ["Check", "ProbeRecord", "StepInfo", "UniversalSAM", "combine_gradients"]

@@ -31,7 +31,7 @@ COMPILE_MODES = ("none", "model", "step", "all")
 
 
 def _compile(name: str, value: Any) -> str:
-    """One of COMPILE_MODES; a boolean (the former option) means "model" or "none"."""
+    """One of COMPILE_MODES; a boolean means "model" (true) or "none" (false)."""
     if isinstance(value, bool):
         return "model" if value else "none"
     return _checks.choice(name, value, COMPILE_MODES)
