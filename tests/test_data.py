@@ -169,18 +169,23 @@ def test_reads_torchvision_svhn_files(tmp_path) -> None:
     assert train.y.tolist() == [0, 1, 2, 3, 4, 5]  # label 10 is the digit 0
 
 
-@pytest.mark.parametrize("name,missing", [("cifar10", "cifar-10-batches-py/data_batch_1"),
-                                          ("cifar100", "cifar-100-python/train"),
-                                          ("svhn", "train_32x32.mat"),
-                                          ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
-                                          ("mnist1d", "mnist1d.npz")])
-def test_missing_dataset_is_one_line_saying_where_and_how(tmp_path, name, missing) -> None:
+@pytest.mark.parametrize("name,missing,downloadable", [
+    ("cifar10", "cifar-10-batches-py/data_batch_1", True),
+    ("cifar100", "cifar-100-python/train", True),
+    ("svhn", "train_32x32.mat", True),
+    ("mnist", "MNIST/raw/train-images-idx3-ubyte", True),
+    ("mnist1d", "mnist1d.npz", False)])
+def test_missing_dataset_is_one_line_saying_where_and_how(tmp_path, name, missing,
+                                                          downloadable) -> None:
+    """torchvision's datasets name --download and the folder; an archive torchvision cannot
+    fetch names only the folder (never a --download that would not work)."""
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset(name, tmp_path)
     message = str(info.value)
     assert "\n" not in message
     assert str(tmp_path / missing) in message
-    assert "--download" in message or "--data-dir" in message
+    assert "--data-dir" in message and "METASAM_DATA" in message
+    assert ("--download" in message) == downloadable
 
 
 # --- the shared real archives -----------------------------------------------------------------

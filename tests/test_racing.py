@@ -211,10 +211,12 @@ def test_tukey_range_on_rank_sums_matches_its_definition():
 def test_a_much_worse_anchor_does_not_get_equal_candidates_dropped():
     """Anchors run every instance but are never tested: with SGD 10σ worse and the rest equal,
     equal candidates are dropped about as rarely as with no anchor at all."""
+    races = 1000
     lost = sum(bool(simulate([0.0, 0.0, 0.0, 0.0, 0.0, -10.0], 1.0, seed=s, first=3,
                              instances=30, budget=60, anchors=frozenset({"c5"})).dropped)
-               for s in range(200))
-    assert lost <= 20   # nominal 5% of 200 = 10; the union bound keeps it lower
+               for s in range(races))
+    # at most the nominal 5% (the union bound keeps it lower), three Monte-Carlo errors above
+    assert lost / races <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / races), lost
 
 
 def test_the_two_left_rule_runs_and_is_two_sided():
