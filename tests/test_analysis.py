@@ -287,6 +287,28 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     assert (out / "pipeline-cost.png").stat().st_size > 20_000
     assert main(["best", str(path)]) == 0
     capsys.readouterr()
+    # one storage per command: best, trials and report each build the storage once (they
+    # built it 7 to 12 times, one engine and connection pool per read)
+    import optuna.storages
+
+    from metasam.tuning import storage as storages
+
+    built: list[str] = []
+    original = optuna.storages.RDBStorage.__init__
+
+    def counting(self, url, *args, **kwargs):
+        built.append(url)
+        original(self, url, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(optuna.storages.RDBStorage, "__init__", counting)
+        for command in (["best", str(path)], ["trials", str(path)],
+                        ["report", str(path), "--out", str(tmp_path / "again"), "--no-html"]):
+            storages._OPEN.clear()
+            built.clear()
+            assert main(command) == 0
+            assert 1 <= len(built) <= 2, (command[0], len(built))
+    capsys.readouterr()
     best = path.with_name("pipeline.best.json")
     assert main(["explain", str(best), "--json", "--plot", str(tmp_path / "e.png"),
                  "--spectra", "40"]) == 0

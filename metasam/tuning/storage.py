@@ -122,14 +122,39 @@ _RACES = ("already exists", "database is locked", "duplicate key", "UniqueViolat
           "UNIQUE constraint failed")
 
 
+_OPEN: dict[tuple[str, int | None, int | None], BaseStorage] = {}   # one per URL per process
+_OPEN_MAX = 8
+
+
 def open_storage(url: str, heartbeat_interval: int | None = None,
                  heartbeat_grace: int | None = None) -> BaseStorage:
     """The study's Optuna storage with heartbeats for stale-trial detection: an RDB storage
     (``sqlite:///FILE``, ``postgresql://...``) or a file journal (``journal:PATH``).
 
+    An RDB storage is built once per URL (and heartbeat settings) in a process and reused: one
+    engine and connection pool per command, not one per read (the last ``_OPEN_MAX`` kept; an
+    SQLite file that was removed since is opened anew).
+
     PostgreSQL connections time out after 10 s (``?connect_timeout=S`` in the URL changes it)
     and use TCP keepalives, so a server that stops answering fails the command instead of
     hanging it. Failures raise a one-line :class:`StorageError`."""
+    if url.startswith(JOURNAL):
+        return _open_storage(url, heartbeat_interval, heartbeat_grace)
+    key = (url, heartbeat_interval, heartbeat_grace)
+    path = storage_file(url)
+    cached = _OPEN.get(key)
+    if cached is not None and (path is None or path.is_file()):
+        return cached
+    storage = _open_storage(url, heartbeat_interval, heartbeat_grace)
+    _OPEN.pop(key, None)
+    _OPEN[key] = storage
+    while len(_OPEN) > _OPEN_MAX:
+        _OPEN.pop(next(iter(_OPEN)))
+    return storage
+
+
+def _open_storage(url: str, heartbeat_interval: int | None,
+                  heartbeat_grace: int | None) -> BaseStorage:
     if url.startswith(JOURNAL):
         try:
             return HeartbeatJournalStorage(url[len(JOURNAL):], heartbeat_interval,
