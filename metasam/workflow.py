@@ -103,7 +103,7 @@ class Study:
             if not config.cold and PRIOR_ATTR not in study.user_attrs:
                 # the pick's prior, kept with the study so that a later release's portfolio
                 # never changes a started study's decision
-                study.set_user_attr(PRIOR_ATTR, json.dumps(decision.portfolio_prior(config)))
+                study.set_user_attr(PRIOR_ATTR, json.dumps(decision.portfolio_prior()))
             return TuneResult(config.name, census(study), target=0)
         if config.population is not None:
             return self._population()

@@ -75,6 +75,18 @@ def recorded_step(opt, model, x, y) -> list[list[torch.Tensor]]:
     return points
 
 
+def reference_step(reference, theirs, base, x, y, spec, perturbations, our_params) -> None:
+    """One step of the reference model with ``reference``'s gradients and its own base
+    optimizer, then our parameters checked against its, to 1e-10."""
+    their_params = list(theirs.parameters())
+    grads = reference(theirs, their_params, x, y, spec, perturbations)
+    for p, g in zip(their_params, grads):
+        p.grad = g.clone()
+    base.step()
+    for a, b in zip(our_params, their_params):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 # --- the references ---------------------------------------------------------------------------
 
 def sam_reference(model, params, x, y, spec, perturbations):
@@ -169,7 +181,7 @@ def test_preset_matches_its_reference_step_for_step(case: str) -> None:
     spec, reference = CASES[case]
     ours = make_model()
     theirs = copy.deepcopy(ours)
-    our_params, their_params = list(ours.parameters()), list(theirs.parameters())
+    our_params = list(ours.parameters())
     opt = UniversalSAM(ours.parameters(), torch.optim.SGD, spec, seed=4, **HYPER)
     base = torch.optim.SGD(theirs.parameters(), **HYPER)
     moved = 0.0
@@ -177,12 +189,7 @@ def test_preset_matches_its_reference_step_for_step(case: str) -> None:
         points = recorded_step(opt, ours, x, y)
         perturbations = [[a - b for a, b in zip(point, points[0])] for point in points[1:]]
         assert len(perturbations) == spec.n
-        grads = reference(theirs, their_params, x, y, spec, perturbations)
-        for p, g in zip(their_params, grads):
-            p.grad = g.clone()
-        base.step()
-        for a, b in zip(our_params, their_params):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        reference_step(reference, theirs, base, x, y, spec, perturbations, our_params)
         moved = max(moved, max(float((a.detach() - p0).abs().max()) for a, p0 in zip(our_params,
                                                                             points[0])))
     assert moved > 1e-4

@@ -52,16 +52,17 @@ from metasam.decision.outcome import Comparison, Standing, Verdict
 from metasam.decision.plan import StudyPlan, check_confirm_budget, quick_plan, thorough_plan
 from metasam.decision.prior import shrunk_pick
 from metasam.decision.racing import Race, RaceEnd
-from metasam.decision.sequential import decide, looks_of, next_look
+from metasam.decision.sequential import looks_of, next_look
 from metasam.decision.verdict import (
     Plan,
     Sizes,
-    best_other,
     comparisons_of,
     confirm,
     confirm_sequential,
     plan_confirmation,
+    quick_comparison,
     race_spread,
+    sequential_states,
 )
 from metasam.errors import ConfigError
 from metasam.family import presets
@@ -95,7 +96,7 @@ def confirm_train(config: StudyConfig, plan: Plan, instance: int) -> dict[str, A
     """The training overrides of confirmation instance ``instance`` of ``plan``: a seed no
     tuning trial or race run used, and fold ``instance`` of the held-back share's
     ``plan.instances``-fold split."""
-    settings = race_settings(config)
+    settings = config.race or RaceSettings()
     return {"seed": config.seed + 1 + settings.instances + instance,
             "val_seed": config.seed + _CONFIRM_FOLD_SEED, "val_fold": instance,
             "val_folds": plan.instances, "val_scope": "holdout"}
@@ -170,7 +171,7 @@ def quick_candidates(config: StudyConfig) -> tuple[list[Candidate], list[float],
     return out, means, taus
 
 
-def portfolio_prior(config: StudyConfig) -> dict[str, Any]:
+def portfolio_prior() -> dict[str, Any]:
     """The shipped portfolio's prior, as a quick study records it when it starts."""
     from metasam.decision.portfolio import shipped_portfolio
 
@@ -461,22 +462,20 @@ def _quick_selection(config: StudyConfig, candidates: list[Candidate], race: Rac
     by_id = {c.id: c for c in candidates}
     means, taus = quick_prior(config, study)
     winner = by_id[shrunk_pick(race, means, taus)]
-    sam = next((c for c in candidates if c.preset == "sam" and c.pick is Pick.PRESET), None)
-    if sam is not None and sam.id != winner.id:
-        compared = {"sam": sam}
-    else:
-        other = best_other(race, winner.id, [c.id for c in candidates])
-        compared = {"best_preset": by_id[other]} if other is not None else {}
-    study = study_plan(config)
-    if study.confirmation == 0 or not compared:
-        note = ("hopeless" if study.hopeless else "budget") if compared else "nothing to compare"
-        plan = Plan(0, 0, 0.0, math.nan, study.detectable, settings.detect, settings.power,
+    sam = next((c.id for c in candidates if c.preset == "sam" and c.pick is Pick.PRESET), None)
+    compared = {k: by_id[c] for k, c in quick_comparison(race, winner.id, sam,
+                                                          [c.id for c in candidates]).items()}
+    budgeted = study_plan(config)
+    if budgeted.confirmation == 0 or not compared:
+        note = ("hopeless" if budgeted.hopeless else "budget") if compared else \
+            "nothing to compare"
+        plan = Plan(0, 0, 0.0, math.nan, budgeted.detectable, settings.detect, settings.power,
                     True, (), note)
         return Selection(candidates, race, winner, compared, plan)
     plan = plan_confirmation(
         race_spread(race, winner.id, [c.id for c in compared.values()]), data_sizes(config),
         comparisons=len(compared), per_instance=len(compared) + 1,
-        budget=study.confirmation, detect=settings.detect, power=settings.power,
+        budget=budgeted.confirmation, detect=settings.detect, power=settings.power,
         alpha=settings.alpha)
     if plan.instances >= 2:
         plan = dataclasses.replace(plan, looks=looks_of(plan.instances))
@@ -513,11 +512,15 @@ def _sequential_state(chosen: Selection, confirmed: dict[str, dict[int, float]],
     return winner, others
 
 
+def _confirm_point(config: StudyConfig, plan: Plan, owner: Candidate, instance: int) -> Point:
+    """``owner``'s run on confirmation instance ``instance``."""
+    return Point(owner.run_label(instance, Role.VERDICT), owner.spec,
+                 {**owner.train, **confirm_train(config, plan, instance)})
+
+
 def confirmation_points(config: StudyConfig, chosen: Selection) -> list[Point]:
     assert chosen.winner is not None and chosen.plan is not None
-    return [Point(c.run_label(j, Role.VERDICT), c.spec,
-                  {**c.train, **confirm_train(config, chosen.plan, j)})
-            for j in range(chosen.plan.instances)
+    return [_confirm_point(config, chosen.plan, c, j) for j in range(chosen.plan.instances)
             for c in (chosen.winner, *chosen.compared.values())]
 
 
@@ -567,14 +570,11 @@ def _run_sequential(config: StudyConfig, chosen: Selection, *, address: str | No
             rec = TrialRecord.of(t)
             owner = _owner([chosen.winner, *chosen.compared.values()], rec.label)
             if owner is not None and rec.counts and rec.label.instance < plan.instances:
-                point = Point(owner.run_label(rec.label.instance, Role.VERDICT), owner.spec,
-                              {**owner.train, **confirm_train(config, plan,
-                                                              rec.label.instance)})
+                point = _confirm_point(config, plan, owner, rec.label.instance)
                 asked.setdefault(point.label.key, point)
         winner, others = _sequential_state(chosen, _confirmed(chosen, stored), sign)
-        states = decide({k: [a - b for a, b in zip(winner, v, strict=False)]
-                         for k, v in others.items()}, plan.looks,
-                        overlap=plan.overlap, alpha=race_settings(config).alpha)
+        states, _ = sequential_states(winner, others, looks=plan.looks, overlap=plan.overlap,
+                                      alpha=chosen.race.alpha)
         upto = next_look(states, plan.looks)
         if upto is None:
             return True
@@ -583,8 +583,7 @@ def _run_sequential(config: StudyConfig, chosen: Selection, *, address: str | No
         new = 0
         for j in range(upto):
             for owner in owners:
-                point = Point(owner.run_label(j, Role.VERDICT), owner.spec,
-                              {**owner.train, **confirm_train(config, plan, j)})
+                point = _confirm_point(config, plan, owner, j)
                 if point.label.key not in asked:
                     asked[point.label.key] = point
                     new += 1
@@ -612,12 +611,8 @@ def race_verdict(config: StudyConfig, study: optuna.Study | None = None) -> Verd
     chosen = selection(config, study, runs)
     if not any(chosen.race.scores[c.id] for c in chosen.candidates):
         return None
-    confirmed: dict[str, dict[int, float]] = {}
-    if chosen.plan is not None and chosen.winner is not None:
-        involved = [chosen.winner, *chosen.compared.values()]
-        for owner, instance, value in _finished(involved, _stored_runs(config, CONFIRM_SUFFIX)):
-            if instance < chosen.plan.instances:
-                confirmed.setdefault(owner.id, {})[instance] = value
+    confirmed = _confirmed(chosen, _stored_runs(config, CONFIRM_SUFFIX)) \
+        if chosen.plan is not None and chosen.winner is not None else {}
     return verdict_of(chosen, confirmed, config.mode)
 
 
@@ -640,9 +635,6 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
     against: dict[str, Comparison] = {}
     if plan is not None:
         others = {k: by_id[c.id] for k, c in chosen.compared.items() if c.id in by_id}
-        complete = [j for j in range(plan.instances)
-                    if j in winner.confirmed and all(j in o.confirmed for o in others.values())]
-        done = len(complete) == plan.instances and plan.instances >= 2
         if plan.sequential:
             mine, theirs = _sequential_state(chosen, {st.candidate.id: st.confirmed
                                                       for st in by_id.values()}, sign)
@@ -651,6 +643,9 @@ def verdict_of(chosen: Selection, confirmed: dict[str, dict[int, float]], mode: 
             against = {k: Comparison(o, tests.get(k)) for k, o in others.items()}
             return Verdict(winner, standings, against, plan, race.end(), race.runs, mode,
                            race.alpha, race.rule)
+        complete = [j for j in range(plan.instances)
+                    if j in winner.confirmed and all(j in o.confirmed for o in others.values())]
+        done = len(complete) == plan.instances and plan.instances >= 2
         tests = confirm([sign * winner.confirmed[j] for j in complete],
                         {k: [sign * o.confirmed[j] for j in complete] for k, o in others.items()},
                         overlap=plan.overlap, alpha=race.alpha,

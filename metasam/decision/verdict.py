@@ -188,24 +188,39 @@ def confirm(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
     return {n: Test(n, diffs[n], p, family, alpha) for n, p in zip(names, adjusted, strict=True)}
 
 
-def confirm_sequential(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
-                       looks: Sequence[int], overlap: float = 0.0, alpha: float = 0.05,
-                       power: float = 0.8) -> dict[str, Test]:
-    """The verdict's tests of a sequential confirmation: each comparison replayed over its
-    looks (:func:`metasam.decision.sequential.decide`, α/m each), its difference over the
-    instances of its last look; ``winner`` and ``others`` as in :func:`confirm` (as many
-    instances as have run). A comparison before its first look has no test."""
-    m = max(1, len(others))
+def sequential_states(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
+                      looks: Sequence[int], overlap: float, alpha: float,
+                      spending: str = "obrien_fleming"
+                      ) -> tuple[dict[str, Look | None], dict[str, list[tuple[float, float]]]]:
+    """Where each comparison of a sequential confirmation stands (its last look reached, or
+    ``None`` before its first), and its finite (winner, other) pairs in instance order.
+    ``winner`` and ``others`` as in :func:`confirm`, as many instances as have run (a diverged
+    run nan). Non-finite pairs are left out; a comparison they leave short of its last look
+    ends once all its planned instances ran (``"final"``, claiming nothing), so a study never
+    waits for instances it will not run."""
     pairs = {k: [(a, b) for a, b in zip(winner, v, strict=False)
                  if math.isfinite(a) and math.isfinite(b)] for k, v in others.items()}
     states = decide({k: [a - b for a, b in p] for k, p in pairs.items()}, looks,
-                    overlap=overlap, alpha=alpha)
-    ended = len(winner) >= looks[-1]   # every planned instance ran
+                    overlap=overlap, alpha=alpha, spending=spending)
+    for key, state in states.items():
+        ran_all = min(len(winner), len(others[key])) >= looks[-1]
+        if ran_all and (state is None or state.stopped is None):
+            states[key] = Look(len(looks), len(pairs[key]), math.nan, math.inf, 0.0, "final")
+    return states, pairs
+
+
+def confirm_sequential(winner: Sequence[float], others: Mapping[str, Sequence[float]], *,
+                       looks: Sequence[int], overlap: float = 0.0, alpha: float = 0.05,
+                       power: float = 0.8, spending: str = "obrien_fleming"
+                       ) -> dict[str, Test]:
+    """The verdict's tests of a sequential confirmation: each comparison replayed over its
+    looks (:func:`sequential_states`, α/m each), its difference over the instances of its
+    last look. A comparison before its first look has no test."""
+    m = max(1, len(others))
+    states, pairs = sequential_states(winner, others, looks=looks, overlap=overlap,
+                                      alpha=alpha, spending=spending)
     out: dict[str, Test] = {}
     for key, state in states.items():
-        if ended and (state is None or state.stopped is None):
-            # diverged runs left it short of its last look: it ends here, claiming nothing
-            state = Look(len(looks), len(pairs[key]), math.nan, math.inf, 0.0, "final")
         if state is None:
             continue
         used = pairs[key][: state.instances]
@@ -213,6 +228,16 @@ def confirm_sequential(winner: Sequence[float], others: Mapping[str, Sequence[fl
                                    power, overlap)
         out[key] = Test(key, diff, diff.p_greater, m, alpha, state)
     return out
+
+
+def quick_comparison(race: Race, winner: str, sam: str | None, pool: Sequence[str]
+                     ) -> dict[str, str]:
+    """What a quick study's verdict compares its pick with: SAM at its default, or, when SAM is
+    the pick (or absent), the candidate of ``pool`` that lasted longest (:func:`best_other`)."""
+    if sam is not None and sam != winner:
+        return {"sam": sam}
+    other = best_other(race, winner, pool)
+    return {"best_preset": other} if other is not None else {}
 
 
 def best_other(race: Race, winner: str, pool: Sequence[str]) -> str | None:
@@ -292,25 +317,24 @@ def simulate_quick_decision(means: Sequence[float], noise: float, *, seed: int,
     race = simulate(list(means), noise, seed=seed, first=2, instances=30, budget=race_runs,
                     rule="halving")
     winner = shrunk_pick(race, prior, tau)
-    sam = "c2" if len(means) > 2 else None
-    other = sam if sam is not None and sam != winner else best_other(
-        race, winner, list(race.candidates))
-    compared = {"sam" if other == sam else "best_preset": other} if other else {}
+    compared = quick_comparison(race, winner, "c2" if len(means) > 2 else None,
+                                list(race.candidates))
     plan = plan_confirmation(race_spread(race, winner, list(compared.values())), sizes,
                              comparisons=1, per_instance=2, budget=confirm_runs,
                              detect=detect, power=power, alpha=alpha)
     tests: dict[str, Test] = {}
     if plan.instances >= 2 and compared:
-        looks = looks_of(plan.instances)
-        plan = dataclasses.replace(plan, looks=looks)
+        plan = dataclasses.replace(plan, looks=looks_of(plan.instances))
         rng = random.Random(f"{seed}/confirmation")
         index = {c: i for i, c in enumerate(race.candidates)}
         scale = noise * math.sqrt(sizes.race_fold / max(1, plan.fold))
-        runs: dict[str, list[float]] = {winner: [], other: []}   # type: ignore[dict-item]
+        (key, other), = compared.items()
+        runs: dict[str, list[float]] = {winner: [], other: []}
         while True:
-            diffs = {"x": [a - b for a, b in zip(runs[winner], runs[other], strict=True)]}
-            upto = next_look(decide(diffs, looks, overlap=plan.overlap, alpha=alpha,
-                                    spending=spending), looks)
+            states, _ = sequential_states(runs[winner], {key: runs[other]}, looks=plan.looks,
+                                          overlap=plan.overlap, alpha=alpha,
+                                          spending=spending)
+            upto = next_look(states, plan.looks)
             if upto is None:
                 break
             while len(runs[winner]) < upto:
@@ -318,15 +342,9 @@ def simulate_quick_decision(means: Sequence[float], noise: float, *, seed: int,
                 for c in runs:
                     runs[c].append(race.sign() * (means[index[c]] + effect
                                                   + rng.gauss(0.0, scale)))
-        key = next(iter(compared))
-        states = decide({key: [a - b for a, b in zip(runs[winner], runs[other], strict=True)]},
-                        looks, overlap=plan.overlap, alpha=alpha, spending=spending)
-        state = states[key]
-        if state is not None:
-            used = state.instances
-            diff = PairedDifference.of(runs[winner][:used], runs[other][:used], alpha, power,
-                                       plan.overlap)
-            tests[key] = Test(key, diff, diff.p_greater, 1, alpha, state)
+        tests = confirm_sequential(runs[winner], {key: runs[other]}, looks=plan.looks,
+                                   overlap=plan.overlap, alpha=alpha, power=power,
+                                   spending=spending)
     return SimulatedDecision(race, winner, plan, tests, compared)
 
 
