@@ -59,7 +59,7 @@ class NonFiniteStepError(FloatingPointError):
 
     The parameters are restored to their values before the step and no update is applied.
     A step judged on the device raises when its verdict is read (``found_at``, the last step
-    made by then; see :mod:`metasam.optim.verdicts`).
+    made by then; see :mod:`metasam.optim.finiteness`).
     ``pass_name`` says which pass failed (``"unperturbed pass"``, ``"perturbation 2 of 4"``,
     ``"sharpness surrogate"``, ``"combined gradient"``).
     """

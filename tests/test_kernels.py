@@ -134,3 +134,44 @@ def test_flat_buffers_group_by_dtype_and_view_each_tensor() -> None:
     flat.copy_(torch.arange(11.0))
     assert [tuple(v.shape) for v in views] == [(2, 3), (5,)]
     assert torch.equal(views[1], torch.arange(6.0, 11.0))     # views of the one buffer
+
+
+def test_loss_differences_are_the_definition_for_one_loss_and_for_a_vector() -> None:
+    loss0 = torch.tensor(0.5, dtype=torch.float32)
+    losses = torch.tensor([0.75, 0.25, 0.5], dtype=torch.float32)
+    d = kernels.loss_differences(losses, loss0, 0.5)
+    assert d.dtype == torch.float64 and d.tolist() == [1.0, -1.0, 0.0]   # (L_i − L0)/ρ², exact
+    assert float(kernels.loss_differences(losses[0], loss0, 0.5)) == 1.0
+
+
+@pytest.mark.parametrize("spec", [presets.sam(), presets.trace_sam(n=3),
+                                  presets.trace_sam(n=3, lam_scale="relative")],
+                         ids=["sam", "trace", "trace-relative"])
+def test_device_coefficients_equal_the_spec_s_host_twin(spec: SharpnessSpec) -> None:
+    host = spec.coefficients
+    assert host is not None   # affine φ and ψ: known on the host
+    d = torch.randn(spec.n, dtype=torch.float64)   # constant weights: any D gives the same
+    device = kernels.surrogate_coefficients(spec.surrogate(d), spec.lam,
+                                            spec.lam_scale != "absolute", folded=True)
+    assert [float(b) for b in device.beta] == pytest.approx(host.beta, rel=1e-15)
+    assert float(device.g0) == pytest.approx(host.g0, abs=1e-15)
+    assert [float(f) for f in device.folded] == pytest.approx(host.folded, rel=1e-15)
+    # SAM's step is exactly g_1: β = [1], no g0
+    if spec.n == 1:
+        assert (host.beta, host.g0) == ([1.0], 0.0)
+
+
+def test_a_member_with_non_affine_weights_has_no_host_coefficients() -> None:
+    assert presets.frob_sam().coefficients is None and presets.sgd().coefficients is None
+
+
+def test_keyed_buffers_are_remade_only_when_the_set_of_tensors_changes() -> None:
+    made = []
+    cache = kernels.KeyedBuffers(lambda ts: made.append(len(ts)) or [t.clone() for t in ts])
+    a, b = _tensors(0), _tensors(1)
+    first = cache.get(a)
+    assert cache.get(a) is first and cache.get(list(a)) is first and made == [3]
+    assert cache.get(b) is not first and made == [3, 3]
+    cache.forget()
+    cache.get(b)
+    assert made == [3, 3, 3]

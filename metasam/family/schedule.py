@@ -21,6 +21,7 @@ steps plain (one pass, an exact base-optimizer step on g0):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,38 @@ class Schedule:
     def is_always(self) -> bool:
         """The term on every step: no schedule at all."""
         return self.start == 0.0 and self.every == 1 and self.trigger is None
+
+    def first_step(self, total_steps: int | None) -> int:
+        """The index (from 0) of the first step the term may apply to."""
+        return math.ceil(self.start * total_steps) if self.start > 0 else 0  # type: ignore[operator]
+
+    def periodic(self, index: int, total_steps: int | None) -> bool:
+        """Whether step ``index`` (from 0) applies the term under ``start`` and ``every``."""
+        start = self.first_step(total_steps)
+        return index >= start and (index - start) % self.every == 0
+
+    def triggered(self, index: int, total_steps: int | None, x: float,
+                  stats: tuple[float, float] | None
+                  ) -> tuple[bool, tuple[float, float] | None]:
+        """AE-SAM's trigger at step ``index`` with x = ‖g0‖²: (whether the term applies, the
+        new EMAs of x and of its squared deviation). The first step applies it (from
+        ``start`` on); a non-finite x makes a plain step and leaves the EMAs as they were.
+
+        Example::
+
+            >>> s = Schedule(trigger=0.0, decay=0.5)
+            >>> s.triggered(1, None, 3.0, (1.0, 0.0))   # mean 2, variance 0.5: 3 ≥ 2 + 0
+            (True, (2.0, 0.5))
+        """
+        if not math.isfinite(x):
+            return False, stats
+        start = self.first_step(total_steps)
+        if stats is None:
+            return index >= start, (x, 0.0)
+        d = self.decay
+        mean = d * stats[0] + (1 - d) * x
+        var = d * stats[1] + (1 - d) * (x - mean) ** 2
+        return index >= start and x >= mean + self.trigger * math.sqrt(var), (mean, var)  # type: ignore[operator]
 
     @classmethod
     def from_obj(cls, obj: Any) -> Schedule | None:

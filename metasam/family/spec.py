@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -30,6 +31,20 @@ class Surrogate(NamedTuple):
     value: Tensor
     weights: Tensor
     psi_grad: Tensor
+
+
+class Coefficients(NamedTuple):
+    """The combine's coefficients: the step's gradient is β_n·g_n + ``g0``·g0 + Σ_{i<n} β_i·g_i,
+    or with the g_i folded into m buffers Σ_i φ_j'(D_i)·g_i, buffer j times ``folded[j]``.
+    Floats when known on the host (:attr:`SharpnessSpec.coefficients`), else device tensors."""
+
+    beta: list[Any]
+    g0: Any
+    folded: list[Any]
+
+
+# ψ's weights at D = 0 per (φ, ψ, n) of the members with constant weights
+_CONSTANT_WEIGHTS: dict[str, tuple[list[float], list[float]]] = {}
 
 
 # The published members, registered by metasam.family.presets (which builds on this module):
@@ -198,6 +213,23 @@ class SharpnessSpec:
             return self.lam / len(weights)
         total = sum(abs(w) for w in weights)
         return self.lam / total if total > 0 else 0.0
+
+    @functools.cached_property
+    def coefficients(self) -> Coefficients | None:
+        """The combine's coefficients as floats when every weight is a known constant (SAM,
+        Trace-SAM, ...; the g0 coefficient 0 for SAM, so g0 needs no copy), else None. Computed
+        once per spec; ψ's weights once per (φ, ψ, n)."""
+        if self.is_plain or not self.constant_weights:
+            return None
+        key = json.dumps([self.phi.to_obj(), self.psi.to_obj(), self.n])
+        if key not in _CONSTANT_WEIGHTS:
+            surrogate = self.surrogate(torch.zeros(self.n, dtype=torch.float64))
+            _CONSTANT_WEIGHTS[key] = (surrogate.weights.tolist(),
+                                      surrogate.psi_grad.reshape(-1).tolist())
+        weights, psi_grad = _CONSTANT_WEIGHTS[key]
+        scale = self.weight_scale(weights)
+        return Coefficients([scale * w for w in weights], 1.0 - scale * sum(weights),
+                            [scale * g for g in psi_grad])
 
     def clip(self, d: Tensor) -> Tensor:
         """D clipped to [−d_clip, d_clip] (unchanged without the guard)."""

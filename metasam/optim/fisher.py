@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,3 +48,20 @@ def top_fraction_mask(scores: Sequence[Tensor], sparsity: float) -> list[Tensor]
         out.append(mask[start:start + s.numel()].reshape(s.shape).to(s.device))
         start += s.numel()
     return out
+
+
+def refresh_masks(params: list[Tensor], state: Any,
+                  sum_: Callable[[list[Tensor]], list[Tensor]],
+                  model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
+                  targets: Tensor, sparsity: float) -> float:
+    """SSAM-F's masks of ``params`` into ``state[p]["fisher_mask"]``, from per-example squared
+    gradients on ``inputs`` summed by ``sum_`` (over the process group); returns the fraction
+    of coordinates kept (one host read for the whole mask)."""
+    masks = top_fraction_mask(sum_(fisher_scores(params, model, loss_fn, inputs, targets)),
+                              sparsity)
+    for p, mask in zip(params, masks, strict=True):
+        state[p]["fisher_mask"] = mask
+    if not masks:
+        return 0.0
+    kept = int(torch.stack([m.sum() for m in masks]).sum())
+    return kept / max(1, sum(m.numel() for m in masks))

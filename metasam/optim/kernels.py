@@ -1,7 +1,8 @@
 """The device-side arithmetic of a :class:`~metasam.UniversalSAM` step, as pure functions of
 tensor lists (the way ``torch.optim`` keeps its ``_multi_tensor_*`` kernels beside the stateful
 classes): global norms, the ascent directions, the combine, the guard, clipping and LookSAM's
-reused direction (the finiteness verdict lives in :mod:`metasam.optim.verdicts`).
+reused direction, one function per equation (the finiteness verdict lives in
+:mod:`metasam.optim.finiteness`).
 
 None of them reads a device value back to the host: every coefficient that depends on the
 data is a tensor on the device, so a step built from them runs without host synchronization
@@ -17,12 +18,58 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
 
+from metasam.family.spec import Coefficients, Surrogate, scalar_dtype
+
 Coefficient = float | Tensor
+T = TypeVar("T")
+
+
+def ids(tensors: list[Tensor]) -> tuple[int, ...]:
+    """The identity of a set of tensors (the key of buffers kept for them)."""
+    return tuple(id(t) for t in tensors)
+
+
+class KeyedBuffers(Generic[T]):
+    """Buffers made for a set of tensors by ``make`` and kept while the set is the same (by
+    identity): the weights at x, a measure's draws, the rollback's copies."""
+
+    def __init__(self, make: Callable[[list[Tensor]], T]) -> None:
+        self.make = make
+        self.key: tuple[int, ...] = ()
+        self.value: T | None = None
+
+    def get(self, tensors: list[Tensor]) -> T:
+        key = ids(tensors)
+        if self.value is None or key != self.key:
+            self.key, self.value = key, self.make(tensors)
+        return self.value
+
+    def forget(self) -> None:
+        self.key, self.value = (), None
+
+
+def loss_differences(losses: Tensor, loss0: Tensor, rho: float) -> Tensor:
+    """D_i = (L(x + ρv_i) − L(x))/ρ² (float64 where the device has it), for one loss or a
+    stacked vector of them."""
+    dtype = scalar_dtype(loss0.device)
+    return (losses.to(dtype) - loss0.to(dtype)) / rho**2
+
+
+def surrogate_coefficients(surrogate: Surrogate, lam: float, relative: bool,
+                           folded: bool) -> Coefficients:
+    """The combine's coefficients on the device: β_i = c·w_i, the coefficient 1 − Σβ_i of g0
+    and, for folded buffers, c·∂_jψ (c from :func:`weight_scale`). The host twin, for
+    constant weights, is :attr:`metasam.SharpnessSpec.coefficients`."""
+    scale = weight_scale(surrogate.weights, lam, relative)
+    beta = surrogate.weights * scale
+    return Coefficients(list(beta.unbind(0)), 1.0 - beta.sum(),
+                        list((surrogate.psi_grad * scale).unbind(0)) if folded else [])
 
 
 def norms(tensors: list[Tensor]) -> list[Tensor]:
@@ -143,6 +190,12 @@ def clip_(grads: list[Tensor], norm: Tensor, max_norm: float) -> Tensor:
     return factor
 
 
+def add_reused_(grads: list[Tensor], stored: list[Tensor], g0_norm: Tensor) -> None:
+    """grads ← grads + ‖g0‖·stored: a LookSAM step between full ones adds the last full
+    step's orthogonal sharpness component (:func:`orthogonal_part`) rescaled to ‖g0‖."""
+    torch._foreach_add_(grads, torch._foreach_mul(stored, per_device(g0_norm, stored)))
+
+
 def orthogonal_part(final: list[Tensor], g0: list[Tensor], g0_norm: Tensor) -> list[Tensor]:
     """(c − (⟨c, g0⟩/‖g0‖²)·g0)/‖g0‖ with c = final − g0: the sharpness component orthogonal to
     g0, per unit of ‖g0‖ (LookSAM's reused direction)."""
@@ -219,3 +272,16 @@ def grad_or_zero(p: Tensor) -> Tensor:
     if p.grad is None:
         p.grad = torch.zeros_like(p)
     return p.grad
+
+
+class CompiledKernels:
+    """:func:`ascent_direction` and :func:`finish_gradient` through ``torch.compile``, each one
+    whole graph (no break, no host read: tested), compiled on first use. Not
+    ``fullgraph=True``: under a dispatch mode (an operator or FLOP counter) torch.compile runs a
+    function eagerly, which ``fullgraph`` refuses. Not ``mode="reduce-overhead"``: its CUDA
+    graphs would overwrite the returned norm on the next replay while a pending verdict still
+    holds it, and the gradients they read are new tensors every pass."""
+
+    def __init__(self) -> None:
+        self.ascent_direction = torch.compile(ascent_direction, dynamic=False)
+        self.finish_gradient = torch.compile(finish_gradient, dynamic=False)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from metasam.family.measures import fill_random_
-from metasam.optim.kernels import flat_buffers
+from metasam.optim.kernels import KeyedBuffers, flat_buffers
 
 
 class PerturbationSampler:
@@ -31,7 +31,7 @@ class PerturbationSampler:
         self.seed = int(seed)
         self._generators: dict[str, torch.Generator] = {}
         self._pending = {k: v.clone() for k, v in (states or {}).items()}
-        self._buffers: tuple[tuple[int, ...], list[Tensor], list[Tensor]] | None = None
+        self._buffers = KeyedBuffers(_draw_buffers)
 
     def state_dict(self) -> dict[str, Tensor]:
         states = dict(self._pending)
@@ -56,16 +56,7 @@ class PerturbationSampler:
     def sample(self, measure: Any, perturbed: list[Tensor], x0: list[Tensor]) -> list[Tensor]:
         """A draw of ``measure``, one tensor per perturbed parameter (views of the kept
         buffers: valid until the next draw); an adaptive measure scales it by |x0| + η."""
-        key = tuple(id(p) for p in perturbed)
-        if self._buffers is None or self._buffers[0] != key:
-            views: list[Any] = [None] * len(perturbed)
-            flats = []
-            for members, flat, group_views in flat_buffers(perturbed):
-                flats.append(flat)
-                for i, view in zip(members, group_views, strict=True):
-                    views[i] = view
-            self._buffers = (key, flats, views)
-        _, flats, views = self._buffers
+        flats, views = self._buffers.get(perturbed)
         gens = [self.generator(f.device, f.dtype, i) for i, f in enumerate(flats)]
         fill_random_(measure, flats, sum(f.numel() for f in flats), gens)
         if measure.adaptive:
@@ -73,3 +64,14 @@ class PerturbationSampler:
             torch._foreach_add_(scale, measure.eta)
             torch._foreach_mul_(views, scale)
         return views
+
+
+def _draw_buffers(perturbed: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """One flat buffer per device and dtype, and a view of it shaped like each tensor."""
+    views: list[Any] = [None] * len(perturbed)
+    flats = []
+    for members, flat, group_views in flat_buffers(perturbed):
+        flats.append(flat)
+        for i, view in zip(members, group_views, strict=True):
+            views[i] = view
+    return flats, views

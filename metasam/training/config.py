@@ -19,7 +19,7 @@ from metasam.family.spec import SharpnessSpec
 from metasam.models import MODELS
 from metasam.optim.bases import BASES
 from metasam.optim.lr_schedules import SCHEDULES
-from metasam.optim.universal_sam import BN_MODES, NONFINITE_MODES
+from metasam.optim.settings import BN_MODES, NONFINITE_MODES
 from metasam.training.learned import LearnSettings
 
 OPTIMIZERS = tuple(BASES)

@@ -175,7 +175,7 @@ class Trial:
         base, kwargs = base_class(base_of(config))
         if self.device.type == "cuda":
             # a fused base skips a non-finite step in its own kernel (torch's found_inf): no
-            # copy of the weights and state per step (metasam.optim.verdicts)
+            # copy of the weights and state per step (metasam.optim.finiteness)
             kwargs["fused"] = True
         self.precision = precision_of(config)
         scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
@@ -281,7 +281,7 @@ class Trial:
     def train_epoch(self) -> dict[str, Any]:
         """One pass over the training set; raises NonFiniteStepError on a non-finite step (at
         the latest when the epoch ends: the steps' verdicts are read then, see
-        :mod:`metasam.optim.verdicts`).
+        :mod:`metasam.optim.finiteness`).
 
         Per step the loop adds only the accuracy's three operators to the optimizer's; the
         losses, hits and sharpness values stay on the device and are summed once per epoch,
