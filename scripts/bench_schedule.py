@@ -26,13 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from search_benchmark import TASKS  # noqa: E402
-
-from metasam import SharpnessSpec, presets  # noqa: E402
-from metasam.stats import Summary, welch_greater  # noqa: E402
-from metasam.training import train  # noqa: E402
+from metasam import SharpnessSpec, presets
+from metasam.benchmark import TASKS
+from metasam.stats import Summary, welch_greater
+from metasam.training import train
 
 
 def members(task: str, winners: Path) -> dict[str, dict[str, Any]]:

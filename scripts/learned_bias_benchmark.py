@@ -57,9 +57,9 @@ def learned_points(config: Any) -> dict[str, Any]:
 
 def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
     from metasam.analysis.runs import collect
+    from metasam.benchmark import pair
     from metasam.decision.budget import study_cost
     from metasam.family.spec import SharpnessSpec
-    from metasam.stats import PairedDifference
     from metasam.training.learned import replayed
     from metasam.tuning import StudyConfig
     from metasam.tuning.protocol import Label, Point, Role
@@ -133,14 +133,9 @@ def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
         for other in ("winner", "sam", "sam, learners' split"):
             if other == method:
                 continue
-            shared = sorted(set(acc.get(method, {})) & set(acc.get(other, {})))
-            if len(shared) < 2:
-                continue
-            d = PairedDifference.of([acc[method][s] for s in shared],
-                                    [acc[other][s] for s in shared])
-            out["comparisons"][f"{method} - {other}"] = {
-                "mean": 100 * d.mean, "ci95": 100 * d.ci95, "n": d.n,
-                "p_two_sided": min(1.0, 2 * min(d.p_greater, 1 - d.p_greater))}
+            figures = pair(acc, method, other)
+            if figures is not None:
+                out["comparisons"][f"{method} - {other}"] = figures
         out["cost"][method] = 1.0 + statistics.mean(extra.get(method, [0.0]))
         runs = theta.get(method, [])
         if runs:
@@ -185,6 +180,7 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out = args.out or args.source
     results = []
+    from metasam.benchmark import ci
     from metasam.tuning.runner import ray_session
 
     with ray_session():
@@ -201,9 +197,7 @@ def main() -> int:
           "cost (FRE) | θ at the end |")
     print("|---|---|---|---|---|---|---|")
     def cell(comparisons: dict[str, Any], key: str) -> str:
-        v = comparisons.get(key)
-        return "—" if v is None else (f"{v['mean']:+.2f} ± {v['ci95']:.2f} "
-                                      f"(p = {v['p_two_sided']:.3f})")
+        return ci(comparisons.get(key), p="p_two_sided")
 
     for r in results:
         for method in ("learned from sam", "learned from sam, replayed",

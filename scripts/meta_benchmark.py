@@ -36,9 +36,9 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from metasam.stats import Summary, welch_greater  # noqa: E402
+from metasam.benchmark import TASKS as BENCHMARK_TASKS
+from metasam.benchmark import search_study
+from metasam.stats import Summary, welch_greater
 
 TASKS = ("digits-noisy", "mnist-S-noisy", "mnist1d-noisy")
 
@@ -96,15 +96,13 @@ def winner_test_accuracy(config: Any, seeds: int) -> list[float]:
 
 def ensure_priors(args: argparse.Namespace) -> None:
     """The cold studies of the prior-only tasks, made (or finished) where missing."""
-    from search_benchmark import study_file
-
     from metasam.tuning import StudyConfig
     from metasam.tuning.runner import tune_study
 
     for name in args.extra_priors:
         path = args.cold / f"{name}.yaml"
         if not path.exists():
-            study_file(args.cold, name, PRIOR_TASKS[name], SPACE, args.data_dir, 0, 2)
+            search_study(args.cold, name, PRIOR_TASKS[name], SPACE, args.data_dir, 0, 2)
         start = time.time()
         tune_study(StudyConfig.from_yaml(path), verbose=0)
         print(f"prior {name}: {time.time() - start:.0f} s", flush=True)
@@ -113,9 +111,6 @@ def ensure_priors(args: argparse.Namespace) -> None:
 def cold_study(task: str, args: argparse.Namespace) -> Any:
     """The held-out task's cold study: the search benchmark's (seed 0), or for another
     ``--seed`` one made here (tune + race) as ``TASK-sSEED``."""
-    from search_benchmark import TASKS as BENCHMARK_TASKS
-    from search_benchmark import study_file
-
     from metasam import Study
     from metasam.tuning import StudyConfig
 
@@ -124,7 +119,8 @@ def cold_study(task: str, args: argparse.Namespace) -> Any:
     name = f"{task}-s{args.seed}"
     path = args.cold / f"{name}.yaml"
     if not path.exists():
-        study_file(args.cold, name, BENCHMARK_TASKS[task], SPACE, args.data_dir, args.seed, 2)
+        search_study(args.cold, name, BENCHMARK_TASKS[task], SPACE, args.data_dir, args.seed,
+                     2)
     config = StudyConfig.from_yaml(path)
     Study(config, verbose=0).run()
     return config

@@ -25,12 +25,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from metasam.benchmark import (
+    TASKS,
+    ci,
+    common_arguments,
+    pair,
+    run_tasks,
+    spec_point,
+    task_names,
+    test_accuracies,
+    write_study,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from search_benchmark import TASKS, common_arguments, paired, run_tasks, task_names  # noqa: E402
-
 QUICK_TASKS = {k: TASKS[k] for k in ("digits-noisy", "mnist1d-noisy", "mnist-S-noisy")}
 # the thorough (halving) study's winners, docs/data/search-benchmark-halving.json
 THOROUGH = {"digits-noisy": {"preset": "sam", "rho": 0.188},
@@ -44,26 +51,19 @@ GAINS = {"digits-noisy": (0.0, 0.0, -0.22, -0.22), "mnist1d-noisy": (0.0, -0.10,
 
 def quick_file(out: Path, name: str, task: dict[str, Any], data_dir: str, seed: int,
                concurrency: int) -> Path:
-    train = {"schedule": "cosine", "weight_decay": 5e-4, "data_dir": data_dir, **task["train"]}
-    study = {"name": name, "search_space": str(ROOT / "search_spaces" / "presets.yaml"),
-             "train": train, "metric": "val_acc", "concurrency": concurrency,
-             "resources": {"cpu": 1, "gpu": 0}, "seed": seed, "effort": "quick",
-             "budget": 10, "race": {"detect": 0.01, "power": 0.8}}
-    path = out / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
+    """The quick study of ``task`` at the default budget of 10 full-run equivalents."""
+    return write_study(out, name, task, data_dir,
+                       search_space=str(ROOT / "search_spaces" / "presets.yaml"),
+                       concurrency=concurrency, seed=seed, effort="quick", budget=10,
+                       race={"detect": 0.01, "power": 0.8})
 
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam import Study
-    from metasam.analysis.runs import collect
-    from metasam.decision.compare import compare_config
     from metasam.decision.prior import shrunk_pick
     from metasam.decision.stage import quick_candidates, selection, study_plan
     from metasam.family import presets
     from metasam.tuning import StudyConfig
-    from metasam.tuning.protocol import Label, Point, Role
-    from metasam.tuning.runner import tune_study
 
     path = quick_file(args.out, name, QUICK_TASKS[name], args.data_dir, args.seed,
                       args.concurrency)
@@ -84,37 +84,25 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
                  c.name for c in candidates if c.id == shrunk_pick(chosen.race, loo, taus))
              if len(loo) == len(candidates) else chosen.winner.name,
              "race alone": next(c.name for c in candidates if c.id == chosen.race.winner())}
-    points = {c.name: Point(Label(Role.COMPARE, c.name, c.spec.get("name")), c.spec, c.train)
-              for c in candidates}
+    points = {c.name: spec_point(c.name, c.spec, c.train) for c in candidates}
     thorough = THOROUGH[name]
     spec = presets.get(thorough["preset"], **{k: v for k, v in thorough.items()
                                                if k != "preset"}).to_dict()
     label = "thorough winner"
-    points[label] = Point(Label(Role.COMPARE, label, thorough["preset"]), spec, {})
-    comparison = compare_config(config, args.seeds, points, sharpness_every=0)
-    tune_study(comparison, verbose=0, record_history=False)
+    points[label] = spec_point(label, spec)
+    acc = test_accuracies(config, args.seeds, points, history=False)
     t2 = time.time()
-    runs = collect(config)
-    acc = {m: {r["seed"]: r["test_acc"] for r in rs} for m, rs in runs.items()}
-
-    def pair(a: str, b: str) -> dict[str, float]:
-        seeds = sorted(set(acc[a]) & set(acc[b]))
-        return paired([acc[a][s] for s in seeds], [acc[b][s] for s in seeds])
 
     test = {"mean": {m: 100 * statistics.fmean(v.values()) for m, v in acc.items()},
             "seeds": {m: len(v) for m, v in acc.items()}}
     for key, pick in picks.items():
-        test[key] = {"pick": pick, "vs thorough winner": pair(pick, label),
-                     "vs sam": pair(pick, "sam")}
+        test[key] = {"pick": pick, "vs thorough winner": pair(acc, pick, label),
+                     "vs sam": pair(acc, pick, "sam")}
     return {"task": name, "plan": plan.to_dict(), "plan_line": plan.line(),
             "verdict": verdict.to_dict(config.metric) if verdict else None,
             "cost": study.cost().to_dict(), "thorough_cost": "see search-benchmark-halving",
             "picks": picks, "test": test,
             "seconds": {"study": t1 - t0, "test": t2 - t1}}
-
-
-def ci(d: dict[str, float]) -> str:
-    return f"{d['mean']:+.2f} ± {d['ci95']:.2f} (p = {d['p']:.3f})"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -130,7 +118,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_arguments(parser, list(QUICK_TASKS), "quick-benchmark")
+    common_arguments(parser, list(QUICK_TASKS), "quick-benchmark", ROOT)
     args = parser.parse_args()
     names = task_names("quick_benchmark", args.tasks, list(QUICK_TASKS))
     if names is None:

@@ -44,12 +44,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from metasam import Study
-    from metasam.analysis.runs import collect
-    from metasam.decision.compare import compare_config
+    from metasam.benchmark import export_point, pair, spec_point, test_accuracies
     from metasam.family import presets
-    from metasam.stats import PairedDifference
-    from metasam.tuning.protocol import Label, Point, Role
-    from metasam.tuning.runner import ray_session, tune_study
+    from metasam.tuning.runner import ray_session
 
     report: dict[str, Any] = {"runs": {}}
     studies = []
@@ -65,42 +62,22 @@ def main() -> int:
             report["runs"][name] = {"verdict": outcome.verdict.to_dict(study.config.metric),
                                     "cost": study.cost().to_dict()}
             studies.append(study)
-        methods = {}
-        for study in studies:
-            data = study.export()
-            methods[study.config.name] = Point(
-                Label(Role.COMPARE, study.config.name, data["spec"].get("name")), data["spec"],
-                {k: v for k, v in data["base_optimizer"].items()
-                 if k in ("lr", "weight_decay", "momentum")
-                 and getattr(study.config.train, k) != v})
+        methods = {s.config.name: export_point(s.export(), s.config.train, s.config.name)
+                   for s in studies}
         for name in ("sgd", "sam"):
-            methods[name] = Point(Label(Role.COMPARE, name, name), presets.get(name).to_dict())
-        first = studies[0].config
-        comparison = compare_config(first, args.seeds, methods, sharpness_every=0)
-        tune_study(comparison, verbose=0, record_history=True)
-    runs = collect(first)
-    acc = {m: {r["seed"]: r["test_acc"] for r in rs} for m, rs in runs.items()}
+            methods[name] = spec_point(name, presets.get(name).to_dict())
+        acc = test_accuracies(studies[0].config, args.seeds, methods)
     seeds = sorted(set.intersection(*(set(v) for v in acc.values())))
-
-    def v(m: str) -> list[float]:
-        return [acc[m][s] for s in seeds]
-
-    def figures(a: str, b: str) -> dict[str, float]:
-        d = PairedDifference.of(v(a), v(b))
-        from scipy import stats
-
-        two_sided = float(stats.ttest_rel(v(a), v(b)).pvalue) if d.sd > 0 else 1.0
-        return {"mean": 100 * d.mean, "ci95": 100 * d.ci95, "p_greater": d.p_greater,
-                "p_two_sided": two_sided, "n": d.n}
+    acc = {m: {s: v[s] for s in seeds} for m, v in acc.items()}   # the seeds all have
 
     names = [s.config.name for s in studies]
     report["winners"] = {s.config.name: s.export()["name"] for s in studies}
     report["test"] = {"seeds": len(seeds),
-                      "mean": {m: 100 * sum(v(m)) / len(seeds) for m in acc},
-                      f"{names[0]} - {names[1]}": figures(names[0], names[1])}
+                      "mean": {m: 100 * sum(v.values()) / len(seeds) for m, v in acc.items()},
+                      f"{names[0]} - {names[1]}": pair(acc, names[0], names[1])}
     for n in names:
         for ref in ("sgd", "sam"):
-            report["test"][f"{n} - {ref}"] = figures(n, ref)
+            report["test"][f"{n} - {ref}"] = pair(acc, n, ref)
     print(f"--- test, {len(seeds)} paired seeds (train + validation, last epoch)")
     print(json.dumps(report["winners"]))
     for key, value in report["test"].items():

@@ -32,19 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from search_benchmark import (  # noqa: E402
+from metasam.benchmark import (
     TASKS,
     ci,
     common_arguments,
-    paired,
+    pair,
     run_tasks,
+    spec_point,
     task_names,
+    test_accuracies,
+    unique_points,
+    write_study,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCHEDULE_TASKS = ("digits-noisy", "mnist1d-noisy", "mnist-S-noisy")
 POPULATION = {"type": "pbt", "population": 8, "members": ["sam", "ssam"], "quantile": 0.25,
@@ -58,16 +59,12 @@ PRESETS = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam")
 
 def study_file(out: Path, name: str, task: dict[str, Any], data_dir: str, seed: int,
                concurrency: int) -> Path:
-    train = {"schedule": "cosine", "weight_decay": 5e-4, "data_dir": data_dir, **task["train"]}
-    interval = max(1, train["epochs"] // 5)
-    study = {"name": f"{name}-pbt", "search_space": str(ROOT / "search_spaces" /
-                                                        "presets.yaml"),
-             "search": {**POPULATION, "interval": interval}, "train": train,
-             "metric": "val_acc", "concurrency": concurrency, "resources": {"cpu": 1, "gpu": 0},
-             "race": False, "seed": seed}
-    path = out / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
+    """A population (PBT) over SAM and SSAM on the presets' space, exploiting 5 times."""
+    interval = max(1, task["train"]["epochs"] // 5)
+    return write_study(out, f"{name}-pbt", task, data_dir,
+                       search_space=str(ROOT / "search_spaces" / "presets.yaml"),
+                       search={**POPULATION, "interval": interval}, concurrency=concurrency,
+                       race=False, seed=seed)
 
 
 def ramp_winner(ramps: Path | None, task: str) -> dict[str, Any] | None:
@@ -86,12 +83,8 @@ def ramp_winner(ramps: Path | None, task: str) -> dict[str, Any] | None:
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam.analysis.plots import population_members
-    from metasam.analysis.runs import collect
-    from metasam.decision.compare import compare_config
     from metasam.family.spec import SharpnessSpec
     from metasam.tuning import StudyConfig
-    from metasam.tuning.protocol import Label, Point, Role
-    from metasam.tuning.runner import tune_study
     from metasam.workflow import Study
 
     config = StudyConfig.from_yaml(study_file(args.out, name, TASKS[name], args.data_dir,
@@ -109,39 +102,20 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     ramp = ramp_winner(args.ramps, name)
     if ramp is not None:
         specs["ramp winner"] = ramp
-    aliases: dict[str, str] = {}
-    methods: dict[str, Point] = {}
-    for method, spec in specs.items():
-        same = next((m for m, p in methods.items() if p.spec == spec), None)
-        if same is not None:
-            aliases[method] = same
-            continue
-        methods[method] = Point(Label(Role.COMPARE, method, spec.get("name")), spec)
-    comparison = compare_config(config, args.seeds, methods, sharpness_every=0)
-    tune_study(comparison, verbose=0, record_history=True)
+    methods, aliases = unique_points({m: spec_point(m, spec) for m, spec in specs.items()})
+    acc = test_accuracies(config, args.seeds, methods, aliases)
     t2 = time.time()
-    runs = collect(config)
-    acc = {m: {r["seed"]: r["test_acc"] for r in rs} for m, rs in runs.items()}
-    for alias, original in aliases.items():
-        acc[alias] = acc[original]
-
-    def pair(a: str, b: str) -> dict[str, float] | None:
-        if a not in acc or b not in acc:
-            return None
-        seeds = sorted(set(acc[a]) & set(acc[b]))
-        return paired([acc[a][s] for s in seeds], [acc[b][s] for s in seeds])
 
     def mean(m: str) -> float:
         return 100 * sum(acc[m].values()) / len(acc[m])
 
     oracle = max(PRESETS, key=mean)
-    figures = {f"pbt − {other}": pair("pbt", other)
+    figures = {f"pbt − {other}": pair(acc, "pbt", other)
                for other in ("winner", "sam", oracle, "sam ramp")}
-    figures[f"pbt − {oracle}"] = pair("pbt", oracle)
     if "ramp winner" in acc:
         for other in ("winner", "sam", oracle):
-            figures[f"ramp winner − {other}"] = pair("ramp winner", other)
-    figures[f"sam ramp − {oracle}"] = pair("sam ramp", oracle)
+            figures[f"ramp winner − {other}"] = pair(acc, "ramp winner", other)
+    figures[f"sam ramp − {oracle}"] = pair(acc, "sam ramp", oracle)
     cost = Study(config, verbose=0).cost().to_dict()
     return {"task": name, "train": config.train.to_dict(), "oracle": oracle,
             "pbt": {"best": best["member"], "spec": best["spec"], "members": members,
@@ -175,7 +149,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     from metasam.tuning.naming import describe_spec
 
     def cell(f: dict[str, Any], key: str) -> str:
-        return ci(f[key]) if f.get(key) else "—"
+        return ci(f.get(key))
 
     for r in results:
         f = r["paired"]
@@ -193,7 +167,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_arguments(parser, list(SCHEDULE_TASKS), "schedule-benchmark")
+    common_arguments(parser, list(SCHEDULE_TASKS), "schedule-benchmark", ROOT)
     parser.add_argument("--ramps", type=Path, default=None,
                         help="OUT of a search benchmark over search_spaces/ramps.yaml")
     args = parser.parse_args()

@@ -28,53 +28,28 @@ Usage (hours on a 2-core CPU for the four default tasks; each task's stages are 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from metasam.benchmark import (
+    RACE,
+    TASKS,
+    ci,
+    common_arguments,
+    export_point,
+    pair,
+    run_tasks,
+    search_study,
+    spec_point,
+    task_names,
+    test_accuracies,
+    unique_points,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Tasks where the optimizer matters: label noise and/or limited data, with validation and test
-# sets that can resolve a few tenths of a point (MNIST-S: 6,000 training examples, validation
-# 15% = 900 per fold, test 10,000; MNIST-1D: 4,000 and 1,000 test; CIFAR-10-JPEG-S: 5,000, test
-# 10,000), and digits with label noise as the embedded demo (validation folds of 287, test 355:
-# it cannot resolve 0.3 points). Epochs fit the 2-core CPU; CIFAR gets enough for the small CNN
-# to learn. Budget per task: 24 tuning trials (about 21 full-run equivalents with ASHA), a
-# race of at most 36 runs and a confirmation of at most 40 (the library's defaults).
-TASKS: dict[str, dict[str, Any]] = {
-    "digits-noisy": {"train": {"dataset": "digits", "label_noise": 0.2, "model": "cnn",
-                               "epochs": 10, "batch_size": 64, "lr": 0.05, "val_fraction": 0.2}},
-    "mnist-S-noisy": {"train": {"dataset": "mnist-S", "label_noise": 0.2, "model": "mlp",
-                                "epochs": 12, "batch_size": 128, "lr": 0.05,
-                                "val_fraction": 0.15}},
-    "mnist1d-noisy": {"train": {"dataset": "mnist1d", "label_noise": 0.2, "model": "cnn",
-                                "epochs": 15, "batch_size": 128, "lr": 0.05,
-                                "val_fraction": 0.15}},
-    "cifar10-jpeg-S": {"train": {"dataset": "cifar10-jpeg-S", "model": "cnn", "epochs": 20,
-                                 "batch_size": 128, "lr": 0.05, "val_fraction": 0.1}},
-}
-TRIALS = 24
-RACE = {"top_k": 2, "budget": 36}
-
-
-def study_file(out: Path, name: str, task: dict[str, Any], space: Path, data_dir: str,
-               seed: int, concurrency: int) -> Path:
-    train = {"schedule": "cosine", "weight_decay": 5e-4, "data_dir": data_dir, **task["train"]}
-    study = {"name": name, "search_space": str(space), "train": train, "metric": "val_acc",
-             "trials": task.get("trials", TRIALS), "concurrency": concurrency,
-             "resources": {"cpu": 1, "gpu": 0},
-             "scheduler": {"type": "asha", "grace_period": "auto", "reduction_factor": 3},
-             "sampler": {"type": "tpe", "startup_trials": 10},
-             "race": task.get("race", RACE), "seed": seed}
-    path = out / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -107,18 +82,13 @@ def test_methods(study: Any) -> dict[str, Any]:
 
     config = study.config
     exported = study.export()
-    train_keys = ("lr", "weight_decay", "momentum")
-    methods: dict[str, Point] = {"winner": Point(
-        Label(Role.COMPARE, "winner", (exported["spec"] or {}).get("name")), exported["spec"],
-        {k: v for k, v in exported["base_optimizer"].items()
-         if k in train_keys and getattr(config.train, k) != v})}
+    methods: dict[str, Point] = {"winner": export_point(exported, config.train, "winner")}
     methods.update(baseline_points(config, None))
     # the space's own points beyond the presets (e.g. a ramp a user put there): on test too
     for point in config.space.points:
         if point.label.role is Role.POINT:
-            methods[point.label.method] = Point(Label(Role.COMPARE, point.label.method,
-                                                      point.spec.get("name")),
-                                                point.spec, point.train)
+            methods[point.label.method] = spec_point(point.label.method, point.spec,
+                                                     point.train)
     trials = config.load_study()
     ranked = best_trials(trials, config.mode, len(trials.trials))
     searched = [TrialRecord.of(t) for t in ranked if not TrialRecord.of(t).is_point]
@@ -129,40 +99,14 @@ def test_methods(study: Any) -> dict[str, Any]:
             methods[key] = Point(Label(Role.COMPARE, key, rec.spec.get("name"),
                                        trial=rec.number), rec.spec, rec.train)
             names[key] = rec.name
-    unique: dict[str, Point] = {}
-    aliases: dict[str, str] = {}
-    for name, point in methods.items():
-        key = json.dumps([point.spec, point.train], sort_keys=True)
-        first = next((n for n, p in unique.items()
-                      if json.dumps([p.spec, p.train], sort_keys=True) == key), None)
-        if first is None:
-            unique[name] = point
-        else:
-            aliases[name] = first
+    unique, aliases = unique_points(methods)
     return {"points": unique, "aliases": aliases, "winner": exported["name"], "names": names}
 
 
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    from metasam.stats import PairedDifference
-
-    d = PairedDifference.of(a, b)
-    return {"mean": 100 * d.mean, "ci95": 100 * d.ci95, "p": d.p_greater, "n": d.n,
-            "p_improvement": d.p_improvement}
-
-
-def test_figures(runs: dict[str, list[dict[str, Any]]], aliases: dict[str, str]
-                 ) -> dict[str, Any]:
+def test_figures(acc: dict[str, dict[int, float]]) -> dict[str, Any]:
     """Paired over seeds: the winner against SGD, SAM and the best default preset on test;
     the best universal member against the best region member."""
     from metasam.stats import Summary
-
-    acc = {m: {r["seed"]: r["test_acc"] for r in rs} for m, rs in runs.items()}
-    for alias, name in aliases.items():
-        acc[alias] = acc[name]
-
-    def pair(a: str, b: str) -> dict[str, float]:
-        seeds = sorted(set(acc[a]) & set(acc[b]))  # a diverged run has no test accuracy
-        return paired([acc[a][s] for s in seeds], [acc[b][s] for s in seeds])
 
     def values(m: str) -> list[float]:
         return [acc[m][s] for s in sorted(acc[m])]
@@ -174,24 +118,22 @@ def test_figures(runs: dict[str, list[dict[str, Any]]], aliases: dict[str, str]
         "runs": {m: len(acc[m]) for m in acc},
         "mean": {m: 100 * Summary.of(values(m)).mean for m in acc},
         "sd": {m: 100 * Summary.of(values(m)).std for m in acc},
-        "winner_vs_sgd": pair("winner", "sgd"),
-        "winner_vs_sam": pair("winner", "sam"),
-        "winner_vs_oracle": pair("winner", oracle)}
+        "winner_vs_sgd": pair(acc, "winner", "sgd"),
+        "winner_vs_sam": pair(acc, "winner", "sam"),
+        "winner_vs_oracle": pair(acc, "winner", oracle)}
     if "best universal" in acc and "best region" in acc:
-        out["universal_vs_region"] = pair("best universal", "best region")
+        out["universal_vs_region"] = pair(acc, "best universal", "best region")
     return out
 
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam import Study
     from metasam.analysis.runs import collect
-    from metasam.decision.compare import compare_config
     from metasam.tuning import StudyConfig
-    from metasam.tuning.runner import tune_study
 
     task = {**TASKS[name], "race": {**TASKS[name].get("race", RACE), "rule": args.race_rule}}
-    path = study_file(args.out, name, task, args.space, args.data_dir, args.seed,
-                      args.concurrency)
+    path = search_study(args.out, name, task, args.space, args.data_dir, args.seed,
+                        args.concurrency)
     config = StudyConfig.from_yaml(path)
     study = Study(config, verbose=0)
     t0 = time.time()
@@ -201,20 +143,15 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t2 = time.time()
     verdict = study.verdict()
     chosen = test_methods(study)
-    comparison = compare_config(config, args.seeds, chosen["points"], sharpness_every=0)
-    tune_study(comparison, verbose=0, record_history=True)
+    acc = test_accuracies(config, args.seeds, chosen["points"], chosen["aliases"])
     t3 = time.time()
     runs = collect(config)
     return {"task": name, "train": config.train.to_dict(), "winner": chosen["winner"],
             "names": chosen["names"], "aliases": chosen["aliases"],
             "verdict": verdict.to_dict(config.metric) if verdict else None,
-            "cost": study.cost().to_dict(), "test": test_figures(runs, chosen["aliases"]),
+            "cost": study.cost().to_dict(), "test": test_figures(acc),
             "test_rank_corr_by_epoch": rung_correlations(runs, "test_acc"),
             "seconds": {"tune": t1 - t0, "race": t2 - t1, "test": t3 - t2}}
-
-
-def ci(d: dict[str, float]) -> str:
-    return f"{d['mean']:+.2f} ± {d['ci95']:.2f} (p = {d['p']:.3f})"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -267,7 +204,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_arguments(parser, list(TASKS), "search-benchmark")
+    common_arguments(parser, list(TASKS), "search-benchmark", ROOT)
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" /
                         "universal-poly.yaml")
     parser.add_argument("--race-rule", default="halving", choices=("halving", "frace", "ttts"),
@@ -281,58 +218,6 @@ def main() -> int:
     args.data_dir = str(Path(args.data_dir).resolve())
     run_tasks(names, args, run_task, markdown)
     return 0
-
-
-def common_arguments(parser: argparse.ArgumentParser, tasks: list[str], out: str) -> None:
-    """The options every benchmark over these tasks takes: which tasks, the data, where the
-    results go (``results/OUT`` by default), the test seeds, the studies' seed, concurrency."""
-    parser.add_argument("--tasks", default=",".join(tasks),
-                        help=f"comma-separated, from: {', '.join(tasks)}")
-    parser.add_argument("--data-dir", default=os.environ.get("METASAM_DATA", "data"),
-                        help="folder with mnist.npz, mnist1d.npz, cifar10-jpeg.npz")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / out)
-    parser.add_argument("--seeds", type=int, default=10, help="paired seeds of the test runs")
-    parser.add_argument("--seed", type=int, default=0, help="the studies' seed")
-    parser.add_argument("--concurrency", type=int, default=2)
-
-
-def task_names(prog: str, value: str, tasks: list[str]) -> list[str] | None:
-    """The tasks of ``--tasks``, or ``None`` after one line naming an unknown one."""
-    names = [n for n in value.split(",") if n]
-    unknown = [n for n in names if n not in tasks]
-    if unknown:
-        print(f"{prog}: error: --tasks: unknown task {unknown[0]!r}; allowed: "
-              f"{', '.join(tasks)}", file=sys.stderr)
-        return None
-    return names
-
-
-def run_tasks(names: list[str], args: argparse.Namespace, run: Any, table: Any,
-              after: Any = None) -> list[dict[str, Any]]:
-    """Each task in turn on a Ray instance of this process's own (not a cluster another
-    process started on this machine); after each, ``OUT/benchmark.json`` (and ``after(results)``)
-    and its table on stdout, so a stopped benchmark keeps what finished; the whole table at
-    the end."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False,
-             log_to_driver=False)
-    results: list[dict[str, Any]] = []
-    try:
-        for name in names:
-            started = time.time()
-            results.append(run(name, args))
-            print(f"{name}: done in {time.time() - started:.0f} s", file=sys.stderr,
-                  flush=True)
-            (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
-            if after is not None:
-                after(results)
-            print(table(results[-1:]), flush=True)
-    finally:
-        ray.shutdown()
-    print(table(results))
-    return results
 
 
 if __name__ == "__main__":

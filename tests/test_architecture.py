@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("meta",),
     ("analysis",),
     ("workflow",),
+    ("benchmark",),
     ("cli",),
     ("__main__", "__init__"),
 ]

@@ -253,7 +253,14 @@ def test_a_study_point_can_learn_its_bias_and_exports_the_member_it_ended_with(
     assert exported["learned"]["from"]["name"] == "sam"
     assert exported["learned"]["settings"]["params"] == ["lam"]
     learned = SharpnessSpec.from_dict(exported["spec"])
-    assert learned.lam != presets.get("sam").lam and learned.lam > 0
+    # the member the run ended with: the λ its learner reported at the last epoch
+    from metasam.tuning.record import TrialRecord
+
+    (trial,) = config.load_study().trials
+    history = TrialRecord.of(trial).history
+    assert learned.lam == pytest.approx(history[-1]["learned:lam"], rel=1e-9)
+    assert history[0]["learned:lam"] != history[-1]["learned:lam"]   # it did learn
+    assert learned.rho == presets.get("sam").rho
     assert "(learned: lam)" in exported["label"]
     cost = study_cost(config)
     assert 1.0 < cost.tuning < 1.5     # one run plus its validation passes

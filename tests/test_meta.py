@@ -69,7 +69,27 @@ def test_descriptors_are_deterministic_for_a_seed() -> None:
     a, b = describe_task(train, seed=1, epochs=1), describe_task(train, seed=1, epochs=1)
     assert a == b
     assert a.classes == 10 and a.input_size == 64 and a.examples > 1000
-    assert a.trace > 0 and a.frob > 0 and a.noise_scale > 0
+    assert a.trace > 0 and a.frob > 0
+    # the gradient noise scale B·tr Σ/‖g‖², recomputed here from the same initial model and
+    # batches: per-batch gradients by plain backward, the covariance's trace by numpy
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from metasam.training import Trial
+
+    trial = Trial(train.replace(preset="sgd", epochs=1, seed=1, test="none"))
+    model, data, batch = trial.model.eval(), trial.splits.train, trial.config.batch_size
+    gen = torch.Generator().manual_seed(1)
+    grads = []
+    for _ in range(8):
+        index = torch.randperm(len(data), generator=gen)[:batch]
+        model.zero_grad()
+        F.cross_entropy(model(data.normalize(data.x[index])), data.y[index]).backward()
+        grads.append(np.concatenate([p.grad.numpy().ravel() for p in model.parameters()]))
+    g = np.asarray(grads, dtype=np.float64)
+    trace_sigma = batch * np.var(g, axis=0, ddof=1).sum()
+    assert a.noise_scale == pytest.approx(trace_sigma / (g.mean(0) ** 2).sum(), rel=1e-4)
     c = describe_task(train, seed=2, epochs=1)
     assert c.noise_scale != a.noise_scale
 

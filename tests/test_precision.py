@@ -187,6 +187,12 @@ def test_trainer_fp16_matches_fp32_and_checkpoints_the_scaler(tmp_path) -> None:
     assert fp16["test_acc"] == pytest.approx(fp32["test_acc"], abs=0.02)
     assert fp16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.05)
     own = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["universal_sam"]
-    assert own["scaler"]["scale"] > 0
+    # the trained scaler's state, not a fresh one's: it backed off once per skipped step from
+    # 2**16 (no growth in fewer than 2,000 steps) and counted the steps since its last back-off
+    scaler, steps, skipped = own["scaler"], own["steps"], own["skipped_steps"]
+    assert scaler["scale"] == 2.0**16 * 0.5**skipped
+    assert 0 < scaler["_growth_tracker"] <= steps - skipped
+    if skipped == 0:
+        assert scaler["_growth_tracker"] == steps
     with pytest.raises(ConfigError, match="fp16"):
         train({**config, "fp16": True, "bf16": True})
