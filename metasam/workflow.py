@@ -38,11 +38,12 @@ from metasam.optim.loading import Recipe
 from metasam.optim.loading import load_optimizer as _load_export
 from metasam.optim.loading import load_recipe as _load_recipe
 from metasam.optim.universal_sam import UniversalSAM
+from metasam.tuning import record
 from metasam.tuning.protocol import Point
 from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
 from metasam.tuning.sampling import RegionBoxes
 from metasam.tuning.storage import census, open_storage, open_study
-from metasam.tuning.study import PRIOR_ATTR, MetaSettings, StudyConfig
+from metasam.tuning.study import MetaSettings, StudyConfig
 from metasam.tuning.tracking import check_trackers
 
 
@@ -100,10 +101,10 @@ class Study:
             study = open_study(open_storage(config.storage, config.heartbeat_interval,
                                             config.heartbeat_grace), config.name, config.mode)
             config.check_definition(study, record=True)
-            if not config.cold and PRIOR_ATTR not in study.user_attrs:
+            if not config.cold and record.PRIOR not in study.user_attrs:
                 # the pick's prior, kept with the study so that a later release's portfolio
                 # never changes a started study's decision
-                study.set_user_attr(PRIOR_ATTR, json.dumps(decision.portfolio_prior()))
+                study.set_user_attr(record.PRIOR, json.dumps(decision.portfolio_prior()))
             return TuneResult(config.name, census(study), target=0)
         if config.population is not None:
             return self._population()

@@ -105,16 +105,15 @@ def test_a_quick_study_picks_with_the_prior_it_recorded_and_cold_without(tmp_pat
     from _util import write_study
 
     from metasam.decision.stage import quick_candidates, quick_prior
-    from metasam.tuning import StudyConfig
+    from metasam.tuning import StudyConfig, record
     from metasam.tuning.storage import open_storage, open_study
-    from metasam.tuning.study import PRIOR_ATTR
 
     config = StudyConfig.from_yaml(write_study(tmp_path, effort="quick", race={}))
     study = open_study(open_storage(config.storage), config.name, config.mode)
     names = [c.name for c in quick_candidates(config)[0]]
     portfolio_means, _ = quick_prior(config, study)    # nothing recorded: the portfolio file's
     assert portfolio_means == quick_candidates(config)[1]
-    study.set_user_attr(PRIOR_ATTR, json.dumps({"gains": {names[0]: 0.0, names[1]: 0.004},
+    study.set_user_attr(record.PRIOR, json.dumps({"gains": {names[0]: 0.0, names[1]: 0.004},
                                                 "tau": 0.002}))
     means, taus = quick_prior(config, study)
     assert means[:2] == [0.0, 0.004] and taus[:2] == [0.002, 0.002]

@@ -102,8 +102,7 @@ def _prior_studies(tmp_path):
 
     from metasam import presets
     from metasam.meta.descriptors import TaskDescriptor
-    from metasam.meta.knowledge import DESCRIPTOR_ATTR
-    from metasam.tuning import StudyConfig
+    from metasam.tuning import StudyConfig, record
     from metasam.tuning.storage import open_storage, open_study
 
     configs = []
@@ -112,7 +111,7 @@ def _prior_studies(tmp_path):
         config = StudyConfig.from_yaml(write_study(tmp_path / name, name=name))
         study = open_study(open_storage(config.storage), config.name, config.mode)
         descriptor = TaskDescriptor(1000, 10, 64, 5000, 0.1 + len(configs), 50.0, 3.0, 9.0)
-        study.set_user_attr(DESCRIPTOR_ATTR, _json.dumps(descriptor.to_dict()))
+        study.set_user_attr(record.DESCRIPTOR, _json.dumps(descriptor.to_dict()))
         for label, value in values.items():
             trial = study.ask()
             for key, attr in (("label", label), ("full_budget", True), ("epochs", 3),
@@ -353,16 +352,16 @@ def test_plan_transfer_boxes_only_the_similar_priors_winners(tmp_path) -> None:
     from _util import write_study
 
     from metasam.meta.descriptors import TaskDescriptor
-    from metasam.meta.knowledge import DESCRIPTOR_ATTR, knowledge_base
+    from metasam.meta.knowledge import knowledge_base
     from metasam.meta.transfer import plan_transfer
-    from metasam.tuning import StudyConfig
+    from metasam.tuning import StudyConfig, record
     from metasam.tuning.storage import open_storage, open_study
 
     priors = _prior_studies(tmp_path)  # a: gap 0.1 (sam wins), b: gap 1.1 (frob_sam wins)
     config = StudyConfig.from_yaml(write_study(tmp_path / "t", name="t"))
     study = open_study(open_storage(config.storage), config.name, config.mode)
     near_a = TaskDescriptor(1000, 10, 64, 5000, 0.15, 50.0, 3.0, 9.0)
-    study.set_user_attr(DESCRIPTOR_ATTR, _json.dumps(near_a.to_dict()))
+    study.set_user_attr(record.DESCRIPTOR, _json.dumps(near_a.to_dict()))
     plan = plan_transfer(config, study, knowledge_base(priors, describe=False), k=1)
     assert plan.similar == ["a"] and plan.similarity["a"] > plan.similarity["b"]
     assert set(plan.boxes) == {"sam"}

@@ -77,8 +77,7 @@ def test_the_trainer_s_steps_read_nothing_back_and_cost_about_a_plain_loop():
     """Through ``Trial.train_epoch`` (digits, CNN; epochs of 2k and k steps differenced, so the
     epoch's own read-back and the first step cancel): no host read per steady-state step for
     any preset, and the operators per step within 1.10× (sgd) and 1.15× (sam) of the loop a
-    user writes around the same model, loader and base optimizer (they were 1.14× and 1.12×
-    with one and two host reads per step)."""
+    user writes around the same model, loader and base optimizer."""
     from metasam import presets
     from metasam.training.config import TrainConfig
     from metasam.training.cost import step_cost

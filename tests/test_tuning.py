@@ -343,7 +343,8 @@ def test_two_workers_on_one_journal_file(tmp_path, ray_cluster) -> None:
 
 
 def test_journal_heartbeats_find_and_rerun_a_silent_trial(tmp_path) -> None:
-    from metasam.tuning.storage import HEARTBEAT_ATTR, open_storage, requeue, sweep_stale
+    from metasam.tuning import record
+    from metasam.tuning.storage import open_storage, requeue, sweep_stale
 
     url = f"journal:{tmp_path / 'beats.log'}"
     storage = open_storage(url, heartbeat_interval=1, heartbeat_grace=2)
@@ -353,7 +354,7 @@ def test_journal_heartbeats_find_and_rerun_a_silent_trial(tmp_path) -> None:
         trial.set_user_attr("worker", "w")
         trial.set_user_attr("point", f"p{trial.number}")
         storage.record_heartbeat(trial._trial_id)
-    storage.set_trial_system_attr(silent._trial_id, HEARTBEAT_ATTR, time.time() - 10)
+    storage.set_trial_system_attr(silent._trial_id, record.HEARTBEAT, time.time() - 10)
     assert storage._get_stale_trial_ids(study._study_id) == [silent._trial_id]
     assert sweep_stale(study) == 1
     trials = load_study(url, "beats").get_trials(deepcopy=False)

@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator
 
 from metasam._plotting import pyplot, save_figure
 from metasam.analysis.tables import METHOD_NAMES, METHOD_ORDER, method_name
+from metasam.tuning import record
 
 
 def _ordered(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -286,11 +287,12 @@ def population_members(study: Any, metric: str) -> list[dict[str, Any]]:
 
     out = []
     for t in study.trials:
-        if "pbt_member" not in t.user_attrs:
+        if record.PBT_MEMBER not in t.user_attrs:
             continue
         rec = TrialRecord.of(t)
-        out.append({"member": t.user_attrs["pbt_member"], "value": t.value, "spec": rec.spec,
-                    "events": json.loads(t.user_attrs.get("pbt_events", "[]")),
+        out.append({"member": t.user_attrs[record.PBT_MEMBER], "value": t.value,
+                    "spec": rec.spec,
+                    "events": json.loads(t.user_attrs.get(record.PBT_EVENTS, "[]")),
                     "history": [{"epoch": h["epoch"], metric: h.get(metric)}
                                 for h in rec.history]})
     return sorted(out, key=lambda m: m["member"])

@@ -66,11 +66,12 @@ from metasam.decision.verdict import (
 )
 from metasam.errors import ConfigError
 from metasam.family import presets
+from metasam.tuning import record
 from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import ray_session, tune_study
 from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
-from metasam.tuning.study import PRIOR_ATTR, StudyConfig
+from metasam.tuning.study import StudyConfig
 from metasam.tuning.study_file import RaceSettings
 
 SUFFIX = RACE_SUFFIX
@@ -192,7 +193,7 @@ def quick_prior(config: StudyConfig, study: optuna.Study | None = None
     if config.cold or not config.metric.endswith("acc"):
         return [0.0] * len(candidates), [math.inf] * len(candidates)
     study = study if study is not None else config.load_study()
-    stored = study.user_attrs.get(PRIOR_ATTR)
+    stored = study.user_attrs.get(record.PRIOR)
     if stored is None:
         return means, taus
     prior = json.loads(stored)

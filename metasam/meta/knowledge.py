@@ -24,11 +24,11 @@ from optuna.trial import TrialState
 
 from metasam.errors import ConfigError
 from metasam.meta.descriptors import TaskDescriptor, describe_task
+from metasam.tuning import record
 from metasam.tuning.protocol import RESULT_KEYS
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.study import StudyConfig
 
-DESCRIPTOR_ATTR = "metasam:descriptor"
 KNOWLEDGE_FORMAT = "metasam-knowledge/1"
 
 
@@ -113,13 +113,13 @@ def study_descriptor(config: StudyConfig, study: optuna.Study, compute: bool = T
                      ) -> TaskDescriptor | None:
     """The study's task descriptor, computed once (:func:`describe_task`) and kept in its
     storage."""
-    text = study.user_attrs.get(DESCRIPTOR_ATTR)
+    text = study.user_attrs.get(record.DESCRIPTOR)
     if text is not None:
         return TaskDescriptor.from_dict(json.loads(text))
     if not compute:
         return None
     descriptor = describe_task(config.train, seed=config.seed)
-    study.set_user_attr(DESCRIPTOR_ATTR, json.dumps(descriptor.to_dict()))
+    study.set_user_attr(record.DESCRIPTOR, json.dumps(descriptor.to_dict()))
     return descriptor
 
 

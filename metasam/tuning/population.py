@@ -51,11 +51,6 @@ from metasam.tuning.study import StudyConfig
 from metasam.tuning.study_file import PopulationSettings
 
 VARIED = ("rho", "lam")     # what a member's history may change (a region's τ stays as drawn)
-PLAN = "pbt.plan.{}"        # study attribute: the plan of generation g (JSON)
-RESULT = "pbt.result.{}.{}"  # study attribute: member i's result of generation g (JSON)
-DONE = "pbt.done"           # study attribute: the members are trials
-MEMBER_INDEX = "pbt_member"  # trial attribute: the member's index
-EVENTS = "pbt_events"       # trial attribute: its exploit events (JSON)
 
 
 @dataclass
@@ -265,7 +260,7 @@ def run_population(config: StudyConfig, *, address: str | None = None, verbose: 
     width, guard = search.get("region", 4.0), search.get("guard")
     say = (lambda text: print(f"study {config.name}: {text}", file=sys.stderr, flush=True)
            ) if verbose else (lambda text: None)
-    if study.user_attrs.get(DONE):
+    if study.user_attrs.get(record.PBT_DONE):
         say(f"population of {settings.population} finished ({len(gens)} generations)")
         return PopulationResult(len(gens), 0, 0, list(range(settings.population)))
     base = config.train.to_dict()
@@ -281,14 +276,14 @@ def run_population(config: StudyConfig, *, address: str | None = None, verbose: 
                                               members, width, guard, base, say, ray)
             runs, exploits = runs + ran, exploits + moved
             attrs = study.user_attrs
-            scores = [(_attr(attrs, RESULT.format(g, m.index)) or {}).get("score")
+            scores = [(_attr(attrs, record.PBT_RESULT.format(g, m.index)) or {}).get("score")
                       for m in members]
             finite = [s for s in scores if s is not None and math.isfinite(s)]
             best = (max if config.mode == "max" else min)(finite) if finite else math.nan
             say(f"generation {g + 1}/{len(gens)} (epochs {first + 1}-{until}): best "
                 f"{config.metric} {best:.4f}; {_elapsed(started)}")
     _record_members(study, config, members, len(gens), guard)
-    study.set_user_attr(DONE, True)
+    study.set_user_attr(record.PBT_DONE, True)
     return PopulationResult(len(gens), runs, exploits, [m.index for m in members])
 
 
@@ -299,17 +294,18 @@ def _generation(study: optuna.Study, config: StudyConfig, settings: PopulationSe
     """Plan generation ``g`` (or read its stored plan), run its members that have no result,
     record their results; returns (members, runs made, exploits)."""
     attrs = study.user_attrs
-    plan = _attr(attrs, PLAN.format(g))
+    plan = _attr(attrs, record.PBT_PLAN.format(g))
     runs = 0
     if plan is None:
         if g == 0:
             members = initial_members(settings, config.seed, width)
         else:
-            results = {m.index: _attr(attrs, RESULT.format(g - 1, m.index)) for m in members}
+            results = {m.index: _attr(attrs, record.PBT_RESULT.format(g - 1, m.index))
+                       for m in members}
             members = exploit_and_explore(members, results, settings, g, first /
                                           config.train.epochs, config.seed, width,
                                           config.mode)
-        study.set_user_attr(PLAN.format(g), json.dumps([m.to_dict() for m in members]))
+        study.set_user_attr(record.PBT_PLAN.format(g), json.dumps([m.to_dict() for m in members]))
     else:
         members = [Member.from_dict(m) for m in plan]
     moved = [m for m in members if m.events and m.events[-1]["generation"] == g]
@@ -320,12 +316,12 @@ def _generation(study: optuna.Study, config: StudyConfig, settings: PopulationSe
                         for k in e["new"]))
     pending = []
     for m in members:
-        if _attr(attrs, RESULT.format(g, m.index)) is not None:
+        if _attr(attrs, record.PBT_RESULT.format(g, m.index)) is not None:
             continue
         out = pbt_dir(config) / f"g{g:03d}" / f"m{m.index:02d}"
         done = out / "result.json"
         if done.is_file():   # finished before this process was stopped: recorded now
-            study.set_user_attr(RESULT.format(g, m.index), done.read_text())
+            study.set_user_attr(record.PBT_RESULT.format(g, m.index), done.read_text())
             continue
         pending.append({"member": m.index, "seed": m.seed, "spec": m.spec(guard).to_dict(),
                         "start": m.start, "until": until, "out": str(out)})
@@ -339,7 +335,7 @@ def _generation(study: optuna.Study, config: StudyConfig, settings: PopulationSe
                 raise RuntimeError(f"member {job['member']} of generation {g + 1} left no "
                                    "result (see the Ray logs); run `metasam tune` again to "
                                    "resume")
-            study.set_user_attr(RESULT.format(g, job["member"]), done.read_text())
+            study.set_user_attr(record.PBT_RESULT.format(g, job["member"]), done.read_text())
     return members, runs, len(moved)
 
 
@@ -400,13 +396,13 @@ def _record_members(study: optuna.Study, config: StudyConfig, members: list[Memb
                     count: int, guard: float | None) -> None:
     """Each member as a COMPLETE trial (once: a resumed study adds only those missing), its
     value the metric at the last epoch, its curve over the lineage as intermediate values."""
-    present = {t.user_attrs.get(MEMBER_INDEX) for t in study.get_trials(deepcopy=False)}
+    present = {t.user_attrs.get(record.PBT_MEMBER) for t in study.get_trials(deepcopy=False)}
     stored = study.user_attrs
     for m in members:
         if m.index in present:
             continue
         lineage = _lineage(stored, m, count)
-        last = _attr(stored, RESULT.format(count - 1, m.index))
+        last = _attr(stored, record.PBT_RESULT.format(count - 1, m.index))
         history = [h for r in lineage for h in r["history"]]
         spec = m.spec(guard)
         label = Label(Role.POPULATION, f"member {m.index} ({describe_spec(spec.to_dict())})",
@@ -414,7 +410,7 @@ def _record_members(study: optuna.Study, config: StudyConfig, members: list[Memb
         diverged = last["status"] != Status.COMPLETED.value
         attrs = {record.LABEL: json.dumps(label.to_dict()), record.SPEC: json.dumps(
                  spec.to_dict()), record.TRAIN: json.dumps({}), record.MEMBER: m.region,
-                 MEMBER_INDEX: m.index, EVENTS: json.dumps(m.events),
+                 record.PBT_MEMBER: m.index, record.PBT_EVENTS: json.dumps(m.events),
                  record.STATUS: last["status"], record.EPOCHS: config.train.epochs,
                  record.FULL_BUDGET: not diverged, record.HISTORY: json.dumps(history),
                  record.PLACEMENT: json.dumps(last["placement"]),
@@ -438,8 +434,8 @@ def _lineage(stored: dict[str, Any], member: Member, count: int) -> list[dict[st
     out = []
     index = member.index
     for g in reversed(range(count)):
-        out.append(_attr(stored, RESULT.format(g, index)))
-        plan = [Member.from_dict(m) for m in _attr(stored, PLAN.format(g))]
+        out.append(_attr(stored, record.PBT_RESULT.format(g, index)))
+        plan = [Member.from_dict(m) for m in _attr(stored, record.PBT_PLAN.format(g))]
         mine = plan[index]
         if mine.events and mine.events[-1]["generation"] == g:
             index = mine.events[-1]["from"]
@@ -448,4 +444,5 @@ def _lineage(stored: dict[str, Any], member: Member, count: int) -> list[dict[st
 
 def _own_grad_evals(stored: dict[str, Any], index: int, count: int) -> int:
     """The passes this member's slot made over all generations (what the study paid)."""
-    return sum(int(_attr(stored, RESULT.format(g, index))["grad_evals"]) for g in range(count))
+    return sum(int(_attr(stored, record.PBT_RESULT.format(g, index))["grad_evals"])
+               for g in range(count))

@@ -8,6 +8,7 @@ census, the race, the export, the comparison, the plots and the CLI.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,18 @@ RETRY_OF = "retry_of"        # the number of the interrupted trial it re-runs
 RETRIES = "retries"          # how many times its configuration was re-run before it
 HISTORY = "history"          # per-epoch metrics, JSON (comparison runs)
 PLACEMENT = "placement"      # where it ran (host, Ray node, device, threads, versions), JSON
+PASSES_PER_STEP = "passes_per_step"   # forward/backward passes per step
+PBT_MEMBER = "pbt_member"    # a population member's index
+PBT_EVENTS = "pbt_events"    # its exploit events, JSON
+HEARTBEAT = "metasam:heartbeat"   # a system attribute: when its worker last said it is alive
+
+# The study attributes, by meaning.
+DEFINITION = "metasam:definition"   # what the study was created from (JSON)
+PRIOR = "metasam:prior"             # a quick study's prior, recorded when it starts (JSON)
+DESCRIPTOR = "metasam:descriptor"   # the task's descriptor (JSON)
+PBT_PLAN = "pbt.plan.{}"            # the plan of generation g (JSON)
+PBT_RESULT = "pbt.result.{}.{}"     # member i's result of generation g (JSON)
+PBT_DONE = "pbt.done"               # the population's members are trials
 
 
 def _attr(key: str, doc: str) -> Any:
@@ -49,7 +62,8 @@ def _flag(key: str, doc: str) -> Any:
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """A read-only view of one trial: Optuna's fields plus metasam's attributes, typed."""
+    """A read-only view of one trial: Optuna's fields plus metasam's attributes, typed; the
+    JSON ones (label, spec, training, placement, history) parsed once, when first read."""
 
     trial: FrozenTrial
 
@@ -74,7 +88,7 @@ class TrialRecord:
     def _get(self, key: str, default: Any = None) -> Any:
         return self.trial.user_attrs.get(key, default)
 
-    @property
+    @functools.cached_property
     def label(self) -> Label:
         """The trial's structured label (:data:`~metasam.tuning.protocol.SEARCH` for a sampled
         trial before it started)."""
@@ -98,7 +112,7 @@ class TrialRecord:
 
     reason = _attr(REASON, "why it stopped or failed")
     retry_of = _attr(RETRY_OF, "the number of the interrupted trial it re-runs")
-    passes_per_step = _attr("passes_per_step", "forward/backward passes per step")
+    passes_per_step = _attr(PASSES_PER_STEP, "forward/backward passes per step")
     full_budget = _flag(FULL_BUDGET, "its value was reached at the full budget")
     interrupted = _flag(INTERRUPTED, "its worker died and it was re-enqueued")
     surplus = _flag(SURPLUS, "asked for after the study was full; never run")
@@ -107,17 +121,17 @@ class TrialRecord:
     def is_point(self) -> bool:
         return self.label.is_point
 
-    @property
+    @functools.cached_property
     def spec(self) -> dict[str, Any] | None:
         text = self._get(SPEC)
         return json.loads(text) if text else None
 
-    @property
+    @functools.cached_property
     def train(self) -> dict[str, Any]:
         text = self._get(TRAIN)
         return json.loads(text) if text else {}
 
-    @property
+    @functools.cached_property
     def placement(self) -> Placement | None:
         """Where it ran (``None`` before its first report, or for a study made before
         placements were recorded)."""
@@ -125,7 +139,7 @@ class TrialRecord:
         data = json.loads(text) if isinstance(text, str) else None
         return Placement.from_dict(data) if data and "host" in data else None
 
-    @property
+    @functools.cached_property
     def history(self) -> list[dict[str, Any]]:
         text = self._get(HISTORY)
         return json.loads(text) if isinstance(text, str) else list(text or [])
@@ -167,6 +181,15 @@ def display_name(rec: TrialRecord) -> str:
         return f"trial #{rec.number}"
     text = describe_spec(spec)  # a preset region's member reads as the tuned preset
     return text if spec.get("name") in presets.NAMES else f"universal #{rec.number} ({text})"
+
+
+def stored_point(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """An enqueued point's ``spec``, ``train`` and ``label`` (as a dict: Ray's boundary) from
+    a trial's attributes; None for a trial the searcher samples."""
+    if SPEC not in attrs:
+        return None
+    return {"spec": json.loads(attrs[SPEC]), "train": json.loads(attrs[TRAIN]),
+            "label": label_of(attrs).to_dict()}
 
 
 def point_attrs(point: Point) -> dict[str, Any]:

@@ -44,7 +44,6 @@ same machinery serves presets, grids and warm starts from another study.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,11 +121,9 @@ class SearchSpace:
         Returns the constants Ray Tune merges into the trial config: ``spec`` (a spec dict),
         ``train`` (training overrides) and ``label`` (:meth:`Label.to_dict`: Ray's boundary).
         """
-        attrs = trial.user_attrs
-        if record.SPEC in attrs:
-            return {"spec": json.loads(attrs[record.SPEC]),
-                    "train": json.loads(attrs[record.TRAIN]),
-                    "label": record.label_of(attrs).to_dict()}
+        stored = record.stored_point(trial.user_attrs)
+        if stored is not None:
+            return stored
         if self.search is None:
             raise RuntimeError(f"search space {self.name!r} has no search section: only its "
                                f"{len(self.points)} points can be evaluated")

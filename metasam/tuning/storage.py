@@ -36,7 +36,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 JOURNAL = "journal:"
-HEARTBEAT_ATTR = "metasam:heartbeat"
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -54,7 +53,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+            self.set_trial_system_attr(trial_id, record.HEARTBEAT, time.time())
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # it finished between the caller's look and this beat
 
@@ -65,8 +64,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         now = time.time()
         return [compat.trial_id(t) for t in self.get_all_trials(study_id, deepcopy=False,
                                                          states=(TrialState.RUNNING,))
-                if HEARTBEAT_ATTR in t.system_attrs
-                and now - float(t.system_attrs[HEARTBEAT_ATTR]) > grace]
+                if record.HEARTBEAT in t.system_attrs
+                and now - float(t.system_attrs[record.HEARTBEAT]) > grace]
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval

@@ -44,6 +44,7 @@ from metasam import _checks, _config
 from metasam.errors import ConfigError, ValidationError
 from metasam.training.config import TrainConfig
 from metasam.tuning.protocol import Point
+from metasam.tuning.record import DEFINITION
 from metasam.tuning.space import SearchSpace
 from metasam.tuning.study_file import (
     META_DEFAULTS,
@@ -236,11 +237,11 @@ class StudyConfig:
         it when the storage has none yet (a new study, or one made by an older version)."""
         import json
 
-        stored_text = study.user_attrs.get(DEFINITION_ATTR)
+        stored_text = study.user_attrs.get(DEFINITION)
         mine = self.definition()
         if stored_text is None:
             if record:
-                study.set_user_attr(DEFINITION_ATTR, json.dumps(mine, sort_keys=True))
+                study.set_user_attr(DEFINITION, json.dumps(mine, sort_keys=True))
             return
         stored = json.loads(stored_text)
         flat_stored, flat_mine = _flatten(stored), _flatten(mine)
@@ -328,8 +329,6 @@ def _held_back(race: RaceSettings | None, train: TrainConfig, seed: int) -> dict
     return {"holdout": race.holdout, "holdout_seed": seed}
 
 
-DEFINITION_ATTR = "metasam:definition"
-PRIOR_ATTR = "metasam:prior"   # a quick study's prior, recorded when it starts (JSON)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
