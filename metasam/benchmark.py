@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from metasam.stats import PairedDifference, paired_two_sided
-from metasam.tuning.protocol import Label, Point, Role
+from metasam.tuning.trials import Label, Point, Role
 
 # Tasks where the optimizer matters: label noise and/or limited data, with validation and test
 # sets that can resolve a few tenths of a point (MNIST-S: 6,000 training examples, validation

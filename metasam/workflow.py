@@ -39,12 +39,12 @@ from metasam.optim.loading import load_optimizer as _load_export
 from metasam.optim.loading import load_recipe as _load_recipe
 from metasam.optim.universal_sam import UniversalSAM
 from metasam.tuning import record
-from metasam.tuning.protocol import Point
+from metasam.tuning.member_sampling import RegionBoxes
 from metasam.tuning.runner import TuneResult, tune_study, warm_start_points
-from metasam.tuning.sampling import RegionBoxes
 from metasam.tuning.storage import census, open_storage, open_study
-from metasam.tuning.study import MetaSettings, StudyConfig
+from metasam.tuning.study_config import MetaSettings, StudyConfig
 from metasam.tuning.tracking import check_trackers
+from metasam.tuning.trials import Point
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ UNIVERSAL = {"phi": {"fn": "polynomial", "coefficients": [0.0, 1.0, 0.0]}, "psi"
 
 def learned_points(config: Any) -> dict[str, Any]:
     from metasam.family import presets
-    from metasam.tuning.protocol import Label, Point, Role
+    from metasam.tuning.trials import Label, Point, Role
 
     val = config.train.val_fraction
     return {
@@ -62,10 +62,10 @@ def run_task(name: str, source: Path, seeds: int) -> dict[str, Any]:
     from metasam.family.spec import SharpnessSpec
     from metasam.training.learned import replayed
     from metasam.tuning import StudyConfig
-    from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.runner import tune_study
     from metasam.tuning.storage import load_study
+    from metasam.tuning.trials import Label, Point, Role
 
     config = StudyConfig.from_yaml(source / f"{name}.yaml")
     points = learned_points(config)

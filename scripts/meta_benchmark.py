@@ -134,7 +134,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     from metasam.meta.transfer import plan_transfer
     from metasam.tuning import StudyConfig
     from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
-    from metasam.tuning.study import MetaSettings
+    from metasam.tuning.study_config import MetaSettings
 
     cold = cold_study(task, args)
     priors = [StudyConfig.from_yaml(args.cold / f"{t}.yaml")  # other tasks, seed 0

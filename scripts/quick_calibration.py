@@ -1,6 +1,6 @@
 """Error rate and power of the quick study's whole decision — the ten-run race, the pick by
 posterior mean, the sequential confirmation against SAM — by simulation, through the functions
-a study runs (:func:`metasam.decision.verdict.simulate_quick_decision` with
+a study runs (:func:`metasam.decision.confirmation.simulate_quick_decision` with
 :func:`metasam.decision.plan.quick_plan`'s division of the budget).
 
 Sizes are the benchmark tasks' (the pool, its 30% held back, a race fold of the tuning split's
@@ -19,9 +19,9 @@ import math
 import statistics
 from pathlib import Path
 
+from metasam.decision.confirmation import Sizes, simulate_quick_decision
 from metasam.decision.plan import PER_EXAMPLE_VARIANCE, quick_plan
 from metasam.decision.portfolio import shipped_portfolio
-from metasam.decision.verdict import Sizes, simulate_quick_decision
 
 SIZES = {"digits-noisy": Sizes(1437, 428, 342), "mnist-S-noisy": Sizes(6000, 1800, 900),
          "mnist1d-noisy": Sizes(4000, 1200, 600), "CIFAR-10-S (5,000)": Sizes(5000, 1500, 500),

@@ -76,9 +76,9 @@ def test_methods(study: Any) -> dict[str, Any]:
     universal member and the best preset-region member the search found (full budget, by
     tuning value). Equal specs are trained once, under the first name."""
     from metasam.decision.compare import baseline_points
-    from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import best_trials
+    from metasam.tuning.trials import Label, Point, Role
 
     config = study.config
     exported = study.export()

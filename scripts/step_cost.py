@@ -1,6 +1,6 @@
 """Operators and host reads per steady-state step through the trainer's own epoch loop
 (``Trial.train_epoch``), against the plain loop a user writes around the same model, loader and
-base optimizer (:func:`metasam.training.cost.step_cost`: epochs of 2k and k steps differenced).
+base optimizer (:func:`metasam.training.step_cost.step_cost`: epochs of 2k and k steps differenced).
 
     python scripts/step_cost.py                       # digits, CNN, batch 32, every preset
     python scripts/step_cost.py --presets sgd,sam --model resnet18 --dataset cifar10-S
@@ -17,7 +17,7 @@ import argparse
 
 from metasam import presets
 from metasam.training.config import TrainConfig
-from metasam.training.cost import step_cost
+from metasam.training.step_cost import step_cost
 
 
 def main() -> None:

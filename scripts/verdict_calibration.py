@@ -2,7 +2,7 @@
 
 Race (selection among contenders, SGD and SAM as anchors), the confirmation's sizing from the
 race's spread, the confirmation on fresh instances and the Holm-corrected verdict: the
-functions a study runs (:func:`metasam.decision.verdict.simulate_decision`), on candidates with
+functions a study runs (:func:`metasam.decision.confirmation.simulate_decision`), on candidates with
 known means. The noise model is the default study's (digits-noisy): nine candidates, per-run
 noise of σ = 0.6 points and a shared instance effect of the same spread on a race fold of 342
 validation examples, both shrinking like 1/√examples on the confirmation's smaller folds of the
@@ -13,7 +13,7 @@ Two readings of the verdict (docs/search.md §6, "its estimand"): *this pool* (t
 models trained on this training pool; instances independent given the pool) and, as a
 contrast, *the population of pools*: each candidate also carries an effect of this pool,
 shared by all its race and confirmation runs, of the variance Nadeau and Bengio's correction
-assumes (:meth:`~metasam.decision.verdict.Sizes.between_pools`) — the race selects on it.
+assumes (:meth:`~metasam.decision.confirmation.Sizes.between_pools`) — the race selects on it.
 
 Scenarios: the null (all equal), SGD 3σ worse with the rest equal, and one candidate better
 than all others by 0.5σ, 1σ, 2σ and 3σ (power). Per scenario: the rate of each "beats X with
@@ -34,7 +34,7 @@ import statistics
 import time
 from pathlib import Path
 
-from metasam.decision.verdict import Sizes, simulate_decision
+from metasam.decision.confirmation import Sizes, simulate_decision
 
 SIGMA = 0.6
 DIGITS = Sizes(pool=1442, holdout=428, race_fold=342)

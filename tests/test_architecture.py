@@ -140,7 +140,7 @@ def test_no_import_cycles():
 
 def test_the_protocol_is_the_bottom_of_tuning():
     graph = import_graph()
-    own = [t for t, _ in graph["metasam.tuning.protocol"] if unit_of(t) == "tuning"]
+    own = [t for t, _ in graph["metasam.tuning.trials"] if unit_of(t) == "tuning"]
     assert own == []
 
 

@@ -208,9 +208,9 @@ def test_tune_meta_evaluates_the_portfolio_first(tmp_path, ray_cluster, capsys) 
     from metasam.cli import main
     from metasam.meta.knowledge import knowledge_base, write_knowledge
     from metasam.tuning import StudyConfig
-    from metasam.tuning.protocol import Label, Role
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import load_study
+    from metasam.tuning.trials import Label, Role
 
     priors = _prior_studies(tmp_path)
     records = knowledge_base(priors, describe=False)
@@ -248,8 +248,8 @@ def test_boxed_sampling_keeps_the_full_space_reachable() -> None:
     import optuna
 
     from metasam.tuning import SearchSpace
+    from metasam.tuning.member_sampling import RegionBoxes
     from metasam.tuning.regions import REGIONS
-    from metasam.tuning.sampling import RegionBoxes
 
     space = SearchSpace.from_dict({"search": {"members": ["sam"], "region": 4.0}})
     box = {"rho": (0.04, 0.06)}
@@ -328,7 +328,7 @@ def test_knowledge_file_round_trip_and_study_file_meta_section(tmp_path) -> None
     from metasam.cli import main
     from metasam.meta.knowledge import knowledge_base, load_priors, read_knowledge
     from metasam.tuning import StudyConfig
-    from metasam.tuning.study import MetaSettings
+    from metasam.tuning.study_config import MetaSettings
 
     a, b = _prior_studies(tmp_path)
     saved = tmp_path / "kb.json"

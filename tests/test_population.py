@@ -27,9 +27,9 @@ from metasam.tuning.population import (
     initial_members,
     train_member,
 )
-from metasam.tuning.protocol import Status
 from metasam.tuning.regions import REGIONS
 from metasam.tuning.study_file import PopulationSettings
+from metasam.tuning.trials import Status
 
 BASE = {"dataset": "digits", "label_noise": 0.2, "model": "mlp", "epochs": 4, "batch_size": 128,
         "lr": 0.05, "schedule": "cosine", "val_fraction": 0.2, "num_threads": 1,

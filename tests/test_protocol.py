@@ -9,7 +9,7 @@ import pytest
 
 from metasam import SharpnessSpec, presets
 from metasam.errors import SpecError
-from metasam.tuning.protocol import SEARCH, Label, Role, Status, TrialOutcome
+from metasam.tuning.trials import SEARCH, Label, Role, Status, TrialOutcome
 
 
 def test_labels_round_trip_and_their_keys_are_unique():

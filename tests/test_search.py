@@ -16,10 +16,10 @@ from test_gradient import X, Y, reference_gradient
 from metasam import SharpnessSpec, UniversalSAM, presets
 from metasam.family.monotone import check_penalty, repair_penalty
 from metasam.tuning import record
-from metasam.tuning.protocol import SEARCH, Label, Point, Role, Status, TrialOutcome
 from metasam.tuning.regions import REGIONS, sample_region
-from metasam.tuning.sampler import make_sampler
+from metasam.tuning.seeded_sampler import make_sampler
 from metasam.tuning.space import SearchSpace
+from metasam.tuning.trials import SEARCH, Label, Point, Role, Status, TrialOutcome
 
 
 def rotated_spectrum(eig: torch.Tensor, seed: int) -> torch.Tensor:
@@ -394,9 +394,9 @@ def test_a_resumed_race_asks_only_for_what_is_missing(tmp_path) -> None:
 
 
 def test_the_verdict_names_sgd_when_nothing_beats_it() -> None:
+    from metasam.decision.confirmation import Plan
     from metasam.decision.racing import Race
     from metasam.decision.stage import Candidate, Pick, Selection, verdict_of
-    from metasam.decision.verdict import Plan
 
     cands = [Candidate("universal #5", Pick.TOP, {"name": "universal"}, trial=5),
              Candidate("sgd", Pick.PRESET, presets.sgd().to_dict(), trial=0),

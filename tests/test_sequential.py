@@ -11,6 +11,7 @@ import random
 import numpy as np
 import pytest
 
+from metasam.decision.confirmation import Sizes, simulate_quick_decision
 from metasam.decision.plan import MIN_POWER, quick_plan, race_minimum
 from metasam.decision.prior import posterior_means, shrunk_pick
 from metasam.decision.racing import Race
@@ -22,7 +23,6 @@ from metasam.decision.sequential import (
     next_look,
     obrien_fleming,
 )
-from metasam.decision.verdict import Sizes, simulate_quick_decision
 from metasam.errors import ConfigError
 
 DIGITS = Sizes(pool=1442, holdout=428, race_fold=342)
@@ -177,8 +177,8 @@ def test_a_hopeless_plans_verdict_says_pick_not_claim() -> None:
     the winner is a pick with no claim, and why — not that a confirmation is pending."""
     from metasam.analysis.report import headline
     from metasam.decision.candidate import Candidate, Pick
+    from metasam.decision.confirmation import Plan
     from metasam.decision.stage import Selection, verdict_of
-    from metasam.decision.verdict import Plan
     from metasam.family import presets
 
     cands = [Candidate("ramp", Pick.POINT, presets.sam().to_dict()),

@@ -80,7 +80,7 @@ def test_the_trainer_s_steps_read_nothing_back_and_cost_about_a_plain_loop():
     user writes around the same model, loader and base optimizer."""
     from metasam import presets
     from metasam.training.config import TrainConfig
-    from metasam.training.cost import step_cost
+    from metasam.training.step_cost import step_cost
 
     base = TrainConfig(model="cnn", batch_size=32, epochs=3)
     for name in presets.NAMES:

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from metasam.tuning.protocol import Label, Role
 from metasam.tuning.study_file import Tracking
 from metasam.tuning.tracking import TensorBoardCallback, callbacks, run_name
+from metasam.tuning.trials import Label, Role
 
 
 def _scalars(run, tag):

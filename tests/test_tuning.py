@@ -29,10 +29,10 @@ from metasam import Study, load_optimizer
 from metasam.cli import main
 from metasam.decision.export import best_optimizer
 from metasam.tuning import SearchSpace, StudyConfig
-from metasam.tuning.protocol import Role
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import tune_study
 from metasam.tuning.storage import census, counts, load_study
+from metasam.tuning.trials import Role
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -419,7 +419,7 @@ def test_workers_creating_one_new_database_at_once_all_open_it(tmp_path) -> None
 # --- cost-aware studies -----------------------------------------------------------------------
 
 def test_pareto_front_keeps_what_no_cheaper_trial_beats() -> None:
-    from metasam.tuning.cost import pareto_front, pick
+    from metasam.tuning.cost_score import pareto_front, pick
 
     study = optuna.create_study(direction="maximize")
     rows = [("a", 0.80, 100), ("b", 0.85, 200), ("c", 0.83, 250), ("d", 0.90, 300),
@@ -444,7 +444,7 @@ def test_pareto_front_keeps_what_no_cheaper_trial_beats() -> None:
 
 def test_cost_aware_study_ranks_by_the_score_and_best_picks_from_the_front(
         tmp_path, ray_cluster, capsys) -> None:
-    from metasam.tuning.cost import pareto_front
+    from metasam.tuning.cost_score import pareto_front
 
     path = write_study(tmp_path, name="cost", trials=4, epochs=2, concurrency=1,
                        cost={"weight": 0.01}, scheduler={"type": "none"},
@@ -505,8 +505,8 @@ def test_a_requeued_configuration_counts_its_retries(tmp_path) -> None:
     """What caps the re-runs of a trial whose Ray worker died (searcher.MAX_RETRIES)."""
     from metasam.tuning import record
     from metasam.tuning.compat import trial_id
-    from metasam.tuning.protocol import Label, Point, Role
     from metasam.tuning.storage import open_storage, open_study, requeue
+    from metasam.tuning.trials import Label, Point, Role
 
     study = open_study(open_storage(f"sqlite:///{tmp_path / 's.db'}"), "s", "max")
     point = Point(Label(Role.REFERENCE, "sam", preset="sam"), {"name": "sam"})

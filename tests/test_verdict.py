@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from metasam.decision.verdict import (
+from metasam.decision.confirmation import (
     MIN_FOLD,
     Sizes,
     confirm,

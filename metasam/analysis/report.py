@@ -34,7 +34,7 @@ from metasam.decision.budget import StudyCost
 from metasam.decision.outcome import NAMES, Verdict
 from metasam.decision.stage import planned_cost
 from metasam.tuning.storage import StudyNotFoundError
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
 
 
 @dataclass
@@ -89,7 +89,7 @@ def study_report(config: StudyConfig, out: Path, columns: list[str],
     """Read one study (its tuning study must exist) and draw its figures into ``out``."""
     from metasam.decision.export import best_optimizer
     from metasam.decision.stage import race_verdict
-    from metasam.tuning.cost import pareto_front
+    from metasam.tuning.cost_score import pareto_front
 
     if study is None:
         study = config.load_study()     # StudyNotFoundError names `metasam tune`

@@ -7,7 +7,7 @@ from typing import Any
 
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.storage import load_study
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
 
 
 def collect(config: StudyConfig) -> dict[str, list[dict[str, Any]]]:

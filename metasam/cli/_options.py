@@ -74,6 +74,6 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
 
 def load_study_config(path: str) -> Any:
     """A study config from its YAML file (validated; errors name the file)."""
-    from metasam.tuning.study import StudyConfig
+    from metasam.tuning.study_config import StudyConfig
 
     return StudyConfig.from_yaml(path)

@@ -90,7 +90,7 @@ def run_meta(args: argparse.Namespace) -> int:
     from metasam.meta.knowledge import load_priors, regret_table, write_knowledge
     from metasam.meta.portfolio import greedy_portfolio
     from metasam.meta.transfer import region_boxes
-    from metasam.tuning.study import prior_file
+    from metasam.tuning.study_config import prior_file
 
     if args.k < 1:
         raise ConfigError("-k", f"out of range: {args.k}", "whole numbers ≥ 1")

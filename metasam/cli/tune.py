@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from metasam.cli._options import add_ray_options, load_study_config
 from metasam.errors import ConfigError
-from metasam.tuning.study import MetaSettings, StudyConfig, prior_file
+from metasam.tuning.study_config import MetaSettings, StudyConfig, prior_file
 
 if TYPE_CHECKING:  # the workflow pulls in Ray and Optuna: imported when a command runs
     from metasam.decision.outcome import Verdict
@@ -195,7 +195,7 @@ def _print_front(config: StudyConfig, front: list[dict[str, Any]], chosen: int |
 
 
 def run_trials(args: argparse.Namespace) -> int:
-    from metasam.tuning.cost import pareto_front
+    from metasam.tuning.cost_score import pareto_front
     from metasam.tuning.naming import describe_spec
     from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import census

@@ -5,7 +5,7 @@ Beside the search (:mod:`metasam.tuning`, which it builds on), in the order a st
 - :mod:`~metasam.decision.candidate` — what races: the top trials, the presets, SGD and SAM;
 - :mod:`~metasam.decision.racing` — the race that *selects* (successive halving over paired
   instances by default, F-Race as an option), pure bookkeeping over the stored runs;
-- :mod:`~metasam.decision.verdict` — the confirmation that *tests* the winner on fresh
+- :mod:`~metasam.decision.confirmation` — the confirmation that *tests* the winner on fresh
   instances: its size, the corrected tests, Holm over the family; the whole stage simulated;
 - :mod:`~metasam.decision.outcome` — the verdict as it is printed and exported;
 - :mod:`~metasam.decision.stage` — the race and the confirmation run on the study's storage;

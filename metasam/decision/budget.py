@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import optuna
 
-from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.storage import StudyNotFoundError, census, load_study
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
+from metasam.tuning.trials import CONFIRM_SUFFIX, RACE_SUFFIX
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from metasam.tuning.protocol import Label, Role
+from metasam.tuning.trials import Label, Role
 
 
 class Pick(str, Enum):

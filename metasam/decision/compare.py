@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from metasam.decision.export import best_optimizer
 from metasam.family import presets
-from metasam.tuning.protocol import Label, Point, Role
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import tune_study
 from metasam.tuning.space import SearchSpace
 from metasam.tuning.storage import best_trials, load_study, trial_spec
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
+from metasam.tuning.trials import Label, Point, Role
 
 BASELINES = ("sgd", "sam", "asam", "ssam", "trace_sam", "frob_sam", "det_sam")
 # The paper's own sweeps, in the search-space format (search_spaces/paper.yaml holds the same

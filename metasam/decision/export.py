@@ -10,10 +10,10 @@ from metasam.decision.stage import planned_cost, race_verdict
 from metasam.errors import ConfigError
 from metasam.optim.loading import FORMAT
 from metasam.training.trainer import base_of
-from metasam.tuning.cost import pareto_front, pick
+from metasam.tuning.cost_score import pareto_front, pick
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.storage import best_trials, trial_spec, trial_train
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
 
 
 def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def best_optimizer(config: StudyConfig, max_cost: float | None = None) -> dict[s
     before that (or with ``race: false``) the best single-seed trial at full budget, marked
     ``verdict: null``. ``cost`` is the study's cost in full-run equivalents. With ``max_cost``
     it is the best trial of the Pareto front of the metric against gradient evaluations that
-    costs at most that many (:mod:`metasam.tuning.cost`), under ``front`` the whole front."""
+    costs at most that many (:mod:`metasam.tuning.cost_score`), under ``front`` the whole front."""
     study = config.load_study()
     verdict = race_verdict(config, study) if max_cost is None else None
     front = None

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from metasam.decision.candidate import Candidate
+from metasam.decision.confirmation import Plan, Test
 from metasam.decision.racing import RaceEnd
-from metasam.decision.verdict import Plan, Test
 
 NAMES = {"sgd": "against SGD", "sam": "against SAM at its default",
          "best_preset": "against the best other preset"}

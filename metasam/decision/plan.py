@@ -29,8 +29,8 @@ from typing import Any
 
 from scipy import stats
 
+from metasam.decision.confirmation import Sizes
 from metasam.decision.sequential import MIN_LOOK, looks_of
-from metasam.decision.verdict import Sizes
 from metasam.errors import ConfigError
 
 PER_EXAMPLE_VARIANCE = 0.025   # accuracy units² per example of a paired difference

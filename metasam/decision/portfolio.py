@@ -18,7 +18,7 @@ from importlib import resources
 import yaml
 
 from metasam.errors import ConfigError, ValidationError
-from metasam.tuning.protocol import Label, Point, Role
+from metasam.tuning.trials import Label, Point, Role
 
 FORMAT = "metasam-portfolio/1"
 FILE = "portfolio.yaml"

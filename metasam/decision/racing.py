@@ -26,7 +26,7 @@ The race ends when at most one contender remains (after the opening instances), 
 instances run out, or when the next round would overrun the budget (in runs). It does *not*
 stop because the leader looks significantly better than something: the race selects, and the
 verdict is decided afterwards on instances that played no part in the selection
-(:mod:`metasam.decision.verdict`). The winner is the survivor, anchors included, with the best
+(:mod:`metasam.decision.confirmation`). The winner is the survivor, anchors included, with the best
 mean over the instances the survivors share.
 
 This module is pure bookkeeping: it says what to run next and reads what was run (from the
@@ -407,7 +407,7 @@ def simulate(means: Sequence[float], noise: float, *, seed: int, mode: str = "ma
     candidates are named ``c0``, ``c1``, ... (``anchors`` among ``race_options`` names them
     so); each run diverges (nan) with probability ``diverge``. For the tests; the whole
     decision stage is simulated by
-    :func:`metasam.decision.verdict.simulate_decision`."""
+    :func:`metasam.decision.confirmation.simulate_decision`."""
     import random
 
     rng = random.Random(seed)

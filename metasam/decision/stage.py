@@ -13,7 +13,7 @@ in the eliminations (:mod:`metasam.decision.racing`). The runs are a points-only
 ``NAME.race`` in the study's own storage, run through Ray Tune like any study (parallel within
 a round, resumable: a race replays its stored runs).
 
-Then the confirmation (:mod:`metasam.decision.verdict`): the race's winner, SGD, SAM at its
+Then the confirmation (:mod:`metasam.decision.confirmation`): the race's winner, SGD, SAM at its
 default and the best other preset (the one that lasted longest in the race, then by mean) run
 on J fresh instances — seeds no earlier run used, validation on fold j of a J-fold split of the
 held-back share, training on the pool without that fold — J sized from the race's spread to
@@ -48,12 +48,7 @@ from optuna.trial import TrialState
 from metasam.data.variants import fold_count
 from metasam.decision.budget import StudyCost, study_cost
 from metasam.decision.candidate import Candidate, Pick
-from metasam.decision.outcome import Comparison, Standing, Verdict
-from metasam.decision.plan import StudyPlan, check_confirm_budget, quick_plan, thorough_plan
-from metasam.decision.prior import shrunk_pick
-from metasam.decision.racing import Race, RaceEnd
-from metasam.decision.sequential import looks_of, next_look
-from metasam.decision.verdict import (
+from metasam.decision.confirmation import (
     Plan,
     Sizes,
     comparisons_of,
@@ -64,15 +59,20 @@ from metasam.decision.verdict import (
     race_spread,
     sequential_states,
 )
+from metasam.decision.outcome import Comparison, Standing, Verdict
+from metasam.decision.plan import StudyPlan, check_confirm_budget, quick_plan, thorough_plan
+from metasam.decision.prior import shrunk_pick
+from metasam.decision.racing import Race, RaceEnd
+from metasam.decision.sequential import looks_of, next_look
 from metasam.errors import ConfigError
 from metasam.family import presets
 from metasam.tuning import record
-from metasam.tuning.protocol import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.runner import ray_session, tune_study
 from metasam.tuning.storage import StudyNotFoundError, best_trials, load_study
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
 from metasam.tuning.study_file import RaceSettings
+from metasam.tuning.trials import CONFIRM_SUFFIX, RACE_SUFFIX, Label, Point, Role
 
 SUFFIX = RACE_SUFFIX
 REFERENCES = ("sgd", "sam")  # always race: the verdict compares the winner with both

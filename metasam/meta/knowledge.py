@@ -25,9 +25,9 @@ from optuna.trial import TrialState
 from metasam.errors import ConfigError
 from metasam.meta.descriptors import TaskDescriptor, describe_task
 from metasam.tuning import record
-from metasam.tuning.protocol import RESULT_KEYS
 from metasam.tuning.record import TrialRecord
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
+from metasam.tuning.trials import RESULT_KEYS
 
 KNOWLEDGE_FORMAT = "metasam-knowledge/1"
 

@@ -27,9 +27,9 @@ from metasam.meta.portfolio import (
     normalized,
     task_kernel,
 )
-from metasam.tuning.protocol import Label, Point, Role
 from metasam.tuning.regions import REGIONS
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
+from metasam.tuning.trials import Label, Point, Role
 
 
 @dataclass(frozen=True)

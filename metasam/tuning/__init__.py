@@ -2,6 +2,6 @@
 with Optuna storage, and the export of the best optimizer."""
 
 from metasam.tuning.space import SearchSpace
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
 
 __all__ = ["SearchSpace", "StudyConfig"]

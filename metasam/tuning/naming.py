@@ -1,6 +1,6 @@
 """How members are named for people: a preset region's member as its preset with the tuned
 fields (``sam ρ=0.071``), a universal member in the family's short notation. Display only: no
-caller takes a name apart again (the structured :class:`~metasam.tuning.protocol.Label` and the
+caller takes a name apart again (the structured :class:`~metasam.tuning.trials.Label` and the
 spec carry the facts)."""
 
 from __future__ import annotations

@@ -45,10 +45,10 @@ import optuna
 from metasam.family.spec import SharpnessSpec
 from metasam.tuning import record
 from metasam.tuning.naming import describe_spec
-from metasam.tuning.protocol import Label, Role, Status
 from metasam.tuning.regions import REGIONS
-from metasam.tuning.study import StudyConfig
+from metasam.tuning.study_config import StudyConfig
 from metasam.tuning.study_file import PopulationSettings
+from metasam.tuning.trials import Label, Role, Status
 
 VARIED = ("rho", "lam")     # what a member's history may change (a region's τ stays as drawn)
 

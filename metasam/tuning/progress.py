@@ -14,8 +14,8 @@ from ray.tune import ProgressReporter
 
 from metasam._progress import duration, eta, is_terminal, rewrite
 from metasam.tuning.naming import describe_spec
-from metasam.tuning.protocol import Label
 from metasam.tuning.storage import census
+from metasam.tuning.trials import Label
 
 
 class StudyReporter(ProgressReporter):

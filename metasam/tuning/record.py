@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from metasam.family import presets
 from metasam.tuning.naming import describe_spec
 from metasam.tuning.placement import Placement
-from metasam.tuning.protocol import RESULT_KEYS, SEARCH, Label, Point, Status, TrialOutcome
+from metasam.tuning.trials import RESULT_KEYS, SEARCH, Label, Point, Status, TrialOutcome
 
 # The user attributes, by meaning.
 POINT = "point"              # the enqueued point's unique key (Label.key): de-duplication only
@@ -90,7 +90,7 @@ class TrialRecord:
 
     @functools.cached_property
     def label(self) -> Label:
-        """The trial's structured label (:data:`~metasam.tuning.protocol.SEARCH` for a sampled
+        """The trial's structured label (:data:`~metasam.tuning.trials.SEARCH` for a sampled
         trial before it started)."""
         return label_of(self.trial.user_attrs)
 

@@ -17,9 +17,8 @@ from typing import Any
 import optuna
 
 from metasam.errors import ConfigError
-from metasam.tuning.cost import cost_score
+from metasam.tuning.cost_score import cost_score
 from metasam.tuning.placement import Placement
-from metasam.tuning.protocol import Label, Point, Role, Status
 from metasam.tuning.record import PLACEMENT, TrialRecord
 from metasam.tuning.storage import (
     Census,
@@ -31,7 +30,8 @@ from metasam.tuning.storage import (
     trial_spec,
     trial_train,
 )
-from metasam.tuning.study import COST_SCORE, StudyConfig
+from metasam.tuning.study_config import COST_SCORE, StudyConfig
+from metasam.tuning.trials import Label, Point, Role, Status
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
 
     With ``record_history`` the last report carries the per-epoch metrics as JSON (the
     comparison runs keep them for their plots); with ``cost_weight`` every report carries the
-    cost-aware score (:mod:`metasam.tuning.cost`), which the study then ranks by."""
+    cost-aware score (:mod:`metasam.tuning.cost_score`), which the study then ranks by."""
     from ray import tune
 
     from metasam.training import TrainConfig, train
@@ -88,7 +88,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], metric: str, mode: s
 
 
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    from metasam.tuning.sampler import make_sampler
+    from metasam.tuning.seeded_sampler import make_sampler
 
     return make_sampler(config.sampler.type, config.seed, config.sampler.startup_trials)
 

@@ -24,7 +24,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from metasam.tuning import compat
-from metasam.tuning.protocol import Label
+from metasam.tuning.trials import Label
 
 AUTO_RUNG_FRACTION = 0.75
 

@@ -28,10 +28,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from metasam.tuning import compat, record
 from metasam.tuning.compat import search_study, search_trials
-from metasam.tuning.protocol import Status, TrialOutcome
 from metasam.tuning.record import TrialRecord
 from metasam.tuning.space import SearchSpace
 from metasam.tuning.storage import census, requeue, sweep_stale
+from metasam.tuning.trials import Status, TrialOutcome
 
 logger = logging.getLogger(__name__)
 

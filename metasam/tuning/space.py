@@ -57,9 +57,9 @@ from metasam.family.psi import Psi
 from metasam.family.spec import LAM_SCALES
 from metasam.family.trajectory import RAMPED, SHAPES
 from metasam.tuning import record
-from metasam.tuning.protocol import SEARCH, Label, Point, Role
+from metasam.tuning.member_sampling import Range, RegionBoxes, sample_search
 from metasam.tuning.regions import MEMBERS
-from metasam.tuning.sampling import Range, RegionBoxes, sample_search
+from metasam.tuning.trials import SEARCH, Label, Point, Role
 
 # every kind but SSAM's, whose Fisher mask the search does not tune (SSAM is a preset region)
 SEARCH_KINDS = tuple(k for k in KINDS if k != "sparse_ascent")

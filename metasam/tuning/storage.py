@@ -25,8 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 from metasam.errors import ConfigError
 from metasam.tuning import compat, record
 from metasam.tuning.compat import BaseHeartbeat, heartbeat_backend, stale_trial_ids, study_storage
-from metasam.tuning.protocol import Point
 from metasam.tuning.record import TrialRecord
+from metasam.tuning.trials import Point
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # metasam drives Optuna through ask/tell and sends the heartbeats itself (see searcher.py).

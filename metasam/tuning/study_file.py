@@ -1,5 +1,5 @@
 """The study file's schema: its fields and sections, each checked by its option (as
-:class:`~metasam.training.TrainConfig`'s are). :class:`~metasam.tuning.study.StudyConfig`
+:class:`~metasam.training.TrainConfig`'s are). :class:`~metasam.tuning.study_config.StudyConfig`
 reads a file through :class:`StudyFile` and resolves what needs the file's folder or several
 fields at once."""
 

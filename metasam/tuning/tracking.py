@@ -38,7 +38,7 @@ SKIPPED = frozenset({"epoch", "timestamp", "time_this_iter_s", "time_total_s", "
 def run_name(config: dict[str, Any], number: int | None, member: int | None = None) -> str:
     """A trial's TensorBoard run: ``t007`` (a searched or tuning trial by its number),
     ``sam-i03`` (a point on an instance), ``member02`` (a population's member)."""
-    from metasam.tuning.protocol import Label
+    from metasam.tuning.trials import Label
 
     raw = config.get("label")
     if member is not None:

@@ -43,7 +43,6 @@ import optuna
 from metasam import _checks, _config
 from metasam.errors import ConfigError, ValidationError
 from metasam.training.config import TrainConfig
-from metasam.tuning.protocol import Point
 from metasam.tuning.record import DEFINITION
 from metasam.tuning.space import SearchSpace
 from metasam.tuning.study_file import (
@@ -56,6 +55,7 @@ from metasam.tuning.study_file import (
     Tracking,
     prior_file,
 )
+from metasam.tuning.trials import Point
 
 COST_SCORE = "cost_score"
 __all__ = ["COST_SCORE", "METRICS", "MetaSettings", "StudyConfig", "prior_file"]
@@ -107,7 +107,7 @@ class StudyConfig:
     @property
     def objective(self) -> str:
         """What Optuna and ASHA rank trials by: the metric, or with ``cost: {weight: w}`` the
-        cost-aware score (see :func:`metasam.tuning.cost.cost_score`)."""
+        cost-aware score (see :func:`metasam.tuning.cost_score.cost_score`)."""
         return COST_SCORE if self.cost_weight > 0 else self.metric
 
     @property
