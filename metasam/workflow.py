@@ -32,6 +32,8 @@ from metasam.decision.export import best_optimizer
 from metasam.decision.plan import StudyPlan
 from metasam.decision.stage import Verdict
 from metasam.errors import ConfigError
+from metasam.family import presets
+from metasam.family.spec import SharpnessSpec
 from metasam.meta.knowledge import load_priors
 from metasam.meta.transfer import plan_transfer
 from metasam.optim.loading import Recipe
@@ -202,6 +204,48 @@ class Study:
         return _load_export(self.export(), params, model=model, seed=seed, **overrides)
 
 
+def resolve_export(source: str | os.PathLike[str] | dict[str, Any]
+                   ) -> str | os.PathLike[str] | dict[str, Any]:
+    """What :func:`load_optimizer`, :func:`load_recipe` and :func:`resolve_spec` read: a study
+    YAML's winner (through :class:`Study`, from the storage), else the export — the JSON that
+    ``metasam best`` wrote, or that JSON as a dict — as given."""
+    if isinstance(source, dict) or Path(source).suffix not in (".yaml", ".yml"):
+        return source
+    if not Path(source).is_file():
+        raise ConfigError("study", "file not found", "a study YAML", str(source))
+    return Study.from_yaml(source).export()
+
+
+def resolve_spec(text: str) -> SharpnessSpec:
+    """A member named on a command line: a preset name, a study YAML (its winner, named
+    ``STUDY best``), or a spec or optimizer JSON file (named after the file when unnamed).
+
+    Example::
+
+        resolve_spec("frob_sam").name, resolve_spec("studies/digits-noisy.yaml").name
+    """
+    if text in presets.NAMES:
+        return presets.get(text)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml"):
+        data = resolve_export(text)
+        assert isinstance(data, dict)
+        return SharpnessSpec.from_dict(data["spec"]).replace(name=f"{data['study']} best")
+    if not path.is_file():
+        raise ConfigError("spec", f"{text!r} is neither a preset, a JSON file nor a study YAML",
+                          f"{', '.join(presets.NAMES)}, a spec or optimizer JSON, a study YAML")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError("", f"invalid JSON ({err})", "a spec or optimizer JSON, a study "
+                          "YAML, a preset name", text) from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"expected a JSON object, got {type(data).__name__}",
+                          "a spec or optimizer JSON", text)
+    spec = SharpnessSpec.from_dict(data.get("spec", data), source=text)
+    return spec if spec.name else spec.replace(name=path.stem)
+
+
 def load_optimizer(source: str | os.PathLike[str] | dict[str, Any], params: Iterable[Any], *,
                    model: nn.Module | None = None, seed: int | None = None,
                    **overrides: Any) -> UniversalSAM:
@@ -216,12 +260,7 @@ def load_optimizer(source: str | os.PathLike[str] | dict[str, Any], params: Iter
         optimizer = metasam.load_optimizer("studies/digits-noisy.yaml", model.parameters(),
                                            model=model)
     """
-    if not isinstance(source, dict) and Path(source).suffix in (".yaml", ".yml"):
-        if not Path(source).is_file():
-            raise ConfigError("study", "file not found", "a study YAML", str(source))
-        return Study.from_yaml(source).load_optimizer(params, model=model, seed=seed,
-                                                      **overrides)
-    return _load_export(source, params, model=model, seed=seed, **overrides)
+    return _load_export(resolve_export(source), params, model=model, seed=seed, **overrides)
 
 
 def load_recipe(source: str | os.PathLike[str] | dict[str, Any], params: Iterable[Any], *,
@@ -236,9 +275,5 @@ def load_recipe(source: str | os.PathLike[str] | dict[str, Any], params: Iterabl
         recipe = metasam.load_recipe("studies/digits-noisy.yaml", model.parameters(),
                                      model=model, epochs=30, steps_per_epoch=len(loader))
     """
-    if not isinstance(source, dict) and Path(source).suffix in (".yaml", ".yml"):
-        if not Path(source).is_file():
-            raise ConfigError("study", "file not found", "a study YAML", str(source))
-        source = Study.from_yaml(source).export()
-    return _load_recipe(source, params, model=model, seed=seed, epochs=epochs,
+    return _load_recipe(resolve_export(source), params, model=model, seed=seed, epochs=epochs,
                         steps_per_epoch=steps_per_epoch, batch_size=batch_size, **overrides)

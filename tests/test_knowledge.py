@@ -139,8 +139,8 @@ def test_the_recommended_export_is_what_load_optimizer_and_load_recipe_read(tmp_
     from _util import write_study
 
     from metasam import load_optimizer, load_recipe
-    from metasam.cli.meta import recommended_export
     from metasam.decision.portfolio import shipped_portfolio
+    from metasam.meta.recommend import recommended_export
     from metasam.tuning import StudyConfig
 
     config = StudyConfig.from_yaml(write_study(tmp_path, effort="quick", race={}))

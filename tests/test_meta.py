@@ -171,7 +171,7 @@ def test_meta_command_shows_what_wins_where(tmp_path, capsys) -> None:
     assert "* frob_sam" in out  # the best single spec over both tasks (regret 0.25 on average)
     assert plot.is_file()
     # the plot shows what the table says: one row per spec, its score on each task
-    from metasam.cli.meta import meta_figure
+    from metasam.analysis.plots import meta_figure
 
     fig = meta_figure(["a", "b"], ["* frob_sam", "sam"], [[0.5, 1.0], [1.0, 0.2]])
     ax = fig.axes[0]

@@ -132,3 +132,31 @@ def test_a_placement_says_where_a_trial_ran():
                           gpu="NVIDIA H200", gpu_ids=["3"])
     assert on_a_node.where == "gpu-7/a1b2c3d4/NVIDIA H200"
     assert here.where.startswith(socket.gethostname() + "/") and here.where.endswith("/cpu")
+
+
+def test_one_resolver_reads_a_preset_a_spec_file_an_export_or_a_study(tmp_path) -> None:
+    import json
+
+    import torch
+
+    from metasam import presets
+    from metasam.errors import ConfigError
+    from metasam.workflow import load_optimizer, load_recipe, resolve_export, resolve_spec
+
+    assert resolve_spec("frob_sam") == presets.frob_sam()
+    spec_file = tmp_path / "mine.json"
+    spec_file.write_text(json.dumps(presets.trace_sam(rho=0.02).to_dict() | {"name": None}))
+    mine = resolve_spec(str(spec_file))
+    assert mine.name == "mine" and mine.rho == 0.02
+    export = {"format": "metasam.optimizer/1", "spec": presets.sam(rho=0.07).to_dict(),
+              "base_optimizer": {"name": "sgd", "lr": 0.1}}
+    export_file = tmp_path / "best.json"
+    export_file.write_text(json.dumps(export))
+    assert resolve_spec(str(export_file)).rho == 0.07
+    assert resolve_export(export) is export and resolve_export(str(export_file)) == \
+        str(export_file)
+    for load in (load_optimizer, load_recipe):
+        with pytest.raises(ConfigError, match="file not found"):
+            load(str(tmp_path / "missing.yaml"), [torch.zeros(1, requires_grad=True)])
+    with pytest.raises(ConfigError, match="neither a preset, a JSON file nor a study YAML"):
+        resolve_spec(str(tmp_path / "missing.json"))

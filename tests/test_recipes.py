@@ -56,3 +56,4 @@ def test_the_by_hand_recipe_is_head_worker_tune():
     assert head[:3] == ["ray", "start", "--head"]
     assert worker[:2] == ["ray", "start"] and worker[2].startswith("--address=")
     assert tune[:3] == ["metasam", "tune", "study.yaml"] and tune[3] == "--address"
+

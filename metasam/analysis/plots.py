@@ -350,3 +350,24 @@ def plot_population(study: Any, epochs: int, metric: str, mode: str, path: Path,
     if not members:
         return None
     return save_figure(population_figure(members, epochs, metric, mode, title), path)
+
+
+def meta_figure(tasks: list[str], labels: list[str], scores: list[list[float]]) -> Any:
+    """What wins where: one row per spec, one column per task, its normalized score."""
+    plt = pyplot()
+    data = np.array(scores, dtype=float)
+    longest = max((len(label) for label in labels), default=10)
+    # room for the row labels and the title; constrained layout places them (tight_layout
+    # warned and cut them)
+    fig, ax = plt.subplots(figsize=(max(1.6 * len(tasks) + 2.5 + 0.075 * longest, 7.5),
+                                    0.45 * len(labels) + 2.2), dpi=120, layout="constrained")
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(tasks)):
+            if np.isfinite(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="normalized score (1 best, 0 SGD)")
+    ax.set_title("What wins where (finished studies;\n* the zero-shot portfolio)")
+    return fig

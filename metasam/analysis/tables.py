@@ -199,3 +199,28 @@ def method_name(method: str, best_name: str | None = None) -> str:
     if method == "best" and best_name:
         return f"metasam (best found = {best_name})"
     return METHOD_NAMES.get(method, method)
+
+
+def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """One row per trial of an Optuna study, as ``metasam trials`` prints them (and its
+    ``--json`` writes them): number, state, whether it counts, its name and role, value, epochs,
+    budget, status and reason, passes per step, the member and its repair, its spec (with a
+    one-line summary) and training, and where it ran."""
+    from metasam.tuning.naming import describe_spec
+    from metasam.tuning.record import TrialRecord
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rec = TrialRecord.of(t)
+        spec, placement = rec.spec, rec.placement
+        rows.append({
+            "number": t.number, "state": t.state.name, "counted": rec.counts,
+            "label": rec.name, "role": rec.label.role.value, "value": t.value,
+            "epochs": rec.epochs, "full_budget": rec.full_budget,
+            "status": rec.status.value if rec.status else None, "reason": rec.reason,
+            "passes": rec.passes_per_step, "interrupted": rec.interrupted,
+            "member": rec.member, "repaired": rec.repaired,
+            "spec": spec, "summary": describe_spec(spec) if spec else "", "train": rec.train,
+            "placement": placement.to_dict() if placement else None,
+            "where": placement.where if placement else ""})
+    return rows

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from metasam.cli._options import add_ray_options, load_study_config
 from metasam.errors import ConfigError
@@ -110,34 +109,6 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_spec(text: str) -> Any:
-    from metasam.family import presets
-    from metasam.family.spec import SharpnessSpec
-
-    if text in presets.NAMES:
-        return presets.get(text)
-    path = Path(text)
-    if path.suffix in (".yaml", ".yml"):
-        from metasam.decision.export import best_optimizer
-
-        data = best_optimizer(load_study_config(text))
-        return SharpnessSpec.from_dict(data["spec"]).replace(name=f"{data['study']} best")
-    if not path.is_file():
-        raise ConfigError("spec", f"{text!r} is neither a preset, a JSON file nor a study YAML",
-                          f"{', '.join(presets.NAMES)}, a spec or optimizer JSON, a study YAML")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError("", f"invalid JSON ({err})", "a spec or optimizer JSON, a study "
-                          "YAML, a preset name", text) from None
-    if not isinstance(data, dict):
-        raise ConfigError("", f"expected a JSON object, got {type(data).__name__}",
-                          "a spec or optimizer JSON", text)
-    spec_data = data.get("spec", data)
-    spec = SharpnessSpec.from_dict(spec_data, source=text)
-    return spec if spec.name else spec.replace(name=path.stem)
-
-
 def run_explain(args: argparse.Namespace) -> int:
     from metasam.analysis.explain import (
         explain,
@@ -145,8 +116,9 @@ def run_explain(args: argparse.Namespace) -> int:
         over_training_lines,
         plot_explanation,
     )
+    from metasam.workflow import resolve_spec
 
-    spec = load_spec(args.spec)
+    spec = resolve_spec(args.spec)
     stretches = over_training(spec)
     # one explanation per distinct (φ, ψ) the spec trains with; ρ and λ set only its strength
     measured = [i for i, e in enumerate(stretches) if e.get("measures") == i]

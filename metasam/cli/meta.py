@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,30 +58,12 @@ def run_recommend(args: argparse.Namespace) -> int:
     rec = recommend(base, descriptor)
     for line in rec.lines():
         print(line)
+    from metasam.meta.recommend import recommended_export
+
     export = recommended_export(config, rec, descriptor)
     out.write_text(json.dumps(export, indent=2, ensure_ascii=False) + "\n")
     print(f"written: {out} (metasam.load_optimizer / load_recipe read it)")
     return 0
-
-
-def recommended_export(config: Any, rec: Any, descriptor: Any) -> dict[str, Any]:
-    """The pick as the export ``metasam best`` writes (no study ran: no trial, no verdict)."""
-    from metasam.optim.loading import FORMAT
-    from metasam.training.trainer import base_of
-
-    train = config.train
-    return {"format": FORMAT, "name": rec.pick, "spec": rec.spec,
-            "base_optimizer": base_of(train),
-            "schedule": {"name": train.schedule, "epochs": train.epochs,
-                         "milestones": train.resolved_milestones(), "gamma": train.gamma},
-            "batch_size": train.batch_size, "study": config.name, "trial": None,
-            "label": rec.pick, "metric": config.metric, "mode": config.mode, "value": None,
-            "epochs": train.epochs, "dataset": train.dataset, "model": train.model,
-            "verdict": None, "recommended": {
-                "similar": rec.similar, "descriptor": descriptor.to_dict(),
-                "ranking": [{"name": n, "gain": g, "spread": s} for n, g, s in rec.ranking],
-                "nearest": [{"task": t, "distance": d, "weight": w, "gain": g}
-                            for t, d, w, g in rec.nearest]}}
 
 
 def run_meta(args: argparse.Namespace) -> int:
@@ -148,40 +129,13 @@ def run_meta(args: argparse.Namespace) -> int:
                  for name, box in sorted(ranges[t].items())]
         print(f"  {t:<18} {'; '.join(cells) or '—'}")
     plot = Path(args.plot or "meta.png")
-    _plot(tasks, [("* " if j in portfolio else "") + names[keys[j]] for j in shown],
-          [[1 - row[j] for row in table] for j in shown], plot)
+    from metasam._plotting import save_figure
+    from metasam.analysis.plots import meta_figure
+
+    save_figure(meta_figure(tasks, [("* " if j in portfolio else "") + names[keys[j]]
+                                    for j in shown],
+                            [[1 - row[j] for row in table] for j in shown]), plot)
     print(f"plot: {plot}")
     if args.save is not None:
         print(f"knowledge: {args.save} ({len(records)} trials of {len(tasks)} tasks)")
     return 0
-
-
-def _plot(tasks: list[str], labels: list[str], scores: list[list[float]], path: Path) -> None:
-    from metasam._plotting import save_figure
-
-    save_figure(meta_figure(tasks, labels, scores), path)
-
-
-def meta_figure(tasks: list[str], labels: list[str], scores: list[list[float]]) -> Any:
-    """What wins where: one row per spec, one column per task, its normalized score."""
-    import numpy as np
-
-    from metasam._plotting import pyplot
-
-    plt = pyplot()
-    data = np.array(scores, dtype=float)
-    longest = max((len(label) for label in labels), default=10)
-    # room for the row labels and the title; constrained layout places them (tight_layout
-    # warned and cut them)
-    fig, ax = plt.subplots(figsize=(max(1.6 * len(tasks) + 2.5 + 0.075 * longest, 7.5),
-                                    0.45 * len(labels) + 2.2), dpi=120, layout="constrained")
-    image = ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    for i in range(len(labels)):
-        for j in range(len(tasks)):
-            if np.isfinite(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="normalized score (1 best, 0 SGD)")
-    ax.set_title("What wins where (finished studies;\n* the zero-shot portfolio)")
-    return fig

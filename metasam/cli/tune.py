@@ -195,9 +195,8 @@ def _print_front(config: StudyConfig, front: list[dict[str, Any]], chosen: int |
 
 
 def run_trials(args: argparse.Namespace) -> int:
+    from metasam.analysis.tables import trial_rows
     from metasam.tuning.cost_score import pareto_front
-    from metasam.tuning.naming import describe_spec
-    from metasam.tuning.record import TrialRecord
     from metasam.tuning.storage import census
     from metasam.workflow import Study
 
@@ -206,21 +205,7 @@ def run_trials(args: argparse.Namespace) -> int:
     workflow = Study(config)
     study = config.load_study()
     front = pareto_front(study, config.metric, config.mode)
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        rec = TrialRecord.of(t)
-        spec = rec.spec
-        rows.append({
-            "number": t.number, "state": t.state.name, "counted": rec.counts,
-            "label": rec.name, "role": rec.label.role.value, "value": t.value,
-            "epochs": rec.epochs,
-            "full_budget": rec.full_budget,
-            "status": rec.status.value if rec.status else None, "reason": rec.reason,
-            "passes": rec.passes_per_step, "interrupted": rec.interrupted,
-            "member": rec.member, "repaired": rec.repaired,
-            "spec": spec, "summary": describe_spec(spec) if spec else "", "train": rec.train,
-            "placement": rec.placement.to_dict() if rec.placement else None,
-            "where": rec.placement.where if rec.placement else ""})
+    rows = trial_rows(study)
     if args.json:
         verdict = workflow.verdict()
         print(json.dumps({"trials": rows,

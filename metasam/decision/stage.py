@@ -39,7 +39,6 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import optuna
@@ -343,7 +342,8 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
     if study is None:
         return True
     candidates = race_candidates(config, study)
-    if not _replayed(config, candidates).next_round():
+    runs: list[optuna.trial.FrozenTrial] | None = _stored_runs(config)   # read once to start
+    if not _replayed(config, candidates, runs).next_round():
         return True  # ended before: nothing to run, no Ray to start
     (say or _to_stderr)(f"study {config.name}: racing {len(candidates)} candidates over paired "
                         f"instances (budget {race_settings(config).budget} runs): "
@@ -356,7 +356,7 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
         asked.setdefault(label.key, Point(label, owner.spec,
                                           {**owner.train, **instance_train(config, instance)}))
 
-    for t in _stored_runs(config):  # what earlier rounds asked, finished or not
+    for t in runs or []:  # what earlier rounds asked, finished or not
         rec = TrialRecord.of(t)
         owner = _owner(candidates, rec.label)
         if owner is not None and rec.counts:
@@ -365,7 +365,8 @@ def run_race(config: StudyConfig, *, address: str | None = None, verbose: int = 
     told: set[str] = set()
     with ray_session(address, verbose):
         while True:
-            race = _replayed(config, candidates)
+            race = _replayed(config, candidates, runs)   # after a round: read again
+            runs = None
             batch = race.next_round()
             new = [by_id[c].name for c in race.dropped if c not in told]
             if new and verbose:
@@ -415,17 +416,18 @@ class Selection:
 def data_sizes(config: StudyConfig) -> Sizes:
     """The pool, its held-back share and a race fold, in examples (from the data, read once
     per process and training setup)."""
-    train = config.train.replace(**instance_train(config, 0))
-    return _sizes(json.dumps(train.to_dict(), sort_keys=True, default=str))
-
-
-@lru_cache(maxsize=16)
-def _sizes(train_json: str) -> Sizes:
-    from metasam.training.config import TrainConfig
     from metasam.training.trainer import splits_of
 
-    info = splits_of(TrainConfig.coerce(json.loads(train_json))).description
-    return Sizes(int(info.get("pool", 0)), int(info.get("holdout", 0)), int(info.get("val", 0)))
+    train = config.train.replace(**instance_train(config, 0))
+    key = repr(train)   # the training setup, field by field
+    if key not in _SIZES:
+        info = splits_of(train).description
+        _SIZES[key] = Sizes(int(info.get("pool", 0)), int(info.get("holdout", 0)),
+                            int(info.get("val", 0)))
+    return _SIZES[key]
+
+
+_SIZES: dict[str, Sizes] = {}   # per process and training setup
 
 
 def selection(config: StudyConfig, study: optuna.Study | None = None,

@@ -112,3 +112,23 @@ def recommend(base: KnowledgeBase, descriptor: TaskDescriptor) -> Recommendation
                       for t, d, w in zip(tasks, dist, weights, strict=True)),
                      key=lambda r: r[1])
     return Recommendation(pick, base.specs[pick], ranking, nearest, similar)
+
+
+def recommended_export(config: Any, rec: Any, descriptor: Any) -> dict[str, Any]:
+    """The pick as the export ``metasam best`` writes (no study ran: no trial, no verdict)."""
+    from metasam.optim.loading import FORMAT
+    from metasam.training.trainer import base_of
+
+    train = config.train
+    return {"format": FORMAT, "name": rec.pick, "spec": rec.spec,
+            "base_optimizer": base_of(train),
+            "schedule": {"name": train.schedule, "epochs": train.epochs,
+                         "milestones": train.resolved_milestones(), "gamma": train.gamma},
+            "batch_size": train.batch_size, "study": config.name, "trial": None,
+            "label": rec.pick, "metric": config.metric, "mode": config.mode, "value": None,
+            "epochs": train.epochs, "dataset": train.dataset, "model": train.model,
+            "verdict": None, "recommended": {
+                "similar": rec.similar, "descriptor": descriptor.to_dict(),
+                "ranking": [{"name": n, "gain": g, "spread": s} for n, g, s in rec.ranking],
+                "nearest": [{"task": t, "distance": d, "weight": w, "gain": g}
+                            for t, d, w, g in rec.nearest]}}
