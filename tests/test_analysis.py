@@ -287,8 +287,8 @@ def test_digits_pipeline_tune_compare_report_explain(tmp_path, ray_cluster, caps
     assert (out / "pipeline-cost.png").stat().st_size > 20_000
     assert main(["best", str(path)]) == 0
     capsys.readouterr()
-    # one storage per command: best, trials and report each build the storage once (they
-    # built it 7 to 12 times, one engine and connection pool per read)
+    # one storage per command: best, trials and report each build at most two (one engine
+    # and connection pool each), however many reads they make
     import optuna.storages
 
     from metasam.tuning import storage as storages

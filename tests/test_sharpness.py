@@ -172,6 +172,7 @@ def test_trainer_logs_hessian_measures_and_the_cli_reads_a_checkpoint(tmp_path, 
         assert epoch["hessian_lmax"] > 0
     assert main(["sharpness", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--measures",
                  "trace,lmax,density", "--examples", "200", "--probes", "10", "--json",
+                 "--seed", "2", "--batch-size", "256",   # the last (2nd) epoch's, seed 0
                  "--density-runs", "3", "--density-steps", "10"]) == 0
     out = json.loads(capsys.readouterr().out)
     measures = out["measures"]
@@ -179,5 +180,10 @@ def test_trainer_logs_hessian_measures_and_the_cli_reads_a_checkpoint(tmp_path, 
     # the same examples, weights and seed as the last epoch's log: the same lmax
     assert measures["lmax"]["value"] == pytest.approx(result["history"][-1]["hessian_lmax"],
                                                       rel=1e-4)
+    # with the log's probe seed (the run's seed + epoch): the same trace estimate and error
+    assert measures["trace"]["value"] == pytest.approx(result["history"][-1]["hessian_trace"],
+                                                       rel=1e-6)
+    assert measures["trace"]["stderr"] == pytest.approx(
+        result["history"][-1]["hessian_trace_se"], rel=1e-6)
     assert (tmp_path / "density.png").stat().st_size > 10_000
     assert measures["density"]["plot"] == str(tmp_path / "density.png")
