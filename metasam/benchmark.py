@@ -211,3 +211,27 @@ def run_tasks(names: list[str], args: argparse.Namespace,
         ray.shutdown()
     print(table(results))
     return results
+
+
+def benchmark_main(prog: str, description: str, tasks: list[str], out: str, root: Path,
+                   run: Callable[[str, argparse.Namespace], dict[str, Any]],
+                   table: Callable[[list[dict[str, Any]]], str], *,
+                   add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                   after: Callable[[argparse.Namespace, list[dict[str, Any]]], None] | None = None
+                   ) -> int:
+    """A benchmark script's ``main``: :func:`common_arguments` (plus ``add_arguments``), the
+    tasks checked (exit 2 after one line naming an unknown one), ``--out`` made, the data
+    folder resolved, then :func:`run_tasks` (``after(args, results)`` after each task)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    common_arguments(parser, tasks, out, root)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args()
+    names = task_names(prog, args.tasks, tasks)
+    if names is None:
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data_dir = str(Path(args.data_dir).resolve())
+    run_tasks(names, args, run, table,
+              after=None if after is None else (lambda results: after(args, results)))
+    return 0

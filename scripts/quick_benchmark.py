@@ -27,12 +27,10 @@ from typing import Any
 
 from metasam.benchmark import (
     TASKS,
+    benchmark_main,
     ci,
-    common_arguments,
     pair,
-    run_tasks,
     spec_point,
-    task_names,
     test_accuracies,
     write_study,
 )
@@ -117,16 +115,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_arguments(parser, list(QUICK_TASKS), "quick-benchmark", ROOT)
-    args = parser.parse_args()
-    names = task_names("quick_benchmark", args.tasks, list(QUICK_TASKS))
-    if names is None:
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.data_dir = str(Path(args.data_dir).resolve())
-    run_tasks(names, args, run_task, markdown)
-    return 0
+    return benchmark_main("quick_benchmark", __doc__.split("\n\n")[0], list(QUICK_TASKS),
+                          "quick-benchmark", ROOT, run_task, markdown)
 
 
 if __name__ == "__main__":

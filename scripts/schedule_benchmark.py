@@ -34,12 +34,10 @@ from typing import Any
 
 from metasam.benchmark import (
     TASKS,
+    benchmark_main,
     ci,
-    common_arguments,
     pair,
-    run_tasks,
     spec_point,
-    task_names,
     test_accuracies,
     unique_points,
     write_study,
@@ -165,21 +163,16 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_arguments(parser, list(SCHEDULE_TASKS), "schedule-benchmark", ROOT)
-    parser.add_argument("--ramps", type=Path, default=None,
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ramps", type=lambda text: Path(text).resolve(), default=None,
                         help="OUT of a search benchmark over search_spaces/ramps.yaml")
-    args = parser.parse_args()
-    names = task_names("schedule_benchmark", args.tasks, list(SCHEDULE_TASKS))
-    if names is None:
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.data_dir = str(Path(args.data_dir).resolve())
-    args.ramps = args.ramps.resolve() if args.ramps else None
-    run_tasks(names, args, run_task, markdown,
-              after=lambda results: schedule_figure(results, args.out / "schedules.png"))
-    return 0
+
+
+def main() -> int:
+    return benchmark_main(
+        "schedule_benchmark", __doc__.split("\n\n")[0], list(SCHEDULE_TASKS),
+        "schedule-benchmark", ROOT, run_task, markdown, add_arguments=arguments,
+        after=lambda args, results: schedule_figure(results, args.out / "schedules.png"))
 
 if __name__ == "__main__":
     sys.exit(main())

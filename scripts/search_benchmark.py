@@ -37,14 +37,12 @@ from typing import Any
 from metasam.benchmark import (
     RACE,
     TASKS,
+    benchmark_main,
     ci,
-    common_arguments,
     export_point,
     pair,
-    run_tasks,
     search_study,
     spec_point,
-    task_names,
     test_accuracies,
     unique_points,
 )
@@ -202,22 +200,16 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_arguments(parser, list(TASKS), "search-benchmark", ROOT)
-    parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" /
-                        "universal-poly.yaml")
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--space", type=lambda text: Path(text).resolve(),
+                        default=ROOT / "search_spaces" / "universal-poly.yaml")
     parser.add_argument("--race-rule", default="halving", choices=("halving", "frace", "ttts"),
                         help="how the race spends its runs (docs/search.md §6)")
-    args = parser.parse_args()
-    names = task_names("search_benchmark", args.tasks, list(TASKS))
-    if names is None:
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.space = args.space.resolve()
-    args.data_dir = str(Path(args.data_dir).resolve())
-    run_tasks(names, args, run_task, markdown)
-    return 0
+
+
+def main() -> int:
+    return benchmark_main("search_benchmark", __doc__.split("\n\n")[0], list(TASKS),
+                          "search-benchmark", ROOT, run_task, markdown, add_arguments=arguments)
 
 
 if __name__ == "__main__":

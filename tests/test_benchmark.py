@@ -94,3 +94,19 @@ def test_the_scripts_load_the_helper_not_each_other(name: str) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)   # every name it imports resolves
     assert callable(module.main)
+
+
+def test_a_benchmark_refuses_an_unknown_task_before_it_writes_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setattr("sys.argv", ["b", "--tasks", "mnist", "--out", str(out)])
+
+    def never(*args: object) -> dict:
+        raise AssertionError("no task may run")
+
+    assert benchmark.benchmark_main("b", "demo", ["digits-noisy"], "b", tmp_path, never,
+                                    lambda results: "") == 2
+    assert not out.exists()
+    assert capsys.readouterr().err.strip() == ("b: error: --tasks: unknown task 'mnist'; "
+                                               "allowed: digits-noisy")
