@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import optuna
 from torch import nn
 
 from metasam.decision import stage as decision
@@ -78,10 +79,22 @@ class Study:
         self.address = address
         self.verbose = verbose
         self._log = log
+        self._optuna_study: optuna.Study | None = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Study:
         return cls(StudyConfig.from_yaml(path), **kwargs)
+
+    @property
+    def optuna_study(self) -> optuna.Study:
+        """The study's Optuna study, opened (created when new) once per :class:`Study`, on the
+        storage its process shares (:func:`metasam.tuning.storage.open_storage`)."""
+        if self._optuna_study is None:
+            config = self.config
+            self._optuna_study = open_study(
+                open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace),
+                config.name, config.mode)
+        return self._optuna_study
 
     def _say(self, text: str) -> None:
         print(text, file=self._log or sys.stderr, flush=True)
@@ -100,8 +113,7 @@ class Study:
         config.check_data()
         check_trackers(config.tracking, str(config.path))   # every mode, before Ray or a run
         if config.quick:   # no search: its candidates are named in advance (decision.plan)
-            study = open_study(open_storage(config.storage, config.heartbeat_interval,
-                                            config.heartbeat_grace), config.name, config.mode)
+            study = self.optuna_study
             config.check_definition(study, record=True)
             if not config.cold and record.PRIOR not in study.user_attrs:
                 # the pick's prior, kept with the study so that a later release's portfolio
@@ -127,8 +139,7 @@ class Study:
 
         config = self.config
         done = run_population(config, address=self.address, verbose=self.verbose)
-        study = open_study(open_storage(config.storage, config.heartbeat_interval,
-                                        config.heartbeat_grace), config.name, config.mode)
+        study = self.optuna_study
         figure = plot_population(study, config.train.epochs, config.metric, config.mode,
                                  config.folder / f"{config.name}.pbt.png", config.name)
         if figure is not None and self.verbose:
@@ -139,8 +150,7 @@ class Study:
         """The config sampling the preset regions within the similar priors' boxes on a share
         ``meta.box`` of its trials, and the portfolio (for a study with no trials yet)."""
         config = self.config
-        storage = open_storage(config.storage, config.heartbeat_interval, config.heartbeat_grace)
-        study = open_study(storage, config.name, config.mode)
+        study = self.optuna_study
         config.check_definition(study, record=True)
         records = load_priors(list(meta.sources), "meta.from (or --meta)")
         plan = plan_transfer(config, study, records, meta.k)
