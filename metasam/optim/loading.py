@@ -138,15 +138,8 @@ def load_recipe(path_or_export: str | os.PathLike[str] | dict[str, Any], params:
     if steps_per_epoch is not None and steps_per_epoch < 1:
         raise ConfigError("steps_per_epoch", f"out of range: {steps_per_epoch}",
                           "whole numbers ≥ 1")
-    notes = []
-    if run_epochs != tuned_epochs:
-        notes.append(f"tuned for {tuned_epochs} epochs; the {schedule['name']} schedule spans "
-                     f"your {run_epochs} (milestones scaled), ρ and λ unchanged")
     tuned_batch = data.get("batch_size")
-    if batch_size is not None and tuned_batch is not None and batch_size != tuned_batch:
-        notes.append(f"tuned at batch size {tuned_batch}, yours is {batch_size}: the learning "
-                     "rate and ρ are kept as tuned (ρ is tied to the batch it perturbs); "
-                     f"retune, or train at batch {tuned_batch}")
+    notes = _recipe_notes(schedule["name"], tuned_epochs, run_epochs, tuned_batch, batch_size)
     if steps_per_epoch is not None and "total_steps" not in overrides:
         overrides["total_steps"] = run_epochs * steps_per_epoch
     optimizer = load_optimizer(data, params, model=model, seed=seed, **overrides)
@@ -159,3 +152,17 @@ def load_recipe(path_or_export: str | os.PathLike[str] | dict[str, Any], params:
         warnings.warn(note, RecipeWarning, stacklevel=2)
     return Recipe(optimizer, scheduler, run_epochs, steps_per_epoch is not None, tuned_batch,
                   notes)
+
+
+def _recipe_notes(schedule: str, tuned_epochs: int, run_epochs: int, tuned_batch: int | None,
+                  batch_size: int | None) -> list[str]:
+    """What a recipe assumes where the user's run differs from the tuned one."""
+    notes = []
+    if run_epochs != tuned_epochs:
+        notes.append(f"tuned for {tuned_epochs} epochs; the {schedule} schedule spans "
+                     f"your {run_epochs} (milestones scaled), ρ and λ unchanged")
+    if batch_size is not None and tuned_batch is not None and batch_size != tuned_batch:
+        notes.append(f"tuned at batch size {tuned_batch}, yours is {batch_size}: the learning "
+                     "rate and ρ are kept as tuned (ρ is tied to the batch it perturbs); "
+                     f"retune, or train at batch {tuned_batch}")
+    return notes
