@@ -189,15 +189,10 @@ def run_tasks(names: list[str], args: argparse.Namespace,
     process started on this machine); after each, ``OUT/benchmark.json`` (and
     ``after(results)``) and its table on stdout, so a stopped benchmark keeps what finished;
     the whole table at the end."""
-    import ray
+    from metasam.tuning.runner import ray_session
 
-    from metasam.tuning.runner import local_authentication
-
-    local_authentication()
-    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False,
-             log_to_driver=False)
     results: list[dict[str, Any]] = []
-    try:
+    with ray_session("local", verbose=0, num_cpus=args.concurrency):
         for name in names:
             started = time.time()
             results.append(run(name, args))
@@ -207,8 +202,6 @@ def run_tasks(names: list[str], args: argparse.Namespace,
             if after is not None:
                 after(results)
             print(table(results[-1:]), flush=True)
-    finally:
-        ray.shutdown()
     print(table(results))
     return results
 

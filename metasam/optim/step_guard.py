@@ -152,12 +152,10 @@ class StepGuard:
         if ok is None:   # judged on the host
             self.state_key = ids(changed_tensors(self.owner))
             return
-        if ids(changed_tensors(self.owner)) == self.state_key:
-            if not fused:
-                self.rollback.keep_if(ok)
-            return
         if not fused:
-            self.rollback.keep_if(ok)
+            self.rollback.keep_if(ok)   # in place: the tensors' identities stay
+        if ids(changed_tensors(self.owner)) == self.state_key:
+            return
         kept = set(self.state_key)
         info = self.owner.last_step
         try:

@@ -212,9 +212,11 @@ def listening(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, verbose: int = 1) -> Iterator[None]:
+def ray_session(address: str | None = None, verbose: int = 1,
+                num_cpus: int | None = None) -> Iterator[None]:
     """Ray for several :func:`tune_study` calls in a row (the rounds of a race): started once
-    here unless it already runs, shut down at the end if it was started here."""
+    here unless it already runs, shut down at the end if it was started here (``num_cpus``:
+    of an instance it starts on this machine; default all)."""
     import ray
 
     if ray.is_initialized():
@@ -224,7 +226,8 @@ def ray_session(address: str | None = None, verbose: int = 1) -> Iterator[None]:
     if resolved == "local":
         local_authentication()
     ray.init(address=resolved, include_dashboard=False, log_to_driver=verbose > 1,
-             configure_logging=True, logging_level=logging.WARNING)
+             configure_logging=True, logging_level=logging.WARNING,
+             **({"num_cpus": num_cpus} if num_cpus is not None and resolved == "local" else {}))
     try:
         yield
     finally:
